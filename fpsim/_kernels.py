@@ -1,0 +1,162 @@
+"""The fast rounding kernel: integer operations on the bit pattern of the input.
+
+It implements exactly the algorithm of ``fpsim.exact`` (read that first), on
+the bits of an IEEE binary input (float32 or float64) rather than on fractions:
+
+* the input magnitude is ``sig * 2^(E' - bias_in - mant_in)`` with integer
+  significand ``sig`` (implicit bit included for normal inputs) and E' = max(E, 1);
+* ``k``, the number of low significand bits below the target's spacing, follows
+  from step 2 of the exact algorithm: ``k = mant_in + 1 - p + max(0, emin - e)``
+  for a normal input of exponent e, and ``emin - p + bias_in + mant_in`` for a
+  subnormal one;
+* the dropped bits ``rem = sig mod 2^k`` and the half-spacing ``2^(k-1)`` decide
+  the rounding; rounding up adds ``2^k`` to the bit pattern, whose carry moves
+  into the exponent field exactly as the value moves into the next binade.
+
+The result is a bit pattern of the same layout as the input, so no float
+arithmetic (and no second rounding) happens anywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+NEAREST, NEAREST_AWAY, TOWARD_ZERO, UP, DOWN, STOCHASTIC = range(6)
+MODE_CODES = {"nearest": NEAREST, "nearest_away": NEAREST_AWAY, "toward_zero": TOWARD_ZERO,
+              "up": UP, "down": DOWN, "stochastic": STOCHASTIC}
+
+
+@njit(cache=True, inline="always")
+def _overflows_to_infinity(mode, negative):
+    return (mode == NEAREST or mode == NEAREST_AWAY or mode == STOCHASTIC
+            or (mode == UP and not negative) or (mode == DOWN and negative))
+
+
+@njit(cache=True, inline="always")
+def round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quantum, max_bits,
+                         normal_bits, fn_nan, saturate, subnormals, mode, r63):
+    """Round one magnitude given as bits of the input layout; returns (bits, is_nan).
+
+    ``mag`` is |x|'s bit pattern (sign cleared) in a layout with ``mant_in``
+    mantissa bits, bias ``bias_in`` and infinity pattern ``inf_in``.  The
+    target has precision ``p`` and minimum exponent ``emin``; ``quantum``,
+    ``max_bits`` and ``normal_bits`` are the patterns of 2^(emin-p+1), of the
+    target's max and of its smallest normal, in the input layout.  ``r63`` is a
+    uniform random integer in [0, 2^63) used by stochastic rounding only.
+    """
+    if mag >= inf_in:
+        if mag > inf_in:
+            return mag, True  # NaN stays NaN
+        if saturate:
+            return max_bits, False
+        return mag, fn_nan  # +-inf, or NaN in a format without infinities
+    if mag == 0:
+        return mag, False
+
+    exponent_field = mag >> mant_in
+    if exponent_field == 0:
+        sig = mag
+        k = emin - p + bias_in + mant_in
+    else:
+        sig = (mag & ((1 << mant_in) - 1)) | (1 << mant_in)
+        k = mant_in + 1 - p + max(0, emin - (exponent_field - bias_in))
+
+    result = mag
+    if k > 62:
+        # |x| < 2^-9 of the spacing: only directed and stochastic modes move up.
+        if mode == STOCHASTIC:
+            shift = k - 62
+            up = shift < 63 and (r63 >> 1) < (sig >> shift)
+        else:
+            up = (mode == UP and not negative) or (mode == DOWN and negative)
+        result = quantum if up else 0
+    elif k > 0:
+        rem = sig & ((1 << k) - 1)
+        if rem != 0:
+            half = 1 << (k - 1)
+            if mode == NEAREST:
+                up = rem > half or (rem == half and ((sig >> k) & 1) == 1)
+            elif mode == NEAREST_AWAY:
+                up = rem >= half
+            elif mode == TOWARD_ZERO:
+                up = False
+            elif mode == UP:
+                up = not negative
+            elif mode == DOWN:
+                up = negative
+            else:
+                up = (r63 >> (63 - k)) < rem
+            if k <= mant_in:
+                result = mag - rem + ((1 << k) if up else 0)
+            else:  # |x| is below the spacing: the neighbours are 0 and one quantum
+                result = quantum if up else 0
+
+    if result > max_bits:
+        if saturate or not _overflows_to_infinity(mode, negative):
+            return max_bits, False
+        return inf_in, fn_nan
+    if not subnormals and result < normal_bits:
+        return 0, False
+    return result, False
+
+
+@njit(cache=True, inline="always")
+def normal_increment(mag, negative, k, mode, r63):
+    """What to add to a pattern before clearing its k low bits, for a result in the normal range."""
+    low_mask = (1 << k) - 1
+    if mode == NEAREST:
+        return (low_mask >> 1) + ((mag >> k) & 1)  # 2^(k-1) - 1, plus one on an odd significand
+    if mode == NEAREST_AWAY:
+        return (low_mask >> 1) + 1
+    if mode == STOCHASTIC:
+        return r63 >> (63 - k)  # uniform in [0, 2^k): carries with probability rem / 2^k
+    if (mode == UP and not negative) or (mode == DOWN and negative):
+        return low_mask
+    return 0
+
+
+@njit(cache=True, inline="always")
+def round_pattern(b, total_bits, mant_in, bias_in, p, emin, quantum, max_bits, normal_bits, nan_bits,
+                  fn_nan, saturate, subnormals, mode, r63):
+    """Round one value given by its bit pattern ``b`` (int64) in a float32 or float64 layout.
+
+    Inputs whose result is a normal value of the target (``normal_bits <= |x| <=
+    max_bits``) take the branch-free path: add the mode's increment to the
+    pattern and clear the ``k = mant_in + 1 - p`` bits below the target's last
+    one.  Everything else (subnormal results, overflow, zeros, inf, NaN) goes
+    through ``round_magnitude_bits``.
+    """
+    magnitude_mask = (1 << (total_bits - 1)) - 1
+    mag = b & magnitude_mask
+    negative = ((b >> (total_bits - 1)) & 1) == 1
+    k_normal = mant_in + 1 - p
+    if k_normal > 0 and normal_bits <= mag <= max_bits:
+        mag = (mag + normal_increment(mag, negative, k_normal, mode, r63)) & ~((1 << k_normal) - 1)
+    else:
+        inf_in = ((1 << (total_bits - 1 - mant_in)) - 1) << mant_in
+        mag, is_nan = round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quantum,
+                                           max_bits, normal_bits, fn_nan, saturate, subnormals, mode, r63)
+        if is_nan:
+            return nan_bits
+    return mag | (b & ~magnitude_mask)
+
+
+@njit(cache=True, parallel=True)
+def round_bits_array(bits_in, bits_out, random, total_bits, mant_in, bias_in, p, emin, quantum,
+                     max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, mode):
+    """Round every element of ``bits_in`` (an int view of float32 or float64 data) into ``bits_out``."""
+    use_random = random.shape[0] > 0
+    for i in prange(bits_in.shape[0]):
+        bits_out[i] = round_pattern(np.int64(bits_in[i]), total_bits, mant_in, bias_in, p, emin, quantum,
+                                    max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, mode,
+                                    random[i] if use_random else 0)
+
+
+@njit(cache=True, inline="always")
+def round_float64(x, params, mode, r63):
+    """Round a float64 scalar inside other kernels; ``params`` is ``KernelParams.as_tuple()`` for float64."""
+    p, emin, quantum, max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals = params
+    b = round_pattern(np.float64(x).view(np.int64), 64, 52, 1023, p, emin, quantum, max_bits, normal_bits,
+                      nan_bits, fn_nan, saturate, subnormals, mode, r63)
+    return np.int64(b).view(np.float64)

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fpsim`` command line (see ``fpsim.cli``)."""

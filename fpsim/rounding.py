@@ -1,0 +1,144 @@
+"""``fpsim.round``: round values once, from their exact value, to any format in any mode."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels
+from .exact import check_mode, round_exact
+from .formats import Format, get_format
+
+_EXACT_INT_LIMIT = 1 << 53  # integers up to this magnitude are exact in float64
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """A format's constants as bit patterns of one input layout (float32 or float64)."""
+
+    total_bits: int
+    mant_in: int
+    bias_in: int
+    p: int
+    emin: int
+    quantum: int
+    max_bits: int
+    normal_bits: int
+    nan_bits: int
+    fn_nan: bool
+
+    @classmethod
+    def of(cls, fmt: Format, dtype) -> "KernelParams":
+        dtype = np.dtype(dtype)
+        int_dtype = np.uint32 if dtype == np.float32 else np.int64
+        finfo = np.finfo(dtype)
+
+        def bits_of(value: float) -> int:
+            return int(np.array(value, dtype=dtype).view(int_dtype))
+
+        return cls(total_bits=finfo.bits, mant_in=finfo.nmant, bias_in=finfo.maxexp - 1,
+                   p=fmt.precision, emin=fmt.emin,
+                   quantum=bits_of(math.ldexp(1.0, fmt.emin - fmt.mantissa_bits)),
+                   max_bits=bits_of(fmt.max), normal_bits=bits_of(fmt.smallest_normal),
+                   nan_bits=bits_of(np.nan), fn_nan=not fmt.has_infinity)
+
+
+_PARAMS_CACHE: dict[tuple[Format, str], KernelParams] = {}
+
+
+def kernel_params(fmt: Format, dtype) -> KernelParams:
+    """Cached ``KernelParams.of``."""
+    key = (fmt, np.dtype(dtype).str)
+    if key not in _PARAMS_CACHE:
+        _PARAMS_CACHE[key] = KernelParams.of(fmt, dtype)
+    return _PARAMS_CACHE[key]
+
+
+def random_bits(rng, size: int) -> np.ndarray:
+    """``size`` uniform integers in [0, 2^63) from ``rng`` (a numpy Generator or an int seed)."""
+    if rng is None:
+        raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
+    generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return generator.integers(0, np.iinfo(np.int64).max, size=size, dtype=np.int64, endpoint=True)
+
+
+def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
+    """Convert input to a float32 or float64 array holding its exact values.
+
+    Returns the array and, where some elements cannot be held exactly (integers
+    beyond 2^53, long doubles), an object array of those exact inputs (else None).
+    """
+    if isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT:
+        return np.array(float("nan")), np.array(x, dtype=object)
+    array = np.asarray(x)
+    kind = array.dtype.kind
+    if kind in "cOSUVMm" or array.dtype.fields is not None:
+        raise TypeError(f"fpsim.round needs real numbers (float or int arrays); got dtype {array.dtype}")
+    if array.dtype == np.float32 or array.dtype == np.float64:
+        return array, None
+    if kind == "f" and array.dtype.itemsize <= 4:  # float16 and the ml_dtypes formats
+        return array.astype(np.float64), None
+    if kind == "f":  # long double: more bits than float64
+        wide = array.astype(np.float64).astype(array.dtype) != array
+        return array.astype(np.float64), (array.astype(object) if wide.any() else None)
+    if kind in "iub":
+        if kind != "b" and array.size and np.abs(array.astype(object)).max() > _EXACT_INT_LIMIT:
+            return array.astype(np.float64), array.astype(object)
+        return array.astype(np.float64), None
+    raise TypeError(f"fpsim.round cannot read dtype {array.dtype}")
+
+
+def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
+    """Round ``x`` to the values of ``fmt``, once, from the exact value of each input.
+
+    Parameters
+    ----------
+    x : array_like or scalar of real numbers (float16/32/64, long double, ints, bools).
+    fmt : anything ``fpsim.get_format`` accepts (a Format, ``"bf16"``, ``"e6m9"``, a dtype).
+    mode : one of ``fpsim.ROUNDING_MODES``: "nearest" (ties to even), "nearest_away",
+        "toward_zero", "up" (toward +inf), "down" (toward -inf) or "stochastic".
+    saturate : map overflows and infinities to +-max instead of inf (or NaN in an
+        "fn" format without infinities, as ml_dtypes does).
+    rng : numpy Generator or int seed for ``mode="stochastic"``; the same seed gives
+        the same bits.
+
+    Returns float32 values for float32 input when every value of ``fmt`` is a
+    float32, float64 otherwise; a numpy scalar for a scalar input.  Overflow
+    follows IEEE 754: nearest modes give inf, toward_zero gives max, up/down give
+    inf on the side they point to and max on the other.  NaN stays NaN and zeros
+    keep their sign; with ``fmt.subnormals`` False, results below
+    ``smallest_normal`` flush to signed zero.
+    """
+    fmt = get_format(fmt)
+    mode = check_mode(mode)
+    array, exact_inputs = _as_float_array(x)
+    if array.dtype == np.float32 and not fmt.fits_float32:
+        array = array.astype(np.float64)
+    params = kernel_params(fmt, array.dtype)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    int_dtype = np.uint32 if array.dtype == np.float32 else np.int64
+    out = np.empty(flat.shape, dtype=array.dtype)
+    randoms = random_bits(rng, flat.size) if mode == "stochastic" else np.empty(0, dtype=np.int64)
+    _kernels.round_bits_array(
+        flat.view(int_dtype), out.view(int_dtype), randoms, params.total_bits, params.mant_in,
+        params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
+        params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
+    if exact_inputs is not None:
+        _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, randoms)
+    out = out.reshape(array.shape)
+    return out[()] if out.ndim == 0 else out
+
+
+def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, randoms):
+    """Redo, with the exact reference, the elements that float64 could not hold."""
+    from fractions import Fraction
+    for i, value in enumerate(exact_inputs):
+        if isinstance(value, (int, np.integer)) and abs(int(value)) <= _EXACT_INT_LIMIT:
+            continue
+        if isinstance(value, np.floating) and np.float64(value) == value:
+            continue
+        uniform = Fraction(int(randoms[i]), 1 << 63) if randoms.size else None
+        exact = int(value) if isinstance(value, (int, np.integer)) else value
+        out[i] = round_exact(exact, fmt, mode, saturate=saturate, uniform=uniform)
