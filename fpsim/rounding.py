@@ -45,6 +45,14 @@ class KernelParams:
                    nan_bits=bits_of(np.nan), fn_nan=not fmt.has_infinity)
 
 
+def float64_params(fmt, saturate: bool = False) -> tuple:
+    """The ``params`` tuple that ``fpsim._kernels.round_float64`` takes, for rounding float64 scalars to ``fmt``."""
+    fmt = get_format(fmt)
+    k = kernel_params(fmt, np.float64)
+    return (k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, bool(saturate),
+            bool(fmt.subnormals))
+
+
 _PARAMS_CACHE: dict[tuple[Format, str], KernelParams] = {}
 
 
