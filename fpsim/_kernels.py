@@ -102,11 +102,14 @@ def round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quant
 
 
 @njit(cache=True, inline="always")
-def normal_increment(mag, negative, k, mode, r63):
-    """What to add to a pattern before clearing its k low bits, for a result in the normal range."""
+def normal_increment(sig, negative, k, mode, r63):
+    """What to add to a pattern before clearing its k low bits, for a result in the normal range.
+
+    ``sig`` supplies the significand bit k whose parity breaks ties in mode nearest.
+    """
     low_mask = (1 << k) - 1
     if mode == NEAREST:
-        return (low_mask >> 1) + ((mag >> k) & 1)  # 2^(k-1) - 1, plus one on an odd significand
+        return (low_mask >> 1) + ((sig >> k) & 1)  # 2^(k-1) - 1, plus one on an odd significand
     if mode == NEAREST_AWAY:
         return (low_mask >> 1) + 1
     if mode == STOCHASTIC:
@@ -132,7 +135,10 @@ def round_pattern(b, total_bits, mant_in, bias_in, p, emin, quantum, max_bits, n
     negative = ((b >> (total_bits - 1)) & 1) == 1
     k_normal = mant_in + 1 - p
     if k_normal > 0 and normal_bits <= mag <= max_bits:
-        mag = (mag + normal_increment(mag, negative, k_normal, mode, r63)) & ~((1 << k_normal) - 1)
+        # The tie-breaking parity is bit k of the significand: OR in the implicit bit, which
+        # matters when k = mant_in (a target with p = 1).
+        increment = normal_increment(mag | (1 << mant_in), negative, k_normal, mode, r63)
+        mag = (mag + increment) & ~((1 << k_normal) - 1)
     else:
         inf_in = ((1 << (total_bits - 1 - mant_in)) - 1) << mant_in
         mag, is_nan = round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quantum,
@@ -142,15 +148,31 @@ def round_pattern(b, total_bits, mant_in, bias_in, p, emin, quantum, max_bits, n
     return mag | (b & ~magnitude_mask)
 
 
+@njit(cache=True, inline="always")
+def splitmix63(key, index):
+    """A uniform random integer in [0, 2^63) for position ``index`` of the stream ``key``.
+
+    SplitMix64 (Steele, Lea and Flood 2014) of ``key + (index + 1) * golden gamma``:
+    counter-based, so every element gets its own number whatever the thread
+    schedule, and the same key gives the same numbers.
+    """
+    z = np.uint64(key) + np.uint64(index + 1) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.int64((z ^ (z >> np.uint64(31))) >> np.uint64(1))
+
+
 @njit(cache=True, parallel=True)
-def round_bits_array(bits_in, bits_out, random, total_bits, mant_in, bias_in, p, emin, quantum,
+def round_bits_array(bits_in, bits_out, random_key, total_bits, mant_in, bias_in, p, emin, quantum,
                      max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, mode):
-    """Round every element of ``bits_in`` (an int view of float32 or float64 data) into ``bits_out``."""
-    use_random = random.shape[0] > 0
+    """Round every element of ``bits_in`` (an int view of float32 or float64 data) into ``bits_out``.
+
+    Stochastic rounding draws element i's number as ``splitmix63(random_key, i)``.
+    """
     for i in prange(bits_in.shape[0]):
         bits_out[i] = round_pattern(np.int64(bits_in[i]), total_bits, mant_in, bias_in, p, emin, quantum,
                                     max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, mode,
-                                    random[i] if use_random else 0)
+                                    splitmix63(random_key, i) if mode == STOCHASTIC else 0)
 
 
 @njit(cache=True, inline="always")

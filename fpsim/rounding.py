@@ -64,12 +64,20 @@ def kernel_params(fmt: Format, dtype) -> KernelParams:
     return _PARAMS_CACHE[key]
 
 
-def random_bits(rng, size: int) -> np.ndarray:
-    """``size`` uniform integers in [0, 2^63) from ``rng`` (a numpy Generator or an int seed)."""
+def _generator(rng) -> np.random.Generator:
     if rng is None:
         raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
-    generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return generator.integers(0, np.iinfo(np.int64).max, size=size, dtype=np.int64, endpoint=True)
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def random_key(rng) -> int:
+    """One stream key in [0, 2^63) drawn from ``rng`` (a numpy Generator or an int seed); see ``_kernels.splitmix63``."""
+    return int(_generator(rng).integers(0, np.iinfo(np.int64).max, endpoint=True))
+
+
+def random_bits(rng, size: int) -> np.ndarray:
+    """``size`` uniform integers in [0, 2^63) from ``rng`` (a numpy Generator or an int seed)."""
+    return _generator(rng).integers(0, np.iinfo(np.int64).max, size=size, dtype=np.int64, endpoint=True)
 
 
 def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
@@ -92,7 +100,7 @@ def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
         wide = array.astype(np.float64).astype(array.dtype) != array
         return array.astype(np.float64), (array.astype(object) if wide.any() else None)
     if kind in "iub":
-        if kind != "b" and array.size and np.abs(array.astype(object)).max() > _EXACT_INT_LIMIT:
+        if kind != "b" and ((array > _EXACT_INT_LIMIT) | (array < -_EXACT_INT_LIMIT)).any():
             return array.astype(np.float64), array.astype(object)
         return array.astype(np.float64), None
     raise TypeError(f"fpsim.round cannot read dtype {array.dtype}")
@@ -128,18 +136,18 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     flat = np.ascontiguousarray(array).reshape(-1)
     int_dtype = np.uint32 if array.dtype == np.float32 else np.int64
     out = np.empty(flat.shape, dtype=array.dtype)
-    randoms = random_bits(rng, flat.size) if mode == "stochastic" else np.empty(0, dtype=np.int64)
+    key = random_key(rng) if mode == "stochastic" else 0
     _kernels.round_bits_array(
-        flat.view(int_dtype), out.view(int_dtype), randoms, params.total_bits, params.mant_in,
+        flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
         params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
         params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
     if exact_inputs is not None:
-        _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, randoms)
+        _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, key)
     out = out.reshape(array.shape)
     return out[()] if out.ndim == 0 else out
 
 
-def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, randoms):
+def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, key):
     """Redo, with the exact reference, the elements that float64 could not hold."""
     from fractions import Fraction
     for i, value in enumerate(exact_inputs):
@@ -147,6 +155,6 @@ def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, randoms):
             continue
         if isinstance(value, np.floating) and np.float64(value) == value:
             continue
-        uniform = Fraction(int(randoms[i]), 1 << 63) if randoms.size else None
+        uniform = Fraction(int(_kernels.splitmix63(key, i)), 1 << 63) if mode == "stochastic" else None
         exact = int(value) if isinstance(value, (int, np.integer)) else value
         out[i] = round_exact(exact, fmt, mode, saturate=saturate, uniform=uniform)

@@ -1,0 +1,148 @@
+"""Bit patterns: ``encode``, ``decode``, ``fields`` and the human-readable ``describe``.
+
+A code of a format with E exponent and M mantissa bits is
+``sign << (E + M) | biased_exponent << M | mantissa``.  Its value is
+``(-1)^sign * 2^(biased_exponent - bias) * (1 + mantissa / 2^M)`` for a normal
+code, ``(-1)^sign * 2^emin * (mantissa / 2^M)`` for biased exponent 0, and a
+special (inf / NaN) at the all-ones exponent as the format's ``specials`` say.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .formats import Format, get_format
+from .rounding import round as round_to_format
+
+
+def _nan_fields(fmt: Format) -> tuple[int, int]:
+    """(biased exponent, mantissa) of the canonical NaN: quiet NaN for "ieee", all ones for "fn"."""
+    top = (1 << fmt.exponent_bits) - 1
+    if fmt.specials == "fn":
+        return top, (1 << fmt.mantissa_bits) - 1
+    if fmt.mantissa_bits == 0:
+        raise ValueError(f"{fmt.name} has no NaN code: an 'ieee' format with 0 mantissa bits holds only +-inf "
+                         "at the all-ones exponent")
+    return top, 1 << (fmt.mantissa_bits - 1)
+
+
+def fields(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
+    """Round ``x`` to ``fmt`` and return (sign, biased exponent, mantissa) as int64 arrays (scalars for a scalar)."""
+    fmt = get_format(fmt)
+    values = np.asarray(round_to_format(x, fmt, mode, saturate=saturate, rng=rng), dtype=np.float64)
+    sign = np.signbit(values).astype(np.int64)
+    magnitude = np.abs(values)
+    fraction, exponent = np.frexp(magnitude)  # magnitude = fraction * 2^exponent, 0.5 <= fraction < 1
+    normal = magnitude >= fmt.smallest_normal
+    finite = np.isfinite(magnitude)
+    with np.errstate(invalid="ignore", over="ignore"):
+        normal_mantissa = np.ldexp(fraction, fmt.precision) - (1 << fmt.mantissa_bits)
+        subnormal_mantissa = np.ldexp(magnitude, fmt.mantissa_bits - fmt.emin)
+    biased = np.where(normal, exponent - 1 + fmt.bias, 0)
+    mantissa = np.where(normal, normal_mantissa, subnormal_mantissa)
+    top = (1 << fmt.exponent_bits) - 1
+    biased = np.where(finite, biased, top)
+    mantissa = np.where(np.isinf(magnitude), 0, mantissa)
+    if np.isnan(magnitude).any():
+        nan_exponent, nan_mantissa = _nan_fields(fmt)
+        nan = np.isnan(magnitude)
+        biased, mantissa = np.where(nan, nan_exponent, biased), np.where(nan, nan_mantissa, mantissa)
+    result = (sign, np.asarray(biased, dtype=np.int64), np.asarray(mantissa, dtype=np.int64))
+    return tuple(r[()] for r in result) if values.ndim == 0 else result
+
+
+def encode(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
+    """Round ``x`` to ``fmt`` and return its bit patterns in ``fmt.code_dtype`` (uint8/16/32/64).
+
+    For FP16, BF16, FP32, E4M3 and E5M2 the codes equal the hardware dtype's
+    (``x.astype(np.float16).view(np.uint16)``, ...) except for NaN payloads.
+    """
+    fmt = get_format(fmt)
+    codes = _join(fmt, *fields(x, fmt, mode, saturate=saturate, rng=rng))
+    return codes[()] if codes.ndim == 0 else codes
+
+
+def _join(fmt: Format, sign, biased, mantissa) -> np.ndarray:
+    """Codes from fields: sign << (E + M) | biased << M | mantissa, in ``fmt.code_dtype``."""
+    sign, biased, mantissa = (np.asarray(f, dtype=np.uint64) for f in (sign, biased, mantissa))
+    codes = (sign << np.uint64(fmt.exponent_bits + fmt.mantissa_bits)) | (biased << np.uint64(fmt.mantissa_bits)) \
+        | mantissa
+    return codes.astype(fmt.code_dtype)
+
+
+def decode(codes, fmt):
+    """The float64 value of every code of ``fmt`` (subnormals, infinities and NaNs included)."""
+    fmt = get_format(fmt)
+    array = np.asarray(codes)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"decode needs integer codes, got dtype {array.dtype}")
+    if array.size and (array.min() < 0 or int(array.max()) >= 1 << fmt.bits):
+        raise ValueError(f"codes of {fmt.name} lie in 0..2^{fmt.bits}-1")
+    codes64 = array.astype(np.uint64)
+    mantissa = (codes64 & np.uint64((1 << fmt.mantissa_bits) - 1)).astype(np.float64)
+    biased = ((codes64 >> np.uint64(fmt.mantissa_bits)) & np.uint64((1 << fmt.exponent_bits) - 1)).astype(np.int64)
+    negative = (codes64 >> np.uint64(fmt.bits - 1)) == 1
+    with np.errstate(over="ignore"):  # the all-ones exponent of 11-bit formats; replaced by inf/NaN below
+        normal = np.ldexp(mantissa + (1 << fmt.mantissa_bits), biased - fmt.bias - fmt.mantissa_bits)
+    subnormal = np.ldexp(mantissa, fmt.emin - fmt.mantissa_bits)
+    values = np.where(biased == 0, subnormal, normal)
+    top = biased == (1 << fmt.exponent_bits) - 1
+    if fmt.specials == "ieee":
+        values = np.where(top, np.where(mantissa == 0, np.inf, np.nan), values)
+    else:
+        values = np.where(top & (mantissa == (1 << fmt.mantissa_bits) - 1), np.nan, values)
+    values = np.where(negative, -values, values)
+    return values[()] if values.ndim == 0 else values
+
+
+def classify(value: float, fmt: Format) -> str:
+    """"zero", "subnormal", "normal", "inf" or "nan" for a value of ``fmt``."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf"
+    if value == 0:
+        return "zero"
+    return "normal" if abs(value) >= fmt.smallest_normal else "subnormal"
+
+
+def describe(x, fmt, mode: str = "nearest", *, rng=None) -> str:
+    """One scalar as a learner reads it: the fields, the value, its class, and the rounding error.
+
+    >>> print(describe(1.0, "fp16"))
+    0 | 01111 | 0000000000  = 1.0  (normal, 2^0 x 1.0000000000b)  exact
+    """
+    fmt = get_format(fmt)
+    if np.ndim(x) != 0:
+        raise ValueError("describe takes one scalar value")
+    sign, biased, mantissa = (int(f) for f in fields(x, fmt, mode, rng=rng))
+    value = float(decode(_join(fmt, sign, biased, mantissa), fmt))
+    mantissa_text = format(mantissa, f"0{fmt.mantissa_bits}b") if fmt.mantissa_bits else ""
+    bits = f"{sign} | {biased:0{fmt.exponent_bits}b} | {mantissa_text}".rstrip()
+    kind = classify(value, fmt)
+    if kind == "normal":
+        anatomy = f"normal, 2^{biased - fmt.bias} x 1.{mantissa_text}b"
+    elif kind == "subnormal":
+        anatomy = f"subnormal, 2^{fmt.emin} x 0.{mantissa_text}b"
+    else:
+        anatomy = kind
+    text = f"{bits}  = {value!r}  ({anatomy.rstrip('.')})"
+    return f"{text}  {_rounding_error(x, value)}"
+
+
+def _rounding_error(x, value: float) -> str:
+    """How far the stored value is from the input, exactly when both are finite."""
+    from fractions import Fraction
+    if isinstance(x, str):
+        x = float(x)
+    if not (np.isfinite(x) and math.isfinite(value)):
+        same = (np.isnan(x) and math.isnan(value)) or x == value
+        return "exact" if same else f"from {float(x)!r}"
+    exact_input = Fraction(*x.as_integer_ratio()) if hasattr(x, "as_integer_ratio") else Fraction(x)
+    error = Fraction(value) - exact_input
+    if error == 0:
+        return "exact"
+    relative = f", relative {float(error / exact_input):+.3g}" if exact_input else ""
+    return f"error {float(error):+.6g} from {float(x)!r}{relative}"

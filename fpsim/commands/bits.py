@@ -1,0 +1,34 @@
+"""Show how a value is stored: sign | exponent | mantissa, the stored value and the rounding error.
+
+Examples:
+  fpsim bits 0.1                      FP32, FP16 and BF16 side by side
+  fpsim bits 65520 --format fp16      a tie at the top of FP16: rounds to inf
+  fpsim bits 1e-8 --format fp16 --mode up
+  fpsim bits 300 --format e6m9        any eXmY format
+"""
+
+from ..bits import describe
+from ..exact import ROUNDING_MODES
+from ..formats import get_format
+
+DEFAULT_FORMATS = ("fp32", "fp16", "bf16")
+
+
+def configure(parser):
+    parser.add_argument("value", help="a decimal number, e.g. 0.1, -3e-6, 65504, inf, nan")
+    parser.add_argument("--format", "-f", action="append", dest="formats", metavar="F",
+                        help="format name, alias or eXmY (repeatable); default: fp32, fp16 and bf16")
+    parser.add_argument("--mode", "-m", default="nearest", choices=list(ROUNDING_MODES), help="rounding mode")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --mode stochastic (default 0)")
+
+
+def run(args) -> int:
+    try:
+        value = float(args.value)
+    except ValueError:
+        raise ValueError(f"not a number: {args.value!r}") from None
+    formats = [get_format(f) for f in (args.formats or DEFAULT_FORMATS)]
+    width = max(len(f.name) for f in formats)
+    for fmt in formats:
+        print(f"{fmt.name:<{width}}  {describe(value, fmt, args.mode, rng=args.seed)}")
+    return 0
