@@ -19,12 +19,34 @@ arithmetic (and no second rounding) happens anywhere.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 from numba import njit, prange
 
 NEAREST, NEAREST_AWAY, TOWARD_ZERO, UP, DOWN, STOCHASTIC = range(6)
 MODE_CODES = {"nearest": NEAREST, "nearest_away": NEAREST_AWAY, "toward_zero": TOWARD_ZERO,
               "up": UP, "down": DOWN, "stochastic": STOCHASTIC}
+
+
+@contextmanager
+def threads_for(work: int, parallel_min_work: int):
+    """Run the enclosed numba calls on one thread when ``work`` is below ``parallel_min_work``.
+
+    On a 2-core machine numba's thread pool costs more than it gains on small
+    arrays, and contends with OpenBLAS's spinning threads right after a numpy
+    matmul (see ``fpsim.reductions.PARALLEL_MIN_WORK`` for measurements).
+    """
+    if work >= parallel_min_work:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 @njit(cache=True, inline="always")
@@ -66,8 +88,9 @@ def round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quant
     if k > 62:
         # |x| < 2^-9 of the spacing: only directed and stochastic modes move up.
         if mode == STOCHASTIC:
-            shift = k - 62
-            up = shift < 63 and (r63 >> 1) < (sig >> shift)
+            # r63 / 2^63 < sig / 2^k  <=>  r63 < ceil(sig / 2^(k-63)), without overflow
+            shift = k - 63
+            up = r63 < (((sig - 1) >> shift) + 1 if shift < 63 else 1)
         else:
             up = (mode == UP and not negative) or (mode == DOWN and negative)
         result = quantum if up else 0
@@ -113,7 +136,9 @@ def normal_increment(sig, negative, k, mode, r63):
     if mode == NEAREST_AWAY:
         return (low_mask >> 1) + 1
     if mode == STOCHASTIC:
-        return r63 >> (63 - k)  # uniform in [0, 2^k): carries with probability rem / 2^k
+        # 2^k - 1 - u with u = the top k bits of r63: carries into bit k exactly when u < rem,
+        # the rule of the exact reference (uniform r63 / 2^63 < f), so probability rem / 2^k.
+        return low_mask - (r63 >> (63 - k))
     if (mode == UP and not negative) or (mode == DOWN and negative):
         return low_mask
     return 0

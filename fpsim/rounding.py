@@ -12,6 +12,8 @@ from .exact import check_mode, round_exact
 from .formats import Format, get_format
 
 _EXACT_INT_LIMIT = 1 << 53  # integers up to this magnitude are exact in float64
+PARALLEL_MIN_ELEMENTS = 1 << 18
+"""Arrays with fewer elements are rounded on one thread (the pool's wake-up costs more)."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,11 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     int_dtype = np.uint32 if array.dtype == np.float32 else np.int64
     out = np.empty(flat.shape, dtype=array.dtype)
     key = random_key(rng) if mode == "stochastic" else 0
-    _kernels.round_bits_array(
-        flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
-        params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
-        params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
+    with _kernels.threads_for(flat.size, PARALLEL_MIN_ELEMENTS):
+        _kernels.round_bits_array(
+            flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
+            params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
+            params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
     if exact_inputs is not None:
         _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, key)
     out = out.reshape(array.shape)

@@ -262,6 +262,21 @@ def test_stochastic_rounding_is_reproducible_and_exact_on_representable_values()
         fpsim.round(x, "bf16", "stochastic")
 
 
+def test_stochastic_rounding_equals_the_exact_reference_given_the_same_random_numbers():
+    from fpsim import _kernels
+    from fpsim.rounding import random_key
+    rng = np.random.default_rng(11)
+    for fmt in ("bf16", "fp16", "e4m3", "e6m9", "e11m50"):
+        x = _adversarial_float64(fmt, rng, 200)
+        x = np.concatenate([x, rng.standard_normal(300) * 10.0 ** rng.integers(-12, 6, 300), [2.0**-1000, 1e-320]])
+        ours = fpsim.round(x, fmt, "stochastic", rng=np.random.default_rng(5))
+        key = random_key(np.random.default_rng(5))
+        for i, value in enumerate(x):
+            uniform = Fraction(int(_kernels.splitmix63(key, i)), 1 << 63)
+            want = round_exact(float(value), fmt, "stochastic", uniform=uniform)
+            assert (math.isnan(ours[i]) and math.isnan(want)) or _bits(ours[i]) == _bits(want), (fmt, value)
+
+
 def test_stochastic_rounding_of_tiny_values_far_below_the_spacing():
     x = np.full(400_000, 2.0**-40)  # 2^-16 of FP16's smallest subnormal: rounds up with that probability
     out = fpsim.round(x, "fp16", "stochastic", rng=9)

@@ -1,0 +1,284 @@
+"""A floating-point calculator: evaluate a small expression in a format, one rounding at a time.
+
+The grammar (parsed with Python's ``ast``, never evaluated as code): decimal
+numbers (``0.1``, ``3e-5``), ``+ - * /``, parentheses, unary minus,
+``sqrt(x)``, ``fma(a, b, c)`` (a*b + c with one rounding) and powers of
+literals (``2**-9``, ``(-3)**2``: computed exactly, then used as a number).
+
+Every literal is first rounded to the format (its exact decimal value is kept
+to show the error); every operation takes the rounded operands, computes its
+exact result and rounds it once (``fpsim.add`` and friends).  Unary minus is
+exact and is not a step.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+import numpy as np
+
+from . import arithmetic
+from .exact import check_mode, round_exact
+from .formats import Format, get_format
+
+MAX_POWER = 4096
+"""Largest |exponent| accepted in a power of literals (2**-1074 needs 1074)."""
+
+_OPERATORS = {ast.Add: ("+", "add"), ast.Sub: ("-", "sub"), ast.Mult: ("*", "mul"), ast.Div: ("/", "div")}
+_FUNCTIONS = {"sqrt": 1, "fma": 3}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rounding: ``text`` (what was computed), its ``exact`` value (None if not a real number, e.g.
+    inf - inf; an approximation when ``exact_is_approximate``, for irrational square roots) and the ``rounded``
+    value stored in the format."""
+
+    text: str
+    exact: Fraction | Decimal | None
+    rounded: float
+    exact_is_approximate: bool = False
+
+    @property
+    def error(self) -> Fraction | Decimal | None:
+        """rounded - exact, when both are finite."""
+        if self.exact is None or not math.isfinite(self.rounded):
+            return None
+        rounded = Decimal(self.rounded) if isinstance(self.exact, Decimal) else Fraction(self.rounded)
+        return rounded - self.exact
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The steps in the order made, the final stored value, and the expression's value in exact arithmetic
+    (``Decimal`` to 50 digits when a square root makes it irrational; None when it is not a real number)."""
+
+    expression: str
+    fmt: Format
+    mode: str
+    steps: list
+    result: float
+    exact: Fraction | Decimal | None
+
+    @property
+    def error(self) -> Fraction | Decimal | None:
+        """result - exact, when both are finite (a Decimal approximation once a square root is involved)."""
+        return Step(self.expression, self.exact, self.result).error
+
+
+def parse(text: str) -> ast.expr:
+    """The checked syntax tree of ``text``; ValueError naming what is not allowed."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty expression: give something like '1 + 2**-9'")
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as error:
+        raise ValueError(f"cannot parse {text!r}: {error.msg}") from None
+    _check(tree)
+    return tree
+
+
+def _check(node) -> None:
+    if _is_literal(node):
+        return
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        _check(node.left), _check(node.right)
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        raise ValueError("powers are allowed of literal numbers only, with an integer exponent, e.g. 2**-9")
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        _check(node.operand)
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS:
+        if node.keywords or len(node.args) != _FUNCTIONS[node.func.id]:
+            raise ValueError(f"{node.func.id}() takes {_FUNCTIONS[node.func.id]} argument(s)")
+        for argument in node.args:
+            _check(argument)
+    elif isinstance(node, ast.Name):
+        raise ValueError(f"unknown name {node.id!r}: use numbers, + - * /, sqrt(), fma() and powers of literals")
+    else:
+        raise ValueError(f"not allowed in an expression: {ast.unparse(node)!r} "
+                         "(use numbers, + - * /, sqrt(), fma(), parentheses and powers of literals)")
+
+
+def _is_number(node) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _is_number(node.operand)
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _is_literal(node) -> bool:
+    """A number, a signed number, or a power of those with an integer exponent."""
+    if _is_number(node):
+        return True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _is_number(node.left) \
+            and _is_number(node.right):
+        exponent = _literal_value(node.right)
+        if exponent.denominator != 1 or abs(exponent) > MAX_POWER:
+            raise ValueError(f"exponent {ast.unparse(node.right)} must be an integer of at most {MAX_POWER} "
+                             "in magnitude")
+        return True
+    return False
+
+
+def _literal_value(node) -> Fraction:
+    """The exact value of a literal, from its source digits (0.1 is 1/10, not the nearest double)."""
+    if isinstance(node, ast.UnaryOp):
+        value = _literal_value(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp):
+        base, exponent = _literal_value(node.left), _literal_value(node.right)
+        if base == 0 and exponent < 0:
+            raise ValueError(f"{ast.unparse(node)}: zero to a negative power")
+        return base ** int(exponent)
+    return Fraction(repr(node.value)) if isinstance(node.value, float) else Fraction(node.value)
+
+
+def evaluate(text: str, fmt, mode: str = "nearest", *, rng=None) -> Evaluation:
+    """Evaluate ``text`` in ``fmt`` and ``mode`` step by step (``rng`` for mode "stochastic")."""
+    fmt = get_format(fmt)
+    mode = check_mode(mode)
+    if mode == "stochastic":
+        if rng is None:
+            raise ValueError("stochastic rounding needs a seed")
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    tree = parse(text)
+    steps: list[Step] = []
+    result = _evaluate(tree, fmt, mode, rng, steps)
+    with localcontext() as context:
+        context.prec = 50
+        exact = _exact_value(tree)
+    return Evaluation(text.strip(), fmt, mode, steps, result, exact)
+
+
+def _evaluate(node, fmt, mode, rng, steps) -> float:
+    if _is_literal(node):
+        value = _literal_value(node)
+        rounded = _round_literal(value, fmt, mode, rng)
+        steps.append(Step(ast.unparse(node), value, rounded))
+        return rounded
+    if isinstance(node, ast.UnaryOp):
+        operand = _evaluate(node.operand, fmt, mode, rng, steps)
+        return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp):
+        symbol, name = _OPERATORS[type(node.op)]
+        x = _evaluate(node.left, fmt, mode, rng, steps)
+        y = _evaluate(node.right, fmt, mode, rng, steps)
+        rounded = float(getattr(arithmetic, name)(x, y, fmt, mode, rng=rng))
+        steps.append(Step(f"{x!r} {symbol} {y!r}", _exact_operation(name, x, y), rounded))
+        return rounded
+    name = node.func.id
+    args = [_evaluate(argument, fmt, mode, rng, steps) for argument in node.args]
+    rounded = float(getattr(arithmetic, name)(*args, fmt, mode, rng=rng))
+    if name == "sqrt":
+        exact, approximate = _exact_sqrt(args[0])
+        steps.append(Step(f"sqrt({args[0]!r})", exact, rounded, approximate))
+    else:
+        steps.append(Step(f"fma({args[0]!r}, {args[1]!r}, {args[2]!r})", _exact_fma(*args), rounded))
+    return rounded
+
+
+def _round_literal(value: Fraction, fmt, mode, rng) -> float:
+    """Round an exact rational literal once, with the exact reference (uniform from ``rng`` if stochastic)."""
+    uniform = Fraction(int(rng.integers(0, 1 << 63)), 1 << 63) if mode == "stochastic" else None
+    return round_exact(value, fmt, mode, uniform=uniform)
+
+
+def _exact_operation(name: str, x: float, y: float) -> Fraction | None:
+    if not (math.isfinite(x) and math.isfinite(y)) or (name == "div" and y == 0):
+        return None
+    a, b = Fraction(x), Fraction(y)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b if b else None}[name]
+
+
+def _exact_fma(a: float, b: float, c: float) -> Fraction | None:
+    if not all(math.isfinite(v) for v in (a, b, c)):
+        return None
+    return Fraction(a) * Fraction(b) + Fraction(c)
+
+
+def _exact_sqrt(x: float) -> tuple[Fraction | Decimal | None, bool]:
+    """sqrt(x): a Fraction when it is rational, else a 50-digit Decimal (approximate: True)."""
+    if not math.isfinite(x) or x < 0:
+        return None, False
+    value = Fraction(x)
+    num_root, den_root = math.isqrt(value.numerator), math.isqrt(value.denominator)
+    if num_root ** 2 == value.numerator and den_root ** 2 == value.denominator:
+        return Fraction(num_root, den_root), False
+    with localcontext() as context:
+        context.prec = 50
+        return Decimal(value.numerator).sqrt() / Decimal(value.denominator).sqrt(), True
+
+
+def _exact_value(node) -> Fraction | Decimal | None:
+    """The expression's value in exact arithmetic (Decimal, in the caller's context, once a sqrt appears)."""
+    try:
+        return _exact(node)
+    except (ZeroDivisionError, ArithmeticError, ValueError):
+        return None
+
+
+def _exact(node):
+    if _is_literal(node):
+        return _literal_value(node)
+    if isinstance(node, ast.UnaryOp):
+        value = _exact(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp):
+        x, y = _exact(node.left), _exact(node.right)
+        if isinstance(x, Decimal) != isinstance(y, Decimal):
+            x, y = _as_decimal(x), _as_decimal(y)
+        return {ast.Add: lambda: x + y, ast.Sub: lambda: x - y, ast.Mult: lambda: x * y,
+                ast.Div: lambda: x / y}[type(node.op)]()
+    args = [_exact(argument) for argument in node.args]
+    if node.func.id == "fma":
+        if any(isinstance(a, Decimal) for a in args):
+            args = [_as_decimal(a) for a in args]
+        return args[0] * args[1] + args[2]
+    x = args[0]
+    if x < 0:
+        raise ValueError("square root of a negative number")
+    if isinstance(x, Fraction):
+        num_root, den_root = math.isqrt(x.numerator), math.isqrt(x.denominator)
+        if num_root ** 2 == x.numerator and den_root ** 2 == x.denominator:
+            return Fraction(num_root, den_root)
+    return _as_decimal(x).sqrt()
+
+
+def _as_decimal(x) -> Decimal:
+    return x if isinstance(x, Decimal) else Decimal(x.numerator) / Decimal(x.denominator)
+
+
+def show_number(x) -> str:
+    """A value as people read it: all its decimals when they are few (0.3, 0.001953125), else 17 digits."""
+    if x is None:
+        return "not a real number"
+    if isinstance(x, Decimal):
+        return f"{x:.17g}"
+    if isinstance(x, float):
+        return repr(x)
+    digits = _exact_decimal(x)
+    if digits is not None:
+        return digits
+    with localcontext() as context:
+        context.prec = 17
+        return "~ " + str(Decimal(x.numerator) / Decimal(x.denominator))
+
+
+def _exact_decimal(x: Fraction, max_digits: int = 30) -> str | None:
+    """The finite decimal expansion of ``x`` if it has one of at most ``max_digits`` significant digits."""
+    denominator, twos, fives = x.denominator, 0, 0
+    while denominator % 2 == 0:
+        denominator, twos = denominator // 2, twos + 1
+    while denominator % 5 == 0:
+        denominator, fives = denominator // 5, fives + 1
+    if denominator != 1:
+        return None
+    with localcontext() as context:
+        context.prec = len(str(abs(x.numerator))) + max(twos, fives) + 2
+        value = (Decimal(x.numerator) / Decimal(x.denominator)).normalize()
+    if len(value.as_tuple().digits) > max_digits:
+        return None
+    return f"{value:f}" if -30 < value.adjusted() < 30 else str(value)
