@@ -95,6 +95,8 @@ CASES = [
     ("fp16", "fp32", 6, "sequential"),      # float32 hardware kernel (nearest), other kernels otherwise
     ("fp16", "fp16", 3, "sequential"),      # FP16 accumulation: stagnation and overflow to inf
     ("bf16", "fp32", 40, "blocked:4"),
+    ("bf16", "fp32", 12, "sequential"),     # BF16 values whose products all fit float32: hardware kernel
+    ("bf16", "fp32", 70, "sequential"),     # products below float32's range: the exact float64 kernel
     ("bf16", "bf16", 20, "pairwise"),
     ("e5m2", "e6m9", 8, "blocked:1"),
     ("e4m3", "e4m3", 4, "sequential"),      # no infinities: overflow gives NaN

@@ -1,0 +1,102 @@
+"""Train a small MLP under a precision policy and report underflow, overflow and lost updates.
+
+The policy is a preset (fp32, fp16-pure, fp16-mixed, fp16-amp, bf16-pure,
+bf16-mixed, bf16-sr, bf16-kahan) or a JSON dict of Policy fields, e.g.
+'{"preset": "fp16-mixed", "loss_scale": 1024}'.  The run shows a progress bar,
+ends with a summary table, and with --out writes the whole result (per-step
+history, per-layer counts, histograms) as JSON for later analysis.
+
+Examples:
+  fpsim train --policy bf16-pure --lr 0.003 --steps 1500
+  fpsim train --policy fp16-mixed --grad-scale 2**-20 --loss-scale 2**16 --out result.json
+  fpsim train --policy fp16-amp --data mnist:~/data/mnist.npz --hidden 256,256 --optimizer adam --lr 1e-3
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from ..cli import UsageError
+from ..table import text_table
+
+
+def number(text: str) -> float:
+    """A float from '0.5', '1e-6', '2**-20' or '2^-20'."""
+    value = text.strip()
+    for power in ("**", "^"):
+        if power in value:
+            base, _, exponent = value.partition(power)
+            try:
+                return float(base) ** float(exponent)
+            except (ValueError, OverflowError):
+                break
+    try:
+        result = float(value)
+    except ValueError:
+        raise UsageError(f"not a number: {text!r} (use e.g. 0.05, 1e-6 or 2**-20)") from None
+    if not math.isfinite(result):
+        raise UsageError(f"not a finite number: {text!r}")
+    return result
+
+
+def configure(parser):
+    parser.add_argument("--policy", required=True,
+                        help="preset name (see fpsim.POLICIES) or a JSON dict of Policy fields")
+    parser.add_argument("--data", default="digits", help="digits (default), mnist:PATH to a local npz, or teacher")
+    parser.add_argument("--hidden", default="128,128,128", help="hidden layer widths, comma-separated")
+    parser.add_argument("--optimizer", default="sgd", help="sgd (default), momentum or adam")
+    parser.add_argument("--lr", type=number, default=0.05, help="learning rate (default 0.05)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
+    parser.add_argument("--grad-scale", type=number, default=1.0,
+                        help="multiply the loss (and every gradient) by this, e.g. 2**-20; the optimizer "
+                             "compensates, so only rounding sees it")
+    parser.add_argument("--loss-scale", default=None,
+                        help="override the policy's loss scale: a number (2**16) or 'dynamic'")
+    parser.add_argument("--momentum", type=number, default=0.9, help="momentum of --optimizer momentum")
+    parser.add_argument("--histograms", action="store_true", help="record histograms of log2|value|")
+    parser.add_argument("--shadow-every", type=int, default=100,
+                        help="compare gradients with an FP64 shadow every N steps (0: never; default 100)")
+    parser.add_argument("--out", help="write the full result as JSON to this file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _policy(text: str):
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--policy is not valid JSON: {error}") from None
+    return text
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated integers such as 128,128; got {text!r}") from None
+
+
+def run(args) -> int:
+    from ..training import train
+
+    loss_scale = None
+    if args.loss_scale is not None:
+        loss_scale = "dynamic" if args.loss_scale.strip() == "dynamic" else number(args.loss_scale)
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"--out: folder {os.path.dirname(os.path.abspath(args.out))!r} does not exist")
+    result = train(_policy(args.policy), data=args.data, hidden=_hidden(args.hidden), optimizer=args.optimizer,
+                   lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                   grad_scale=args.grad_scale, histograms=args.histograms, progress=not args.no_progress,
+                   loss_scale=loss_scale, momentum=args.momentum, shadow_every=args.shadow_every)
+    rows = [{"measure": name, "value": "-" if value is None else value} for name, value in result.summary().items()]
+    print(text_table(rows))
+    if result.diverged:
+        print(f"diverged at step {result.diverged_step}: the loss or the weights became inf/NaN")
+    if args.out:
+        result.save(args.out)
+        print(f"wrote {args.out}")
+    return 0

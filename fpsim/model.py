@@ -1,0 +1,221 @@
+"""A multilayer perceptron in numpy whose every product and rounding follows a precision policy.
+
+Each layer's forward and backward sit side by side (as in micrograd).  The
+arithmetic comes from a ``Compute`` object: matrix products through
+``fpsim.matmul`` (partial sums in the policy's ``accumulate`` format) and every
+rounding of a tensor into its storage format through ``Compute.round``, which
+shows the values before and after to the recorder.  Nothing in the model counts
+or knows about the recorder.
+
+Shapes: a batch ``x`` is (B, n_in); a layer's weights ``W`` are (n_in, n_out)
+and its bias ``b`` is (n_out,); ``z = x W + b``.  Layers are numbered 0..L-1
+from the input; the recorder attributes to layer i its output ``z_i``
+("activations"), the gradient with respect to that output
+("activation_grads") and its weight and bias gradients ("weight_grads").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import FP64, Format
+from .policy import Policy
+from .reductions import matmul
+from .rounding import round as round_to
+
+FP64_POLICY = Policy(name="fp64", params=FP64, activations=FP64, gradients=FP64, accumulate=FP64,
+                     optimizer_state=FP64, loss=FP64)
+"""Every tensor in FP64: the exact-arithmetic shadow a policy's gradients are compared against."""
+
+
+class Compute:
+    """A policy's arithmetic: products accumulated in ``accumulate``, tensors rounded to their formats.
+
+    ``recorder`` (optional) observes every rounding; without one (evaluation,
+    the FP64 shadow) nothing is counted.
+    """
+
+    def __init__(self, policy: Policy, recorder=None):
+        self.policy = policy
+        self.recorder = recorder
+        self.formats = {"activations": policy.activations, "activation_grads": policy.gradients,
+                        "weight_grads": policy.gradients}
+        fits = all(f.fits_float32 for f in (policy.params, policy.activations, policy.gradients,
+                                            policy.accumulate, policy.loss))
+        self.dtype = np.dtype(np.float32 if fits else np.float64)
+        """Container of every compute tensor: float32 when all the formats' values are float32s."""
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, a_format: Format, b_format: Format) -> np.ndarray:
+        """a @ b, each partial sum rounded to the policy's ``accumulate`` format (sequential order).
+
+        ``a_format`` and ``b_format`` say what the operands already are; when they
+        agree they are passed as ``inputs`` (a no-op rounding) so that ``fpsim.matmul``
+        can pick its fastest exact kernel for them.
+        """
+        inputs = a_format if a_format == b_format else None
+        product = matmul(a, b, inputs=inputs, accumulate=self.policy.accumulate)
+        return product.astype(self.dtype, copy=False)
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a + b (broadcasting) rounded once to the ``accumulate`` format, as a fused bias epilogue does."""
+        return round_to(np.add(a, b, dtype=np.float64), self.policy.accumulate).astype(self.dtype, copy=False)
+
+    def round(self, values: np.ndarray, kind: str, layer: int) -> np.ndarray:
+        """``values`` rounded to nearest into the format of ``kind``; the recorder sees both."""
+        fmt = self.formats[kind]
+        rounded = round_to(values, fmt).astype(self.dtype, copy=False)
+        if self.recorder is not None:
+            self.recorder.rounded(kind, layer, values, rounded, fmt)
+        return rounded
+
+
+class Float64Compute(Compute):
+    """The FP64 reference of a step: float64 products (numpy, BLAS) and no rounding at all.
+
+    It stands for exact arithmetic when measuring a policy's gradient error:
+    float64 carries 53 bits, its own relative error (about 1e-16 times the
+    condition of the sums) is far below that of any 16-bit policy.  It is not
+    a policy's arithmetic, so it does not go through ``fpsim.matmul`` (whose
+    exact FP64 accumulation would take a Fraction per step of every sum).
+    """
+
+    def __init__(self):
+        super().__init__(FP64_POLICY)
+
+    def matmul(self, a, b, a_format=None, b_format=None):
+        return np.matmul(a.astype(np.float64), b.astype(np.float64))
+
+    def add(self, a, b):
+        return np.add(a, b, dtype=np.float64)
+
+    def round(self, values, kind, layer):
+        return np.asarray(values, dtype=np.float64)
+
+
+class Linear:
+    """z = x W + b, with x in the activations format and W, b in the params format."""
+
+    def __init__(self, index: int, n_in: int, n_out: int):
+        self.index, self.n_in, self.n_out = index, n_in, n_out
+
+    def forward(self, compute: Compute, x, W, b):
+        self.x, self.W = x, W
+        z = compute.add(compute.matmul(x, W, compute.policy.activations, compute.policy.params), b)
+        return compute.round(z, "activations", self.index)
+
+    def backward(self, compute: Compute, dz, input_grad: bool = True):
+        """Given dL/dz (gradients format): dL/dW = x^T dz, dL/db = 1^T dz, and dL/dx = dz W^T if asked."""
+        policy = compute.policy
+        dW = compute.round(compute.matmul(self.x.T, dz, policy.activations, policy.gradients),
+                           "weight_grads", self.index)
+        ones = np.ones((1, dz.shape[0]), dtype=compute.dtype)  # the batch sum as a product: same accumulation
+        db = compute.round(compute.matmul(ones, dz, policy.gradients, policy.gradients)[0],
+                           "weight_grads", self.index)
+        dx = None
+        if input_grad:  # dL/dx is the previous layer's output gradient
+            dx = compute.round(compute.matmul(dz, self.W.T, policy.gradients, policy.params),
+                               "activation_grads", self.index - 1)
+        return dx, dW, db
+
+
+class ReLU:
+    """a = max(z, 0), exact in any format (NaN stays NaN)."""
+
+    def forward(self, z):
+        self.positive = z > 0
+        return np.maximum(z, 0)
+
+    def backward(self, da):
+        """dL/dz = dL/da where z > 0, else 0: exact."""
+        return np.where(self.positive, da, 0).astype(da.dtype, copy=False)
+
+
+class SoftmaxCrossEntropy:
+    """L = mean over the batch of -log softmax(z)[label], computed in float64, rounded to the loss format.
+
+    The result and the gradient are each rounded once to the policy's ``loss``
+    format (FP32 in the presets, as autocast keeps softmax and cross-entropy in
+    FP32); a real FP32 softmax would differ from this in the last bits only.
+    """
+
+    def forward(self, compute: Compute, logits, labels) -> float:
+        z = logits.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            z = z - z.max(axis=1, keepdims=True)
+            log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        self.probs = np.exp(log_probs)
+        self.labels = labels
+        return float(round_to(-log_probs[np.arange(len(labels)), labels].mean(), compute.policy.loss))
+
+    def backward(self, compute: Compute, scale: float):
+        """d(scale * L)/dz = scale * (softmax(z) - onehot) / B, rounded to the loss format."""
+        grad = self.probs.copy()
+        grad[np.arange(len(self.labels)), self.labels] -= 1.0
+        return round_to(grad * (scale / len(self.labels)), compute.policy.loss)
+
+    @staticmethod
+    def score(logits, labels) -> float:
+        """Accuracy: the share of rows whose largest logit is the label's (a row with inf/NaN counts as wrong)."""
+        finite_rows = np.isfinite(logits).all(axis=1)
+        return float(np.mean(finite_rows & (np.argmax(np.nan_to_num(logits), axis=1) == labels)))
+
+
+class MeanSquaredError:
+    """L = mean over all elements of (y_hat - y)^2, computed in float64, rounded to the loss format."""
+
+    def forward(self, compute: Compute, predictions, targets) -> float:
+        with np.errstate(invalid="ignore", over="ignore"):
+            self.residual = predictions.astype(np.float64) - targets
+            return float(round_to(np.mean(self.residual ** 2), compute.policy.loss))
+
+    def backward(self, compute: Compute, scale: float):
+        """d(scale * L)/dy_hat = scale * 2 (y_hat - y) / (B * outputs), rounded to the loss format."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return round_to(self.residual * (2.0 * scale / self.residual.size), compute.policy.loss)
+
+    @staticmethod
+    def score(predictions, targets):
+        """No accuracy for a regression."""
+        return None
+
+
+class MLP:
+    """Linear -> ReLU -> ... -> Linear, with a softmax cross-entropy or squared-error loss.
+
+    ``sizes`` = (inputs, hidden..., outputs).  The model holds its layers'
+    structure and the values a backward pass needs; the weights are passed in
+    (the training step owns the master copy and its cast).
+    """
+
+    def __init__(self, sizes, task: str = "classification"):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"an MLP needs an input size, an output size and positive widths; got {sizes}")
+        self.sizes = sizes
+        self.layers = [Linear(i, n_in, n_out) for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        self.relus = [ReLU() for _ in self.layers[:-1]]
+        self.loss = SoftmaxCrossEntropy() if task == "classification" else MeanSquaredError()
+
+    def init_weights(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+        """He-normal weights (std sqrt(2 / n_in), as for ReLU) and zero biases, in float64."""
+        return [(rng.normal(0.0, np.sqrt(2.0 / layer.n_in), size=(layer.n_in, layer.n_out)), np.zeros(layer.n_out))
+                for layer in self.layers]
+
+    def forward(self, compute: Compute, x, weights):
+        """The network's output (logits or predictions) in the activations format."""
+        a = x
+        for layer, (W, b) in zip(self.layers, weights):
+            z = layer.forward(compute, a, W, b)
+            a = self.relus[layer.index].forward(z) if layer.index < len(self.relus) else z
+        return a
+
+    def backward(self, compute: Compute, output_grad):
+        """Weight and bias gradients of every layer, from dL/d(output) (already in the gradients format)."""
+        grads = [None] * len(self.layers)
+        dz = output_grad
+        for layer in reversed(self.layers):
+            dx, dW, db = layer.backward(compute, dz, input_grad=layer.index > 0)
+            grads[layer.index] = (dW, db)
+            if dx is not None:
+                dz = self.relus[layer.index - 1].backward(dx)
+        return grads

@@ -1,0 +1,181 @@
+"""Precision policies: which format every tensor of a training step lives in.
+
+A ``Policy`` is the whole numerical recipe of mixed-precision training as data.
+One step (see ``fpsim.training``) reads it like this:
+
+1. cast the master weights to ``params`` (with no ``master``, the weights are
+   stored in ``params`` and used as they are);
+2. forward and backward with matrix products accumulated in ``accumulate`` and
+   their results rounded to ``activations`` (forward) or ``gradients``
+   (activation and weight gradients); softmax and cross-entropy in ``loss``
+   (FP32, as autocast does); the loss multiplied by the loss scale;
+3. gradients to FP32, divided by the loss scale, checked for inf/NaN (a step
+   with inf/NaN is skipped when the policy scales the loss);
+4. the optimizer turns them into an update, its state kept in ``optimizer_state``;
+5. the update is applied to the master weights (or to the params themselves),
+   rounded to their format with ``update_rounding``, optionally Kahan-compensated.
+
+Every preset accumulates matrix products in FP32, as tensor cores do with FP16
+and BF16 inputs; a policy with ``accumulate="fp16"`` is one field away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .formats import BF16, FORMATS, FP16, FP32, Format, get_format
+
+UPDATE_ROUNDINGS = ("nearest", "stochastic")
+"""How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
+
+_FORMAT_FIELDS = ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The formats of one training step's tensors, its loss scaling and its update rule."""
+
+    name: str = "custom"
+    """Label used in tables and reports."""
+    params: Format = FP32
+    """Format of the weights as used in the forward and backward products."""
+    activations: Format = FP32
+    """Format the layers' outputs are rounded to."""
+    gradients: Format = FP32
+    """Format the activation gradients and the weight gradients are rounded to."""
+    accumulate: Format = FP32
+    """Format of the partial sums inside every matrix product."""
+    master: Format | None = None
+    """Format of a master copy of the weights that receives the updates; None: update ``params`` in place."""
+    optimizer_state: Format = FP32
+    """Format of the optimizer's state (momentum buffer, Adam's moments)."""
+    loss: Format = FP32
+    """Format of the softmax / cross-entropy (or squared error) and of its gradient."""
+    loss_scale: float | str | None = None
+    """None (no scaling, no inf/NaN check), a constant scale (> 0), or ``"dynamic"`` (GradScaler)."""
+    update_rounding: str = "nearest"
+    """Rounding of the updated weights into their format: one of ``UPDATE_ROUNDINGS``."""
+    kahan: bool = False
+    """Keep a compensation buffer (in the weights' format) that carries what each update's rounding lost."""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"policy name must be a non-empty string, got {self.name!r}")
+        for field in _FORMAT_FIELDS:
+            object.__setattr__(self, field, get_format(getattr(self, field)))
+        if self.master is not None:
+            object.__setattr__(self, "master", get_format(self.master))
+        scale = self.loss_scale
+        if isinstance(scale, str):
+            if scale != "dynamic":
+                raise ValueError(f"loss_scale must be None, a positive number or 'dynamic', got {scale!r}")
+        elif scale is not None:
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                    math.isfinite(scale) and scale > 0):
+                raise ValueError(f"loss_scale must be None, a positive finite number or 'dynamic', got {scale!r}")
+            object.__setattr__(self, "loss_scale", float(scale))
+        if self.update_rounding not in UPDATE_ROUNDINGS:
+            raise ValueError(f"update_rounding must be one of {', '.join(UPDATE_ROUNDINGS)}, "
+                             f"got {self.update_rounding!r}")
+        if not isinstance(self.kahan, bool):
+            raise ValueError(f"kahan must be True or False, got {self.kahan!r}")
+        if self.kahan and self.update_rounding == "stochastic":
+            raise ValueError("choose either a Kahan-compensated update or stochastic rounding, not both")
+
+    @property
+    def weights(self) -> Format:
+        """Format the updates are applied in: ``master`` if there is one, else ``params``."""
+        return self.master if self.master is not None else self.params
+
+    @classmethod
+    def preset(cls, name: str) -> "Policy":
+        """The named preset (``fpsim.POLICIES`` lists them)."""
+        if isinstance(name, str) and name.strip().lower() in POLICIES:
+            return POLICIES[name.strip().lower()]
+        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+
+    @classmethod
+    def coerce(cls, spec) -> "Policy":
+        """A Policy from a Policy, a preset name, or a dict of fields.
+
+        A dict may name a ``"preset"`` to start from and override some of its
+        fields, e.g. ``{"preset": "fp16-mixed", "loss_scale": 1024}``; formats may
+        be given as names (``"bf16"``, ``"e6m9"``) or as dicts of Format fields.
+        """
+        if isinstance(spec, Policy):
+            return spec
+        if isinstance(spec, str):
+            return cls.preset(spec)
+        if isinstance(spec, dict):
+            return cls.from_dict(spec)
+        raise TypeError(f"policy must be a Policy, a preset name ({', '.join(POLICIES)}) or a dict of fields; "
+                        f"got {type(spec).__name__}")
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Policy":
+        """Inverse of ``to_dict`` (also accepts a ``"preset"`` key, see ``coerce``)."""
+        fields = dict(fields)
+        preset = fields.pop("preset", None)
+        base = cls.preset(preset) if preset is not None else cls()
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            raise ValueError(f"unknown policy field(s) {', '.join(unknown)}: the fields are {', '.join(known)} "
+                             f"(and 'preset')")
+        for field in (*_FORMAT_FIELDS, "master"):
+            if isinstance(fields.get(field), dict):
+                fields[field] = Format(**fields[field])
+        if preset is not None and fields and "name" not in fields:
+            fields["name"] = f"{base.name}*"  # a modified preset must not pass for the preset itself
+        return dataclasses.replace(base, **fields)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict: formats by name when built in, else as a dict of their fields."""
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = _format_to_json(value) if isinstance(value, Format) else value
+        return out
+
+    def describe(self) -> str:
+        """One line: the format of each tensor, the loss scaling and the update rule."""
+        update = "kahan" if self.kahan else self.update_rounding
+        return (f"{self.name}: params {self.params}, activations {self.activations}, gradients {self.gradients}, "
+                f"accumulate {self.accumulate}, master {self.master or 'none'}, optimizer state "
+                f"{self.optimizer_state}, loss {self.loss}, loss scale {self.loss_scale or 'none'}, "
+                f"update {update}")
+
+
+def _format_to_json(fmt: Format):
+    if FORMATS.get(fmt.name) == fmt:
+        return fmt.name
+    return dataclasses.asdict(fmt)
+
+
+def _compute(name: str, fmt: Format, **fields) -> Policy:
+    """A policy computing in ``fmt`` (params, activations, gradients) with FP32 accumulation and loss."""
+    return Policy(name=name, params=fmt, activations=fmt, gradients=fmt, accumulate=FP32, loss=FP32, **fields)
+
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    _compute("fp32", FP32, master=None, optimizer_state=FP32),
+    _compute("fp16-pure", FP16, master=None, optimizer_state=FP16),
+    _compute("fp16-mixed", FP16, master=FP32, optimizer_state=FP32),
+    _compute("fp16-amp", FP16, master=FP32, optimizer_state=FP32, loss_scale="dynamic"),
+    _compute("bf16-pure", BF16, master=None, optimizer_state=BF16),
+    _compute("bf16-mixed", BF16, master=FP32, optimizer_state=FP32),
+    _compute("bf16-sr", BF16, master=None, optimizer_state=BF16, update_rounding="stochastic"),
+    _compute("bf16-kahan", BF16, master=None, optimizer_state=BF16, kahan=True),
+)}
+"""The presets by name.
+
+``fp32``: everything FP32.  ``-pure``: weights, activations, gradients and
+optimizer state in the 16-bit format, updates rounded into the 16-bit weights,
+no loss scaling.  ``-mixed``: 16-bit compute, FP32 master weights and optimizer
+state, no loss scaling.  ``fp16-amp``: fp16-mixed plus dynamic loss scaling
+(the full recipe).  ``bf16-sr``: bf16-pure with stochastically rounded updates.
+``bf16-kahan``: bf16-pure with a Kahan-compensated update.  All accumulate in
+FP32 and compute the loss in FP32.
+"""
