@@ -19,7 +19,7 @@ arithmetic (and no second rounding) happens anywhere.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
@@ -31,22 +31,25 @@ MODE_CODES = {"nearest": NEAREST, "nearest_away": NEAREST_AWAY, "toward_zero": T
 
 
 @contextmanager
-def threads_for(work: int, parallel_min_work: int):
-    """Run the enclosed numba calls on one thread when ``work`` is below ``parallel_min_work``.
+def one_thread():
+    """Run the enclosed numba calls on one thread, then restore the thread count.
 
     On a 2-core machine numba's thread pool costs more than it gains on small
     arrays, and contends with OpenBLAS's spinning threads right after a numpy
     matmul (see ``fpsim.reductions.PARALLEL_MIN_WORK`` for measurements).
+    Results never depend on it: every kernel computes each output on its own.
     """
-    if work >= parallel_min_work:
-        yield
-        return
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def threads_for(work: int, parallel_min_work: int):
+    """``one_thread()`` when ``work`` is below ``parallel_min_work``, else all of numba's threads."""
+    return one_thread() if work < parallel_min_work else nullcontext()
 
 
 @njit(cache=True, inline="always")

@@ -23,7 +23,6 @@ it takes at most ``steps`` steps.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._kernels import one_thread
 from .data import load_data
 from .formats import FP32, FP64
 from .loss_scaling import LossScaler
@@ -196,26 +196,10 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
         raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset.y_train)} training examples")
     run = _Run(policy, dataset, hidden, optimizer_state, loss_scaler, grad_scale, seed,
                Recorder(len(hidden) + 1, histogram_steps=histogram_steps or (), record_every=record_every))
-    with _one_kernel_thread():
+    # A step's products are small (batch 64 by a few hundred): on a busy 2-core machine a
+    # step took 4-5x longer with two threads than with one (benchmarks/bench_train_step.py).
+    with one_thread():
         return run.train(steps, batch_size, shadow_every, config, progress)
-
-
-@contextlib.contextmanager
-def _one_kernel_thread():
-    """Run numba's parallel kernels on one thread for the duration of a training run.
-
-    A step's products are small (batch 64 by a few hundred), so the threads'
-    synchronisation costs more than they share: on a busy 2-core machine a step
-    took 4-5x longer with two threads than with one (``benchmarks/bench_train_step.py``).
-    Results do not depend on it: every kernel computes each output on its own.
-    """
-    import numba
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 class _Run:
