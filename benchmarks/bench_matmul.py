@@ -14,28 +14,11 @@ one warm-up call (which compiles).  Targets: <= 10x for FP32 accumulation,
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 import fpsim
-
-
-def best_time(function, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls, in seconds (the first call also compiles; it is not counted).
-
-    Waits half a second first: OpenBLAS's idle threads spin for a while after a
-    numpy matmul and numba's OpenMP threads after a kernel, and on 2 cores each
-    steals the other's time (see ``interleaved`` in ``main``).
-    """
-    time.sleep(0.5)
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def main() -> None:

@@ -10,23 +10,12 @@ random signs).  Each timing is the best of ``--repeats`` runs.  gfloat (optional
 from __future__ import annotations
 
 import argparse
-import time
 
 import ml_dtypes
 import numpy as np
 
 import fpsim
-
-
-def best_time(function, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls, in seconds (the first call also compiles; it is not counted)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def main() -> None:
