@@ -41,7 +41,7 @@ import numpy as np
 
 from . import _kernels
 from . import _reduction_kernels as kernels
-from .exact import check_mode, floor_log2, round_exact
+from .exact import check_mode, floor_log2, round_exact, round_sum_exact
 from .formats import FP64, Format, get_format
 from .reductions import _generator, _products_exact_in
 from .rounding import float64_params, random_key
@@ -111,6 +111,10 @@ def _add_rounded(x, y, fmt, mode, rng):
         return kernels.add_arrays(np.ascontiguousarray(x), np.ascontiguousarray(y), float64_params(fmt),
                                   _kernels.MODE_CODES[mode], key)
     return _exact_elementwise(_exact_add, (x, y), fmt, mode, key)
+
+
+def _exact_add(x: float, y: float, fmt, mode, uniform) -> float:
+    return round_sum_exact(x, y, fmt, mode, uniform=uniform)
 
 
 def mul(a, b, fmt, mode: str = "nearest", *, rng=None):
@@ -183,15 +187,6 @@ def _negative(x: float) -> bool:
     return math.copysign(1.0, x) < 0
 
 
-def _exact_add(x: float, y: float, fmt, mode, uniform) -> float:
-    if not (math.isfinite(x) and math.isfinite(y)):
-        return round_exact(x + y, fmt, mode)
-    total = Fraction(x) + Fraction(y)
-    if total == 0:
-        return -0.0 if (_negative(x) and _negative(y)) or mode == "down" else 0.0
-    return round_exact(total, fmt, mode, uniform=uniform)
-
-
 def _exact_mul(x: float, y: float, fmt, mode, uniform) -> float:
     if not (math.isfinite(x) and math.isfinite(y)) or x == 0 or y == 0:
         return round_exact(x * y, fmt, mode)  # inf, NaN and signed zeros as IEEE float64 gives them
@@ -234,12 +229,5 @@ def _exact_fma(x: float, y: float, z: float, fmt, mode, uniform) -> float:
         return round_exact(z, fmt, mode)  # a finite product does not change inf or NaN
     product = Fraction(x) * Fraction(y)
     if product == 0:
-        return _exact_add(x * y, z, fmt, mode, uniform)  # x * y is a signed zero, exact
-    return _exact_add_fraction(product, z, fmt, mode, uniform)
-
-
-def _exact_add_fraction(product: Fraction, z: float, fmt, mode, uniform) -> float:
-    total = product + Fraction(z)
-    if total == 0:
-        return -0.0 if mode == "down" else 0.0
-    return round_exact(total, fmt, mode, uniform=uniform)
+        return round_sum_exact(x * y, z, fmt, mode, uniform=uniform)  # x * y is a signed zero, exact
+    return round_sum_exact(product, z, fmt, mode, uniform=uniform)

@@ -126,3 +126,20 @@ def round_exact(x, fmt, mode: str = "nearest", *, saturate: bool = False,
         result = Fraction(0)
     magnitude = float(result)
     return -magnitude if negative else magnitude
+
+
+def round_sum_exact(x, y, fmt, mode: str = "nearest", *, uniform: Fraction | None = None) -> float:
+    """x + y rounded once to ``fmt``, for floats or Fractions, with IEEE 754's special cases.
+
+    inf + (-inf) and anything with NaN give NaN; inf + finite is inf.  An exact
+    zero sum is +0, except -0 when both operands are -0, and -0 in mode "down"
+    (IEEE 754 section 6.3).
+    """
+    special = [v for v in (x, y) if isinstance(v, float) and not math.isfinite(v)]
+    if special:
+        return round_exact(sum(special), fmt, mode)
+    total = Fraction(x) + Fraction(y)
+    if total == 0:
+        both_negative_zero = all(isinstance(v, float) and v == 0 and math.copysign(1.0, v) < 0 for v in (x, y))
+        return -0.0 if both_negative_zero or mode == "down" else 0.0
+    return round_exact(total, fmt, mode, uniform=uniform)

@@ -45,7 +45,7 @@ import numpy as np
 from . import _kernels
 from ._kernels import threads_for
 from . import _reduction_kernels as kernels
-from .exact import check_mode, round_exact
+from .exact import check_mode, round_exact, round_sum_exact
 from .formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format
 from .rounding import float64_params, random_key
 from .rounding import round as round_to
@@ -262,16 +262,8 @@ def _exact_product(x: float, y: float):
 
 
 def _add_exact(x, y, fmt, mode, uniforms) -> float:
-    """round(x + y) once, with IEEE 754's rules for inf, NaN and zero sums (one random number used in any case)."""
-    uniform = next(uniforms) if mode == "stochastic" else None
-    if isinstance(x, float) and not math.isfinite(x) or isinstance(y, float) and not math.isfinite(y):
-        return round_exact(float(x) + float(y), fmt, mode)
-    total = Fraction(x) + Fraction(y)
-    if total == 0:
-        both_negative_zero = (x == 0 and y == 0 and math.copysign(1, float(x)) < 0
-                              and math.copysign(1, float(y)) < 0)
-        return -0.0 if both_negative_zero or mode == "down" else 0.0
-    return round_exact(total, fmt, mode, uniform=uniform)
+    """round(x + y) once (one random number used in any case)."""
+    return round_sum_exact(x, y, fmt, mode, uniform=next(uniforms) if mode == "stochastic" else None)
 
 
 def _round(x, fmt, mode, uniforms) -> float:
