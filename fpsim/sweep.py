@@ -1,0 +1,303 @@
+"""Experiment sweeps: many ``fpsim.train`` runs, resumable, on a process pool or a Dask cluster.
+
+A *configuration* is a dict of ``fpsim.train`` keyword arguments, ``policy``
+included, e.g. ``{"policy": "fp16", "lr": 0.05, "seed": 3}``.  A *grid* is a
+dict of lists, expanded as a product (``expand_grid``)::
+
+    records = fpsim.sweep({"policy": ["fp32", "bf16"], "seed": [0, 1, 2]}, store="runs.sqlite")
+    accuracy = [r["result"]["test_accuracy"] for r in records if r["status"] == "ok"]
+
+How a sweep runs:
+
+* Every configuration is completed with ``fpsim.train``'s defaults and keyed by
+  ``config_key``: the SHA-256 of its canonical JSON (the policy resolved to its
+  fields) together with fpsim's version (``numerics_version``), so a key names
+  one result bit for bit.  Options ``fpsim.train`` does not take and unknown
+  policies are refused before anything runs.
+* Runs already stored (status ``"ok"``) are reused; the others go to the
+  executor, one task per run, through one module-level function, ``run_config``.
+  As each run finishes, the coordinating process (only it) writes the run to the
+  store in its own transaction (``fpsim.sweep_store``).  Interrupting loses no
+  finished run, and running the same sweep again runs only what is missing.
+* A run that raises is stored as ``"failed"`` with its error; the sweep goes on,
+  and a later sweep retries it.
+* The executor: by default a local process pool, one worker per core
+  (``local_pool``); or any ``concurrent.futures.Executor``; or a
+  ``dask.distributed.Client`` (``dask_client`` connects to a scheduler; needs the
+  ``fpsim[dask]`` extra).
+
+Multi-seed analyses call ``sweep`` directly: ``store=None`` runs in memory and
+the records come back in configuration order, so ``sweep(configs, store=None,
+executor=ex)`` is the one function that runs a list of trainings on any executor.
+The command line is ``fpsim sweep GRID.toml --store runs.sqlite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+
+from tqdm import tqdm
+
+from .policy import Policy
+from .sweep_store import RunStore, load_sweep
+
+__all__ = ["sweep", "load_sweep", "expand_grid", "read_grid", "normalize_config", "config_key",
+           "numerics_version", "run_config", "local_pool", "dask_client"]
+
+
+def numerics_version() -> str:
+    """The version of fpsim's numerics that a run key includes: the package version.
+
+    A stored result is reused only by the same fpsim version; every release that
+    changes a training result bit changes the version, so old results are never
+    mixed with new ones.  (While developing between releases, start a fresh store
+    after changing the numerics.)
+    """
+    from . import __version__
+    return __version__
+
+
+def expand_grid(grid: Mapping[str, list]) -> list[dict]:
+    """The configurations of a grid: the product of its value lists.
+
+    The first key varies slowest and the last fastest, like nested for loops
+    written in the grid's key order.  Every value must be a list, even a single
+    one (``{"seed": [0]}``), so that list-valued options stay unambiguous:
+    ``{"hidden": [[16], [32, 32]]}`` is two configurations.
+    """
+    for name, values in grid.items():
+        if not isinstance(values, list):
+            raise ValueError(f"grid entry {name!r} must be a list of values, got {values!r} "
+                             f"(write [{values!r}] for a single value)")
+        if not values:
+            raise ValueError(f"grid entry {name!r} is an empty list")
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def read_grid(path: str | os.PathLike) -> dict:
+    """Read a grid from a TOML file: each top-level key is an ``fpsim.train`` option with a list of values.
+
+    Example (``analyses/grids/example.toml``)::
+
+        policy = ["fp32", "bf16"]
+        lr = [0.05, 0.1]
+        seed = [0, 1]
+        hidden = [[16]]
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError("reading TOML grids needs Python 3.11+ or the 'tomli' package") from None
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ValueError(f"cannot read grid {os.fspath(path)}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"malformed grid {os.fspath(path)}: {error}") from None
+
+
+def normalize_config(config: Mapping) -> dict:
+    """The full configuration a run key hashes: ``config`` with ``fpsim.train``'s defaults filled in.
+
+    Unknown options, a missing ``policy`` and values that are not JSON data are
+    refused (``ValueError``/``TypeError``).  ``progress`` is not an option: runs
+    never draw progress bars.  An int given where the default is a float becomes
+    that float, so ``grad_scale=1`` and ``grad_scale=1.0`` name the same run.
+    Tuples become lists (their JSON form), which ``fpsim.train`` accepts alike.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"a sweep configuration is a dict of fpsim.train options, got {type(config).__name__}")
+    signature = _train_signature()
+    options = [name for name in signature.parameters if name != "progress"]
+    unknown = [name for name in config if name not in options]
+    if unknown:
+        raise ValueError(f"unknown training option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"fpsim.train takes {', '.join(options)}")
+    if "policy" not in config:
+        raise ValueError("a sweep configuration needs a 'policy'")
+    bound = signature.bind(**config)
+    bound.apply_defaults()
+    full = {}
+    for name, value in bound.arguments.items():
+        if name == "progress":
+            continue
+        default = signature.parameters[name].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        full[name] = value
+    try:
+        return json.loads(json.dumps(full))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"a sweep configuration holds JSON data only: {error}") from None
+
+
+def config_key(config: Mapping) -> str:
+    """The stable key of a run: SHA-256 (hex) of its full configuration and fpsim's numerics version.
+
+    The policy enters as the fields it resolves to (``Policy.coerce(...).to_dict()``),
+    so a preset name and the same policy written as a dict are one run, and an
+    unknown policy is refused here, before anything runs.  The hashed text is
+    canonical JSON (sorted keys, no spaces; floats written as their shortest
+    round-trip decimal), so the key is the same in every process, on every
+    machine and for every order of the options.
+    """
+    full = normalize_config(config)
+    full["policy"] = Policy.coerce(full["policy"]).to_dict()
+    text = json.dumps({"config": full, "numerics": numerics_version()}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_config(config: dict) -> dict:
+    """Run one configuration (in a worker): the one function every executor is given.
+
+    Returns ``{"status": "ok", "error": None, "result": JSON text}`` or
+    ``{"status": "failed", "error": "Type: message", "result": None}``; it never
+    writes anywhere, the coordinating process stores what it returns.
+    """
+    from . import train
+    try:
+        result = train(**config, progress=False)
+        return {"status": "ok", "error": None, "result": json.dumps(result.to_dict())}
+    except Exception as error:  # a failed run is a result to record, not a reason to stop the sweep
+        return _failure(error)
+
+
+def local_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    """A local process pool of ``workers`` processes (default: one per core).
+
+    Workers are started with ``spawn``: forking a process that has already run
+    fpsim's OpenMP kernels is unsafe.  (So a script using it needs the usual
+    ``if __name__ == "__main__":`` guard.)  Each worker runs fpsim's numba
+    kernels on one thread: a sweep is parallel across runs, and at fpsim's
+    matrix sizes a second thread inside a run does not pay for itself (a run
+    of the default 64-128-128-128-10 network took as long on 2 threads as on 1).
+    """
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"a pool needs at least one worker, got {workers}")
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_single_threaded)
+
+
+def dask_client(address: str, *, timeout: float = 10.0):
+    """Connect to the Dask scheduler at ``address`` (``tcp://HOST:PORT``) within ``timeout`` seconds.
+
+    Needs the optional extra ``fpsim[dask]``.  Raises ``ConnectionError`` when
+    the scheduler cannot be reached.  Close the client when done (it is a
+    context manager).
+    """
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ModuleNotFoundError("Dask sweeps need the dask extra: pip install 'fpsim[dask]'") from None
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as error:
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                              f"({type(error).__name__})") from None
+
+
+def sweep(configs, *, store=None, executor=None, progress: bool = True) -> list[dict]:
+    """Run every configuration not yet in ``store``, storing each as it finishes; return all runs.
+
+    ``configs``: a list of configurations, or a grid (a dict of lists, see
+    ``expand_grid``).  ``store``: the path of the SQLite sweep store (created if
+    missing), or None to run in memory.  ``executor``: None for ``local_pool()``
+    (started only when some run is missing, and shut down after), any
+    ``concurrent.futures.Executor``, or a ``dask.distributed.Client``.
+    ``progress``: a progress bar on stderr.
+
+    Returns one record per configuration, in the order given, with the keys of
+    ``load_sweep``'s records (``key``, ``config``, ``status``, ``error``,
+    ``result``) and ``reused``: True when the run was already stored and not run
+    again.  Configurations with the same key are run once.  Every configuration
+    is checked before any run starts or the store is opened.
+    """
+    if isinstance(configs, Mapping):
+        configs = expand_grid(configs)
+    configs = [normalize_config(config) for config in configs]
+    keys = [config_key(config) for config in configs]
+    executor = _as_executor(executor)
+    with RunStore(store) as runs:
+        records = {key: dict(record, reused=True) for key, record in runs.finished(keys).items()}
+        missing = {key: config for key, config in zip(keys, configs) if key not in records}
+        if missing:
+            records.update(_run(missing, runs, executor, progress))
+    return [records[key] for key in keys]
+
+
+def _run(missing: dict[str, dict], runs: RunStore, executor: Executor | None, progress: bool) -> dict[str, dict]:
+    """Run the ``missing`` configurations (by key) on ``executor``, storing each as it finishes."""
+    owned = executor is None
+    if owned:
+        executor = local_pool(min(os.cpu_count() or 1, len(missing)))
+    finished, failed = {}, 0
+    futures = {executor.submit(run_config, config): key for key, config in missing.items()}
+    try:
+        with tqdm(total=len(futures), disable=not progress, desc="sweep", unit="run", file=sys.stderr) as bar:
+            for future in as_completed(futures):
+                key = futures[future]
+                outcome = _outcome(future)
+                record = {"key": key, "config": missing[key], "status": outcome["status"], "error": outcome["error"],
+                          "result": None if outcome["result"] is None else json.loads(outcome["result"])}
+                runs.write(record)
+                finished[key] = dict(record, reused=False)
+                failed += record["status"] == "failed"
+                if failed:
+                    bar.set_postfix(failed=failed, refresh=False)
+                bar.update()
+    finally:
+        for future in futures:
+            future.cancel()
+        if owned:
+            # On an interrupt, do not wait for the runs in flight: what finished is stored.
+            executor.shutdown(wait=len(finished) == len(futures), cancel_futures=True)
+    return finished
+
+
+def _outcome(future: Future) -> dict:
+    """What ``run_config`` returned, or the failure of the executor running it (a lost worker, ...)."""
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if not isinstance(error, Exception):  # KeyboardInterrupt or SystemExit in a worker stops the sweep
+        raise error
+    return _failure(error)
+
+
+def _failure(error: BaseException) -> dict:
+    message = " ".join(str(error).split())
+    return {"status": "failed", "error": f"{type(error).__name__}: {message}" if message else type(error).__name__,
+            "result": None}
+
+
+def _as_executor(executor) -> Executor | None:
+    if executor is None or isinstance(executor, Executor):
+        return executor
+    if callable(getattr(executor, "get_executor", None)):  # a dask.distributed.Client
+        return executor.get_executor()
+    raise TypeError(f"executor must be a concurrent.futures.Executor or a dask.distributed.Client, "
+                    f"got {type(executor).__name__}")
+
+
+def _train_signature() -> inspect.Signature:
+    from . import train
+    return inspect.signature(train)
+
+
+def _single_threaded() -> None:
+    """Pool worker initializer: this worker's numba kernels run on one thread."""
+    import numba
+    numba.set_num_threads(1)
