@@ -108,28 +108,38 @@ def classify(value: float, fmt: Format) -> str:
     return "normal" if abs(value) >= fmt.smallest_normal else "subnormal"
 
 
+def anatomy(value, fmt) -> str:
+    """A value of ``fmt`` as its fields and their meaning, e.g. ``0 | 01111 | 0000000000  = 1.0  (normal, 2^0 x 1.0000000000b)``.
+
+    ``value`` is rounded to ``fmt`` (nearest) first, so any number is accepted.
+    """
+    fmt = get_format(fmt)
+    if np.ndim(value) != 0:
+        raise ValueError("describe takes one scalar value")
+    sign, biased, mantissa = (int(f) for f in fields(value, fmt))
+    stored = float(decode(_join(fmt, sign, biased, mantissa), fmt))
+    mantissa_text = format(mantissa, f"0{fmt.mantissa_bits}b") if fmt.mantissa_bits else ""
+    bits = f"{sign} | {biased:0{fmt.exponent_bits}b} | {mantissa_text}".rstrip()
+    kind = classify(stored, fmt)
+    if kind == "normal":
+        meaning = f"normal, 2^{biased - fmt.bias} x 1.{mantissa_text}b"
+    elif kind == "subnormal":
+        meaning = f"subnormal, 2^{fmt.emin} x 0.{mantissa_text}b"
+    else:
+        meaning = kind
+    return f"{bits}  = {stored!r}  ({meaning.rstrip('.')})"
+
+
 def describe(x, fmt, mode: str = "nearest", *, rng=None) -> str:
-    """One scalar as a learner reads it: the fields, the value, its class, and the rounding error.
+    """One scalar as a learner reads it: ``x`` rounded to ``fmt``, its ``anatomy``, and the rounding error.
 
     >>> print(describe(1.0, "fp16"))
     0 | 01111 | 0000000000  = 1.0  (normal, 2^0 x 1.0000000000b)  exact
     """
-    fmt = get_format(fmt)
     if np.ndim(x) != 0:
         raise ValueError("describe takes one scalar value")
-    sign, biased, mantissa = (int(f) for f in fields(x, fmt, mode, rng=rng))
-    value = float(decode(_join(fmt, sign, biased, mantissa), fmt))
-    mantissa_text = format(mantissa, f"0{fmt.mantissa_bits}b") if fmt.mantissa_bits else ""
-    bits = f"{sign} | {biased:0{fmt.exponent_bits}b} | {mantissa_text}".rstrip()
-    kind = classify(value, fmt)
-    if kind == "normal":
-        anatomy = f"normal, 2^{biased - fmt.bias} x 1.{mantissa_text}b"
-    elif kind == "subnormal":
-        anatomy = f"subnormal, 2^{fmt.emin} x 0.{mantissa_text}b"
-    else:
-        anatomy = kind
-    text = f"{bits}  = {value!r}  ({anatomy.rstrip('.')})"
-    return f"{text}  {_rounding_error(x, value)}"
+    stored = float(round_to_format(x, fmt, mode, rng=rng))
+    return f"{anatomy(stored, fmt)}  {_rounding_error(x, stored)}"
 
 
 def _rounding_error(x, value: float) -> str:

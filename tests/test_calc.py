@@ -92,7 +92,7 @@ def test_cli_shows_steps_bits_and_errors(capsys):
     assert main(["calc", "1 + 2**-9", "--format", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "[3] 1.0 + 0.001953125" in out
-    assert fpsim.describe(1.0, "bf16") in out
+    assert fpsim.bits.anatomy(1.0, "bf16") in out
     assert "exact   1.001953125" in out and "relative -0.00195" in out
 
 

@@ -16,7 +16,7 @@ Examples:
 
 from decimal import Decimal
 
-from ..bits import describe
+from ..bits import anatomy
 from ..calc import evaluate, show_number
 from ..exact import ROUNDING_MODES
 
@@ -47,7 +47,7 @@ def run(args) -> int:
         approx = "~ " if step.exact_is_approximate else ""
         print(f"  [{number}] {step.text}")
         print(f"      exact   {approx}{show_number(step.exact)}")
-        print(f"      stored  {describe(step.rounded, evaluation.fmt)}")
+        print(f"      stored  {anatomy(step.rounded, evaluation.fmt)}")
         print(f"      error   {_error_text(step.error, step.exact)}")
     exact = evaluation.exact
     approx = "~ " if isinstance(exact, Decimal) else ""
