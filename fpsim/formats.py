@@ -26,7 +26,7 @@ SPECIALS = ("ieee", "fn")
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Format:
     """A binary floating-point format."""
 
@@ -146,6 +146,11 @@ class Format:
 
     def __str__(self) -> str:
         return self.name
+
+    def __repr__(self) -> str:
+        extras = ("" if self.subnormals else ", subnormals=False") + \
+            ("" if self.specials == "ieee" else f", specials={self.specials!r}")
+        return f"Format({self.name!r}, {self.exponent_bits}, {self.mantissa_bits}{extras})"
 
 
 FP64 = Format("fp64", 11, 52)

@@ -94,3 +94,9 @@ def test_derived_quantities():
     assert not get_format("e11m20").fits_float32 and not get_format("e8m30").fits_float32
     assert Format("ftz", 5, 10, subnormals=False).smallest_subnormal == 2.0**-14
     assert fpsim.FORMATS["fp16"] is FP16
+
+
+def test_repr_is_short_and_evaluates_back():
+    assert repr(fpsim.FP16) == "Format('fp16', 5, 10)"
+    for fmt in (*fpsim.FORMATS.values(), Format("x", 3, 2, subnormals=False, specials="fn")):
+        assert eval(repr(fmt), {"Format": Format}) == fmt
