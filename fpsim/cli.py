@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-COMMANDS = ("formats", "bits", "validate")
+from . import __version__
+
+COMMANDS = ("formats", "bits", "validate", "report", "sweep", "train", "calc")
 """Sub-commands, in the order ``fpsim --help`` lists them; each is ``fpsim.commands.<name>``."""
 
 
@@ -29,12 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Bit-exact simulation of floating-point formats (FP32, FP16, BF16, TF32, FP8, any eXmY) "
         "and of mixed-precision training. Run 'fpsim COMMAND --help' for each command."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fpsim {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:
         module = importlib.import_module(f"fpsim.commands.{name}")
         doc = (module.__doc__ or "").strip()
-        sub = subparsers.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+        summary = " ".join(doc.split("\n\n")[0].split())
+        sub = subparsers.add_parser(name, help=summary, description=doc,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure(sub)
         sub.set_defaults(run=module.run)
@@ -46,8 +51,13 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except (UsageError, ValueError, TypeError) as error:
+        if os.environ.get("FPSIM_DEBUG"):  # show the traceback when debugging fpsim itself
+            raise
         print(f"fpsim: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped (| head)
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("fpsim: interrupted", file=sys.stderr)
         return 130

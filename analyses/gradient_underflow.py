@@ -1,0 +1,170 @@
+"""Where do gradients fall on FP16's and BF16's number lines? Histograms of log2 |g| of activation and
+weight gradients per layer, collected in FP32 training, against the zones that flush to zero or lose
+precision (the analogue of Micikevicius et al. 2018, Fig. 3), and the share a loss scale of 2^k would rescue."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import fpsim
+from fpsim.experiments import (histogram_of, histogram_steps, pow2_label, run_trainings, share_after_scaling,
+                               share_below)
+from fpsim.plots import Zones, shade_zones
+from fpsim.report import analysis_main, new_section
+from fpsim.sources import MICIKEVICIUS
+
+ORDER = 30
+GRAD_SCALES = (1.0, 2.0 ** -10)
+"""Gradient magnitudes: this MLP as it is, and every gradient 2^10 times smaller (as in larger models)."""
+KINDS = {"activation_grads": "activation gradients", "weight_grads": "weight gradients"}
+FP16_LOST = -24   # |g| < 2^-24: flushed to zero or rounded to the smallest subnormal
+FP16_NORMAL = -14  # |g| < 2^-14: subnormal in FP16 (fewer significant bits)
+SCALES = range(0, 33)
+
+
+def histogram_figure(result, grad_scale, stages):
+    layers = len(result["layers"])
+    fig, axes = plt.subplots(len(KINDS), layers, figsize=(4 * layers, 6.5), sharex=True, sharey=True)
+    for row, (kind, label) in enumerate(KINDS.items()):
+        for layer in range(layers):
+            ax = axes[row, layer]
+            shade_zones(ax, fpsim.FP16, label=row == 0 and layer == 0)
+            for step in stages:
+                e, c, _ = histogram_of(result, kind, layer, step)
+                ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
+            ax.set_title(f"{label}, layer {layer + 1}", fontsize=10)
+            ax.grid(alpha=0.3)
+            if row == len(KINDS) - 1:
+                ax.set_xlabel("log2 |g| (before rounding)")
+            if layer == 0:
+                ax.set_ylabel("% of non-zero values per binade")
+    bf16 = Zones.of(fpsim.BF16).flush_below
+    axes[0, 0].set_xlim(-48, 4)
+    fig.suptitle(f"FP32 training, every gradient x {pow2_label(grad_scale)}: FP16 zones shaded "
+                 f"(grey: rounds to 0, orange: subnormal); BF16 rounds to 0 only at or below 2^{bf16:.0f}, "
+                 "far off this axis", fontsize=11)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    return fig
+
+
+def run(ctx):
+    section = new_section(ctx, globals(), "Gradient underflow: where gradients fall on the number line")
+    steps = ctx.pick(80, 1500)
+    stages = sorted({int(s) for s in np.linspace(0, steps - 1, ctx.pick(4, 8))})
+    configs = [dict(policy="fp32", steps=steps, grad_scale=gs, histograms=True, histogram_steps=stages, seed=0)
+               for gs in GRAD_SCALES]
+    section.what_was_run(
+        f"fpsim.train in FP32 (preset fp32) on the digits data, MLP 64-128-128-128-10, SGD lr 0.05, batch 64, "
+        f"{steps} steps, seed 0, histograms of log2 |value| before rounding at steps {stages}; once as it is "
+        f"(grad_scale 1) and once with every gradient 2^10 times smaller (grad_scale {pow2_label(GRAD_SCALES[1])}, "
+        "the optimizer compensating, so the training is the same in exact arithmetic).")
+    results = run_trainings(ctx, configs)
+    rows, rescue = [], []
+    for gs, result in zip(GRAD_SCALES, results):
+        layers = len(result["layers"])
+        for kind in KINDS:
+            for layer in range(layers):
+                for step in histogram_steps(result):
+                    e, c, zeros = histogram_of(result, kind, layer, step)
+                    rows.append({"grad_scale": pow2_label(gs), "kind": kind, "layer": layer + 1, "step": step,
+                                 "nonzero": int(c.sum()), "zeros": zeros,
+                                 "below 2^-24": share_below(e, c, FP16_LOST),
+                                 "below 2^-14": share_below(e, c, FP16_NORMAL),
+                                 "median log2|g|": int(e[np.searchsorted(np.cumsum(c), c.sum() / 2)])})
+                    for k in SCALES:
+                        rescue.append({"grad_scale": pow2_label(gs), "kind": kind, "layer": layer + 1, "step": step,
+                                       **share_after_scaling(e, c, k, FP16_LOST, fpsim.FP16.emax)})
+            e, c, _ = histogram_of(result, kind)
+            for k in SCALES:
+                rescue.append({"grad_scale": pow2_label(gs), "kind": kind, "layer": "all", "step": "all",
+                               **share_after_scaling(e, c, k, FP16_LOST, fpsim.FP16.emax)})
+    section.data("underflow_by_layer.csv", rows)
+    section.data("rescue_by_scale.csv", rescue)  # per layer and step, and over all ("all")
+    scaled = results[1]
+    show = [stages[0], stages[len(stages) // 3], stages[2 * len(stages) // 3], stages[-1]]
+    section.figure(histogram_figure(scaled, GRAD_SCALES[1], show), "histograms.png",
+                   f"Histograms of log2 |g| per layer in FP32 training with gradients x {pow2_label(GRAD_SCALES[1])}, "
+                   "at four stages of training, over FP16's zones: the analogue of Micikevicius et al. 2018, Fig. 3.",
+                   key=True)
+    section.figure(histogram_figure(results[0], GRAD_SCALES[0], show), "histograms_unscaled.png",
+                   "The same for this MLP's own gradients (grad_scale 1).")
+
+    fig, axes = plt.subplots(len(KINDS), len(GRAD_SCALES), figsize=(13, 7.5), sharex=True, sharey=True)
+    for col, gs in enumerate(GRAD_SCALES):
+        for row, (kind, label) in enumerate(KINDS.items()):
+            ax = axes[row, col]
+            for layer in range(len(results[0]["layers"])):
+                picked = [r for r in rows if r["grad_scale"] == pow2_label(gs) and r["kind"] == kind
+                          and r["layer"] == layer + 1]
+                line, = ax.plot([r["step"] for r in picked], [100 * r["below 2^-24"] for r in picked], "o-",
+                                label=f"layer {layer + 1}: < 2^-24 (lost in FP16)")
+                ax.plot([r["step"] for r in picked], [100 * r["below 2^-14"] for r in picked], "s--",
+                        color=line.get_color(), alpha=0.6, label=f"layer {layer + 1}: < 2^-14 (FP16 subnormal)")
+            ax.set_title(f"{label}, gradients x {pow2_label(gs)}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.set_ylim(-3, 103)
+            if row == 1:
+                ax.set_xlabel("training step")
+            if col == 0:
+                ax.set_ylabel("% of non-zero values")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.01))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    section.figure(fig, "underflow_by_layer.png",
+                   "Per layer over training: the share of gradient values FP16 would lose (below 2^-24) or hold as "
+                   "subnormals (below 2^-14).", key=False)
+
+    fig, axes = plt.subplots(1, len(GRAD_SCALES), figsize=(13, 4.2), sharey=True)
+    for ax, gs in zip(axes, GRAD_SCALES):
+        for kind, label in KINDS.items():
+            picked = [r for r in rescue if r["grad_scale"] == pow2_label(gs) and r["kind"] == kind
+                      and r["layer"] == "all"]
+            line, = ax.plot([r["k"] for r in picked], [100 * r["lost"] for r in picked], "-",
+                            label=f"{label}: lost (< 2^-24 after scaling)")
+            ax.plot([r["k"] for r in picked], [100 * r["overflow"] for r in picked], "--", color=line.get_color(),
+                    label=f"{label}: overflow (> 65504 after scaling)")
+        ax.set_title(f"loss scale 2^k applied to FP32 gradients x {pow2_label(gs)}", fontsize=10)
+        ax.set_xlabel("k (loss scale 2^k)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of non-zero gradient values (all layers, all stages)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    section.figure(fig, "rescue_by_scale.png",
+                   "What a loss scale of 2^k would do in FP16: the share of gradient values still lost below 2^-24, "
+                   "and the share pushed over FP16's maximum.")
+
+    summary = []
+    for gs in GRAD_SCALES:
+        for kind, label in KINDS.items():
+            last = [r for r in rows if r["grad_scale"] == pow2_label(gs) and r["kind"] == kind
+                    and r["step"] == stages[-1]]
+            picked = [r for r in rescue if r["grad_scale"] == pow2_label(gs) and r["kind"] == kind
+                      and r["layer"] == "all"]
+            best = max(picked, key=lambda r: (r["kept"], -r["k"]))
+            window = [r["k"] for r in picked if r["lost"] <= 0.001 and r["overflow"] == 0]
+            summary.append({"gradients x": pow2_label(gs), "kind": label,
+                            "lost in FP16 (< 2^-24), last step, worst layer": max(r["below 2^-24"] for r in last),
+                            "FP16 subnormal or lost (< 2^-14), last step, worst layer": max(r["below 2^-14"] for r in last),
+                            "median log2|g|, last step": min(r["median log2|g|"] for r in last),
+                            "loss scales 2^k keeping 99.9% without overflow": (f"k = {window[0]}..{window[-1]}"
+                                                                              if window else "none"),
+                            "best k (share kept)": f"{best['k']} ({best['kept']:.4f})"})
+    section.table(summary, caption="Summary over layers (last histogram step) and over all recorded values "
+                                   "(loss-scale columns).")
+    act1, act2 = (next(r for r in summary if r["gradients x"] == pow2_label(gs) and r["kind"] == KINDS[
+        "activation_grads"]) for gs in GRAD_SCALES)
+    section.text(
+        f"Compare {MICIKEVICIUS}, where much of a large network's activation-gradient histogram lay below FP16's "
+        f"range. In this MLP's own FP32 training, at the last recorded step, up to "
+        f"{act1['lost in FP16 (< 2^-24), last step, worst layer']:.1%} of a layer's activation-gradient values lie "
+        f"below 2^-24 and {act1['FP16 subnormal or lost (< 2^-14), last step, worst layer']:.1%} below FP16's "
+        f"smallest normal 2^-14; with gradients 2^10 times smaller, as in larger models, up to "
+        f"{act2['lost in FP16 (< 2^-24), last step, worst layer']:.1%} would be lost. A loss scale 2^k with "
+        f"{act2['loss scales 2^k keeping 99.9% without overflow']} keeps 99.9% of them without overflow. BF16 "
+        f"flushes only at or below 2^{Zones.of(fpsim.BF16).flush_below:.0f}, far below every recorded gradient.")
+    return section
+
+
+if __name__ == "__main__":
+    raise SystemExit(analysis_main(globals()))

@@ -1,0 +1,36 @@
+"""Run the analyses and write the report: where gradients underflow, why loss scaling and
+master weights work, BF16's range, and a verdict on every claim of the mixed-precision recipe.
+
+Runs each script in analyses/ (formats, gradient_underflow, loss_scaling,
+master_weights, bf16_range, rounding_validation, claims) and writes
+DIR/REPORT.md with its figures (PNG) and data (JSON, CSV), summary page first.
+The report is written into a temporary folder and moved into place at the end,
+so an interrupted run leaves the previous report intact.  An analysis that fails
+is reported with its error, the others still run, and the exit status is 1.
+
+Examples:
+  fpsim report                          the full report into reports/ (about 16 minutes on 2 cores)
+  fpsim report --quick --out /tmp/r     a small-budget run (a few minutes)
+  fpsim report --only formats claims    these analyses; the others' sections are kept from DIR
+"""
+
+from .. import report
+
+
+def configure(parser):
+    parser.add_argument("--quick", action="store_true", help="small budget: fewer seeds, steps and grid points")
+    parser.add_argument("--out", default="reports", help="output folder (default: %(default)s)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these analyses")
+    parser.add_argument("--store", default=None,
+                        help="SQLite sweep store to reuse, so an interrupted run resumes its training runs "
+                             "(default: a fresh one, removed at the end)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
+
+
+def run(args) -> int:
+    result = report.run_report(args.out, quick=args.quick, only=args.only, progress=args.progress,
+                               store=args.store)
+    print(f"wrote {result.out / 'REPORT.md'} in {result.seconds / 60:.1f} min")
+    for outcome in result.failed:
+        print(f"failed: {outcome.name}: {outcome.error}")
+    return 1 if result.failed else 0

@@ -1,0 +1,156 @@
+"""Machinery the training analyses share: running trainings through ``fpsim.sweep``, and reading
+what the runs recorded (log2 histograms, loss curves, per-policy summaries).
+
+A histogram (``TrainResult.histograms``) counts, for one step, tensor kind and
+layer, the values with ``2^e <= |x| < 2^(e+1)`` for consecutive exponents ``e``
+from ``min_exponent``, taken before rounding; so the share of values below
+``2^t`` (t an integer) is the share in bins ``e < t``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .sweep import sweep
+
+
+def run_trainings(ctx, configs: list[dict]) -> list[dict]:
+    """Run the training ``configs`` through ``fpsim.sweep`` on the report's shared store and executor.
+
+    Returns the ``TrainResult`` dicts in the order of ``configs``; raises RuntimeError naming the
+    failed runs if any failed (the analysis is then reported as failed).
+    """
+    records = sweep(configs, store=ctx.store, executor=ctx.executor(), progress=ctx.progress)
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(records)} training runs failed; first: {failed[0]['error']} "
+                           f"(config {failed[0]['config']})")
+    return [r["result"] for r in records]
+
+
+def pow2_label(value: float) -> str:
+    """``2^k`` for a power of two, else the number."""
+    if value > 0:
+        k = math.log2(value)
+        if k == int(k):
+            return f"2^{int(k)}"
+    return f"{value:g}"
+
+
+# --- histograms -------------------------------------------------------------------------------
+
+def histogram_of(result: dict, kind: str, layer: int | None = None, step: int | None = None):
+    """Summed histogram of ``kind`` over the chosen layer(s) and step(s): (exponents, counts, zeros).
+
+    ``exponents[i]`` is e for the bin 2^e <= |x| < 2^(e+1); the histograms were taken before rounding.
+    """
+    chosen = [h for h in result["histograms"] if h["kind"] == kind
+              and (layer is None or h["layer"] == layer) and (step is None or h["step"] == step)]
+    if not chosen:
+        raise ValueError(f"no histogram of {kind} (layer {layer}, step {step}) in this result")
+    low = min(h["min_exponent"] for h in chosen)
+    high = max(h["min_exponent"] + len(h["counts"]) for h in chosen)
+    counts = np.zeros(max(high - low, 0), dtype=np.int64)
+    for h in chosen:
+        start = h["min_exponent"] - low
+        counts[start:start + len(h["counts"])] += np.asarray(h["counts"], dtype=np.int64)
+    return np.arange(low, high), counts, sum(h["zeros"] for h in chosen)
+
+
+def histogram_steps(result: dict) -> list[int]:
+    return sorted({h["step"] for h in result["histograms"]})
+
+
+def share_below(exponents, counts, power: int) -> float:
+    """Share of the non-zero values with |x| < 2^power."""
+    total = counts.sum()
+    return float(counts[exponents < power].sum() / total) if total else 0.0
+
+
+def share_after_scaling(exponents, counts, k: int, lowest: int, highest: int) -> dict:
+    """Shares of the non-zero values that, multiplied by 2^k, fall below 2^lowest (lost), at or above
+    2^(highest+1) (overflow) or between (kept); ``rescued``: lost without scaling but kept with it."""
+    total = counts.sum()
+    if not total:
+        return {"k": k, "lost": 0.0, "overflow": 0.0, "kept": 0.0, "rescued": 0.0}
+    scaled = exponents + k
+    lost = counts[scaled < lowest].sum() / total
+    over = counts[scaled > highest].sum() / total
+    rescued = counts[(exponents < lowest) & (scaled >= lowest) & (scaled <= highest)].sum() / total
+    return {"k": k, "lost": float(lost), "overflow": float(over), "kept": float(1 - lost - over),
+            "rescued": float(rescued)}
+
+
+# --- curves and summaries ------------------------------------------------------------------------
+
+def loss_curve(result: dict, window: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Training loss per step (skipped and non-finite steps left out), smoothed by a running mean of ``window``."""
+    steps = np.array([r["step"] for r in result["history"] if r["loss"] is not None and not r["skipped"]])
+    loss = np.array([r["loss"] for r in result["history"] if r["loss"] is not None and not r["skipped"]])
+    if loss.size >= window > 1:
+        kernel = np.ones(window) / window
+        loss = np.convolve(loss, kernel, mode="valid")
+        steps = steps[window - 1:]
+    return steps, loss
+
+
+def accuracy(result: dict) -> float:
+    """Test accuracy, 0 for a diverged run whose accuracy is missing."""
+    return float(result["test_accuracy"]) if result["test_accuracy"] is not None else 0.0
+
+
+# --- the shared grid ------------------------------------------------------------------------------
+# Analyses that ask for the same configuration get the stored run (the sweep store is shared), so
+# loss_scaling, bf16_range and claims use one grid of gradient magnitudes and one run length.
+
+GRID_GRAD_SCALES = (1.0, 2.0 ** -8, 2.0 ** -16, 2.0 ** -24)
+"""Gradient magnitudes of the grid: every gradient multiplied by these (fpsim.train's grad_scale)."""
+QUICK_GRID_GRAD_SCALES = (1.0, 2.0 ** -16)
+
+
+def grid_steps(ctx) -> int:
+    """Steps of each grid run (SGD, lr 0.05, batch 64 on digits: about 36 epochs in the full run)."""
+    return ctx.pick(60, 800)
+
+
+def grid_grad_scales(ctx) -> tuple:
+    return ctx.pick(QUICK_GRID_GRAD_SCALES, GRID_GRAD_SCALES)
+
+
+def grid_config(ctx, policy, grad_scale: float, seed: int = 0, **options) -> dict:
+    """A grid run: ``policy`` on digits, the default MLP and SGD, ``grid_steps`` steps."""
+    return dict(policy=policy, grad_scale=grad_scale, steps=grid_steps(ctx), seed=seed, **options)
+
+
+# --- BF16's range against its precision (bf16_range, claims (f)) ---------------------------------------
+
+RANGE_POLICIES = ("fp32", "fp16-pure", "fp16-mixed", "fp16-amp", "bf16-pure", "bf16-mixed")
+PRECISION_LRS = (0.001, 0.003, 0.01, 0.05, 0.2)
+
+
+def range_and_precision(ctx) -> dict:
+    """The runs of the range-against-precision trade, summarised.
+
+    ``range``: one row per policy in RANGE_POLICIES and grid gradient magnitude (lr 0.05): accuracy and
+    underflow.  ``precision``: fp16-pure and bf16-pure at PRECISION_LRS (gradients as they are): lost
+    updates and accuracy.
+    """
+    scales = grid_grad_scales(ctx)
+    range_configs = [grid_config(ctx, p, gs) for gs in scales for p in RANGE_POLICIES]
+    lrs = ctx.pick((0.003, 0.05), PRECISION_LRS)
+    precision_configs = [dict(policy=p, lr=lr, steps=grid_steps(ctx), grad_scale=1.0, seed=0)
+                         for p in ("fp16-pure", "bf16-pure") for lr in lrs]
+    results = run_trainings(ctx, range_configs + precision_configs)
+    range_rows = [{"policy": c["policy"], "grad_scale": c["grad_scale"], "test_accuracy": accuracy(r),
+                   "weight_grad_underflow": r["weight_grad_underflow_fraction"],
+                   "activation_grad_underflow": r["activation_grad_underflow_fraction"],
+                   "lost_update_fraction": r["lost_update_fraction"], "skipped_steps": r["skipped_steps"]}
+                  for c, r in zip(range_configs, results)]
+    precision_rows = [{"policy": c["policy"], "lr": c["lr"], "test_accuracy": accuracy(r),
+                       "lost_update_fraction": r["lost_update_fraction"],
+                       "lost_update_magnitude_fraction": r["lost_update_magnitude_fraction"]}
+                      for c, r in zip(precision_configs, results[len(range_configs):])]
+    return {"steps": grid_steps(ctx), "grad_scales": list(scales), "lrs": list(lrs),
+            "range": range_rows, "precision": precision_rows}

@@ -1,0 +1,172 @@
+"""Plot helpers shared by the analyses: the zones of a format on the log2 number line, and the number-line figure.
+
+On a log2 |x| axis a format with ``M`` mantissa bits and minimum exponent ``emin`` has:
+
+* a flush zone, |x| <= 2^(emin - M - 1): half the smallest subnormal or less rounds to
+  zero under round-to-nearest-even (the tie at exactly half goes to the even code, 0);
+* a subnormal zone, 2^(emin - M - 1) < |x| < 2^emin: kept, with fewer than ``M + 1``
+  significant bits (relative precision worsens as |x| shrinks);
+* a normal zone, 2^emin <= |x| <= max, with ``M + 1`` significant bits (unit roundoff 2^-(M+1));
+* overflow above max (plus half an ulp): inf, or NaN for a format without infinities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .formats import Format, get_format  # noqa: E402
+
+ZONE_COLOURS = {"flush": "#bdbdbd", "subnormal": "#fdae6b", "normal": "#6baed6", "overflow": "#de2d26"}
+"""One colour per zone, used by every figure that shows zones."""
+
+@dataclass(frozen=True)
+class Zones:
+    """A format's zones as log2 |x| boundaries (see the module docstring)."""
+
+    fmt: Format
+    flush_below: float
+    """log2 of the largest magnitude that rounds to zero: emin - M - 1 (or emin - 1 without subnormals)."""
+    normal_from: float
+    """log2 of the smallest normal: emin."""
+    max_log2: float
+    """log2 of the largest finite value."""
+
+    @classmethod
+    def of(cls, fmt) -> "Zones":
+        fmt = get_format(fmt)
+        flush = math.log2(fmt.smallest_subnormal) - 1
+        return cls(fmt, flush, float(fmt.emin), math.log2(fmt.max))
+
+
+def shade_zones(ax, fmt, *, vertical: bool = True, alpha: float = 0.3, label: bool = True, lo=-200, hi=200):
+    """Shade ``fmt``'s flush and subnormal zones (and overflow) on an axis whose x (or y) is log2 |x|."""
+    z = Zones.of(fmt)
+    span = ax.axvspan if vertical else ax.axhspan
+    name = z.fmt.name.upper()
+    span(lo, z.flush_below, color=ZONE_COLOURS["flush"], alpha=alpha,
+         label=f"{name}: rounds to 0" if label else None)
+    span(z.flush_below, z.normal_from, color=ZONE_COLOURS["subnormal"], alpha=alpha,
+         label=f"{name}: subnormal" if label else None)
+    span(z.max_log2, hi, color=ZONE_COLOURS["overflow"], alpha=alpha,
+         label=f"{name}: overflow" if label else None)
+
+
+def number_line_figure(formats, zoom=(-30, 20)):
+    """The number line of ``formats`` on a log2 |x| axis: zones, edges and precision; full range and a zoom."""
+    formats = [get_format(f) for f in formats]
+    fig, axes = plt.subplots(2, 1, figsize=(12, 1.1 * len(formats) + 3.5),
+                             gridspec_kw={"height_ratios": [1, 1]})
+    lo = min(Zones.of(f).flush_below for f in formats) - 8
+    hi = max(Zones.of(f).max_log2 for f in formats) + 8
+    for ax, (left, right) in zip(axes, [(lo, hi), zoom]):
+        for row, fmt in enumerate(formats):
+            z = Zones.of(fmt)
+            y = len(formats) - 1 - row
+            bars = [(left, z.flush_below, "flush"), (z.flush_below, z.normal_from, "subnormal"),
+                    (z.normal_from, z.max_log2, "normal"), (z.max_log2, right, "overflow")]
+            for a, b, zone in bars:
+                a, b = max(a, left), min(b, right)
+                if b > a:
+                    ax.barh(y, b - a, left=a, height=0.6, color=ZONE_COLOURS[zone],
+                            edgecolor="white", hatch="//" if zone == "flush" else None)
+            if left <= z.normal_from <= right:
+                ax.text(z.normal_from, y + 0.34, f"2^{z.normal_from:.0f}", ha="center", fontsize=7)
+            if left <= z.flush_below <= right:
+                ax.text(z.flush_below, y - 0.5, f"2^{z.flush_below:.0f}", ha="center", fontsize=7)
+            if left <= z.max_log2 <= right:
+                ax.text(z.max_log2, y + 0.34, f"{fmt.max:.4g}", ha="center", fontsize=7)
+        ax.set_yticks(range(len(formats)))
+        ax.set_yticklabels([f"{f.name.upper()}  (e{f.exponent_bits}m{f.mantissa_bits}, eps 2^-{f.mantissa_bits})"
+                            for f in reversed(formats)])
+        ax.set_xlim(left, right)
+        ax.set_ylim(-0.7, len(formats) - 0.3)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("log2 |x|")
+    axes[0].set_title("Number line of each format: where |x| rounds to 0, is subnormal, normal, or overflows")
+    axes[1].set_title(f"Zoom on 2^{zoom[0]} .. 2^{zoom[1]}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=ZONE_COLOURS[z], hatch="//" if z == "flush" else None)
+               for z in ZONE_COLOURS]
+    fig.legend(handles, ["rounds to 0 (|x| <= half the smallest subnormal)", "subnormal (fewer significant bits)",
+                         "normal (M+1 significant bits)", "overflow (inf, or NaN for E4M3)"],
+               loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def roofline_figure(breakdown: list[dict], curves: dict, cited: dict):
+    """Left: modelled step time per precision, split by kind. Right: modelled speed-up over FP32 against
+    batch size (one line per workload and precision), with cited measured speed-ups as horizontal lines."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = [row["precision"] for row in breakdown]
+    bottom = np.zeros(len(names))
+    for kind, colour in (("matmul", "#6baed6"), ("elementwise", "#fdae6b"), ("optimizer", "#74c476")):
+        values = np.array([row[f"{kind} s"] * 1e3 for row in breakdown])
+        left.bar(names, values, bottom=bottom, color=colour, label=kind)
+        bottom += values
+    for x, total in enumerate(bottom):
+        left.text(x, total, f"{total:.1f} ms", ha="center", va="bottom", fontsize=9)
+    left.set_ylabel("modelled step time (ms)")
+    left.set_title(f"MODEL: {breakdown[0]['workload']}\non {breakdown[0]['gpu']} (roofline at datasheet peaks)",
+                   fontsize=10)
+    left.legend()
+    styles = {"tf32": "--", "16-mixed": "-"}
+    for (workload, precision), (batches, values) in curves.items():
+        right.plot(batches, values, styles.get(precision, "-"), marker="o", ms=3,
+                   label=f"model: {workload}, {precision} over fp32")
+    for label, value in cited.items():
+        right.axhline(value, color="k", lw=1, ls=":")
+        right.text(0.99, value, f"cited measurement: {label} = {value:.2f}x", ha="right", va="bottom",
+                   fontsize=8, transform=right.get_yaxis_transform())
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size (sequences of 512 tokens for the encoder, samples for the MLP)")
+    right.set_ylabel("speed-up over strict FP32")
+    right.set_title("MODEL speed-up against batch size, beside cited measurements", fontsize=10)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def memory_figure(measured: list[dict], modelled: list[dict], ratio_curves: dict, cited_ratio: tuple[str, float]):
+    """Left: measured (markers) and modelled (lines) peak bytes of a step against batch size, per policy.
+    Right: the peak-memory ratio of a 16-bit policy over FP32 against batch size, with a cited ratio."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = {}
+    for name in dict.fromkeys(row["policy"] for row in measured):
+        rows = [r for r in measured if r["policy"] == name]
+        line, = left.plot([r["batch"] for r in rows], [r["peak bytes"] / 2 ** 20 for r in rows], "o", label=f"measured {name}")
+        colours[name] = line.get_color()
+        model_rows = [r for r in modelled if r["policy"] == name]
+        left.plot([r["batch"] for r in model_rows], [r["peak bytes"] / 2 ** 20 for r in model_rows], "-",
+                  color=colours[name], alpha=0.7, label=f"model {name}")
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("batch size")
+    left.set_ylabel("peak bytes of a training step (MiB)")
+    left.set_title("MLP step, Adam: measured (tracemalloc, real numpy containers) and modelled", fontsize=10)
+    left.legend(fontsize=7, ncol=2)
+    left.grid(alpha=0.3)
+    for label, (batches, ratios) in ratio_curves.items():
+        right.plot(batches, ratios, "o-" if "measured" in label else "-", ms=3, label=label)
+    right.axhline(cited_ratio[1], color="k", ls=":", lw=1)
+    right.text(0.99, cited_ratio[1], f"cited: {cited_ratio[0]} = {cited_ratio[1]:.2f}", ha="right", va="bottom",
+               fontsize=8, transform=right.get_yaxis_transform())
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.axhline(0.5, color="grey", lw=0.8, ls="--")
+    right.set_ylim(0.3, 1.2)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size (sequences of 512 tokens for the encoder)")
+    right.set_ylabel("peak memory, 16-bit policy / FP32")
+    right.set_title("Does training memory barely change? Only while activations are small", fontsize=10)
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,540 @@
+"""The report: run the analyses in ``analyses/`` and assemble ``REPORT.md``.
+
+An analysis is a script ``analyses/NAME.py`` with an ``ORDER`` number (its place
+in the report), a docstring (the question it answers) and ``run(ctx) -> Section``.
+It configures runs, calls the library, and records what it found in a
+:class:`Section`: what was run, text and tables, figures (PNG) and data (JSON,
+CSV), and for the claims, verdicts.  ``python analyses/NAME.py [--quick] [--out DIR]``
+runs one on its own (``analysis_main``).
+
+``run_report`` runs several into a temporary folder beside the output folder and
+renames it into place only at the end, so an interrupted run leaves the previous
+report intact.  An analysis that raises is reported as failed, with its error, and
+the others still run.  ``REPORT.md`` opens with a summary page: the verdict table
+and the figures the analyses mark as key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ANALYSES_DIR = Path(__file__).resolve().parent.parent / "analyses"
+"""Where the analysis scripts live: ``analyses/`` at the root of the repository."""
+
+VERDICTS = ("holds", "holds under conditions", "not supported by the evidence")
+"""The verdicts a claim can get."""
+
+MAX_KEY_FIGURES = 4
+"""How many key figures the summary page shows."""
+
+
+@dataclass
+class Context:
+    """What an analysis is given: where to write, how big to run, and the shared store of training runs."""
+
+    out: Path
+    """Folder for this analysis's figures and data (created)."""
+    quick: bool = False
+    """Small budget: fewer seeds, steps and grid points (for tests and a first look)."""
+    progress: bool = True
+    """Show progress bars on stderr."""
+    store: Path | None = None
+    """SQLite store shared by the analyses' sweeps (``fpsim.sweep``); ``None``: ``out/runs.sqlite``."""
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.store is None:
+            self.store = self.out / "runs.sqlite"
+
+    pool: "LazyPool" = field(default_factory=lambda: LazyPool(), repr=False)
+    """The process pool for training sweeps, shared by the analyses of one report."""
+
+    def pick(self, quick, full):
+        """``quick`` in quick mode, else ``full``."""
+        return quick if self.quick else full
+
+    def executor(self):
+        """The shared process pool (``fpsim.sweep.local_pool``: one worker per core), started on first use."""
+        return self.pool.get()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class LazyPool:
+    """A ``fpsim.sweep.local_pool`` started on first use and shut down by ``close``."""
+
+    def __init__(self):
+        self._executor = None
+
+    def get(self):
+        if self._executor is None:
+            from .sweep import local_pool
+
+            self._executor = local_pool()
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
+
+@dataclass
+class Figure:
+    """A figure written by an analysis: its file (relative to the analysis folder) and caption."""
+
+    path: str
+    caption: str
+    key: bool = False
+    """Shown on the summary page."""
+
+
+@dataclass
+class Verdict:
+    """A verdict on one claim, with its evidence (markdown) and sources."""
+
+    claim: str
+    verdict: str
+    evidence: str
+    sources: str = ""
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+
+
+@dataclass
+class Section:
+    """What one analysis found, written as it goes into its folder.
+
+    The markdown parts are kept in order (``parts``); figures and data files are
+    written at once into ``out`` and listed.  ``save`` writes ``section.json``
+    (read back by the report) and ``section.md`` (the section on its own).
+    """
+
+    name: str
+    title: str
+    out: Path
+    question: str = ""
+    parts: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    data_files: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def what_was_run(self, text: str) -> None:
+        """A paragraph stating what was run: data, model, policies, seeds, steps."""
+        self.parts.append(f"**What was run.** {text.strip()}")
+
+    def text(self, markdown: str) -> None:
+        self.parts.append(markdown.strip())
+
+    def table(self, rows: list[dict], columns: list[str] | None = None, caption: str = "") -> None:
+        """A markdown table of ``rows`` (dicts), the columns in ``columns`` order (default: the first row's keys)."""
+        self.parts.append(markdown_table(rows, columns, caption))
+
+    def figure(self, fig, filename: str, caption: str, key: bool = False, dpi: int = 120) -> None:
+        """Save the matplotlib figure ``fig`` as ``filename`` (PNG), close it, and embed it here."""
+        import matplotlib.pyplot as plt
+
+        fig.savefig(self.out / filename, dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
+        self.figures.append(Figure(filename, caption, key))
+        self.parts.append(f"![{caption}]({{dir}}/{filename})\n\n*{caption}*")
+
+    def data(self, filename: str, content) -> None:
+        """Write ``content`` as ``filename``: JSON for ``.json``; for ``.csv`` a list of dicts."""
+        path = self.out / filename
+        if filename.endswith(".json"):
+            path.write_text(json.dumps(content, indent=1, default=_json_default) + "\n")
+        elif filename.endswith(".csv"):
+            write_csv(path, content)
+        else:
+            raise ValueError(f"data files are .json or .csv, got {filename!r}")
+        self.data_files.append(filename)
+
+    def verdict(self, claim: str, verdict: str, evidence: str, sources: str = "") -> None:
+        self.verdicts.append(Verdict(claim, verdict, evidence, sources))
+
+    def markdown(self, directory: str = ".") -> str:
+        """The section's markdown body, with figure paths relative to ``directory``."""
+        body = "\n\n".join(part.replace("{dir}", directory) for part in self.parts)
+        if self.data_files:
+            files = ", ".join(f"[{name}]({directory}/{name})" for name in self.data_files)
+            body += f"\n\nData: {files}."
+        return body
+
+    def save(self) -> None:
+        record = {"name": self.name, "title": self.title, "question": self.question, "parts": self.parts,
+                  "figures": [asdict(f) for f in self.figures], "data_files": self.data_files,
+                  "verdicts": [asdict(v) for v in self.verdicts]}
+        (self.out / "section.json").write_text(json.dumps(record, indent=1) + "\n")
+        (self.out / "section.md").write_text(f"# {self.title}\n\n{self.markdown('.')}\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> "Section":
+        record = json.loads((Path(folder) / "section.json").read_text())
+        return cls(name=record["name"], title=record["title"], out=Path(folder), question=record["question"],
+                   parts=record["parts"], figures=[Figure(**f) for f in record["figures"]],
+                   data_files=record["data_files"], verdicts=[Verdict(**v) for v in record["verdicts"]])
+
+
+def new_section(ctx: Context, module_globals: dict, title: str) -> Section:
+    """A Section for the analysis whose module globals are given (its name and docstring become the question)."""
+    name = Path(module_globals["__file__"]).stem
+    doc = (module_globals.get("__doc__") or "").strip()
+    return Section(name=name, title=title, out=ctx.out, question=doc)
+
+
+# --- tables and files --------------------------------------------------------
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None, caption: str = "") -> str:
+    """Rows of dicts as a markdown table (columns: ``columns``, or every key in order of first appearance);
+    floats are written with ``format_number``."""
+    if not rows:
+        return f"{caption}\n\n(no rows)" if caption else "(no rows)"
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(format_number(c) for c in columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(format_number(row.get(c, "")) for c in columns) + " |")
+    table = "\n".join(lines)
+    return f"{caption}\n\n{table}" if caption else table
+
+
+def format_number(value) -> str:
+    """A cell: floats to 4 significant digits, whole units from 1000 up, scientific when tiny or huge."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if 1e3 <= abs(value) < 1e9:
+            return f"{value:.0f}"
+        if value == 0 or 1e-3 <= abs(value) < 1e3:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return str(value).replace("|", "\\|")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+# --- discovery -----------------------------------------------------------------
+
+def available_analyses(analyses_dir: Path | None = None) -> list[str]:
+    """Names of the analysis scripts (``analyses/NAME.py``), sorted by name."""
+    folder = Path(analyses_dir or ANALYSES_DIR)
+    if not folder.is_dir():
+        raise ValueError(f"no analyses folder at {folder}: run fpsim report from a clone of the repository")
+    return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_"))
+
+
+def load_analysis(name: str, analyses_dir: Path | None = None):
+    """Import ``analyses/NAME.py`` as a module."""
+    path = Path(analyses_dir or ANALYSES_DIR) / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fpsim_analysis_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise ValueError(f"analysis {name} ({path}) has no run(ctx) function")
+    return module
+
+
+def select_analyses(only, analyses_dir: Path | None = None) -> list[str]:
+    """The analyses to run: ``only`` (names) or all; an unknown name raises ValueError listing the names."""
+    names = available_analyses(analyses_dir)
+    if only:
+        unknown = [name for name in only if name not in names]
+        if unknown:
+            raise ValueError(f"unknown analysis {', '.join(unknown)}: choose from {', '.join(names)}")
+        return list(dict.fromkeys(only))
+    return names
+
+
+# --- running -------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """How one analysis went."""
+
+    name: str
+    ok: bool
+    seconds: float
+    error: str = ""
+    """The exception's last line when it failed (the full traceback is in ``NAME/error.txt``)."""
+
+
+def run_one(name: str, ctx: Context, analyses_dir: Path | None = None) -> tuple[Section, Outcome]:
+    """Run one analysis into ``ctx.out``; an exception is caught and recorded (KeyboardInterrupt is not)."""
+    start = time.perf_counter()
+    try:
+        module = load_analysis(name, analyses_dir)
+        section = module.run(ctx)
+        if not isinstance(section, Section):
+            raise TypeError(f"analysis {name}: run(ctx) returned {type(section).__name__}, not a Section")
+        section.save()
+        return section, Outcome(name, True, time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 - a failing analysis is reported, the others still run
+        trace = traceback.format_exc()
+        (ctx.out / "error.txt").write_text(trace)
+        message = f"{type(error).__name__}: {error}"
+        section = Section(name=name, title=f"{name} (failed)", out=ctx.out)
+        section.text(f"**This analysis failed** after {time.perf_counter() - start:.1f} s:\n\n"
+                     f"```\n{message}\n```\n\nThe traceback is in [error.txt]({{dir}}/error.txt).")
+        section.save()
+        return section, Outcome(name, False, time.perf_counter() - start, message)
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    outcomes: list[Outcome]
+    seconds: float
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def run_report(out="reports", *, quick: bool = False, only=None, progress: bool = True,
+               store: Path | None = None, analyses_dir: Path | None = None) -> ReportResult:
+    """Run the analyses (all, or ``only``) and write ``out/REPORT.md``.
+
+    Everything is written into a temporary folder beside ``out`` that replaces
+    ``out`` only when all analyses have run; an interruption removes the temporary
+    folder and leaves ``out`` as it was.  With ``only``, the other analyses'
+    sections of the previous report in ``out`` are carried over unchanged.
+    ``store``: a sweep store to reuse (default: a new one, dropped at the end).
+    """
+    names = sorted(select_analyses(only, analyses_dir), key=lambda name: (_order(name, analyses_dir), name))
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
+    start = time.perf_counter()
+    try:
+        shared_store = Path(store).resolve() if store else tmp / "runs.sqlite"
+        outcomes = []
+        pool = LazyPool()
+        try:
+            for index, name in enumerate(names, 1):
+                _say(progress, f"[{index}/{len(names)}] {name} ...")
+                ctx = Context(out=tmp / name, quick=quick, progress=progress, store=shared_store, pool=pool)
+                _, outcome = run_one(name, ctx, analyses_dir)
+                outcomes.append(outcome)
+                status = "done" if outcome.ok else f"FAILED ({outcome.error})"
+                _say(progress, f"[{index}/{len(names)}] {name} {status} in {outcome.seconds:.1f} s")
+        finally:
+            pool.close()
+        carried = _carry_over(out, tmp, names) if only else []
+        if not store and shared_store.exists():
+            shared_store.unlink()
+        seconds = time.perf_counter() - start
+        write_report_md(tmp, outcomes, carried, quick=quick, seconds=seconds, analyses_dir=analyses_dir)
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReportResult(out, outcomes, seconds)
+
+
+def _order(name: str, analyses_dir: Path | None = None) -> int:
+    """An analysis's place in the report (its ``ORDER``; 100 when it has none or does not load)."""
+    try:
+        return getattr(load_analysis(name, analyses_dir), "ORDER", 100)
+    except Exception:  # noqa: BLE001 - a broken script is reported when it runs; here it only goes last
+        return 100
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"fpsim report: {message}", file=sys.stderr, flush=True)
+
+
+def _carry_over(previous: Path, tmp: Path, ran: list[str]) -> list[str]:
+    """Copy the previous report's sections of analyses not run now; returns their names."""
+    carried = []
+    if not previous.is_dir():
+        return carried
+    for folder in sorted(previous.iterdir()):
+        if folder.is_dir() and folder.name not in ran and (folder / "section.json").exists():
+            shutil.copytree(folder, tmp / folder.name)
+            carried.append(folder.name)
+    meta = previous / "report.json"
+    recorded = {o["name"]: o for o in json.loads(meta.read_text()).get("analyses", [])} if meta.exists() else {}
+    outcomes = [recorded.get(name, asdict(Outcome(name, True, 0.0))) for name in carried]
+    (tmp / "carried.json").write_text(json.dumps(outcomes, indent=1) + "\n")
+    return carried
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; a previous ``out`` is renamed aside first and removed after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rmdir(old)
+        os.rename(out, old)
+    os.rename(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- REPORT.md ---------------------------------------------------------------------
+
+def write_report_md(folder: Path, outcomes: list[Outcome], carried: list[str], *, quick: bool, seconds: float,
+                    analyses_dir: Path | None = None) -> None:
+    """Assemble ``folder/REPORT.md`` from the sections in its sub-folders, summary page first."""
+    import fpsim
+
+    carried_outcomes = []
+    if (folder / "carried.json").exists():
+        carried_outcomes = [Outcome(**o) for o in json.loads((folder / "carried.json").read_text())]
+        (folder / "carried.json").unlink()
+    all_outcomes = outcomes + carried_outcomes
+    order = {o.name: _order(o.name, analyses_dir) for o in all_outcomes}
+    all_outcomes.sort(key=lambda o: (order[o.name], o.name))
+    sections = {o.name: Section.load(folder / o.name) for o in all_outcomes}
+    meta = {"fpsim_version": fpsim.__version__, "git_commit": _git_commit(), "quick": quick,
+            "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "seconds": round(seconds, 1), "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+            "command": "fpsim report" + (" --quick" if quick else ""),
+            "analyses": [asdict(o) for o in all_outcomes], "carried_over": carried}
+    (folder / "report.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    md = io.StringIO()
+    w = md.write
+    w("# fpsim report: what the mixed-precision recipe claims, measured\n\n")
+    mode = "quick run (small budget: fewer seeds and steps; numbers are indicative)" if quick else "full run"
+    w(f"Generated by `{meta['command']}` (fpsim {meta['fpsim_version']}"
+      + (f", commit {meta['git_commit']}" if meta["git_commit"] else "")
+      + f") on {meta['generated_utc']}, {meta['machine']}, Python {meta['python']}: {mode}, "
+      f"{_minutes(seconds)} for the analyses run now.\n\n")
+    failed = [o for o in all_outcomes if not o.ok]
+    if failed:
+        w("**Failed analyses:** " + "; ".join(f"{o.name} ({o.error})" for o in failed) + ".\n\n")
+    if carried:
+        w(f"Carried over unchanged from the previous report (not run now): {', '.join(carried)}.\n\n")
+
+    w("## Summary\n\n")
+    verdicts = [(s, v) for s in sections.values() for v in s.verdicts]
+    if verdicts:
+        w("| claim | verdict | evidence (details below) |\n| --- | --- | --- |\n")
+        for _, v in verdicts:
+            w(f"| {v.claim} | **{v.verdict}** | {_one_line(v.evidence)} |\n")
+        w("\n")
+    else:
+        w("No verdicts: the claims analysis was not run or failed.\n\n")
+    key_figures = [(s, f) for s in sections.values() for f in s.figures if f.key][:MAX_KEY_FIGURES]
+    for section, fig in key_figures:
+        w(f"![{fig.caption}]({section.name}/{fig.path})\n\n*{fig.caption}* (from [{section.title}](#{_anchor(section.title)}))\n\n")
+
+    w("## Contents\n\n| analysis | status | time |\n| --- | --- | --- |\n")
+    for o in all_outcomes:
+        status = "ok" if o.ok else "**failed**"
+        if o.name in carried:
+            status += " (previous report)"
+        w(f"| [{sections[o.name].title}](#{_anchor(sections[o.name].title)}) | {status} | {_minutes(o.seconds)} |\n")
+    w("\n")
+    for o in all_outcomes:
+        section = sections[o.name]
+        w(f"## {section.title}\n\n")
+        if section.question:
+            w(f"*{_one_line(section.question)}* (`analyses/{o.name}.py`, {_minutes(o.seconds)})\n\n")
+        w(section.markdown(o.name) + "\n\n")
+        if section.verdicts:
+            w("### Verdicts\n\n")
+            for v in section.verdicts:
+                w(f"- **{v.claim}: {v.verdict}.** {v.evidence.strip()}"
+                  + (f" Sources: {v.sources.strip()}" if v.sources else "") + "\n")
+            w("\n")
+    (folder / "REPORT.md").write_text(md.getvalue())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor for a heading: lower case, spaces to dashes, punctuation dropped."""
+    keep = [c for c in title.lower() if c.isalnum() or c in " -_"]
+    return "".join(keep).replace(" ", "-")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if result.returncode != 0:
+        return ""
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return result.stdout.strip() + (" with uncommitted changes" if dirty else "")
+
+
+# --- one analysis from the command line --------------------------------------------
+
+def analysis_main(module_globals: dict, argv=None) -> int:
+    """``python analyses/NAME.py [--quick] [--out DIR]``: run one analysis and write its section there."""
+    name = Path(module_globals["__file__"]).stem
+    parser = argparse.ArgumentParser(prog=f"analyses/{name}.py",
+                                     description=(module_globals.get("__doc__") or "").strip())
+    parser.add_argument("--quick", action="store_true", help="small budget (fewer seeds and steps)")
+    parser.add_argument("--out", default=f"build/analyses/{name}", help="output folder (default: %(default)s)")
+    parser.add_argument("--store", default=None, help="sweep store to reuse (default: OUT/runs.sqlite)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    ctx = Context(out=Path(args.out), quick=args.quick, progress=not args.no_progress,
+                  store=Path(args.store) if args.store else None)
+    start = time.perf_counter()
+    try:
+        section = module_globals["run"](ctx)
+    finally:
+        ctx.close()
+    section.save()
+    print(f"{name}: wrote {ctx.out / 'section.md'} ({len(section.figures)} figures, "
+          f"{len(section.data_files)} data files) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,206 @@
+"""`fpsim report`: the quick run produces every section and figure; bad names, failing analyses and
+interruptions are handled (temporary folder, then rename)."""
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fpsim import cli, report
+
+EXPECTED_FIGURES = {
+    "formats": ["number_line.png"],
+    "rounding_validation": ["double_rounding.png"],
+    "gradient_underflow": ["histograms.png", "underflow_by_layer.png", "rescue_by_scale.png"],
+    "loss_scaling": ["window.png", "dynamic_scale.png"],
+    "master_weights": ["lost_vs_ratio.png", "lost_vs_lr.png", "training_curves.png"],
+    "bf16_range": ["range_vs_precision.png"],
+    "claims": ["recipe.png", "time_model.png", "training_memory.png", "accuracy_seeds.png"],
+}
+CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "reports"
+    status = cli.main(["report", "--quick", "--out", str(out), "--no-progress"])
+    return status, out
+
+
+def test_quick_report_has_every_section_and_figure(quick_report):
+    status, out = quick_report
+    text = (out / "REPORT.md").read_text()
+    assert status == 0, text[:2000]
+    meta = json.loads((out / "report.json").read_text())
+    assert [a["name"] for a in meta["analyses"] if not a["ok"]] == []
+    assert sorted(a["name"] for a in meta["analyses"]) == sorted(EXPECTED_FIGURES)
+    assert text.index("## Summary") < text.index("## Contents")
+    for name, figures in EXPECTED_FIGURES.items():
+        section = json.loads((out / name / "section.json").read_text())
+        assert f"## {section['title']}" in text
+        assert "**What was run.**" in "\n".join(section["parts"]), name
+        written = [f["path"] for f in section["figures"]]
+        for figure in figures:
+            assert figure in written, (name, figure)
+        for figure in written:
+            png = out / name / figure
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png
+            assert f"]({name}/{figure})" in text
+        for data in section["data_files"]:
+            assert (out / name / data).stat().st_size > 0
+    summary = text[text.index("## Summary"):text.index("## Contents")]
+    for claim in CLAIMS:
+        assert re.search(rf"^\| {re.escape(claim)} .* \| \*\*(holds|holds under conditions|not supported by the "
+                         rf"evidence)\*\* \|", summary, re.M), claim
+    assert summary.count("![") >= 3
+    assert not list(out.parent.glob(".reports.*")), "temporary folders left behind"
+
+
+def _write_analyses(folder: Path, scripts: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        (folder / f"{name}.py").write_text(textwrap.dedent(body))
+    return folder
+
+
+GOOD = """
+    from fpsim.report import new_section
+    ORDER = 1
+    def run(ctx):
+        section = new_section(ctx, globals(), "Good analysis")
+        section.what_was_run("nothing")
+        section.text("the number is 42")
+        return section
+"""
+BAD = """
+    ORDER = 2
+    def run(ctx):
+        raise RuntimeError("deliberate failure for the test")
+"""
+INTERRUPTED = """
+    ORDER = 3
+    def run(ctx):
+        (ctx.out / "half-written.txt").write_text("partial")
+        raise KeyboardInterrupt
+"""
+
+
+def test_unknown_analysis_is_an_error_listing_the_names(capsys):
+    assert cli.main(["report", "--only", "formats", "no_such_analysis", "--out", "unused"]) == 2
+    error = capsys.readouterr().err
+    assert "no_such_analysis" in error
+    for name in EXPECTED_FIGURES:
+        assert name in error
+
+
+def test_failing_analysis_is_reported_and_others_still_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "ANALYSES_DIR", _write_analyses(tmp_path / "a", {"good": GOOD, "bad": BAD}))
+    out = tmp_path / "out"
+    assert cli.main(["report", "--out", str(out), "--no-progress"]) == 1
+    assert "bad" in capsys.readouterr().out
+    text = (out / "REPORT.md").read_text()
+    assert "the number is 42" in text
+    assert "deliberate failure for the test" in text
+    assert "**Failed analyses:** bad" in text
+    assert "RuntimeError" in (out / "bad" / "error.txt").read_text()
+
+
+def test_interrupted_run_leaves_the_previous_report_intact(tmp_path, monkeypatch):
+    analyses = _write_analyses(tmp_path / "a", {"good": GOOD, "stop": INTERRUPTED})
+    monkeypatch.setattr(report, "ANALYSES_DIR", analyses)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "REPORT.md").write_text("previous report\n")
+    with pytest.raises(KeyboardInterrupt):
+        report.run_report(out, progress=False)
+    assert (out / "REPORT.md").read_text() == "previous report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]
+    assert cli.main(["report", "--out", str(out), "--only", "stop", "--no-progress"]) == 130
+    assert (out / "REPORT.md").read_text() == "previous report\n"
+
+
+def test_completed_run_replaces_the_report_and_only_keeps_other_sections(tmp_path, monkeypatch):
+    other = GOOD.replace("Good analysis", "Other analysis").replace("42", "43")
+    monkeypatch.setattr(report, "ANALYSES_DIR", _write_analyses(tmp_path / "a", {"good": GOOD, "other": other}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older report")
+    assert cli.main(["report", "--out", str(out), "--no-progress"]) == 0
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]
+    assert cli.main(["report", "--out", str(out), "--only", "good", "--no-progress"]) == 0
+    text = (out / "REPORT.md").read_text()
+    assert "the number is 42" in text and "the number is 43" in text
+    assert "Carried over unchanged from the previous report (not run now): other" in text
+
+
+def test_an_analysis_runs_on_its_own_as_a_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(report.__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, str(root / "analyses" / "formats.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "number_line.png").exists() and (tmp_path / "formats.csv").exists()
+    assert "# Formats" in (tmp_path / "section.md").read_text()
+
+
+# --- the machinery the analyses use ------------------------------------------------------------
+
+def test_lost_update_share_matches_the_theory():
+    import numpy as np
+
+    from fpsim.lost_updates import measured_lost_share, theoretical_lost_share
+
+    ratios = 2.0 ** np.arange(4, 14, 0.25)
+    for fmt, p in (("fp16", 11), ("bf16", 8)):
+        measured, theory = measured_lost_share(fmt, ratios, n=4000), theoretical_lost_share(fmt, ratios)
+        assert np.all(measured[ratios < 2.0 ** p] == 0) and np.all(measured[ratios > 2.0 ** (p + 1)] == 1)
+        assert np.max(np.abs(measured - theory)) < 0.05
+
+
+def test_memory_model_bytes_per_parameter_and_measured_step():
+    from fpsim import memory
+
+    per_param = {name: sum(p.bytes_per_param().values()) for name, p in memory.MEMORY_POLICIES.items()}
+    assert per_param == {"fp32": 16, "fp16-autocast": 18, "fp16-mixed": 16, "bf16-pure": 8}
+    widths = (64, 256, 10)
+    for name in ("fp32", "fp16-mixed"):
+        measured = memory.measure_training_step(widths, 256, name)
+        model = memory.modelled_bytes(memory.MEMORY_POLICIES[name], memory.mlp_params(widths),
+                                      memory.mlp_saved_elements(widths, 256), memory.mlp_working_elements(widths, 256))
+        assert 0.9 < measured["held bytes"] / model["state bytes"] < 1.3
+        assert 0.8 < measured["peak bytes"] / model["peak bytes"] < 1.6
+    fp32, bf16 = (memory.measure_inference((64, 256, 256, 10), 1, d) for d in ("fp32", "bf16"))
+    assert bf16["weight bytes"] * 2 == fp32["weight bytes"]
+
+
+def test_roofline_prices_operations_by_their_bound():
+    from fpsim import roofline
+
+    gpu = roofline.A100_80GB
+    big = roofline.mlp_workload((4096, 4096, 4096), 4096)
+    matmul = next(op for op in big.ops if op.kind == "matmul")
+    assert roofline.op_seconds(matmul, roofline.PRECISIONS["fp32"], gpu) == pytest.approx(matmul.flops / 19.5e12)
+    assert roofline.op_seconds(matmul, roofline.PRECISIONS["16-mixed"], gpu) == pytest.approx(matmul.flops / 312e12)
+    times = roofline.speedups(big, gpu)["times"]
+    assert times["fp32"] > times["tf32"] > times["16-mixed"]
+    assert roofline.encoder_workload().params == pytest.approx(66e6, rel=0.02)  # DistilBERT: 66M parameters
+
+
+def test_paired_comparison_detects_a_shift_and_not_noise():
+    import numpy as np
+
+    from fpsim.stats import mean_ci, paired_comparison
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.9, 0.01, 20)
+    assert paired_comparison(base + 0.005, base)["t_test_p"] < 1e-6
+    assert paired_comparison(base + rng.normal(0, 1e-4, 20), base)["t_test_p"] > 0.01
+    ci = mean_ci(base)
+    assert ci["low"] < 0.9 < ci["high"]
