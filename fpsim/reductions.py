@@ -50,15 +50,16 @@ from .formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format
 from .rounding import float64_params, random_key
 from .rounding import round as round_to
 
-PARALLEL_MIN_WORK = 1 << 25
+PARALLEL_MIN_WORK = 1 << 24
 """Products with fewer multiply-adds (M*K*N) than this run on one thread.
 
 Measured on the shared 2-core development machine: a (64x128)@(128x128)
-product takes 0.8 ms with numba's thread pool and 0.9 ms on one thread when
-run alone, but 8 ms with the pool right after a numpy matmul (OpenBLAS's idle
-threads spin and the two pools contend) against 1.0 ms on one thread.  A
-256^3 product with FP16 accumulation: 7 ms with the pool on an idle machine,
-but 19-39 ms with the pool and 12.5 ms on one thread while other jobs ran.
+product (2^20, the training simulator's size) takes 0.8 ms with numba's thread
+pool and 0.9 ms on one thread when run alone, but 8 ms with the pool right after
+a numpy matmul (OpenBLAS's idle threads spin and the two pools contend) against
+1.0 ms on one thread.  A 256^3 product (2^24) with FP16 accumulation on an idle
+machine: 7.5-8.1 ms with the pool against 12.6-13.8 ms on one thread, so from
+that size on the pool pays for the risk of contention.
 """
 
 

@@ -9,8 +9,8 @@ so an interrupted run leaves the previous report intact.  An analysis that fails
 is reported with its error, the others still run, and the exit status is 1.
 
 Examples:
-  fpsim report                          the full report into reports/ (about 16 minutes on 2 cores)
-  fpsim report --quick --out /tmp/r     a small-budget run (a few minutes)
+  fpsim report                          the full report into reports/ (about 10 minutes on 2 cores)
+  fpsim report --quick --out /tmp/r     a small-budget run (under a minute)
   fpsim report --only formats claims    these analyses; the others' sections are kept from DIR
 """
 
