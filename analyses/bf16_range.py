@@ -41,19 +41,18 @@ def run(ctx):
                      ls="-", label=f"{policy}: updates lost")
         axes[2].plot([r["lr"] for r in rows], [100 * r["test_accuracy"] for r in rows], "s", color=colour, ls="--",
                      alpha=0.6, label=f"{policy}: test accuracy")
-    axes[0].set_title("Range: accuracy against gradient magnitude (lr 0.05)", fontsize=10)
+    axes[0].set_title("Range: accuracy against gradient magnitude (lr 0.05)")
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].set_title("Range: weight-gradient values flushed to zero", fontsize=10)
+    axes[1].set_title("Range: weight-gradient values flushed to zero")
     axes[1].set_ylabel("% of non-zero values")
     for ax in axes[:2]:
         ax.set_xlabel("log2 of the gradient multiplier (grad_scale)")
-    axes[2].set_title("Precision: no master weights, gradients as they are", fontsize=10)
+    axes[2].set_title("Precision: no master weights, gradients as they are")
     axes[2].set_xscale("log")
     axes[2].set_xlabel("learning rate")
     axes[2].set_ylabel("%")
     for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend()
     fig.tight_layout()
     section.figure(fig, "range_vs_precision.png",
                    "The trade: BF16 keeps its accuracy and loses no gradients however small they get (left, middle), "

@@ -167,7 +167,7 @@ def claim_accuracy(section, ctx, seeds):
     left.set_xticks(range(len(SEED_POLICIES)))
     left.set_xticklabels(SEED_POLICIES)
     left.set_ylabel("test accuracy (%)")
-    left.set_title(f"{n} seeds per policy; black: mean and 95% CI", fontsize=10)
+    left.set_title(f"{n} seeds per policy; black: mean and 95% CI")
     for i, p in enumerate(SEED_POLICIES[1:]):
         d = 100 * (np.array(acc[p]) - np.array(acc["fp32"]))
         right.plot(seeds["seeds"], d, "o-" if i == 0 else "s--", alpha=0.7,
@@ -176,10 +176,8 @@ def claim_accuracy(section, ctx, seeds):
     right.set_xlabel("seed")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_ylabel("accuracy difference (points)")
-    right.set_title("Paired differences against FP32, seed by seed", fontsize=10)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    right.legend(fontsize=8)
+    right.set_title("Paired differences against FP32, seed by seed")
+    right.legend()
     fig.tight_layout()
     section.figure(fig, "accuracy_seeds.png", f"(e) Test accuracy over {n} seeds per policy, and the paired "
                                               "differences against FP32, seed by seed.")

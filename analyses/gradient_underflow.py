@@ -31,8 +31,7 @@ def histogram_figure(result, grad_scale, stages):
             for step in stages:
                 e, c, _ = histogram_of(result, kind, layer, step)
                 ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
-            ax.set_title(f"{label}, layer {layer + 1}", fontsize=10)
-            ax.grid(alpha=0.3)
+            ax.set_title(f"{label}, layer {layer + 1}")
             if row == len(KINDS) - 1:
                 ax.set_xlabel("log2 |g| (before rounding)")
             if layer == 0:
@@ -101,8 +100,7 @@ def run(ctx):
                                 label=f"layer {layer + 1}: < 2^-24 (lost in FP16)")
                 ax.plot([r["step"] for r in picked], [100 * r["below 2^-14"] for r in picked], "s--",
                         color=line.get_color(), alpha=0.6, label=f"layer {layer + 1}: < 2^-14 (FP16 subnormal)")
-            ax.set_title(f"{label}, gradients x {pow2_label(gs)}", fontsize=10)
-            ax.grid(alpha=0.3)
+            ax.set_title(f"{label}, gradients x {pow2_label(gs)}")
             ax.set_ylim(-3, 103)
             if row == 1:
                 ax.set_xlabel("training step")
@@ -124,9 +122,8 @@ def run(ctx):
                             label=f"{label}: lost (< 2^-24 after scaling)")
             ax.plot([r["k"] for r in picked], [100 * r["overflow"] for r in picked], "--", color=line.get_color(),
                     label=f"{label}: overflow (> 65504 after scaling)")
-        ax.set_title(f"loss scale 2^k applied to FP32 gradients x {pow2_label(gs)}", fontsize=10)
+        ax.set_title(f"loss scale 2^k applied to FP32 gradients x {pow2_label(gs)}")
         ax.set_xlabel("k (loss scale 2^k)")
-        ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of non-zero gradient values (all layers, all stages)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()

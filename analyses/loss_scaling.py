@@ -23,11 +23,12 @@ def heat_map(ax, values, rows, cols, title, fmt, cmap, vmin, vmax, colour_values
     """Cells coloured by ``colour_values`` (default ``values``) and labelled with ``values``."""
     colour_values = values if colour_values is None else colour_values
     image = ax.imshow(colour_values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.grid(False)
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(rows)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
     for (i, j), v in np.ndenumerate(values):
         r, g, b, _ = image.cmap(image.norm(colour_values[i, j]))
         ax.text(j, i, fmt(v), ha="center", va="center", fontsize=8,
@@ -100,9 +101,8 @@ def run(ctx):
         ax.plot(skips, [np.log2(r["history"][s]["loss_scale"]) for s in skips], "x", color=line.get_color(), ms=6)
     ax.set_xlabel("training step")
     ax.set_ylabel("log2 loss scale")
-    ax.set_title("Dynamic loss scale (fp16-amp) against step; x: skipped steps (inf/NaN found)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title("Dynamic loss scale (fp16-amp) against step; x: skipped steps (inf/NaN found)")
+    ax.legend()
     fig.tight_layout()
     section.figure(fig, "dynamic_scale.png", "The dynamic scaler's trajectory: it halves at each overflow (skipping "
                                              "that step) and doubles after each run of clean steps.")

@@ -41,9 +41,8 @@ def run(ctx):
                        for r, m, t in zip(ratios, measured, theory)]
     ax.set_xlabel("log2 (|w| / |update|)")
     ax.set_ylabel("% of updates lost (w unchanged)")
-    ax.set_title("An update is lost when it is below half the spacing of the weights' format", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title("An update is lost when it is below half the spacing of the weights' format")
+    ax.legend()
     fig.tight_layout()
     section.data("lost_vs_ratio.csv", curve_rows)
     section.figure(fig, "lost_vs_ratio.png",
@@ -82,10 +81,9 @@ def run(ctx):
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (SGD)")
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    left.set_title(f"Lost updates over {steps} steps", fontsize=10)
-    right.set_title("Final test accuracy", fontsize=10)
+        ax.legend()
+    left.set_title(f"Lost updates over {steps} steps")
+    right.set_title("Final test accuracy")
     fig.tight_layout()
     section.figure(fig, "lost_vs_lr.png", "Lost updates and accuracy against the learning rate: the smaller the "
                                           "step, the more updates fall below half a unit of the stored weight.")
@@ -111,9 +109,8 @@ def run(ctx):
         ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("training step")
-        ax.set_title(f"{fmt.upper()} weights, lr {CURVE_LR} (legend: test accuracy, updates lost)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{fmt.upper()} weights, lr {CURVE_LR} (legend: test accuracy, updates lost)")
+        ax.legend()
     axes[0].set_ylabel("training loss (running mean of 25 steps)")
     fig.tight_layout()
     section.figure(fig, "training_curves.png", f"Training curves at lr {CURVE_LR}: pure 16-bit weights against FP32 "

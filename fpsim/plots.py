@@ -26,6 +26,10 @@ from .formats import Format, get_format  # noqa: E402
 ZONE_COLOURS = {"flush": "#bdbdbd", "subnormal": "#fdae6b", "normal": "#6baed6", "overflow": "#de2d26"}
 """One colour per zone, used by every figure that shows zones."""
 
+FIGURE_STYLE = {"axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10, "legend.fontsize": 8}
+"""The report's matplotlib rcParams, applied around every analysis by ``fpsim.report.run_one``."""
+
+
 @dataclass(frozen=True)
 class Zones:
     """A format's zones as log2 |x| boundaries (see the module docstring)."""
@@ -88,7 +92,7 @@ def number_line_figure(formats, zoom=(-30, 20)):
         ax.set_xlim(left, right)
         ax.set_ylim(-0.7, len(formats) - 0.3)
         ax.axvline(0, color="k", lw=0.6)
-        ax.grid(axis="x", alpha=0.3)
+        ax.grid(False, axis="y")  # the rows are formats, not values
         ax.set_xlabel("log2 |x|")
     axes[0].set_title("Number line of each format: where |x| rounds to 0, is subnormal, normal, or overflows")
     axes[1].set_title(f"Zoom on 2^{zoom[0]} .. 2^{zoom[1]}")
@@ -114,8 +118,7 @@ def roofline_figure(breakdown: list[dict], curves: dict, cited: dict):
     for x, total in enumerate(bottom):
         left.text(x, total, f"{total:.1f} ms", ha="center", va="bottom", fontsize=9)
     left.set_ylabel("modelled step time (ms)")
-    left.set_title(f"MODEL: {breakdown[0]['workload']}\non {breakdown[0]['gpu']} (roofline at datasheet peaks)",
-                   fontsize=10)
+    left.set_title(f"MODEL: {breakdown[0]['workload']}\non {breakdown[0]['gpu']} (roofline at datasheet peaks)")
     left.legend()
     styles = {"tf32": "--", "16-mixed": "-"}
     for (workload, precision), (batches, values) in curves.items():
@@ -128,9 +131,8 @@ def roofline_figure(breakdown: list[dict], curves: dict, cited: dict):
     right.set_xscale("log", base=2)
     right.set_xlabel("batch size (sequences of 512 tokens for the encoder, samples for the MLP)")
     right.set_ylabel("speed-up over strict FP32")
-    right.set_title("MODEL speed-up against batch size, beside cited measurements", fontsize=10)
+    right.set_title("MODEL speed-up against batch size, beside cited measurements")
     right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
-    right.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -151,9 +153,8 @@ def memory_figure(measured: list[dict], modelled: list[dict], ratio_curves: dict
     left.set_yscale("log")
     left.set_xlabel("batch size")
     left.set_ylabel("peak bytes of a training step (MiB)")
-    left.set_title("MLP step, Adam: measured (tracemalloc, real numpy containers) and modelled", fontsize=10)
+    left.set_title("MLP step, Adam: measured (tracemalloc, real numpy containers) and modelled")
     left.legend(fontsize=7, ncol=2)
-    left.grid(alpha=0.3)
     for label, (batches, ratios) in ratio_curves.items():
         right.plot(batches, ratios, "o-" if "measured" in label else "-", ms=3, label=label)
     right.axhline(cited_ratio[1], color="k", ls=":", lw=1)
@@ -165,8 +166,7 @@ def memory_figure(measured: list[dict], modelled: list[dict], ratio_curves: dict
     right.set_xscale("log", base=2)
     right.set_xlabel("batch size (sequences of 512 tokens for the encoder)")
     right.set_ylabel("peak memory, 16-bit policy / FP32")
-    right.set_title("Does training memory barely change? Only while activations are small", fontsize=10)
+    right.set_title("Does training memory barely change? Only while activations are small")
     right.legend(fontsize=7)
-    right.grid(alpha=0.3)
     fig.tight_layout()
     return fig

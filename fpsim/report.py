@@ -304,7 +304,12 @@ def run_one(name: str, ctx: Context, analyses_dir: Path | None = None) -> tuple[
     start = time.perf_counter()
     try:
         module = load_analysis(name, analyses_dir)
-        section = module.run(ctx)
+        import matplotlib.pyplot as plt
+
+        from .plots import FIGURE_STYLE
+
+        with plt.style.context(FIGURE_STYLE):
+            section = module.run(ctx)
         if not isinstance(section, Section):
             raise TypeError(f"analysis {name}: run(ctx) returned {type(section).__name__}, not a Section")
         section.save()
@@ -529,12 +534,14 @@ def analysis_main(module_globals: dict, argv=None) -> int:
     args = parser.parse_args(argv)
     ctx = Context(out=Path(args.out), quick=args.quick, progress=not args.no_progress,
                   store=Path(args.store) if args.store else None)
-    start = time.perf_counter()
     try:
-        section = module_globals["run"](ctx)
+        section, outcome = run_one(name, ctx, Path(module_globals["__file__"]).resolve().parent)
     finally:
         ctx.close()
-    section.save()
+    if not outcome.ok:
+        print(f"{name}: failed after {outcome.seconds:.1f} s: {outcome.error} (traceback in "
+              f"{ctx.out / 'error.txt'})", file=sys.stderr)
+        return 1
     print(f"{name}: wrote {ctx.out / 'section.md'} ({len(section.figures)} figures, "
-          f"{len(section.data_files)} data files) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+          f"{len(section.data_files)} data files) in {outcome.seconds:.1f} s", file=sys.stderr)
     return 0
