@@ -260,7 +260,8 @@ def available_analyses(analyses_dir: Path | None = None) -> list[str]:
     """Names of the analysis scripts (``analyses/NAME.py``), sorted by name."""
     folder = Path(analyses_dir or ANALYSES_DIR)
     if not folder.is_dir():
-        raise ValueError(f"no analyses folder at {folder}: run fpsim report from a clone of the repository")
+        raise ValueError(f"no analyses folder at {folder}: fpsim report runs the scripts of a clone of the "
+                         "repository, so install fpsim from the clone with pip install -e .")
     return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_"))
 
 
