@@ -188,7 +188,8 @@ def round_nearest_branchless(x, k, normal_bits, max_bits, overflow_bits, shifter
     sign = bits & np.int64(-0x8000000000000000)
     mag = bits & np.int64(0x7FFFFFFFFFFFFFFF)
     low_mask = (np.int64(1) << k) - 1
-    normal = (mag + (low_mask >> 1) + ((mag >> k) & 1)) & ~low_mask
+    last_kept = ((mag | (np.int64(1) << 52)) >> k) & 1  # with k = 52 (p = 1) that is the implicit bit
+    normal = (mag + (low_mask >> 1) + last_kept) & ~low_mask
     tiny = np.float64((abs(x) + shifter) - shifter).view(np.int64)
     if flush and tiny < normal_bits:
         tiny = 0

@@ -42,7 +42,7 @@ import numpy as np
 from . import _kernels
 from . import _reduction_kernels as kernels
 from .exact import check_mode, floor_log2, round_exact, round_sum_exact
-from .formats import FP64, Format, get_format
+from .formats import FP64, Format, get_format, widen_ml_dtypes
 from .reductions import _generator, _products_exact_in
 from .rounding import float64_params, random_key
 from .rounding import round as round_to
@@ -52,7 +52,7 @@ def _operands(arrays, fmt: Format, mode: str, rng):
     """The operands rounded to ``fmt`` (float64, broadcast to one shape), the result dtype and scalar-ness."""
     converted = []
     for x in arrays:
-        array = np.asarray(x)
+        array = widen_ml_dtypes(np.asarray(x))
         if array.dtype.kind not in "fiub":
             raise TypeError(f"fpsim arithmetic needs real numbers; got dtype {array.dtype}")
         converted.append(array)

@@ -10,9 +10,11 @@ special (inf / NaN) at the all-ones exponent as the format's ``specials`` say.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
+from .exact import parse_real
 from .formats import Format, get_format
 from .rounding import round as round_to_format
 
@@ -73,7 +75,11 @@ def _join(fmt: Format, sign, biased, mantissa) -> np.ndarray:
 
 
 def decode(codes, fmt):
-    """The float64 value of every code of ``fmt`` (subnormals, infinities and NaNs included)."""
+    """The float64 value of every code of ``fmt`` (subnormals, infinities and NaNs included).
+
+    In a format with ``subnormals=False``, codes with biased exponent 0 decode to
+    signed zero (flush-to-zero hardware treats such inputs the same way).
+    """
     fmt = get_format(fmt)
     array = np.asarray(codes)
     if array.dtype.kind not in "iu":
@@ -86,7 +92,8 @@ def decode(codes, fmt):
     negative = (codes64 >> np.uint64(fmt.bits - 1)) == 1
     with np.errstate(over="ignore"):  # the all-ones exponent of 11-bit formats; replaced by inf/NaN below
         normal = np.ldexp(mantissa + (1 << fmt.mantissa_bits), biased - fmt.bias - fmt.mantissa_bits)
-    subnormal = np.ldexp(mantissa, fmt.emin - fmt.mantissa_bits)
+    # without subnormals, codes with biased exponent 0 read as zero (as flush-to-zero hardware reads them)
+    subnormal = np.ldexp(mantissa, fmt.emin - fmt.mantissa_bits) if fmt.subnormals else np.zeros_like(mantissa)
     values = np.where(biased == 0, subnormal, normal)
     top = biased == (1 << fmt.exponent_bits) - 1
     if fmt.specials == "ieee":
@@ -133,26 +140,33 @@ def anatomy(value, fmt) -> str:
 def describe(x, fmt, mode: str = "nearest", *, rng=None) -> str:
     """One scalar as a learner reads it: ``x`` rounded to ``fmt``, its ``anatomy``, and the rounding error.
 
+    ``x`` is a number, a Fraction, or text ("0.1", "-3e-6", "1/3", "inf"), which
+    is taken at its exact decimal value and rounded once.
+
     >>> print(describe(1.0, "fp16"))
     0 | 01111 | 0000000000  = 1.0  (normal, 2^0 x 1.0000000000b)  exact
     """
     if np.ndim(x) != 0:
         raise ValueError("describe takes one scalar value")
-    stored = float(round_to_format(x, fmt, mode, rng=rng))
-    return f"{anatomy(stored, fmt)}  {_rounding_error(x, stored)}"
+    value = parse_real(x) if isinstance(x, str) else x
+    stored = float(round_to_format(value, fmt, mode, rng=rng))
+    shown = x.strip() if isinstance(x, str) else repr(float(x))
+    return f"{anatomy(stored, fmt)}  {_rounding_error(value, stored, shown)}"
 
 
-def _rounding_error(x, value: float) -> str:
-    """How far the stored value is from the input, exactly when both are finite."""
-    from fractions import Fraction
-    if isinstance(x, str):
-        x = float(x)
-    if not (np.isfinite(x) and math.isfinite(value)):
-        same = (np.isnan(x) and math.isnan(value)) or x == value
-        return "exact" if same else f"from {float(x)!r}"
-    exact_input = Fraction(*x.as_integer_ratio()) if hasattr(x, "as_integer_ratio") else Fraction(x)
+def _rounding_error(x, value: float, shown: str) -> str:
+    """How far the stored ``value`` is from the input ``x`` (shown as ``shown``), exactly when both are finite."""
+    if isinstance(x, Fraction):
+        exact_input = x
+    elif math.isfinite(x):
+        exact_input = Fraction(*x.as_integer_ratio()) if hasattr(x, "as_integer_ratio") else Fraction(x)
+    else:
+        same = (math.isnan(x) and math.isnan(value)) or x == value
+        return "exact" if same else f"from {shown}"
+    if not math.isfinite(value):
+        return f"from {shown}"
     error = Fraction(value) - exact_input
     if error == 0:
         return "exact"
     relative = f", relative {float(error / exact_input):+.3g}" if exact_input else ""
-    return f"error {float(error):+.6g} from {float(x)!r}{relative}"
+    return f"error {float(error):+.6g} from {shown}{relative}"

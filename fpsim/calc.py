@@ -22,11 +22,14 @@ from fractions import Fraction
 import numpy as np
 
 from . import arithmetic
-from .exact import check_mode, round_exact
+from .exact import check_mode, floor_log2, round_exact
 from .formats import Format, get_format
 
 MAX_POWER = 4096
 """Largest |exponent| accepted in a power of literals (2**-1074 needs 1074)."""
+
+MAX_BINADES = 1 << 16
+"""Literals must lie within 2^-MAX_BINADES .. 2^MAX_BINADES in magnitude (1e999 is fine and rounds to inf)."""
 
 _OPERATORS = {ast.Add: ("+", "add"), ast.Sub: ("-", "sub"), ast.Mult: ("*", "mul"), ast.Div: ("/", "div")}
 _FUNCTIONS = {"sqrt": 1, "fma": 3}
@@ -74,12 +77,27 @@ def parse(text: str) -> ast.expr:
     """The checked syntax tree of ``text``; ValueError naming what is not allowed."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty expression: give something like '1 + 2**-9'")
+    source = text.strip()
     try:
-        tree = ast.parse(text.strip(), mode="eval").body
+        tree = ast.parse(source, mode="eval").body
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, float):
+                # the digits as written: the float in the tree is already rounded to float64
+                node.exact_value = _bounded(Fraction(ast.get_source_segment(source, node).replace("_", "")))
+        _check(tree)
     except SyntaxError as error:
         raise ValueError(f"cannot parse {text!r}: {error.msg}") from None
-    _check(tree)
+    except (RecursionError, MemoryError):
+        raise ValueError("expression nested too deeply") from None
     return tree
+
+
+def _bounded(value: Fraction) -> Fraction:
+    """``value``, if zero or within 2^-MAX_BINADES .. 2^MAX_BINADES in magnitude; else ValueError."""
+    if value != 0 and abs(floor_log2(abs(value))) > MAX_BINADES:
+        raise ValueError(f"a literal out of range: magnitudes from 2^-{MAX_BINADES} to 2^{MAX_BINADES} "
+                         "are accepted")
+    return value
 
 
 def _check(node) -> None:
@@ -132,8 +150,21 @@ def _literal_value(node) -> Fraction:
         base, exponent = _literal_value(node.left), _literal_value(node.right)
         if base == 0 and exponent < 0:
             raise ValueError(f"{ast.unparse(node)}: zero to a negative power")
+        if base != 0 and (abs(floor_log2(abs(base))) + 1) * abs(exponent) > MAX_BINADES:
+            raise ValueError(f"{ast.unparse(node)}: a literal out of range: magnitudes from 2^-{MAX_BINADES} "
+                             f"to 2^{MAX_BINADES} are accepted")
         return base ** int(exponent)
-    return Fraction(repr(node.value)) if isinstance(node.value, float) else Fraction(node.value)
+    return node.exact_value if isinstance(node.value, float) else _bounded(Fraction(node.value))
+
+
+def _is_negative_literal(node) -> bool:
+    """Whether a literal's signs make it negative: decides the sign of a zero (-0.0 is -0, as in IEEE 754)."""
+    if isinstance(node, ast.UnaryOp):
+        inner = _is_negative_literal(node.operand)
+        return not inner if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.BinOp):  # a power: negative when the base is and the exponent is odd
+        return _is_negative_literal(node.left) and _literal_value(node.right) % 2 == 1
+    return False
 
 
 def evaluate(text: str, fmt, mode: str = "nearest", *, rng=None) -> Evaluation:
@@ -146,10 +177,13 @@ def evaluate(text: str, fmt, mode: str = "nearest", *, rng=None) -> Evaluation:
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     tree = parse(text)
     steps: list[Step] = []
-    result = _evaluate(tree, fmt, mode, rng, steps)
-    with localcontext() as context:
-        context.prec = 50
-        exact = _exact_value(tree)
+    try:
+        result = _evaluate(tree, fmt, mode, rng, steps)
+        with localcontext() as context:
+            context.prec = 50
+            exact = _exact_value(tree)
+    except RecursionError:
+        raise ValueError("expression nested too deeply") from None
     return Evaluation(text.strip(), fmt, mode, steps, result, exact)
 
 
@@ -157,6 +191,8 @@ def _evaluate(node, fmt, mode, rng, steps) -> float:
     if _is_literal(node):
         value = _literal_value(node)
         rounded = _round_literal(value, fmt, mode, rng)
+        if value == 0 and _is_negative_literal(node):
+            rounded = -0.0
         steps.append(Step(ast.unparse(node), value, rounded))
         return rounded
     if isinstance(node, ast.UnaryOp):
@@ -277,7 +313,7 @@ def _exact_decimal(x: Fraction, max_digits: int = 30) -> str | None:
     if denominator != 1:
         return None
     with localcontext() as context:
-        context.prec = len(str(abs(x.numerator))) + max(twos, fives) + 2
+        context.prec = int(x.numerator.bit_length() * math.log10(2)) + max(twos, fives) + 3
         value = (Decimal(x.numerator) / Decimal(x.denominator)).normalize()
     if len(value.as_tuple().digits) > max_digits:
         return None

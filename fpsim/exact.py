@@ -45,6 +45,25 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def parse_real(text: str) -> Fraction | float:
+    """The exact value of a number written as text: a Fraction for "0.1", "-3e-6", "1/3"; a float for zeros, inf, nan.
+
+    Going through ``float(text)`` would round the decimal to float64 first, and
+    rounding that once more to a narrower format is a double rounding.
+    """
+    cleaned = text.strip().lower().lstrip("+")
+    if cleaned.lstrip("-") in ("inf", "infinity", "nan"):
+        return float(cleaned)
+    try:
+        value = Fraction(cleaned.replace("_", ""))
+        if value == 0:
+            return -0.0 if cleaned.startswith("-") else 0.0  # a Fraction has no -0
+        return value
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number: {text!r} (write a decimal such as 0.1 or -3e-6, a ratio such as "
+                         "1/3, inf or nan)") from None
+
+
 def floor_log2(a: Fraction) -> int:
     """floor(log2 a) for a rational a > 0, exactly."""
     e = a.numerator.bit_length() - a.denominator.bit_length()
@@ -113,7 +132,10 @@ def round_exact(x, fmt, mode: str = "nearest", *, saturate: bool = False,
         return -0.0 if negative else 0.0
 
     a = abs(value)
-    q = max(floor_log2(a), fmt.emin) - fmt.mantissa_bits
+    binade = floor_log2(a)
+    if binade > fmt.emax:  # |x| >= 2^(emax+1) > max: no need to scale a huge number
+        return overflow_result(negative, fmt, mode, saturate)
+    q = max(binade, fmt.emin) - fmt.mantissa_bits
     scaled = a / Fraction(2) ** q
     n = math.floor(scaled)
     if rounds_up(n, scaled - n, mode, negative, uniform):
@@ -132,14 +154,20 @@ def round_sum_exact(x, y, fmt, mode: str = "nearest", *, uniform: Fraction | Non
     """x + y rounded once to ``fmt``, for floats or Fractions, with IEEE 754's special cases.
 
     inf + (-inf) and anything with NaN give NaN; inf + finite is inf.  An exact
-    zero sum is +0, except -0 when both operands are -0, and -0 in mode "down"
-    (IEEE 754 section 6.3).
+    zero sum follows IEEE 754 section 6.3: two zeros of the same sign give that
+    zero; any other exact zero (x + (-x), (+0) + (-0)) is +0, or -0 in mode "down".
     """
     special = [v for v in (x, y) if isinstance(v, float) and not math.isfinite(v)]
     if special:
         return round_exact(sum(special), fmt, mode)
     total = Fraction(x) + Fraction(y)
     if total == 0:
-        both_negative_zero = all(isinstance(v, float) and v == 0 and math.copysign(1.0, v) < 0 for v in (x, y))
-        return -0.0 if both_negative_zero or mode == "down" else 0.0
+        if x == 0 and y == 0 and _sign_bit(x) == _sign_bit(y):
+            return -0.0 if _sign_bit(x) else 0.0  # (+0) + (+0) = +0 and (-0) + (-0) = -0 in every mode
+        return -0.0 if mode == "down" else 0.0
     return round_exact(total, fmt, mode, uniform=uniform)
+
+
+def _sign_bit(v) -> bool:
+    """Whether ``v`` is negative or -0.0 (a Fraction zero counts as +0)."""
+    return v < 0 or (isinstance(v, float) and math.copysign(1.0, v) < 0)

@@ -46,6 +46,7 @@ class Format:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{field_name} must be an integer, got {value!r}")
+            object.__setattr__(self, field_name, int(value))  # numpy integers become Python ints
         if not 2 <= self.exponent_bits <= 11:
             raise ValueError(f"exponent_bits must be in 2..11, got {self.exponent_bits}")
         if not 0 <= self.mantissa_bits <= 52:
@@ -54,6 +55,11 @@ class Format:
             raise ValueError(f"specials must be one of {', '.join(SPECIALS)}, got {self.specials!r}")
         if not isinstance(self.subnormals, (bool, np.bool_)):
             raise ValueError(f"subnormals must be True or False, got {self.subnormals!r}")
+        object.__setattr__(self, "subnormals", bool(self.subnormals))
+        if self.specials == "fn" and self.exponent_bits == 11 and self.mantissa_bits > 0:
+            raise ValueError("an 'fn' format with 11 exponent bits keeps finite values in the binade "
+                             "[2^1024, 2^1025), beyond float64's range: use at most 10 exponent bits "
+                             "with specials='fn', or mantissa_bits=0")
 
     # --- encoding layout -------------------------------------------------
     @property
@@ -183,6 +189,17 @@ HARDWARE_DTYPES: dict[str, np.dtype] = {
     "e5m2": np.dtype(ml_dtypes.float8_e5m2),
 }
 """numpy / ml_dtypes dtype whose bit layout equals the built-in format's."""
+
+def widen_ml_dtypes(array: np.ndarray) -> np.ndarray:
+    """``array`` as float64 if its dtype is one of ml_dtypes' (bfloat16, the float8s, int4, ...), else unchanged.
+
+    numpy reports those dtypes as kind 'V' (void), which fpsim's checks for real
+    numbers would reject; every value of each is a float64, so the cast is exact.
+    """
+    if array.dtype.kind == "V" and array.dtype.type.__module__.split(".")[0] == "ml_dtypes":
+        return array.astype(np.float64)
+    return array
+
 
 _EXMY = re.compile(r"^e(\d+)m(\d+)(fn)?$")
 

@@ -38,6 +38,7 @@ Products with fewer than ``PARALLEL_MIN_WORK`` multiply-adds run on one thread.
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -46,7 +47,7 @@ from . import _kernels
 from ._kernels import threads_for
 from . import _reduction_kernels as kernels
 from .exact import check_mode, round_exact, round_sum_exact
-from .formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format
+from .formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format, widen_ml_dtypes
 from .rounding import float64_params, random_key
 from .rounding import round as round_to
 
@@ -69,13 +70,9 @@ def parse_order(order: str, K: int) -> tuple[str, int]:
         return "blocked", max(K, 1)
     if order == "pairwise":
         return "pairwise", 0
-    if isinstance(order, str) and order.startswith("blocked:"):
-        try:
-            block = int(order.split(":", 1)[1])
-        except ValueError:
-            block = 0
-        if block >= 1:
-            return "blocked", block
+    match = re.fullmatch(r"blocked:([0-9]+)", order) if isinstance(order, str) else None
+    if match and int(match[1]) >= 1:
+        return "blocked", int(match[1])
     raise ValueError(f"unknown order {order!r}: use 'sequential', 'pairwise' or 'blocked:N' with N >= 1")
 
 
@@ -97,12 +94,17 @@ def _array_format(array: np.ndarray) -> Format:
 def _prepare_input(x, inputs, mode, rng, name):
     """Array of the values that enter the products (float64), and their format."""
     array = np.asarray(x)
+    fmt = _array_format(array)
+    array = widen_ml_dtypes(array)
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers; got dtype {array.dtype}")
     if inputs is not None:
         return np.asarray(round_to(array, inputs, mode, rng=rng), dtype=np.float64), inputs
-    fmt = _array_format(array)
-    return array.astype(np.float64), fmt
+    wide = array.astype(np.float64)
+    if array.dtype.kind != "b" and not np.array_equal(wide.astype(array.dtype), array, equal_nan=True):
+        raise ValueError(f"{name} holds values that float64 cannot hold exactly ({array.dtype}): pass "
+                         "inputs=FORMAT to round them once to a format first")
+    return wide, fmt
 
 
 def _products_exact_in(fmt_a: Format, fmt_b: Format, layout: Format) -> bool:
@@ -311,9 +313,11 @@ def sum(x, fmt=FP32, *, axis=None, mode: str = "nearest", order: str = "sequenti
         rows = array.reshape(1, -1)
         shape = ()
     else:
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise ValueError(f"axis must be None or one integer axis, got {axis!r}")
         moved = np.moveaxis(array, axis, -1)
         shape = moved.shape[:-1]
-        rows = moved.reshape(-1, moved.shape[-1])
+        rows = moved.reshape(math.prod(shape), moved.shape[-1])
     ones = np.ones((rows.shape[1], 1))
     result = matmul(rows, ones, inputs=fmt, accumulate=fmt, mode=mode, order=order, rng=rng)
     result = result.reshape(shape)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
 from . import _kernels
 from .exact import check_mode, round_exact
-from .formats import Format, get_format
+from .formats import Format, get_format, widen_ml_dtypes
 
 _EXACT_INT_LIMIT = 1 << 53  # integers up to this magnitude are exact in float64
 PARALLEL_MIN_ELEMENTS = 1 << 18
@@ -88,15 +89,17 @@ def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
     Returns the array and, where some elements cannot be held exactly (integers
     beyond 2^53, long doubles), an object array of those exact inputs (else None).
     """
-    if isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT:
+    if (isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT) or isinstance(x, Fraction):
         return np.array(float("nan")), np.array(x, dtype=object)
-    array = np.asarray(x)
+    array = widen_ml_dtypes(np.asarray(x))
+    if not array.dtype.isnative:  # big-endian data: the kernels read native bit patterns
+        array = array.astype(array.dtype.newbyteorder("="))
     kind = array.dtype.kind
     if kind in "cOSUVMm" or array.dtype.fields is not None:
         raise TypeError(f"fpsim.round needs real numbers (float or int arrays); got dtype {array.dtype}")
     if array.dtype == np.float32 or array.dtype == np.float64:
         return array, None
-    if kind == "f" and array.dtype.itemsize <= 4:  # float16 and the ml_dtypes formats
+    if kind == "f" and array.dtype.itemsize <= 4:  # float16
         return array.astype(np.float64), None
     if kind == "f":  # long double: more bits than float64
         wide = array.astype(np.float64).astype(array.dtype) != array
@@ -113,7 +116,8 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
 
     Parameters
     ----------
-    x : array_like or scalar of real numbers (float16/32/64, long double, ints, bools).
+    x : array_like or scalar of real numbers (float16/32/64, long double, the ml_dtypes
+        formats, ints of any size, bools), or one ``fractions.Fraction``.
     fmt : anything ``fpsim.get_format`` accepts (a Format, ``"bf16"``, ``"e6m9"``, a dtype).
     mode : one of ``fpsim.ROUNDING_MODES``: "nearest" (ties to even), "nearest_away",
         "toward_zero", "up" (toward +inf), "down" (toward -inf) or "stochastic".
@@ -152,7 +156,6 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
 
 def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, key):
     """Redo, with the exact reference, the elements that float64 could not hold."""
-    from fractions import Fraction
     for i, value in enumerate(exact_inputs):
         if isinstance(value, (int, np.integer)) and abs(int(value)) <= _EXACT_INT_LIMIT:
             continue

@@ -5,6 +5,7 @@ import zlib
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -255,3 +256,36 @@ def test_stochastic_rounding_is_unbiased_and_reproducible():
         exact = float(np.prod([float(a[0]) for a in args[:2]])) + (float(args[2][0]) if op == "fma" else 0)
         spread = np.ptp(values)
         assert spread > 0 and abs(values.mean() - exact) < 4 * spread * 0.5 / math.sqrt(n)
+
+
+ZERO_SUM_OPERANDS = [(0.0, 0.0), (-0.0, -0.0), (0.0, -0.0), (-0.0, 0.0), (1.0, -1.0), (-0.5, 0.5)]
+
+
+def ieee_zero_sum_is_negative(a: float, b: float, mode: str) -> bool:
+    """IEEE 754 section 6.3, written out: equal-signed zeros keep their sign; any other exact zero is -0 only in "down"."""
+    if a == 0 and b == 0 and math.copysign(1, a) == math.copysign(1, b):
+        return math.copysign(1, a) < 0
+    return mode == "down"
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "e5m0", "fp64", "e11m40"])  # the kernel, and the exact Fraction path
+@pytest.mark.parametrize("mode", DETERMINISTIC_MODES)
+def test_exact_zero_sums_take_the_sign_ieee_754_prescribes(fmt, mode):
+    for a, b in ZERO_SUM_OPERANDS:
+        total = float(fpsim.add(a, b, fmt, mode))
+        assert total == 0 and (math.copysign(1, total) < 0) == ieee_zero_sum_is_negative(a, b, mode), (a, b)
+        difference = float(fpsim.sub(a, -b, fmt, mode))
+        assert (math.copysign(1, difference) < 0) == ieee_zero_sum_is_negative(a, b, mode), (a, -b)
+
+
+def test_zero_sums_in_nearest_match_the_hardware():
+    for a, b in ZERO_SUM_OPERANDS:
+        assert np.signbit(fpsim.add(a, b, "fp64")) == np.signbit(np.float64(a) + np.float64(b))
+
+
+def test_ml_dtypes_arrays_are_operands():
+    a = np.array([1.5, -0.375, 3.0], dtype=ml_dtypes.bfloat16)
+    b = np.array([0.25, 2.0, -1.0], dtype=ml_dtypes.float8_e4m3fn)
+    expected = fpsim.mul(a.astype(np.float64), b.astype(np.float64), "bf16")
+    np.testing.assert_array_equal(fpsim.mul(a, b, "bf16"), expected)
+    np.testing.assert_array_equal(fpsim.add(a, b, "fp16"), [1.75, 1.625, 2.0])

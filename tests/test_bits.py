@@ -91,3 +91,19 @@ def test_describe_reads_like_a_lesson():
     assert "(zero)  error -1e-08" in fpsim.describe(1e-8, "fp16")
     with pytest.raises(ValueError, match="one scalar"):
         fpsim.describe(np.ones(2), "fp16")
+
+
+def test_decimal_text_is_described_from_its_exact_value():
+    text = fpsim.describe("1.00048828125000000000001", "fp16")  # just above a midpoint that float64 lands on
+    assert "= 1.0009765625" in text and "from 1.00048828125000000000001" in text
+    assert "= 1.0  " in fpsim.describe(1.00048828125000000000001, "fp16")  # the float64 input: a tie, to even
+    assert fpsim.describe("-0.0", "bf16").startswith("1 | 00000000 | 0000000  = -0.0")
+    assert "error +0.000651042 from 1/3" in fpsim.describe("1/3", "bf16")
+    with pytest.raises(ValueError, match="not a number"):
+        fpsim.describe("0.1.2", "fp16")
+
+
+def test_without_subnormals_the_subnormal_codes_decode_to_signed_zero():
+    fmt = Format("fp16_ftz", 5, 10, subnormals=False)
+    np.testing.assert_array_equal(fpsim.decode(np.array([0x0001, 0x03FF, 0x0400]), fmt), [0.0, 0.0, 2.0**-14])
+    assert np.signbit(fpsim.decode(0x8001, fmt))

@@ -1,5 +1,6 @@
 """fpsim.calc (the expression evaluator) and the ``fpsim calc`` command."""
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -110,3 +111,34 @@ def test_cli_stochastic_is_reproducible_with_a_seed(capsys):
         main(["calc", "1 + 2**-10 + 2**-12", "--format", "bf16", "--mode", "stochastic", "--seed", "3"])
         outputs.add(capsys.readouterr().out)
     assert len(outputs) == 1
+
+
+@pytest.mark.parametrize("text, expected", [("-0.0", -0.0), ("1/-0.0", -math.inf), ("sqrt(-0.0)", -0.0),
+                                            ("(-0.0)**3", -0.0), ("(-0.0)**2", 0.0), ("-(0.0) + 0.0", 0.0)])
+def test_negative_zero_literals_keep_their_sign(text, expected):
+    result = evaluate(text, "fp16").result
+    assert result == expected and math.copysign(1, result) == math.copysign(1, expected)
+
+
+def test_long_decimals_are_not_rounded_through_float64():
+    # float64 rounds this to 1 + 2^-11, an FP16 midpoint, which ties to 1.0; the exact value is above it
+    assert evaluate("1.00048828125000000000001", "fp16").result == 1 + 2.0**-10
+    assert evaluate("1.00048828125", "fp16").result == 1.0
+
+
+def test_literals_beyond_float64_overflow_and_absurd_ones_are_refused():
+    evaluation = evaluate("1e999", "fp32")
+    assert evaluation.result == math.inf and evaluation.exact == 10**999
+    assert show_number(evaluation.exact) == "1E+999"
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate("1e99999", "fp32")
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate("1e300**4096", "fp32")
+    assert evaluate("2**-4096", "fp64").result == 0.0
+
+
+@pytest.mark.parametrize("text", ["(" * 300 + "1" + ")" * 300, "-" * 100000 + "1", "-" * 3000 + "1"],
+                         ids=["parentheses", "100000-minus", "3000-minus"])
+def test_deep_nesting_is_a_clear_error(text):
+    with pytest.raises(ValueError, match="nested too deeply|cannot parse"):
+        evaluate(text, "fp16")

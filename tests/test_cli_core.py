@@ -55,3 +55,12 @@ def test_console_script_runs_without_traceback():
     result = subprocess.run([sys.executable, "-m", "fpsim", "bits", "--format", "nope", "1"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_bits_reads_decimals_exactly_and_negative_zero(capsys):
+    assert main(["bits", "1.00048828125000000000001", "-f", "fp16"]) == 0
+    assert "= 1.0009765625" in capsys.readouterr().out
+    assert main(["bits", "-0.0", "-f", "bf16"]) == 0
+    assert "= -0.0" in capsys.readouterr().out
+    assert main(["bits", "-f", "fp16", "-m", "down", "--", "-1e-50"]) == 0
+    assert "(subnormal, 2^-14 x 0.0000000001b)" in capsys.readouterr().out

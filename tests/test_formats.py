@@ -100,3 +100,16 @@ def test_repr_is_short_and_evaluates_back():
     assert repr(fpsim.FP16) == "Format('fp16', 5, 10)"
     for fmt in (*fpsim.FORMATS.values(), Format("x", 3, 2, subnormals=False, specials="fn")):
         assert eval(repr(fmt), {"Format": Format}) == fmt
+
+
+def test_numpy_integer_fields_become_python_ints():
+    fmt = Format("x", np.int64(5), np.int32(2), subnormals=np.bool_(True))
+    assert type(fmt.exponent_bits) is int and type(fmt.mantissa_bits) is int and type(fmt.subnormals) is bool
+    assert fmt == Format("x", 5, 2) and hash(fmt) == hash(Format("x", 5, 2))
+
+
+def test_fn_formats_beyond_float64_range_are_refused():
+    with pytest.raises(ValueError, match="beyond float64's range"):
+        get_format("e11m3fn")
+    assert get_format("e11m0fn").max == 2.0**1023  # its top binade is NaN only
+    assert get_format("e10m5fn").max == (2 - 2 * 2.0**-5) * 2.0**512

@@ -222,3 +222,47 @@ def test_sum_along_an_axis_and_dot():
 def test_bad_arguments_are_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("fmt", ["e5m0", "e4m1", "e3m0fn"])
+@pytest.mark.parametrize("order", ["sequential", "pairwise"])
+def test_ties_in_one_and_two_bit_formats_round_as_the_exact_reference(fmt, order):
+    # p = 1 has no stored significand bit: the vectorised nearest kernel must still break ties as round_exact
+    values = np.array([round_exact(v, fmt) for v in (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)])
+    for x in values:
+        for y in values:
+            expected = round_exact(Fraction(x) + Fraction(y), fmt)
+            np.testing.assert_equal(fpsim.sum(np.array([x, y]), fmt, order=order), expected, err_msg=f"{x} + {y}")
+    assert fpsim.sum(np.array([2.0, 1.0]), "e5m0") == 4.0  # 3 = 1.5 * 2: the exact reference goes up to 4
+
+
+def test_ml_dtypes_arrays_enter_products_at_their_exact_values():
+    import ml_dtypes
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 8)).astype(ml_dtypes.bfloat16)
+    b = rng.standard_normal((8, 3)).astype(ml_dtypes.float8_e5m2)
+    expected = fpsim.matmul(a.astype(np.float64), b.astype(np.float64), inputs="bf16", accumulate="fp16")
+    np.testing.assert_array_equal(fpsim.matmul(a, b, accumulate="fp16"), expected)
+    assert fpsim.sum(a[0], "fp32") == fpsim.sum(a[0].astype(np.float32), "fp32")
+
+
+def test_integers_float64_cannot_hold_need_an_input_format():
+    big = np.array([2**53 + 1, 1], dtype=np.int64)
+    with pytest.raises(ValueError, match="inputs=FORMAT"):
+        fpsim.dot(big, np.array([1, 1]))
+    # with inputs, each integer is rounded once from its exact value: 2^53 + 1 -> 2^53 in fp32, plus 1
+    assert fpsim.dot(big, np.array([1, 1]), inputs="fp32", accumulate="fp64") == 2.0**53 + 1
+
+
+def test_sums_over_empty_axes_are_zero_and_axis_tuples_are_refused():
+    np.testing.assert_array_equal(fpsim.sum(np.zeros((2, 0)), axis=1), [0.0, 0.0])
+    assert fpsim.sum(np.zeros((0, 3)), axis=1).shape == (0,)
+    assert fpsim.sum(np.zeros(0)) == 0.0
+    with pytest.raises(ValueError, match="one integer axis"):
+        fpsim.sum(np.ones((2, 2)), axis=(0, 1))
+
+
+@pytest.mark.parametrize("order", ["blocked: 2", "blocked:0", "blocked:2x", "blocked:", "Sequential"])
+def test_malformed_orders_are_refused(order):
+    with pytest.raises(ValueError, match="unknown order"):
+        fpsim.dot(np.ones(4), np.ones(4), order=order)

@@ -282,3 +282,33 @@ def test_stochastic_rounding_of_tiny_values_far_below_the_spacing():
     out = fpsim.round(x, "fp16", "stochastic", rng=9)
     expected = x.size * 2.0**-16
     assert abs(np.count_nonzero(out) - expected) < 5 * math.sqrt(expected) + 1
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2,
+                                   ml_dtypes.float8_e4m3fnuz])
+def test_ml_dtypes_arrays_round_from_their_exact_values(dtype):
+    codes = np.arange(256, dtype=np.uint8 if np.dtype(dtype).itemsize == 1 else np.uint16)
+    values = codes.view(dtype)
+    exact = values.astype(np.float64)
+    np.testing.assert_array_equal(fpsim.round(values, "e3m1", "up"), fpsim.round(exact, "e3m1", "up"))
+
+
+def test_big_endian_input_is_read_as_its_values_and_keeps_float32():
+    data = np.array([1.1, -3e-6, 70000.0], dtype=">f4")
+    out = fpsim.round(data, "bf16")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, fpsim.round(data.astype(np.float32), "bf16"))
+
+
+def test_a_fraction_rounds_once_from_its_exact_value():
+    # 1 + 2^-11 + 10^-30 lies just above an FP16 midpoint; float64 would first round it onto the midpoint
+    x = 1 + Fraction(1, 2**11) + Fraction(1, 10**30)
+    assert fpsim.round(x, "fp16") == np.float64(1 + 2.0**-10)
+    assert fpsim.round(float(x), "fp16") == 1.0
+
+
+def test_huge_integers_overflow_without_scaling_them():
+    assert fpsim.round(10**200000, "fp16", "toward_zero") == 65504.0
+    assert math.isnan(fpsim.round(-(10**200000), "e4m3"))
+    assert fpsim.round(-(10**200000), "e4m3", saturate=True) == -448.0
+    assert fpsim.round(10**200000, "fp64") == math.inf

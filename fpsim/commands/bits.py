@@ -5,17 +5,20 @@ Examples:
   fpsim bits 65520 --format fp16      a tie at the top of FP16: rounds to inf
   fpsim bits 1e-8 --format fp16 --mode up
   fpsim bits 300 --format e6m9        any eXmY format
+  fpsim bits 1/3 --format bf16        an exact ratio
+  fpsim bits -f fp16 -- -1e-5         a negative number with an exponent goes after --
 """
 
 from ..bits import describe
-from ..exact import ROUNDING_MODES
+from ..exact import ROUNDING_MODES, parse_real
 from ..formats import get_format
 
 DEFAULT_FORMATS = ("fp32", "fp16", "bf16")
 
 
 def configure(parser):
-    parser.add_argument("value", help="a decimal number, e.g. 0.1, -3e-6, 65504, inf, nan")
+    parser.add_argument("value", help="a number, e.g. 0.1, -3e-6, 65504, 1/3, inf, nan; decimals are taken "
+                                      "at their exact value and rounded once (not through float64)")
     parser.add_argument("--format", "-f", action="append", dest="formats", metavar="F",
                         help="format name, alias or eXmY (repeatable); default: fp32, fp16 and bf16")
     parser.add_argument("--mode", "-m", default="nearest", choices=list(ROUNDING_MODES), help="rounding mode")
@@ -23,12 +26,9 @@ def configure(parser):
 
 
 def run(args) -> int:
-    try:
-        value = float(args.value)
-    except ValueError:
-        raise ValueError(f"not a number: {args.value!r}") from None
+    parse_real(args.value)  # a clear error before any output
     formats = [get_format(f) for f in (args.formats or DEFAULT_FORMATS)]
     width = max(len(f.name) for f in formats)
     for fmt in formats:
-        print(f"{fmt.name:<{width}}  {describe(value, fmt, args.mode, rng=args.seed)}")
+        print(f"{fmt.name:<{width}}  {describe(args.value, fmt, args.mode, rng=args.seed)}")
     return 0
