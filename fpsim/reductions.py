@@ -101,7 +101,8 @@ def _prepare_input(x, inputs, mode, rng, name):
     if inputs is not None:
         return np.asarray(round_to(array, inputs, mode, rng=rng), dtype=np.float64), inputs
     wide = array.astype(np.float64)
-    if array.dtype.kind != "b" and not np.array_equal(wide.astype(array.dtype), array, equal_nan=True):
+    may_be_inexact = array.dtype.kind in "iu" or array.dtype.itemsize > 8  # 64-bit integers, long double
+    if may_be_inexact and not np.array_equal(wide.astype(array.dtype), array, equal_nan=array.dtype.kind == "f"):
         raise ValueError(f"{name} holds values that float64 cannot hold exactly ({array.dtype}): pass "
                          "inputs=FORMAT to round them once to a format first")
     return wide, fmt
