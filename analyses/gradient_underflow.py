@@ -14,10 +14,13 @@ from fpsim.sources import MICIKEVICIUS
 
 ORDER = 30
 GRAD_SCALES = (1.0, 2.0 ** -10)
-"""Gradient magnitudes: this MLP as it is, and every gradient 2^10 times smaller (as in larger models)."""
+"""Gradient magnitudes: this MLP as it is, and every gradient 2^10 times smaller (a stand-in for smaller gradients,
+not a measurement of a larger model)."""
 KINDS = {"activation_grads": "activation gradients", "weight_grads": "weight gradients"}
-FP16_LOST = -24   # |g| < 2^-24: flushed to zero or rounded to the smallest subnormal
-FP16_NORMAL = -14  # |g| < 2^-14: subnormal in FP16 (fewer significant bits)
+FP16_LOST = int(Zones.of(fpsim.FP16).flush_below)  # -25: |g| <= 2^-25 rounds to zero in FP16
+FP16_NORMAL = fpsim.FP16.emin  # -14: |g| < 2^-14 is subnormal in FP16 (fewer significant bits)
+LOST = f"below 2^{FP16_LOST}"
+SUBNORMAL = f"below 2^{FP16_NORMAL}"
 SCALES = range(0, 33)
 
 
@@ -68,8 +71,8 @@ def run(ctx):
                     e, c, zeros = histogram_of(result, kind, layer, step)
                     rows.append({"grad_scale": pow2_label(gs), "kind": kind, "layer": layer + 1, "step": step,
                                  "nonzero": int(c.sum()), "zeros": zeros,
-                                 "below 2^-24": share_below(e, c, FP16_LOST),
-                                 "below 2^-14": share_below(e, c, FP16_NORMAL),
+                                 LOST: share_below(e, c, FP16_LOST),
+                                 SUBNORMAL: share_below(e, c, FP16_NORMAL),
                                  "median log2|g|": int(e[np.searchsorted(np.cumsum(c), c.sum() / 2)])})
                     for k in SCALES:
                         rescue.append({"grad_scale": pow2_label(gs), "kind": kind, "layer": layer + 1, "step": step,
@@ -96,10 +99,11 @@ def run(ctx):
             for layer in range(len(results[0]["layers"])):
                 picked = [r for r in rows if r["grad_scale"] == pow2_label(gs) and r["kind"] == kind
                           and r["layer"] == layer + 1]
-                line, = ax.plot([r["step"] for r in picked], [100 * r["below 2^-24"] for r in picked], "o-",
-                                label=f"layer {layer + 1}: < 2^-24 (lost in FP16)")
-                ax.plot([r["step"] for r in picked], [100 * r["below 2^-14"] for r in picked], "s--",
-                        color=line.get_color(), alpha=0.6, label=f"layer {layer + 1}: < 2^-14 (FP16 subnormal)")
+                line, = ax.plot([r["step"] for r in picked], [100 * r[LOST] for r in picked], "o-",
+                                label=f"layer {layer + 1}: < 2^{FP16_LOST} (lost in FP16)")
+                ax.plot([r["step"] for r in picked], [100 * r[SUBNORMAL] for r in picked], "s--",
+                        color=line.get_color(), alpha=0.6, label=f"layer {layer + 1}: < 2^{FP16_NORMAL} (FP16 "
+                                                                 "subnormal)")
             ax.set_title(f"{label}, gradients x {pow2_label(gs)}")
             ax.set_ylim(-3, 103)
             if row == 1:
@@ -110,8 +114,8 @@ def run(ctx):
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.01))
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     section.figure(fig, "underflow_by_layer.png",
-                   "Per layer over training: the share of gradient values FP16 would lose (below 2^-24) or hold as "
-                   "subnormals (below 2^-14).", key=False)
+                   f"Per layer over training: the share of gradient values FP16 would lose (below 2^{FP16_LOST}) or "
+                   f"hold as subnormals (below 2^{FP16_NORMAL}).", key=False)
 
     fig, axes = plt.subplots(1, len(GRAD_SCALES), figsize=(13, 4.2), sharey=True)
     for ax, gs in zip(axes, GRAD_SCALES):
@@ -119,17 +123,18 @@ def run(ctx):
             picked = [r for r in rescue if r["grad_scale"] == pow2_label(gs) and r["kind"] == kind
                       and r["layer"] == "all"]
             line, = ax.plot([r["k"] for r in picked], [100 * r["lost"] for r in picked], "-",
-                            label=f"{label}: lost (< 2^-24 after scaling)")
+                            label=f"{label}: lost (< 2^{FP16_LOST} after scaling)")
             ax.plot([r["k"] for r in picked], [100 * r["overflow"] for r in picked], "--", color=line.get_color(),
-                    label=f"{label}: overflow (> 65504 after scaling)")
+                    label=f"{label}: overflow (>= 2^{fpsim.FP16.emax + 1} after scaling)")
         ax.set_title(f"loss scale 2^k applied to FP32 gradients x {pow2_label(gs)}")
         ax.set_xlabel("k (loss scale 2^k)")
     axes[0].set_ylabel("% of non-zero gradient values (all layers, all stages)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     section.figure(fig, "rescue_by_scale.png",
-                   "What a loss scale of 2^k would do in FP16: the share of gradient values still lost below 2^-24, "
-                   "and the share pushed over FP16's maximum.")
+                   f"What a loss scale of 2^k would do in FP16: the share of gradient values still lost below "
+                   f"2^{FP16_LOST}, and the share pushed to 2^{fpsim.FP16.emax + 1} or above (overflow; counted by "
+                   "binade, so values between 65504 and 2^16 that also overflow are not in it).")
 
     summary = []
     for gs in GRAD_SCALES:
@@ -141,8 +146,9 @@ def run(ctx):
             best = max(picked, key=lambda r: (r["kept"], -r["k"]))
             window = [r["k"] for r in picked if r["lost"] <= 0.001 and r["overflow"] == 0]
             summary.append({"gradients x": pow2_label(gs), "kind": label,
-                            "lost in FP16 (< 2^-24), last step, worst layer": max(r["below 2^-24"] for r in last),
-                            "FP16 subnormal or lost (< 2^-14), last step, worst layer": max(r["below 2^-14"] for r in last),
+                            f"lost in FP16 ({LOST}), last step, worst layer": max(r[LOST] for r in last),
+                            f"FP16 subnormal or lost ({SUBNORMAL}), last step, worst layer": max(r[SUBNORMAL]
+                                                                                               for r in last),
                             "median log2|g|, last step": min(r["median log2|g|"] for r in last),
                             "loss scales 2^k keeping 99.9% without overflow": (f"k = {window[0]}..{window[-1]}"
                                                                               if window else "none"),
@@ -154,10 +160,12 @@ def run(ctx):
     section.text(
         f"Compare {MICIKEVICIUS}, where much of a large network's activation-gradient histogram lay below FP16's "
         f"range. In this MLP's own FP32 training, at the last recorded step, up to "
-        f"{act1['lost in FP16 (< 2^-24), last step, worst layer']:.1%} of a layer's activation-gradient values lie "
-        f"below 2^-24 and {act1['FP16 subnormal or lost (< 2^-14), last step, worst layer']:.1%} below FP16's "
-        f"smallest normal 2^-14; with gradients 2^10 times smaller, as in larger models, up to "
-        f"{act2['lost in FP16 (< 2^-24), last step, worst layer']:.1%} would be lost. A loss scale 2^k with "
+        f"{act1[f'lost in FP16 ({LOST}), last step, worst layer']:.1%} of a layer's activation-gradient values lie "
+        f"{LOST} (FP16 rounds them to zero) and "
+        f"{act1[f'FP16 subnormal or lost ({SUBNORMAL}), last step, worst layer']:.1%} below FP16's smallest normal "
+        f"2^{FP16_NORMAL}; with every gradient 2^10 times smaller (a stand-in for smaller gradients, not a "
+        f"measurement of a larger model), up to {act2[f'lost in FP16 ({LOST}), last step, worst layer']:.1%} would "
+        f"be lost. A loss scale 2^k with "
         f"{act2['loss scales 2^k keeping 99.9% without overflow']} keeps 99.9% of them without overflow. BF16 "
         f"flushes only at or below 2^{Zones.of(fpsim.BF16).flush_below:.0f}, far below every recorded gradient.")
     return section

@@ -119,8 +119,25 @@ def grid_grad_scales(ctx) -> tuple:
     return ctx.pick(QUICK_GRID_GRAD_SCALES, GRID_GRAD_SCALES)
 
 
+def grid_growth_interval(ctx) -> int:
+    """Clean steps before the grid's dynamic loss scale doubles.
+
+    GradScaler's default, 2000, is longer than a whole grid run (800 steps), so
+    the scale would stay at its initial 2^16 and "dynamic" would mean constant
+    2^16.  An eighth of the run lets it grow, overflow and back off as it does
+    over a long training.
+    """
+    return grid_steps(ctx) // 8
+
+
 def grid_config(ctx, policy, grad_scale: float, seed: int = 0, **options) -> dict:
-    """A grid run: ``policy`` on digits, the default MLP and SGD, ``grid_steps`` steps."""
+    """A grid run: ``policy`` on digits, the default MLP and SGD, ``grid_steps`` steps.
+
+    A dynamic loss scale (fp16-amp) grows every ``grid_growth_interval`` clean
+    steps unless ``options`` give a ``scaler``; its other settings are GradScaler's.
+    """
+    if policy == "fp16-amp" and "scaler" not in options:
+        options["scaler"] = {"growth_interval": grid_growth_interval(ctx)}
     return dict(policy=policy, grad_scale=grad_scale, steps=grid_steps(ctx), seed=seed, **options)
 
 
@@ -128,20 +145,22 @@ def grid_config(ctx, policy, grad_scale: float, seed: int = 0, **options) -> dic
 
 RANGE_POLICIES = ("fp32", "fp16-pure", "fp16-mixed", "fp16-amp", "bf16-pure", "bf16-mixed")
 PRECISION_LRS = (0.001, 0.003, 0.01, 0.05, 0.2)
+PRECISION_POLICIES = ("fp32", "fp16-pure", "bf16-pure")
+"""16-bit weights without a master copy, and FP32 as the reference at each learning rate."""
 
 
 def range_and_precision(ctx) -> dict:
     """The runs of the range-against-precision trade, summarised.
 
     ``range``: one row per policy in RANGE_POLICIES and grid gradient magnitude (lr 0.05): accuracy and
-    underflow.  ``precision``: fp16-pure and bf16-pure at PRECISION_LRS (gradients as they are): lost
+    underflow.  ``precision``: PRECISION_POLICIES at PRECISION_LRS (gradients as they are): lost
     updates and accuracy.
     """
     scales = grid_grad_scales(ctx)
     range_configs = [grid_config(ctx, p, gs) for gs in scales for p in RANGE_POLICIES]
     lrs = ctx.pick((0.003, 0.05), PRECISION_LRS)
     precision_configs = [dict(policy=p, lr=lr, steps=grid_steps(ctx), grad_scale=1.0, seed=0)
-                         for p in ("fp16-pure", "bf16-pure") for lr in lrs]
+                         for p in PRECISION_POLICIES for lr in lrs]
     results = run_trainings(ctx, range_configs + precision_configs)
     range_rows = [{"policy": c["policy"], "grad_scale": c["grad_scale"], "test_accuracy": accuracy(r),
                    "weight_grad_underflow": r["weight_grad_underflow_fraction"],

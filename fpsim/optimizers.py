@@ -123,10 +123,17 @@ def apply_update(weights: np.ndarray, update: np.ndarray, fmt: Format, *, roundi
                  rng=None) -> np.ndarray:
     """The stored weights after the update: ``round(w - u)`` to ``fmt``, once.
 
-    ``rounding="nearest"`` loses every update smaller than half a unit in the
-    last place of ``w`` (|u| < |w| 2^-p for precision p: 2^-11 for FP16, 2^-8
-    for BF16); ``"stochastic"`` rounds up or down with probabilities that make
-    the stored value right on average, so small updates survive in expectation.
+    ``rounding="nearest"`` loses an update (the result is ``w`` again) smaller
+    than half the spacing of ``fmt`` at ``w``.  With p the precision (11 for FP16,
+    8 for BF16) and e = floor(log2|w|) (e = emin for a subnormal w or 0), the
+    spacing is 2^(e - p + 1), so u is lost when |u| < 2^(e - p), and at
+    |u| = 2^(e - p) exactly when w's last significand bit is 0 (the tie goes to
+    the even neighbour).  One exception: for w = +-2^e with e > emin and u moving
+    w towards zero, the spacing below w is 2^(e - p), and u is lost when
+    |u| <= 2^(e - p - 1).  For w = m 2^e (1 <= m < 2) the bound 2^(e - p) is
+    |w| 2^-p / m, not |w| 2^-p (``fpsim.lost_updates``).  ``"stochastic"`` rounds
+    up or down with probabilities that make the stored value right on average,
+    so small updates survive in expectation.
     """
     return round_to(weights.astype(np.float64) - update, fmt, rounding, rng=rng)
 

@@ -17,9 +17,10 @@ For the weight updates it counts the lost ones: elements with a non-zero update
 whose stored value did not change, and the share of the update's total
 magnitude they carried.  Optionally it keeps histograms of ``log2 |value|``
 taken before rounding (what the format is about to cut), at chosen steps.  On
-sampled steps it compares the weight gradients with an FP64 shadow of the same
-step: their relative error, and how many exact non-zero values the policy
-delivered as zero.  That last count sees an underflow wherever it happened: a
+sampled steps it compares the weight gradients with FP64 shadows of the same
+step: their relative error, and how many values that the FP64 backward pass
+(through the policy's own forward pass) makes non-zero the policy delivered as
+zero.  That last count sees an underflow wherever it happened: a
 weight gradient computed from activation gradients that were already flushed
 is zero before its own rounding, so the per-rounding count cannot see it.
 
@@ -119,26 +120,31 @@ class Recorder:
         row[2] += float(magnitude.sum())
         row[3] += float(magnitude[lost].sum())
 
-    def observe_shadow(self, grads: list, exact: list) -> None:
-        """Compare, for this step, the policy's weight gradients with their FP64 shadow.
+    def observe_shadow(self, grads: list, exact: list, backward_only: list) -> None:
+        """Compare, for this step, the policy's weight gradients with their FP64 shadows.
 
-        ``grads[i]`` and ``exact[i]`` are layer i's gradient arrays (weights,
-        bias) as the optimizer receives them (unscaled) and in FP64 arithmetic.
-        Per layer it records the relative error ``||g - g64|| / ||g64||`` (None
-        when not finite or g64 = 0), ``nonzero``: elements with g64 != 0, and
-        ``flushed``: those of them that the policy delivered as zero, wherever
-        along the backward pass they underflowed.
+        ``grads[i]`` is layer i's gradient arrays (weights, bias) as the optimizer
+        receives them (unscaled).  ``exact[i]``: the same from the whole step in
+        FP64 arithmetic (stored weights, unrounded data); per layer the recorder
+        keeps the relative error ``||g - g64|| / ||g64||`` (None when not finite
+        or g64 = 0).  ``backward_only[i]``: from the policy's own forward pass
+        with the backward pass in FP64; ``nonzero`` counts its non-zero elements
+        and ``flushed`` those of them the policy delivered as zero: values lost
+        to underflow somewhere along the backward pass.  (Against the whole-step
+        shadow, ReLU units that switch sign between the two forward passes would
+        count as flushed too.)
         """
         errors, nonzero, flushed = [], [], []
         with np.errstate(invalid="ignore", over="ignore"):
-            for layer, exact_layer in zip(grads, exact):
+            for layer, exact_layer, backward_layer in zip(grads, exact, backward_only):
                 pairs = [(g.astype(np.float64).ravel(), e.ravel()) for g, e in zip(layer, exact_layer)]
                 difference = math.sqrt(sum(float(np.sum((g - e) ** 2)) for g, e in pairs))
                 norm = math.sqrt(sum(float(np.sum(e ** 2)) for _, e in pairs))
                 error = difference / norm if norm > 0 else math.nan
                 errors.append(error if math.isfinite(error) else None)
-                nonzero.append(sum(int(np.count_nonzero(e)) for _, e in pairs))
-                flushed.append(sum(int(np.count_nonzero((e != 0) & (g == 0))) for g, e in pairs))
+                backward_pairs = [(g.ravel(), e.ravel()) for g, e in zip(layer, backward_layer)]
+                nonzero.append(sum(int(np.count_nonzero(e)) for _, e in backward_pairs))
+                flushed.append(sum(int(np.count_nonzero((e != 0) & (g == 0))) for g, e in backward_pairs))
         self.shadow.append({"step": self.step, "relative_error": errors, "nonzero": nonzero, "flushed": flushed})
 
     @property

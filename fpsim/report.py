@@ -17,6 +17,7 @@ and the figures the analyses mark as key.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import io
@@ -24,9 +25,11 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -411,15 +414,66 @@ def _carry_over(previous: Path, tmp: Path, ran: list[str]) -> list[str]:
 
 
 def _replace_folder(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; a previous ``out`` is renamed aside first and removed after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.rename(out, old)
-    os.rename(new, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Move ``new`` to ``out``: a previous ``out`` is renamed aside, ``new`` renamed into place, the old one removed.
+
+    POSIX cannot rename a folder over a non-empty one, so the swap takes two
+    renames, with nothing between them; ``out`` does not exist in between.
+    SIGINT and SIGTERM arriving then are deferred to the end of the swap
+    (``_signals_deferred``), so what can still leave no ``out`` is a kill that
+    cannot be caught (SIGKILL, a power loss) in that window: the previous report is
+    then in the ``.NAME.old-*`` folder beside it.  If the second rename fails,
+    the old folder is renamed back and an ``OSError`` says so.
+    """
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rmdir(old)  # a fresh name beside out, on the same file system
+    swapped = False
+    try:
+        with _signals_deferred():
+            os.rename(out, old)
+            try:
+                os.rename(new, out)
+            except OSError as error:
+                _restore(old, out, error)
+            swapped = True
+    finally:  # a deferred signal is raised on leaving the with block: the old folder still goes
+        if swapped:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(old: Path, out: Path, error: OSError) -> None:
+    """Rename the previous report ``old`` back to ``out`` after the new one failed to move in; always raises."""
+    try:
+        os.rename(old, out)
+    except OSError as second:
+        raise OSError(f"could not move the new report into {out} ({error}), nor the previous report back "
+                      f"({second}): the previous report is in {old}") from error
+    raise OSError(f"could not move the new report into {out} ({error}); the previous report is back in place") \
+        from error
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Catch SIGINT and SIGTERM inside the block and raise them again on leaving it.
+
+    Python runs signal handlers in the main thread only: there this closes the
+    window; in another thread no handler can interrupt the block anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in handled}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in caught:
+            signal.raise_signal(number)
 
 
 # --- REPORT.md ---------------------------------------------------------------------

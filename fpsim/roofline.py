@@ -15,8 +15,11 @@ operations autocast keeps in FP32 (softmax, layer norm, the loss).  The optimize
 step is priced by the bytes it reads and writes per parameter.
 
 The model ignores kernel launch overheads, data loading, imperfect utilisation and
-everything else that keeps a real step above its roofline bound, so its speed-ups
-are upper bounds on what faster arithmetic and smaller tensors can give.
+everything else that keeps a real step above its roofline bound.  Its speed-ups
+are ratios of two such lower bounds: what faster arithmetic and smaller tensors
+give if both precisions reach the same share of their peaks.  They are not
+upper bounds (a real FP32 step may sit further from its roofline than a 16-bit
+one), only the model's answer under that assumption.
 """
 
 from __future__ import annotations

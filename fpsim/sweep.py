@@ -34,6 +34,7 @@ The command line is ``fpsim sweep GRID.toml --store runs.sqlite``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -43,6 +44,7 @@ import os
 import sys
 from collections.abc import Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -50,19 +52,40 @@ from .policy import Policy
 from .sweep_store import RunStore, load_sweep
 
 __all__ = ["sweep", "load_sweep", "expand_grid", "read_grid", "normalize_config", "config_key",
-           "numerics_version", "run_config", "local_pool", "dask_client"]
+           "numerics_version", "numerics_source_hash", "run_config", "local_pool", "dask_client"]
+
+
+NUMERICS_MODULES = ("training", "policy", "optimizers", "model", "loss_scaling", "recorder", "rounding",
+                    "reductions", "arithmetic", "exact", "_kernels", "_reduction_kernels", "formats", "data")
+"""The fpsim modules whose source decides a training result (``numerics_source_hash`` hashes them)."""
 
 
 def numerics_version() -> str:
-    """The version of fpsim's numerics that a run key includes: the package version.
+    """The version of fpsim's numerics that a run key includes: ``VERSION+SOURCE_HASH``.
 
-    A stored result is reused only by the same fpsim version; every release that
-    changes a training result bit changes the version, so old results are never
-    mixed with new ones.  (While developing between releases, start a fresh store
-    after changing the numerics.)
+    The package version alone would let a store serve results of older numerics
+    while fpsim is changed between releases; the hash of the numerics source
+    (``numerics_source_hash``) changes with any edit to it, so old results are
+    never mixed with new ones.
     """
     from . import __version__
-    return __version__
+    return f"{__version__}+{numerics_source_hash()}"
+
+
+@functools.lru_cache(maxsize=None)
+def numerics_source_hash() -> str:
+    """The first 16 hex digits of SHA-256 over the ``NUMERICS_MODULES`` sources, in that order, computed once.
+
+    Each file enters as its name, its length and its bytes, so no two different
+    sets of sources hash the same text.
+    """
+    digest = hashlib.sha256()
+    folder = Path(__file__).resolve().parent
+    for name in NUMERICS_MODULES:
+        source = (folder / f"{name}.py").read_bytes()
+        digest.update(f"{name}.py {len(source)}\n".encode())
+        digest.update(source)
+    return digest.hexdigest()[:16]
 
 
 def expand_grid(grid: Mapping[str, list]) -> list[dict]:

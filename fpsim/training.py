@@ -60,7 +60,8 @@ class TrainResult:
     """
 
     config: dict
-    """The full configuration (``fpsim.train``'s keyword arguments, policy as its fields): rerun with it."""
+    """The full configuration (``fpsim.train``'s keyword arguments, the policy as given, as its fields, with
+    ``loss_scale`` beside it): ``train(**config)`` reruns the run and records the same ``config``."""
     policy: str
     """The policy's name."""
     test_accuracy: float | None
@@ -70,8 +71,9 @@ class TrainResult:
     final_loss: float | None
     """Mean training loss over the last ``FINAL_LOSS_STEPS`` steps that were not skipped (None if diverged)."""
     weight_grad_underflow_fraction: float | None
-    """On the FP64-shadow steps: the share of weight-gradient values, non-zero in exact arithmetic, that the
-    policy delivered as zero, wherever in the backward pass they underflowed (None with ``shadow_every=0``)."""
+    """On the FP64-shadow steps: the share of weight-gradient values, non-zero when the backward pass is redone in
+    FP64 through the policy's own forward pass, that the policy delivered as zero: lost to underflow wherever in
+    the backward pass it happened (None with ``shadow_every=0``)."""
     activation_grad_underflow_fraction: float
     """Activation-gradient values flushed to zero when rounded, over those non-zero before (every step)."""
     activation_underflow_fraction: float
@@ -157,7 +159,8 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
     seed : everything random (initialisation, batch order, stochastic rounding) derives from it.
     grad_scale : multiplies the loss, so every gradient is that many times smaller (or larger),
         while the optimizer is made invariant to it (SGD: lr / grad_scale; Adam: eps * grad_scale):
-        in exact arithmetic the run is unchanged.  2**-20 reproduces the tiny gradients of large models.
+        in exact arithmetic the run is unchanged.  2**-20 moves this model's gradients to where
+        FP16 flushes most of them: a stand-in for small gradients, not a model of any particular network.
     histograms : keep histograms of log2|value| before rounding at ``histogram_steps``
         (default: the first step, 10%, 50% and the last).
     progress : show a progress bar on stderr.
@@ -166,9 +169,9 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
     record_every : window (steps) of the per-layer count history; 0 for none.
     shadow_every : every this many steps, compare the gradients with an FP64 shadow; 0 for never.
     """
-    policy = Policy.coerce(policy)
-    if loss_scale is not None:
-        policy = dataclasses.replace(policy, loss_scale=loss_scale, name=f"{policy.name} (loss scale {loss_scale})")
+    given = Policy.coerce(policy)
+    policy = given if loss_scale is None else dataclasses.replace(
+        given, loss_scale=loss_scale, name=f"{given.name} (loss scale {loss_scale})")
     hidden = _check_hidden(hidden)
     _check_int("steps", steps, minimum=1)
     _check_int("batch_size", batch_size, minimum=1)
@@ -182,7 +185,8 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
         histogram_steps = _check_histogram_steps(histogram_steps, steps)
     elif histogram_steps is not None:
         raise ValueError("histogram_steps needs histograms=True")
-    config = {"policy": policy.to_dict(), "data": data, "hidden": list(hidden), "optimizer": optimizer, "lr": lr,
+    # The policy as given, before the loss_scale override, so that train(**config) rebuilds the same run.
+    config = {"policy": given.to_dict(), "data": data, "hidden": list(hidden), "optimizer": optimizer, "lr": lr,
               "steps": steps, "batch_size": batch_size, "seed": seed, "grad_scale": grad_scale,
               "histograms": bool(histograms), "loss_scale": loss_scale, "scaler": scaler, "momentum": momentum,
               "betas": list(betas) if isinstance(betas, (list, tuple)) else betas, "eps": eps,
@@ -247,7 +251,7 @@ class _Run:
                   for g in layer] for layer in grads]
         found_inf = self.scaler is not None and not all(np.isfinite(g).all() for layer in grads for g in layer)
         if shadow:
-            self.recorder.observe_shadow(grads, self._shadow_gradients(index))
+            self.recorder.observe_shadow(grads, *self._shadow_gradients(index))
         # (4) learning rate and optimizer state, (5) applied to the stored weights
         if not found_inf:
             for i, layer in enumerate(grads):
@@ -311,9 +315,21 @@ class _Run:
             for start in range(0, n - batch_size + 1, batch_size):
                 yield order[start:start + batch_size]
 
-    def _shadow_gradients(self, index) -> list:
-        """This step's weight gradients in FP64 arithmetic, from the stored weights and the unrounded data."""
+    def _shadow_gradients(self, index) -> tuple[list, list]:
+        """This step's weight gradients in FP64 arithmetic, twice (called after the policy's backward pass).
+
+        First the backward pass alone, redone in FP64 through the policy's own
+        forward pass (its activations, ReLU masks and cast weights, still held
+        by the model): where it is non-zero and the policy's gradient is zero,
+        the backward pass lost the value to underflow.  Then the whole step from
+        the stored weights and the unrounded data: the reference of the
+        gradients' error, forward roundings included.
+        """
         shadow = Float64Compute()
+        backward_only = self.model.backward(shadow, self.model.loss.backward(shadow, self.grad_scale))
+        return self._whole_step_in_float64(index, shadow), backward_only
+
+    def _whole_step_in_float64(self, index, shadow) -> list:
         weights = [[w.astype(np.float64) for w in layer] for layer in self.weights]
         output = self.model.forward(shadow, self.dataset.x_train[index], weights)
         self.model.loss.forward(shadow, output, self.dataset.y_train[index])

@@ -177,6 +177,42 @@ def test_bad_optimizer_and_learning_rate():
         make_optimizer("sgd", 0.1, state_format=fpsim.FP32, betas=(0.9, 0.9))
 
 
+def lost_by_the_rule(w: float, u: float, fmt) -> bool:
+    """apply_update's docstring, literally: is u lost when w - u is rounded to nearest in ``fmt``?"""
+    p, emin = fmt.precision, fmt.emin
+    e = max(math.floor(math.log2(abs(w))), emin) if w else emin
+    half = 2.0 ** (e - p)
+    if abs(w) == 2.0 ** e and e > emin and u * w > 0:  # a power of two, moved towards zero
+        return abs(u) <= half / 2
+    last_bit = int(abs(w) / 2.0 ** (e - p + 1)) % 2
+    return abs(u) < half or (abs(u) == half and last_bit == 0)
+
+
+@pytest.mark.parametrize("fmt", [fpsim.FP16, fpsim.BF16], ids=str)
+def test_an_update_is_lost_below_half_the_spacing_of_ws_binade(fmt):
+    """Weights of every kind (normal, powers of two, subnormal, zero; both signs, even and odd significands)
+    against updates just below, at and just above both thresholds of the rule, both signs."""
+    rng = np.random.default_rng(0)
+    p, emin = fmt.precision, fmt.emin
+    exponents = [emin, emin + 1, -3, 0, 5]
+    significands = [2 ** (p - 1), 2 ** (p - 1) + 1, 2 ** (p - 1) + 2, 2 ** p - 1,
+                    *rng.integers(2 ** (p - 1), 2 ** p, 4)]
+    weights = [s * 2.0 ** (e - p + 1) for e in exponents for s in significands]
+    weights += [s * 2.0 ** (emin - p + 1) for s in (0, 1, 2, 2 ** (p - 1) - 1)]  # zero and subnormals
+    w, u = [], []
+    for weight in weights + [-x for x in weights]:
+        e = max(math.floor(math.log2(abs(weight))), emin) if weight else emin
+        for threshold in (2.0 ** (e - p), 2.0 ** (e - p - 1)):
+            for factor in (1 - 2.0 ** -6, 1.0, 1 + 2.0 ** -6):
+                w += [weight, weight]
+                u += [threshold * factor, -threshold * factor]
+    w, u = np.array(w), np.array(u)
+    lost = apply_update(w, u, fmt) == w
+    expected = np.array([lost_by_the_rule(a, b, fmt) for a, b in zip(w, u)])
+    assert lost.any() and not lost.all()
+    assert np.array_equal(lost, expected), [(a, b) for a, b, x, y in zip(w, u, lost, expected) if x != y][:5]
+
+
 def test_small_updates_are_lost_to_nearest_and_kept_by_kahan_and_on_average_by_stochastic_rounding():
     w = np.full(4000, 1.0)
     u = np.full(4000, 2.0 ** -10)  # a quarter of bf16's spacing at 1 (2^-7 above, 2^-8 below)

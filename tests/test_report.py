@@ -2,7 +2,9 @@
 interruptions are handled (temporary folder, then rename)."""
 
 import json
+import os
 import re
+import signal
 import textwrap
 from pathlib import Path
 
@@ -136,6 +138,66 @@ def test_completed_run_replaces_the_report_and_only_keeps_other_sections(tmp_pat
     assert "Carried over unchanged from the previous report (not run now): other" in text
 
 
+def _previous_report(tmp_path, monkeypatch) -> Path:
+    """A folder with one analysis (GOOD) and ``out`` holding a previous report."""
+    monkeypatch.setattr(report, "ANALYSES_DIR", _write_analyses(tmp_path / "a", {"good": GOOD}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "REPORT.md").write_text("previous report\n")
+    return out
+
+
+def _renames_failing(monkeypatch, failing: set) -> list:
+    """Make the ``failing`` calls of ``os.rename`` (counted from 1) raise PermissionError; returns the calls made."""
+    real_rename, calls = os.rename, []
+
+    def rename(source, target):
+        calls.append((Path(source).name, Path(target).name))
+        if len(calls) in failing:
+            raise PermissionError(13, "Permission denied (simulated)", str(target))
+        real_rename(source, target)
+    monkeypatch.setattr(os, "rename", rename)
+    return calls
+
+
+def test_a_failed_swap_puts_the_previous_report_back(tmp_path, monkeypatch):
+    out = _previous_report(tmp_path, monkeypatch)
+    calls = _renames_failing(monkeypatch, {2})
+    with pytest.raises(OSError, match=r"could not move the new report into .*out .*Permission denied \(simulated\).*"
+                                      r"the previous report is back in place"):
+        report.run_report(out, progress=False)
+    assert [call[0] for call in calls[:2]] == ["out", calls[1][0]] and calls[1][1] == "out"  # aside, new in
+    assert calls[2] == (calls[0][1], "out")  # and the old one back
+    assert (out / "REPORT.md").read_text() == "previous report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]
+
+
+def test_a_failed_restore_says_where_the_previous_report_is(tmp_path, monkeypatch):
+    out = _previous_report(tmp_path, monkeypatch)
+    calls = _renames_failing(monkeypatch, {2, 3})
+    with pytest.raises(OSError, match="nor the previous report back") as raised:
+        report.run_report(out, progress=False)
+    aside = tmp_path / calls[0][1]
+    assert str(aside) in str(raised.value) and (aside / "REPORT.md").read_text() == "previous report\n"
+
+
+def test_an_interrupt_during_the_swap_waits_for_its_end(tmp_path, monkeypatch):
+    """Ctrl-C just after the old report is renamed aside: the new one still moves in, then the interrupt is raised."""
+    out = _previous_report(tmp_path, monkeypatch)
+    real_rename = os.rename
+
+    def rename(source, target):
+        real_rename(source, target)
+        if Path(source) == out:
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        report.run_report(out, progress=False)
+    assert "the number is 42" in (out / "REPORT.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_an_analysis_runs_on_its_own_as_a_script(tmp_path):
     import os
     import subprocess
@@ -200,7 +262,7 @@ def test_paired_comparison_detects_a_shift_and_not_noise():
 
     rng = np.random.default_rng(0)
     base = rng.normal(0.9, 0.01, 20)
-    assert paired_comparison(base + 0.005, base)["t_test_p"] < 1e-6
+    assert paired_comparison(base + 0.005 + rng.normal(0, 1e-4, 20), base)["t_test_p"] < 1e-6
     assert paired_comparison(base + rng.normal(0, 1e-4, 20), base)["t_test_p"] > 0.01
     ci = mean_ci(base)
     assert ci["low"] < 0.9 < ci["high"]

@@ -102,6 +102,75 @@ def test_config_key_is_the_same_in_another_process():
     assert other.stdout.strip() == config_key(config)
 
 
+def test_config_key_includes_a_hash_of_the_numerics_source(monkeypatch):
+    config = {"policy": "fp32", **TINY}
+    key = config_key(config)
+    assert sweep_module.numerics_version() == f"{fpsim.__version__}+{sweep_module.numerics_source_hash()}"
+    monkeypatch.setattr(sweep_module, "numerics_source_hash", lambda: "0" * 16)
+    assert config_key(config) != key
+
+
+def test_numerics_source_hash_changes_with_any_byte_of_the_numerics(tmp_path, monkeypatch):
+    package = ROOT / "fpsim"
+    for name in sweep_module.NUMERICS_MODULES:
+        (tmp_path / f"{name}.py").write_bytes((package / f"{name}.py").read_bytes())
+    monkeypatch.setattr(sweep_module, "__file__", str(tmp_path / "sweep.py"))
+    source_hash = sweep_module.numerics_source_hash.__wrapped__  # uncached
+    assert source_hash() == sweep_module.numerics_source_hash()
+    with open(tmp_path / "model.py", "ab") as model:
+        model.write(b"\n")
+    assert source_hash() != sweep_module.numerics_source_hash()
+
+
+def relative_imports(module: str) -> set:
+    """The fpsim modules ``fpsim/MODULE.py`` imports (``from .x import``, ``from . import x``), read from its source."""
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / "fpsim" / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+    return found
+
+
+def test_numerics_modules_hold_everything_training_imports():
+    closure, todo = set(), ["training"]
+    while todo:
+        module = todo.pop()
+        if module not in closure:
+            closure.add(module)
+            todo.extend(relative_imports(module))
+    assert closure <= set(sweep_module.NUMERICS_MODULES), closure - set(sweep_module.NUMERICS_MODULES)
+
+
+def test_a_stored_run_is_not_reused_by_other_numerics(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    store, config = tmp_path / "runs.sqlite", {"policy": "fp32", **TINY}
+    with ThreadPoolExecutor(1) as executor:
+        def run() -> bool:
+            record, = sweep([config], store=store, executor=executor, progress=False)
+            assert record["status"] == "ok"
+            return record["reused"]
+        assert [run(), run()] == [False, True]
+        monkeypatch.setattr(sweep_module, "numerics_source_hash", lambda: "0" * 16)
+        assert [run(), run()] == [False, True]
+    assert len(fpsim.load_sweep(store)) == 2
+
+
+@pytest.mark.parametrize("options", [{"policy": name} for name in fpsim.POLICIES] + [
+    {"policy": "fp16-mixed", "loss_scale": 1024},
+    {"policy": "fp16-mixed", "loss_scale": "dynamic", "scaler": {"growth_interval": 1}},
+    {"policy": {"preset": "fp16-mixed", "loss_scale": 256}, "loss_scale": 8.0},
+    {"policy": "bf16-mixed", "optimizer": "adam", "betas": (0.8, 0.99), "grad_scale": 2, "hidden": (4,)},
+])
+def test_a_result_config_reruns_the_same_run(options):
+    first = fpsim.train(**options, steps=2, batch_size=8, progress=False)
+    again = fpsim.train(**first.config, progress=False)
+    assert again.config == first.config
+    assert again.policy == first.policy
+    assert again.to_dict() == first.to_dict()
+    assert config_key(first.config) == config_key({**options, "steps": 2, "batch_size": 8})
+
+
 @pytest.mark.parametrize("config, error, message", [
     ({"policy": "fp32", "polcy": "fp16"}, ValueError, "unknown training option 'polcy'"),
     ({"policy": "fp32", "progress": True}, ValueError, "unknown training option 'progress'"),

@@ -342,3 +342,15 @@ def test_full_size_tiny_gradients():
     assert runs["fp16-mixed"].weight_grad_underflow_fraction > 0.9 and runs["fp16-mixed"].test_accuracy < 0.3
     for name in ("fp16-amp", "bf16-mixed"):
         assert abs(runs[name].test_accuracy - runs["fp32"].test_accuracy) <= 0.01
+
+
+def test_flushed_weight_gradients_are_counted_against_the_policys_own_forward_pass():
+    """BF16's range holds every gradient of this model even x 2^-24, so (almost) nothing may count as flushed.
+
+    Against an FP64 redo of the whole step, ReLU units that switch sign between the two forward passes looked
+    like flushed gradients (1.6e-4 of them here); the count compares with the FP64 backward pass through the
+    policy's own forward pass instead.  What remains is exact cancellation in a rounded sum (1 value here)."""
+    run = fpsim.train("bf16-mixed", steps=40, shadow_every=1, grad_scale=2.0 ** -24)
+    assert run.activation_grad_underflow_fraction == 0
+    assert run.weight_grad_underflow_fraction < 1e-5
+    assert fpsim.train("fp32", steps=20, shadow_every=1, grad_scale=2.0 ** -24).weight_grad_underflow_fraction == 0
