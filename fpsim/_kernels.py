@@ -13,8 +13,12 @@ the bits of an IEEE binary input (float32 or float64) rather than on fractions:
   the rounding; rounding up adds ``2^k`` to the bit pattern, whose carry moves
   into the exponent field exactly as the value moves into the next binade.
 
-The result is a bit pattern of the same layout as the input, so no float
-arithmetic (and no second rounding) happens anywhere.
+The result is a bit pattern of the same layout as the input, so no second
+rounding happens anywhere.  Mode "nearest" has a branch-free twin,
+``round_nearest_branchless``, which vectorises: on random data the branches
+of the general kernel (normal result or not, overflow or not) mispredict
+often.  Its one float operation, for results below the smallest normal, is a
+hardware addition whose rounding is exactly the one wanted (see there).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 NEAREST, NEAREST_AWAY, TOWARD_ZERO, UP, DOWN, STOCHASTIC = range(6)
 MODE_CODES = {"nearest": NEAREST, "nearest_away": NEAREST_AWAY, "toward_zero": TOWARD_ZERO,
@@ -174,6 +179,57 @@ def round_pattern(b, total_bits, mant_in, bias_in, p, emin, quantum, max_bits, n
         if is_nan:
             return nan_bits
     return mag | (b & ~magnitude_mask)
+
+
+def float_bits(x):
+    """The bit pattern of a float32 or float64 scalar as an int64 (non-negative for float32); numba only."""
+    raise NotImplementedError("float_bits is used inside numba kernels")
+
+
+@overload(float_bits, inline="always")
+def _float_bits(x):
+    if x == numba.types.float32:
+        return lambda x: np.int64(np.float32(x).view(np.uint32))
+    return lambda x: np.float64(x).view(np.int64)
+
+
+@njit(cache=True, inline="always")
+def round_nearest_branchless(x, nearest):
+    """The bit pattern of ``x`` (float32 or float64) rounded to nearest, ties to even: ``round_pattern``'s
+    result in mode "nearest" for a target with fewer significand bits than the input, with selects only,
+    so that loops over it vectorise.
+
+    ``nearest`` is ``KernelParams.nearest_args``: (total_bits, mant_in, k, shifter, normal_bits,
+    max_bits, inf_bits, overflow_bits, nan_bits, flush), patterns in the input layout.
+    Normal results: add 2^(k-1) - 1 plus the last kept bit (bit k of the significand, implicit
+    bit included) to the pattern and clear its k low bits; the carry moves into the exponent
+    as the value moves into the next binade.  Results below 2^emin (``normal_bits``):
+    (|x| + shifter) - shifter with shifter = 1.5 * 2^(emin - p + 1 + mant_in), whose ulp in
+    the input type is the format's subnormal spacing, so the hardware addition rounds |x| to
+    that spacing, ties to even, and the subtraction is exact; ``flush`` clears such results
+    (no subnormals).  Above ``max_bits`` the result is ``overflow_bits`` (inf; NaN in a
+    format without infinities; max with saturation); NaN in, or NaN out, gives ``nan_bits``.
+    """
+    total_bits, mant_in, k, shifter, normal_bits, max_bits, inf_bits, overflow_bits, nan_bits, flush = nearest
+    bits = float_bits(x)
+    magnitude_mask = (np.int64(1) << (total_bits - 1)) - 1
+    mag = bits & magnitude_mask
+    low_mask = (np.int64(1) << k) - 1
+    last_kept = ((mag | (np.int64(1) << mant_in)) >> k) & 1  # with k = mant_in (p = 1): the implicit bit
+    normal = (mag + (low_mask >> 1) + last_kept) & ~low_mask
+    tiny = float_bits((abs(x) + shifter) - shifter)
+    if flush and tiny < normal_bits:
+        tiny = 0
+    result = normal if mag >= normal_bits else tiny
+    result = overflow_bits if result > max_bits else result
+    return nan_bits if (mag > inf_bits or result > inf_bits) else result | (bits & ~magnitude_mask)
+
+
+@njit(cache=True, parallel=True)
+def round_nearest_array(values, bits_out, nearest):
+    """``round_nearest_branchless`` of every element of ``values`` (float32 or float64) into ``bits_out``."""
+    for i in prange(values.shape[0]):
+        bits_out[i] = round_nearest_branchless(values[i], nearest)
 
 
 @njit(cache=True, inline="always")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._kernels import DOWN, STOCHASTIC, round_float64, splitmix63
+from ._kernels import DOWN, STOCHASTIC, round_float64, round_nearest_branchless, splitmix63
 
 
 @njit(cache=True, inline="always")
@@ -172,31 +172,9 @@ def matmul_native_nearest(A, B, block):
 
 
 @njit(cache=True, inline="always")
-def round_nearest_branchless(x, k, normal_bits, max_bits, overflow_bits, shifter, flush):
-    """``x`` (finite, inf or NaN float64) rounded to nearest, ties to even, to a format of p = 53 - k bits.
-
-    The same result as ``round_float64`` in mode "nearest", written with
-    selects only so that loops over it vectorise.  Normal results: add
-    2^(k-1) - 1 plus the last kept bit to the pattern and clear the k low bits.
-    Results below 2^emin (pattern ``normal_bits``): (|x| + shifter) - shifter,
-    with shifter = 1.5 * 2^52 * 2^(emin - p + 1), whose float64 ulp is the
-    format's subnormal spacing, so the hardware addition rounds |x| to that
-    spacing, ties to even.  ``flush`` clears such results (no subnormals);
-    above ``max_bits`` the result is ``overflow_bits`` (inf, or NaN without infinities).
-    """
-    bits = np.float64(x).view(np.int64)
-    sign = bits & np.int64(-0x8000000000000000)
-    mag = bits & np.int64(0x7FFFFFFFFFFFFFFF)
-    low_mask = (np.int64(1) << k) - 1
-    last_kept = ((mag | (np.int64(1) << 52)) >> k) & 1  # with k = 52 (p = 1) that is the implicit bit
-    normal = (mag + (low_mask >> 1) + last_kept) & ~low_mask
-    tiny = np.float64((abs(x) + shifter) - shifter).view(np.int64)
-    if flush and tiny < normal_bits:
-        tiny = 0
-    result = normal if mag >= normal_bits else tiny
-    result = overflow_bits if result > max_bits else result
-    result = mag if mag > np.int64(0x7FF0000000000000) else result  # NaN stays NaN
-    return np.int64(result | sign).view(np.float64)
+def round_nearest_float64(x, nearest):
+    """``round_nearest_branchless`` of a float64, as a float64."""
+    return np.int64(round_nearest_branchless(x, nearest)).view(np.float64)
 
 
 @njit(cache=True, inline="always")
@@ -215,8 +193,9 @@ def sum_to_odd_branchless(a, b):
 
 
 @njit(cache=True, parallel=True)
-def matmul_blocked_nearest(A, B, k_drop, normal_bits, max_bits, overflow_bits, shifter, flush, block):
-    """``matmul_blocked`` in mode "nearest", vectorised over the output row.
+def matmul_blocked_nearest(A, B, nearest, block):
+    """``matmul_blocked`` in mode "nearest", vectorised over the output row (``nearest``: see
+    ``round_nearest_branchless``, for float64).
 
     Accumulators start at -0.0 (x + (-0) == x exactly, with the sign IEEE gives
     in this mode), so every step is ``acc = round(acc + a_k * b_k)``.
@@ -233,11 +212,10 @@ def matmul_blocked_nearest(A, B, k_drop, normal_bits, max_bits, overflow_bits, s
                 a = A[i, k]
                 for j in range(N):
                     s = sum_to_odd_branchless(acc[j], a * B[k, j])
-                    acc[j] = round_nearest_branchless(s, k_drop, normal_bits, max_bits, overflow_bits, shifter,
-                                                      flush)
+                    acc[j] = round_nearest_float64(s, nearest)
             for j in range(N):
                 s = sum_to_odd_branchless(total[j], acc[j])
-                total[j] = round_nearest_branchless(s, k_drop, normal_bits, max_bits, overflow_bits, shifter, flush)
+                total[j] = round_nearest_float64(s, nearest)
         out[i, :] = total
     return out
 

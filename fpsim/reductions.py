@@ -48,7 +48,7 @@ from ._kernels import threads_for
 from . import _reduction_kernels as kernels
 from .exact import check_mode, round_exact, round_sum_exact
 from .formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format, widen_ml_dtypes
-from .rounding import float64_params, random_key
+from .rounding import float64_params, kernel_params, random_key
 from .rounding import round as round_to
 
 PARALLEL_MIN_WORK = 1 << 24
@@ -208,15 +208,9 @@ def _matmul(A, B, inputs, accumulate, output, mode, order, rng):
     return np.asarray(c).astype(result_dtype)
 
 
-def _float64_bits(value: float) -> int:
-    return int(np.float64(value).view(np.int64))
-
-
 def nearest_constants(fmt: Format) -> tuple:
-    """The arguments of ``_reduction_kernels.round_nearest_branchless`` for ``fmt`` (p <= 51)."""
-    overflow = math.inf if fmt.has_infinity else math.nan
-    return (53 - fmt.precision, _float64_bits(fmt.smallest_normal), _float64_bits(fmt.max),
-            _float64_bits(overflow), math.ldexp(1.5, 52 + fmt.emin - fmt.mantissa_bits), not fmt.subnormals)
+    """The ``nearest`` tuple of ``_kernels.round_nearest_branchless`` for float64 values and ``fmt`` (p <= 51)."""
+    return kernel_params(fmt, np.float64).nearest_args()
 
 
 def _accumulate(a, b, fmt_a, fmt_b, accumulate, mode, kind, block, rng):
@@ -235,7 +229,7 @@ def _accumulate(a, b, fmt_a, fmt_b, accumulate, mode, kind, block, rng):
         code = _kernels.MODE_CODES[mode]
         if kind == "blocked" and mode == "nearest":
             return kernels.matmul_blocked_nearest(np.ascontiguousarray(a), np.ascontiguousarray(b),
-                                                  *nearest_constants(accumulate), block)
+                                                  nearest_constants(accumulate), block)
         if kind == "blocked":
             return kernels.matmul_blocked(np.ascontiguousarray(a), np.ascontiguousarray(b), params, code,
                                           block, key)

@@ -31,6 +31,8 @@ class KernelParams:
     normal_bits: int
     nan_bits: int
     fn_nan: bool
+    float_type: type
+    subnormals: bool
 
     @classmethod
     def of(cls, fmt: Format, dtype) -> "KernelParams":
@@ -45,7 +47,21 @@ class KernelParams:
                    p=fmt.precision, emin=fmt.emin,
                    quantum=bits_of(math.ldexp(1.0, fmt.emin - fmt.mantissa_bits)),
                    max_bits=bits_of(fmt.max), normal_bits=bits_of(fmt.smallest_normal),
-                   nan_bits=bits_of(np.nan), fn_nan=not fmt.has_infinity)
+                   nan_bits=bits_of(np.nan), fn_nan=not fmt.has_infinity, float_type=dtype.type,
+                   subnormals=fmt.subnormals)
+
+    @property
+    def dropped_bits(self) -> int:
+        """k = mant_in + 1 - p: the input's significand bits below the target's last one, for normal results."""
+        return self.mant_in + 1 - self.p
+
+    def nearest_args(self, saturate: bool = False) -> tuple:
+        """The ``nearest`` tuple of ``fpsim._kernels.round_nearest_branchless`` (needs ``dropped_bits >= 1``)."""
+        inf_bits = ((1 << (self.total_bits - 1 - self.mant_in)) - 1) << self.mant_in
+        overflow_bits = self.max_bits if saturate else (self.nan_bits if self.fn_nan else inf_bits)
+        shifter = self.float_type(math.ldexp(1.5, self.emin - self.p + 1 + self.mant_in))
+        return (self.total_bits, self.mant_in, self.dropped_bits, shifter, self.normal_bits, self.max_bits,
+                inf_bits, overflow_bits, self.nan_bits, not self.subnormals)
 
 
 def float64_params(fmt, saturate: bool = False) -> tuple:
@@ -144,10 +160,13 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     out = np.empty(flat.shape, dtype=array.dtype)
     key = random_key(rng) if mode == "stochastic" else 0
     with _kernels.threads_for(flat.size, PARALLEL_MIN_ELEMENTS):
-        _kernels.round_bits_array(
-            flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
-            params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
-            params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
+        if mode == "nearest" and params.dropped_bits >= 1:
+            _kernels.round_nearest_array(flat, out.view(int_dtype), params.nearest_args(saturate))
+        else:
+            _kernels.round_bits_array(
+                flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
+                params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
+                params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
     if exact_inputs is not None:
         _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, key)
     out = out.reshape(array.shape)

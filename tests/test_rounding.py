@@ -312,3 +312,45 @@ def test_huge_integers_overflow_without_scaling_them():
     assert math.isnan(fpsim.round(-(10**200000), "e4m3"))
     assert fpsim.round(-(10**200000), "e4m3", saturate=True) == -448.0
     assert fpsim.round(10**200000, "fp64") == math.inf
+
+
+NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e5m0", "e2m1", "e6m9", "e8m0",
+                        Format("fp16_ftz", 5, 10, subnormals=False),
+                        Format("e4m3_ftz", 4, 3, subnormals=False, specials="fn"),
+                        "e11m20", "e10m40fn", "e11m0", "e7m50"]
+
+
+def general_kernel_nearest(values: np.ndarray, fmt: Format, saturate: bool) -> np.ndarray:
+    """The mode-generic kernel (``round_bits_array``, itself held against the exact reference) in mode nearest."""
+    from fpsim import _kernels
+    from fpsim.rounding import kernel_params
+    k = kernel_params(fmt, values.dtype)
+    int_dtype = np.uint32 if values.dtype == np.float32 else np.int64
+    out = np.empty_like(values)
+    _kernels.round_bits_array(values.view(int_dtype), out.view(int_dtype), 0, k.total_bits, k.mant_in, k.bias_in,
+                              k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, saturate,
+                              fmt.subnormals, _kernels.NEAREST)
+    return out
+
+
+@pytest.mark.parametrize("saturate", [False, True])
+@pytest.mark.parametrize("spec", NEAREST_PATH_FORMATS, ids=str)
+def test_branch_free_nearest_path_gives_the_general_kernels_bits(spec, saturate):
+    fmt = fpsim.get_format(spec)
+    rng = np.random.default_rng(11)
+    for dtype, int_dtype in ((np.float32, np.uint32), (np.float64, np.uint64)):
+        if dtype == np.float32 and not fmt.fits_float32:
+            continue
+        info = np.iinfo(int_dtype)
+        patterns = rng.integers(0, info.max, size=200_000, dtype=int_dtype, endpoint=True)
+        values = patterns.view(dtype)
+        # and values around the format's edges: ties near max, smallest normal and subnormal, +-0, +-inf
+        edges = np.array([fmt.max, fmt.smallest_normal, fmt.smallest_subnormal, 0.0, np.inf], dtype=dtype)
+        with np.errstate(over="ignore"):  # 1.5 * max overflows float32 for BF16: inf is an input too
+            near = np.concatenate([edges * f for f in (1, 0.5, 0.75, 1.5, 1 + fmt.eps / 2, 1 - fmt.eps / 4)])
+        near = np.concatenate([near, np.nextafter(near, np.inf), np.nextafter(near, 0)]).astype(dtype)
+        values = np.concatenate([values, near, -near])
+        fast = fpsim.round(values, fmt, "nearest", saturate=saturate)
+        general = general_kernel_nearest(values, fmt, saturate)
+        assert fast.dtype == general.dtype
+        np.testing.assert_array_equal(fast.view(int_dtype), general.view(int_dtype), err_msg=f"{fmt} {dtype}")
