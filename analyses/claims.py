@@ -217,7 +217,7 @@ def claim_accuracy(section, ctx, seeds):
         "holds" if went_up else "not supported by the evidence",
         f"Over {n} seeds fp16-amp differs from FP32 by {points(t['mean_difference'])} points on average (95% CI "
         f"{points(t['low'])} to {points(t['high'])}; paired t-test p = {t['t_test_p']:.2g}, Wilcoxon p = "
-        f"{t['wilcoxon_p']:.2g}; better on {t['a_better']} seeds, worse on {t['b_better']}, equal on {t['ties']}). "
+        f"{t['wilcoxon_p']:.2g}; seeds better / worse / equal: {t['a_better']} / {t['b_better']} / {t['ties']}). "
         f"The article's numbers come from one seed each, and its FP32-with-TF32 run scored "
         f"{sources.DISTILBERT_TF32_ACC.value}% against {sources.DISTILBERT_16MIXED_ACC.value}% for 16-mixed: a "
         "single-seed difference of that size says nothing about a regularising effect.",
