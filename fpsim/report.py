@@ -376,7 +376,7 @@ def run_report(out="reports", *, quick: bool = False, only=None, progress: bool 
         if not store and shared_store.exists():
             shared_store.unlink()
         seconds = time.perf_counter() - start
-        write_report_md(tmp, outcomes, carried, quick=quick, seconds=seconds, analyses_dir=analyses_dir)
+        write_report_md(tmp, outcomes, carried, quick=quick, seconds=seconds, analyses_dir=analyses_dir, output=out)
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -479,8 +479,11 @@ def _signals_deferred():
 # --- REPORT.md ---------------------------------------------------------------------
 
 def write_report_md(folder: Path, outcomes: list[Outcome], carried: list[str], *, quick: bool, seconds: float,
-                    analyses_dir: Path | None = None) -> None:
-    """Assemble ``folder/REPORT.md`` from the sections in its sub-folders, summary page first."""
+                    analyses_dir: Path | None = None, output: Path | None = None) -> None:
+    """Assemble ``folder/REPORT.md`` from the sections in its sub-folders, summary page first.
+
+    ``output``: where the report will be moved; changes there do not count as uncommitted code changes.
+    """
     import fpsim
 
     carried_outcomes = []
@@ -491,7 +494,7 @@ def write_report_md(folder: Path, outcomes: list[Outcome], carried: list[str], *
     order = {o.name: _order(o.name, analyses_dir) for o in all_outcomes}
     all_outcomes.sort(key=lambda o: (order[o.name], o.name))
     sections = {o.name: Section.load(folder / o.name) for o in all_outcomes}
-    meta = {"fpsim_version": fpsim.__version__, "git_commit": _git_commit(), "quick": quick,
+    meta = {"fpsim_version": fpsim.__version__, "git_commit": _git_commit(output), "quick": quick,
             "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": round(seconds, 1), "python": platform.python_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
@@ -562,16 +565,22 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _git_commit() -> str:
+def _git_commit(output: Path | None = None, checkout: Path = Path(__file__).parent) -> str:
+    """The checkout's short commit, "with uncommitted changes" if tracked files outside ``output`` differ from it.
+
+    The report's own folder is left out: a report written over a committed one
+    is not a change to the code that made it.
+    """
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout,
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
     if result.returncode != 0:
         return ""
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    exclude = [f":(exclude){Path(output).resolve()}"] if output is not None else []
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *exclude],
+                           cwd=checkout, capture_output=True, text=True, timeout=10).stdout.strip()
     return result.stdout.strip() + (" with uncommitted changes" if dirty else "")
 
 

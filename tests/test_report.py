@@ -266,3 +266,24 @@ def test_paired_comparison_detects_a_shift_and_not_noise():
     assert paired_comparison(base + rng.normal(0, 1e-4, 20), base)["t_test_p"] > 0.01
     ci = mean_ci(base)
     assert ci["low"] < 0.9 < ci["high"]
+
+
+def test_the_commit_line_ignores_changes_to_the_report_folder_only(tmp_path):
+    import subprocess
+
+    from fpsim.report import _git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "REPORT.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "reports" / "REPORT.md").write_text("new\n")
+    assert not _git_commit(tmp_path / "reports", checkout=tmp_path).endswith("uncommitted changes")
+    assert _git_commit(None, checkout=tmp_path).endswith("with uncommitted changes")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _git_commit(tmp_path / "reports", checkout=tmp_path).endswith("with uncommitted changes")
