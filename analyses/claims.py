@@ -7,10 +7,10 @@ from matplotlib.ticker import MaxNLocator
 
 import fpsim
 from fpsim import memory, roofline, sources
+from fpsim.data import load_data
 from fpsim.experiments import accuracy, grid_config, grid_steps, pow2_label, range_and_precision, run_trainings
 from fpsim.plots import memory_figure, roofline_figure
 from fpsim.report import analysis_main, new_section
-from fpsim.data import load_data
 from fpsim.stats import mean_ci, paired_comparison
 
 ORDER = 90
