@@ -201,9 +201,9 @@ def round_nearest_branchless(x, nearest):
 
     ``nearest`` is ``KernelParams.nearest_args``: (total_bits, mant_in, k, shifter, normal_bits,
     max_bits, inf_bits, overflow_bits, nan_bits, flush), patterns in the input layout.
-    Normal results: add 2^(k-1) - 1 plus the last kept bit (bit k of the significand, implicit
-    bit included) to the pattern and clear its k low bits; the carry moves into the exponent
-    as the value moves into the next binade.  Results below 2^emin (``normal_bits``):
+    Normal results: as in ``round_pattern``, add ``normal_increment`` (2^(k-1) - 1 plus the last
+    kept bit, implicit bit included) to the pattern and clear its k low bits; the carry moves
+    into the exponent as the value moves into the next binade.  Results below 2^emin (``normal_bits``):
     (|x| + shifter) - shifter with shifter = 1.5 * 2^(emin - p + 1 + mant_in), whose ulp in
     the input type is the format's subnormal spacing, so the hardware addition rounds |x| to
     that spacing, ties to even, and the subtraction is exact; ``flush`` clears such results
@@ -215,8 +215,7 @@ def round_nearest_branchless(x, nearest):
     magnitude_mask = (np.int64(1) << (total_bits - 1)) - 1
     mag = bits & magnitude_mask
     low_mask = (np.int64(1) << k) - 1
-    last_kept = ((mag | (np.int64(1) << mant_in)) >> k) & 1  # with k = mant_in (p = 1): the implicit bit
-    normal = (mag + (low_mask >> 1) + last_kept) & ~low_mask
+    normal = (mag + normal_increment(mag | (np.int64(1) << mant_in), False, k, NEAREST, 0)) & ~low_mask
     tiny = float_bits((abs(x) + shifter) - shifter)
     if flush and tiny < normal_bits:
         tiny = 0

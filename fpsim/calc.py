@@ -95,9 +95,12 @@ def parse(text: str) -> ast.expr:
 def _bounded(value: Fraction) -> Fraction:
     """``value``, if zero or within 2^-MAX_BINADES .. 2^MAX_BINADES in magnitude; else ValueError."""
     if value != 0 and abs(floor_log2(abs(value))) > MAX_BINADES:
-        raise ValueError(f"a literal out of range: magnitudes from 2^-{MAX_BINADES} to 2^{MAX_BINADES} "
-                         "are accepted")
+        raise _out_of_range("a literal")
     return value
+
+
+def _out_of_range(what: str) -> ValueError:
+    return ValueError(f"{what} out of range: magnitudes from 2^-{MAX_BINADES} to 2^{MAX_BINADES} are accepted")
 
 
 def _check(node) -> None:
@@ -151,8 +154,7 @@ def _literal_value(node) -> Fraction:
         if base == 0 and exponent < 0:
             raise ValueError(f"{ast.unparse(node)}: zero to a negative power")
         if base != 0 and (abs(floor_log2(abs(base))) + 1) * abs(exponent) > MAX_BINADES:
-            raise ValueError(f"{ast.unparse(node)}: a literal out of range: magnitudes from 2^-{MAX_BINADES} "
-                             f"to 2^{MAX_BINADES} are accepted")
+            raise _out_of_range(f"{ast.unparse(node)}: a literal")
         return base ** int(exponent)
     return node.exact_value if isinstance(node.value, float) else _bounded(Fraction(node.value))
 

@@ -190,6 +190,7 @@ HARDWARE_DTYPES: dict[str, np.dtype] = {
 }
 """numpy / ml_dtypes dtype whose bit layout equals the built-in format's."""
 
+
 def widen_ml_dtypes(array: np.ndarray) -> np.ndarray:
     """``array`` as float64 if its dtype is one of ml_dtypes' (bfloat16, the float8s, int4, ...), else unchanged.
 
