@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fpsim
-from fpsim.experiments import pow2_label, range_and_precision
-from fpsim.plots import Zones
-from fpsim.report import analysis_main, new_section
+from fpsim.report.experiments import pow2_label, range_and_precision
+from fpsim.report.plots import Zones
+from fpsim.report.runner import analysis_main, new_section
 
 ORDER = 60
 STYLE = {"fp32": ("k", "-"), "fp16-pure": ("#1f77b4", ":"), "fp16-mixed": ("#1f77b4", "--"),

@@ -6,12 +6,12 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 import fpsim
-from fpsim import memory, roofline, sources
-from fpsim.data import load_data
-from fpsim.experiments import accuracy, grid_config, grid_steps, pow2_label, range_and_precision, run_trainings
-from fpsim.plots import memory_figure, roofline_figure
-from fpsim.report import analysis_main, new_section
-from fpsim.stats import mean_ci, paired_comparison
+from fpsim.report import memory, roofline, sources
+from fpsim.sim.data import load_data
+from fpsim.report.experiments import accuracy, grid_config, grid_steps, pow2_label, range_and_precision, run_trainings
+from fpsim.report.plots import memory_figure, roofline_figure
+from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.stats import mean_ci, paired_comparison
 
 ORDER = 90
 BARELY_CHANGES = 0.85

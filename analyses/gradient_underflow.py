@@ -6,11 +6,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fpsim
-from fpsim.experiments import (histogram_of, histogram_steps, pow2_label, run_trainings, share_after_scaling,
+from fpsim.report.experiments import (histogram_of, histogram_steps, pow2_label, run_trainings, share_after_scaling,
                                share_below)
-from fpsim.plots import Zones, shade_zones
-from fpsim.report import analysis_main, new_section
-from fpsim.sources import MICIKEVICIUS
+from fpsim.report.plots import Zones, shade_zones
+from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.sources import MICIKEVICIUS
 
 ORDER = 30
 GRAD_SCALES = (1.0, 2.0 ** -10)

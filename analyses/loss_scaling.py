@@ -5,8 +5,8 @@ the dynamic scaler's trajectory."""
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fpsim.experiments import grid_config, grid_grad_scales, grid_growth_interval, grid_steps, pow2_label, run_trainings
-from fpsim.report import analysis_main, new_section
+from fpsim.report.experiments import grid_config, grid_grad_scales, grid_growth_interval, grid_steps, pow2_label, run_trainings
+from fpsim.report.runner import analysis_main, new_section
 
 ORDER = 40
 

@@ -9,9 +9,9 @@ import ml_dtypes
 import numpy as np
 
 import fpsim
-from fpsim.exact import round_exact
-from fpsim.report import analysis_main, new_section
-from fpsim.validation import double_rounding_study, exhaustive_float32, run_validation
+from fpsim.numerics.exact import round_exact
+from fpsim.report.runner import analysis_main, new_section
+from fpsim.numerics.validation import double_rounding_study, exhaustive_float32, run_validation
 
 ORDER = 20
 
@@ -32,7 +32,7 @@ def run(ctx):
     n_double = ctx.pick(100_000, 1_000_000)
     exhaustive_formats = ctx.pick([], ["bf16"])
     section.what_was_run(
-        f"fpsim.validation.run_validation on {n_inputs:,} float32 inputs (seed 0: ties and their neighbours "
+        f"fpsim.numerics.validation.run_validation on {n_inputs:,} float32 inputs (seed 0: ties and their neighbours "
         "for each 8- and 16-bit format, limits, random bit patterns, log-uniform magnitudes), float64 inputs "
         "against numpy's float64 -> float16 cast, and the exact Fraction reference in every deterministic mode; "
         + (f"every one of the 2^32 float32 bit patterns rounded to {', '.join(f.upper() for f in exhaustive_formats)} "

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 import fpsim
-from fpsim._kernels import one_thread
+from fpsim.numerics._kernels import one_thread
 from timing import best_time
 
 

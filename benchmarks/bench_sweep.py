@@ -29,8 +29,8 @@ from pathlib import Path
 import numba
 
 import fpsim
-from fpsim.sweep import expand_grid, local_pool, run_config, sweep
-from fpsim.sweep_store import RunStore
+from fpsim.runs.sweep import expand_grid, local_pool, run_config, sweep
+from fpsim.runs.store import RunStore
 
 
 def timed(function, *args, **kwargs) -> float:

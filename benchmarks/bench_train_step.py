@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import fpsim
-from fpsim.data import load_data
+from fpsim.sim.data import load_data
 
 
 def step_time(policy: str, short: int, long: int) -> float:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fpsim
-from fpsim.exact import DETERMINISTIC_MODES, round_exact
+from fpsim.numerics.exact import DETERMINISTIC_MODES, round_exact
 
 FORMATS = ["fp16", "bf16", "e5m2", "e6m9", "e8m30"]
 OPS = ["add", "sub", "mul", "div", "sqrt", "fma"]

@@ -1,4 +1,4 @@
-"""fpsim.calc (the expression evaluator) and the ``fpsim calc`` command."""
+"""fpsim.ops.calc (the expression evaluator) and the ``fpsim calc`` command."""
 
 import math
 from fractions import Fraction
@@ -6,9 +6,9 @@ from fractions import Fraction
 import pytest
 
 import fpsim
-from fpsim.calc import evaluate, parse, show_number
+from fpsim.ops.calc import evaluate, parse, show_number
 from fpsim.cli import main
-from fpsim.exact import round_exact
+from fpsim.numerics.exact import round_exact
 
 
 def test_one_plus_two_to_the_minus_nine_in_bf16_is_a_tie_that_rounds_to_even():
@@ -93,7 +93,7 @@ def test_cli_shows_steps_bits_and_errors(capsys):
     assert main(["calc", "1 + 2**-9", "--format", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "[3] 1.0 + 0.001953125" in out
-    assert fpsim.bits.anatomy(1.0, "bf16") in out
+    assert fpsim.numerics.bits.anatomy(1.0, "bf16") in out
     assert "exact   1.001953125" in out and "relative -0.00195" in out
 
 

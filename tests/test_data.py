@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fpsim.data import load_data
+from fpsim.sim.data import load_data
 
 
 def test_digits_split_is_fixed_stratified_and_standardised():

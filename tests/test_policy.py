@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import fpsim
-from fpsim.loss_scaling import LossScaler
-from fpsim.optimizers import OPTIMIZERS, apply_kahan_update, apply_update, make_optimizer
-from fpsim.policy import Policy
+from fpsim.sim.loss_scaling import LossScaler
+from fpsim.sim.optimizers import OPTIMIZERS, apply_kahan_update, apply_update, make_optimizer
+from fpsim.sim.policy import Policy
 
 # --- policies -----------------------------------------------------------------
 

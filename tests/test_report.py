@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fpsim import cli, report
+from fpsim import cli
+from fpsim.report import runner as report
 
 EXPECTED_FIGURES = {
     "formats": ["number_line.png"],
@@ -68,7 +69,7 @@ def _write_analyses(folder: Path, scripts: dict) -> Path:
 
 
 GOOD = """
-    from fpsim.report import new_section
+    from fpsim.report.runner import new_section
     ORDER = 1
     def run(ctx):
         section = new_section(ctx, globals(), "Good analysis")
@@ -203,7 +204,7 @@ def test_an_analysis_runs_on_its_own_as_a_script(tmp_path):
     import subprocess
     import sys
 
-    root = Path(report.__file__).resolve().parent.parent
+    root = Path(report.__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, str(root / "analyses" / "formats.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -217,7 +218,7 @@ def test_an_analysis_runs_on_its_own_as_a_script(tmp_path):
 def test_lost_update_share_matches_the_theory():
     import numpy as np
 
-    from fpsim.lost_updates import measured_lost_share, theoretical_lost_share
+    from fpsim.report.lost_updates import measured_lost_share, theoretical_lost_share
 
     ratios = 2.0 ** np.arange(4, 14, 0.25)
     for fmt, p in (("fp16", 11), ("bf16", 8)):
@@ -227,7 +228,7 @@ def test_lost_update_share_matches_the_theory():
 
 
 def test_memory_model_bytes_per_parameter_and_measured_step():
-    from fpsim import memory
+    from fpsim.report import memory
 
     per_param = {name: sum(p.bytes_per_param().values()) for name, p in memory.MEMORY_POLICIES.items()}
     assert per_param == {"fp32": 16, "fp16-autocast": 18, "fp16-mixed": 16, "bf16-pure": 8}
@@ -243,7 +244,7 @@ def test_memory_model_bytes_per_parameter_and_measured_step():
 
 
 def test_roofline_prices_operations_by_their_bound():
-    from fpsim import roofline
+    from fpsim.report import roofline
 
     gpu = roofline.A100_80GB
     big = roofline.mlp_workload((4096, 4096, 4096), 4096)
@@ -258,7 +259,7 @@ def test_roofline_prices_operations_by_their_bound():
 def test_paired_comparison_detects_a_shift_and_not_noise():
     import numpy as np
 
-    from fpsim.stats import mean_ci, paired_comparison
+    from fpsim.report.stats import mean_ci, paired_comparison
 
     rng = np.random.default_rng(0)
     base = rng.normal(0.9, 0.01, 20)
@@ -271,7 +272,7 @@ def test_paired_comparison_detects_a_shift_and_not_noise():
 def test_the_commit_line_ignores_changes_to_the_report_folder_only(tmp_path):
     import subprocess
 
-    from fpsim.report import _git_commit
+    from fpsim.report.runner import _git_commit
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import fpsim
 from fpsim import BF16, E4M3, E5M2, FP16, FP32, Format
-from fpsim.exact import DETERMINISTIC_MODES, round_exact
+from fpsim.numerics.exact import DETERMINISTIC_MODES, round_exact
 
 # ---- pinned facts -------------------------------------------------------------
 
@@ -263,8 +263,8 @@ def test_stochastic_rounding_is_reproducible_and_exact_on_representable_values()
 
 
 def test_stochastic_rounding_equals_the_exact_reference_given_the_same_random_numbers():
-    from fpsim import _kernels
-    from fpsim.rounding import random_key
+    from fpsim.numerics import _kernels
+    from fpsim.numerics.rounding import random_key
     rng = np.random.default_rng(11)
     for fmt in ("bf16", "fp16", "e4m3", "e6m9", "e11m50"):
         x = _adversarial_float64(fmt, rng, 200)
@@ -322,8 +322,8 @@ NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e5m0"
 
 def general_kernel_nearest(values: np.ndarray, fmt: Format, saturate: bool) -> np.ndarray:
     """The mode-generic kernel (``round_bits_array``, itself held against the exact reference) in mode nearest."""
-    from fpsim import _kernels
-    from fpsim.rounding import kernel_params
+    from fpsim.numerics import _kernels
+    from fpsim.numerics.rounding import kernel_params
     k = kernel_params(fmt, values.dtype)
     int_dtype = np.uint32 if values.dtype == np.float32 else np.int64
     out = np.empty_like(values)

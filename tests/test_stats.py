@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from fpsim import stats
-from fpsim.stats import paired_comparison, paired_t_p, wilcoxon_signed_rank_p
+from fpsim.report import stats
+from fpsim.report.stats import paired_comparison, paired_t_p, wilcoxon_signed_rank_p
 
 N_TEST = 360
 

@@ -19,10 +19,10 @@ import pytest
 
 import fpsim
 from fpsim.cli import main
-from fpsim.sweep import (config_key, expand_grid, local_pool, normalize_config, read_grid, run_config,
+from fpsim.runs.sweep import (config_key, expand_grid, local_pool, normalize_config, read_grid, run_config,
                          sweep)
 
-sweep_module = importlib.import_module("fpsim.sweep")  # the module: fpsim.sweep is the function
+sweep_module = importlib.import_module("fpsim.runs.sweep")  # the module: fpsim.runs.sweep is the function
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden": [16], "steps": 20, "batch_size": 32}
 GRID = {"policy": ["fp32", "bf16-sr"], "seed": [0, 1], **{name: [value] for name, value in TINY.items()}}
@@ -96,7 +96,7 @@ def test_config_key_includes_the_numerics_version(monkeypatch):
 
 def test_config_key_is_the_same_in_another_process():
     config = {"policy": "bf16-sr", "seed": 7, "lr": 0.1, **TINY}
-    code = f"from fpsim.sweep import config_key; print(config_key({config!r}))"
+    code = f"from fpsim.runs.sweep import config_key; print(config_key({config!r}))"
     other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert other.stdout.strip() == config_key(config)
@@ -110,36 +110,52 @@ def test_config_key_includes_a_hash_of_the_numerics_source(monkeypatch):
     assert config_key(config) != key
 
 
-def test_numerics_source_hash_changes_with_any_byte_of_the_numerics(tmp_path, monkeypatch):
-    package = ROOT / "fpsim"
-    for name in sweep_module.NUMERICS_MODULES:
-        (tmp_path / f"{name}.py").write_bytes((package / f"{name}.py").read_bytes())
-    monkeypatch.setattr(sweep_module, "__file__", str(tmp_path / "sweep.py"))
+def test_numerics_source_hash_changes_with_any_byte_of_the_numerics_layers(tmp_path, monkeypatch):
+    import shutil
+    package = tmp_path / "fpsim"
+    shutil.copytree(ROOT / "fpsim", package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(sweep_module, "__file__", str(package / "runs" / "sweep.py"))
     source_hash = sweep_module.numerics_source_hash.__wrapped__  # uncached
     assert source_hash() == sweep_module.numerics_source_hash()
-    with open(tmp_path / "model.py", "ab") as model:
+    with open(package / "engines" / "mlp.py", "ab") as model:
         model.write(b"\n")
-    assert source_hash() != sweep_module.numerics_source_hash()
+    changed = source_hash()
+    assert changed != sweep_module.numerics_source_hash()
+    (package / "sim" / "new_module.py").write_text("X = 1\n")  # a module nobody listed
+    assert source_hash() != changed
+    (package / "report" / "notes.py").write_text("X = 1\n")  # outside the numerics layers
+    assert source_hash() == source_hash()
 
 
-def relative_imports(module: str) -> set:
-    """The fpsim modules ``fpsim/MODULE.py`` imports (``from .x import``, ``from . import x``), read from its source."""
+def fpsim_imports(path: Path) -> set:
+    """The fpsim modules (as paths below fpsim/) that the module at ``path`` imports relatively."""
     import ast
     found = set()
-    for node in ast.walk(ast.parse((ROOT / "fpsim" / f"{module}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module} if node.module else {alias.name for alias in node.names}
+    package = path.parent
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = package
+            for _ in range(node.level - 1):
+                base = base.parent
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            for name in names:
+                target = base.joinpath(*name.split("."))
+                for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+                    if candidate.exists():
+                        found.add(candidate)
     return found
 
 
-def test_numerics_modules_hold_everything_training_imports():
-    closure, todo = set(), ["training"]
+def test_numerics_layers_hold_everything_training_imports():
+    package = ROOT / "fpsim"
+    closure, todo = set(), [package / "engines" / "numpy_engine.py"]
     while todo:
-        module = todo.pop()
-        if module not in closure:
-            closure.add(module)
-            todo.extend(relative_imports(module))
-    assert closure <= set(sweep_module.NUMERICS_MODULES), closure - set(sweep_module.NUMERICS_MODULES)
+        path = todo.pop()
+        if path not in closure:
+            closure.add(path)
+            todo.extend(fpsim_imports(path))
+    layers = {path.relative_to(package).parts[0] for path in closure if path.parent != package}
+    assert layers <= set(sweep_module.NUMERICS_LAYERS), layers - set(sweep_module.NUMERICS_LAYERS)
 
 
 def test_a_stored_run_is_not_reused_by_other_numerics(tmp_path, monkeypatch):

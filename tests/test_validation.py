@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fpsim import validation
+from fpsim.numerics import validation
 
 
 def test_ten_million_inputs_match_every_oracle():

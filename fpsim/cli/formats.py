@@ -4,8 +4,8 @@ Example:
   fpsim formats
 """
 
-from ..formats import FORMATS
-from ..table import text_table
+from ..numerics.formats import FORMATS
+from ..report.table import text_table
 
 
 def format_rows() -> list[dict]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import get_format
-from .rounding import round as round_to
+from ..numerics.formats import get_format
+from ..numerics.rounding import round as round_to
 
 
 def theoretical_lost_share(fmt, ratios) -> np.ndarray:

@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from .formats import Format
-from .rounding import round as round_to
+from ..numerics.formats import Format
+from ..numerics.rounding import round as round_to
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 """Optimizer names ``make_optimizer`` understands."""

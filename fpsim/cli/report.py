@@ -14,7 +14,7 @@ Examples:
   fpsim report --only formats claims    these analyses; the others' sections are kept from DIR
 """
 
-from .. import report
+from ..report import runner as report
 
 
 def configure(parser):

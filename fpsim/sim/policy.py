@@ -25,7 +25,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .formats import BF16, FORMATS, FP16, FP32, Format, get_format
+from ..numerics.formats import BF16, FORMATS, FP16, FP32, Format, get_format
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import FP64, Format
-from .policy import Policy
-from .reductions import matmul
-from .rounding import round as round_to
+from ..numerics.formats import FP64, Format
+from ..sim.policy import Policy
+from ..ops.reductions import matmul
+from ..numerics.rounding import round as round_to
 
 FP64_POLICY = Policy(name="fp64", params=FP64, activations=FP64, gradients=FP64, accumulate=FP64,
                      optimizer_state=FP64, loss=FP64)

@@ -43,13 +43,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import _kernels
-from ._kernels import threads_for
+from ..numerics import _kernels
+from ..numerics._kernels import threads_for
 from . import _reduction_kernels as kernels
-from .exact import check_mode, round_exact, round_sum_exact
-from .formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format, widen_ml_dtypes
-from .rounding import float64_params, kernel_params, random_key
-from .rounding import round as round_to
+from ..numerics.exact import check_mode, round_exact, round_sum_exact
+from ..numerics.formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format, widen_ml_dtypes
+from ..numerics.rounding import float64_params, kernel_params, random_key
+from ..numerics.rounding import round as round_to
 
 PARALLEL_MIN_WORK = 1 << 24
 """Products with fewer multiply-adds (M*K*N) than this run on one thread.

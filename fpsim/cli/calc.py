@@ -16,9 +16,9 @@ Examples:
 
 from decimal import Decimal
 
-from ..bits import anatomy
-from ..calc import evaluate, show_number
-from ..exact import ROUNDING_MODES
+from ..numerics.bits import anatomy
+from ..ops.calc import evaluate, show_number
+from ..numerics.exact import ROUNDING_MODES
 
 
 def configure(parser):

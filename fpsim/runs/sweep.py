@@ -48,16 +48,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .policy import Policy
-from .sweep_store import RunStore, load_sweep
+from ..sim.policy import Policy
+from .store import RunStore, load_sweep
 
 __all__ = ["sweep", "load_sweep", "expand_grid", "read_grid", "normalize_config", "config_key",
            "numerics_version", "numerics_source_hash", "run_config", "local_pool", "dask_client"]
 
 
-NUMERICS_MODULES = ("training", "policy", "optimizers", "model", "loss_scaling", "recorder", "rounding",
-                    "reductions", "arithmetic", "exact", "_kernels", "_reduction_kernels", "formats", "data")
-"""The fpsim modules whose source decides a training result (``numerics_source_hash`` hashes them)."""
+NUMERICS_LAYERS = ("numerics", "ops", "sim", "engines", "torch")
+"""The subpackages whose source decides a training result: every ``.py`` file below them is hashed
+(``numerics_source_hash``), so a module added to a layer can never be left out of a run's key."""
 
 
 def numerics_version() -> str:
@@ -68,23 +68,24 @@ def numerics_version() -> str:
     (``numerics_source_hash``) changes with any edit to it, so old results are
     never mixed with new ones.
     """
-    from . import __version__
+    from .. import __version__
     return f"{__version__}+{numerics_source_hash()}"
 
 
 @functools.lru_cache(maxsize=None)
 def numerics_source_hash() -> str:
-    """The first 16 hex digits of SHA-256 over the ``NUMERICS_MODULES`` sources, in that order, computed once.
+    """The first 16 hex digits of SHA-256 over the sources of ``NUMERICS_LAYERS``, computed once.
 
-    Each file enters as its name, its length and its bytes, so no two different
-    sets of sources hash the same text.
+    The files enter sorted by their path below ``fpsim/``, each as its path, its
+    length and its bytes, so no two different sets of sources hash the same text.
     """
     digest = hashlib.sha256()
-    folder = Path(__file__).resolve().parent
-    for name in NUMERICS_MODULES:
-        source = (folder / f"{name}.py").read_bytes()
-        digest.update(f"{name}.py {len(source)}\n".encode())
-        digest.update(source)
+    package = Path(__file__).resolve().parent.parent
+    for layer in NUMERICS_LAYERS:
+        for path in sorted((package / layer).rglob("*.py")):
+            source = path.read_bytes()
+            digest.update(f"{path.relative_to(package).as_posix()} {len(source)}\n".encode())
+            digest.update(source)
     return digest.hexdigest()[:16]
 
 
@@ -189,7 +190,7 @@ def run_config(config: dict) -> dict:
     ``{"status": "failed", "error": "Type: message", "result": None}``; it never
     writes anywhere, the coordinating process stores what it returns.
     """
-    from . import train
+    from .. import train
     try:
         result = train(**config, progress=False)
         return {"status": "ok", "error": None, "result": json.dumps(result.to_dict())}
@@ -316,7 +317,7 @@ def _as_executor(executor) -> Executor | None:
 
 
 def _train_signature() -> inspect.Signature:
-    from . import train
+    from .. import train
     return inspect.signature(train)
 
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-ANALYSES_DIR = Path(__file__).resolve().parent.parent / "analyses"
+ANALYSES_DIR = Path(__file__).resolve().parents[2] / "analyses"
 """Where the analysis scripts live: ``analyses/`` at the root of the repository."""
 
 VERDICTS = ("holds", "holds under conditions", "not supported by the evidence")
@@ -88,7 +88,7 @@ class LazyPool:
 
     def get(self):
         if self._executor is None:
-            from .sweep import local_pool
+            from ..runs.sweep import local_pool
 
             self._executor = local_pool()
         return self._executor

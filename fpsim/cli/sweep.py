@@ -21,8 +21,8 @@ The Dask workers need fpsim installed.  Read the results in Python with
 fpsim.load_sweep("runs.sqlite").
 """
 
-from ..cli import UsageError
-from ..sweep import config_key, dask_client, expand_grid, local_pool, read_grid, sweep
+from . import UsageError
+from ..runs.sweep import config_key, dask_client, expand_grid, local_pool, read_grid, sweep
 
 
 def configure(parser):

@@ -22,8 +22,8 @@ from fractions import Fraction
 import numpy as np
 
 from . import arithmetic
-from .exact import check_mode, floor_log2, round_exact
-from .formats import Format, get_format
+from ..numerics.exact import check_mode, floor_log2, round_exact
+from ..numerics.formats import Format, get_format
 
 MAX_POWER = 4096
 """Largest |exponent| accepted in a power of literals (2**-1074 needs 1074)."""

@@ -9,9 +9,9 @@ Examples:
   fpsim bits -f fp16 -- -1e-5         a negative number with an exponent goes after --
 """
 
-from ..bits import describe
-from ..exact import ROUNDING_MODES, parse_real
-from ..formats import get_format
+from ..numerics.bits import describe
+from ..numerics.exact import ROUNDING_MODES, parse_real
+from ..numerics.formats import get_format
 
 DEFAULT_FORMATS = ("fp32", "fp16", "bf16")
 

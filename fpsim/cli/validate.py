@@ -13,8 +13,8 @@ Examples:
 
 import time
 
-from ..table import text_table
-from ..validation import exhaustive_float32, run_validation
+from ..report.table import text_table
+from ..numerics.validation import exhaustive_float32, run_validation
 
 
 def configure(parser):

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .formats import Format, get_format  # noqa: E402
+from ..numerics.formats import Format, get_format  # noqa: E402
 
 ZONE_COLOURS = {"flush": "#bdbdbd", "subnormal": "#fdae6b", "normal": "#6baed6", "overflow": "#de2d26"}
 """One colour per zone, used by every figure that shows zones."""

@@ -1,4 +1,4 @@
-"""The ``fpsim`` command: one sub-command per module in ``fpsim.commands``.
+"""The ``fpsim`` command: one sub-command per module of this package (``fpsim.cli.<name>``).
 
 Each command module has a docstring (its help), ``configure(parser)`` adding its
 arguments, and ``run(args) -> int`` returning the exit status.  Errors a user
@@ -12,10 +12,10 @@ import importlib
 import os
 import sys
 
-from . import __version__
+from .. import __version__
 
 COMMANDS = ("formats", "bits", "validate", "report", "sweep", "train", "calc")
-"""Sub-commands, in the order ``fpsim --help`` lists them; each is ``fpsim.commands.<name>``."""
+"""Sub-commands, in the order ``fpsim --help`` lists them; each is ``fpsim.cli.<name>``."""
 
 
 class UsageError(Exception):
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:
-        module = importlib.import_module(f"fpsim.commands.{name}")
+        module = importlib.import_module(f"fpsim.cli.{name}")
         doc = (module.__doc__ or "").strip()
         summary = " ".join(doc.split("\n\n")[0].split())
         sub = subparsers.add_parser(name, help=summary, description=doc,

@@ -18,8 +18,8 @@ import json
 import math
 import os
 
-from ..cli import UsageError
-from ..table import text_table
+from . import UsageError
+from ..report.table import text_table
 
 
 def number(text: str) -> float:
@@ -81,7 +81,7 @@ def _hidden(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    from ..training import train
+    from ..engines.numpy_engine import train
 
     loss_scale = None
     if args.loss_scale is not None:

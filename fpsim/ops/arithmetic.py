@@ -39,13 +39,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import _kernels
+from ..numerics import _kernels
 from . import _reduction_kernels as kernels
-from .exact import check_mode, floor_log2, round_exact, round_sum_exact
-from .formats import FP64, Format, get_format, widen_ml_dtypes
+from ..numerics.exact import check_mode, floor_log2, round_exact, round_sum_exact
+from ..numerics.formats import FP64, Format, get_format, widen_ml_dtypes
 from .reductions import _generator, _products_exact_in
-from .rounding import float64_params, random_key
-from .rounding import round as round_to
+from ..numerics.rounding import float64_params, random_key
+from ..numerics.rounding import round as round_to
 
 
 def _operands(arrays, fmt: Format, mode: str, rng):

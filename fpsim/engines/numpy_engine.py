@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._kernels import one_thread
-from .data import load_data
-from .formats import FP32, FP64
-from .loss_scaling import LossScaler
-from .model import MLP, Compute, Float64Compute
-from .optimizers import apply_kahan_update, apply_update, make_optimizer
-from .policy import Policy
-from .recorder import Recorder, _json_float
-from .rounding import round as round_to
+from ..numerics._kernels import one_thread
+from ..sim.data import load_data
+from ..numerics.formats import FP32, FP64
+from ..sim.loss_scaling import LossScaler
+from .mlp import MLP, Compute, Float64Compute
+from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
+from ..sim.policy import Policy
+from ..sim.recorder import Recorder, _json_float
+from ..numerics.rounding import round as round_to
 
 FINAL_LOSS_STEPS = 50
 """``final_loss`` is the mean training loss over this many last (non-skipped) steps."""

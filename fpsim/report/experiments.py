@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .sweep import sweep
+from ..runs.sweep import sweep
 
 
 def run_trainings(ctx, configs: list[dict]) -> list[dict]:

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``fpsim`` command line (see ``fpsim.cli``)."""
