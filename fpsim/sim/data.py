@@ -62,7 +62,7 @@ class Dataset:
 
 def load_data(spec="digits") -> Dataset:
     """The data set named by ``spec`` (see the module docstring for the accepted forms)."""
-    name, options = _parse_spec(spec)
+    name, options = parse_data_spec(spec)
     if name == "digits":
         _no_options(name, options, allowed=())
         return load_digits()
@@ -76,7 +76,8 @@ def load_data(spec="digits") -> Dataset:
     return teacher_student(**options)
 
 
-def _parse_spec(spec) -> tuple[str, dict]:
+def parse_data_spec(spec) -> tuple[str, dict]:
+    """The name (case-folded) and options of a data-set ``spec``; refuses unknown names and misplaced options."""
     if isinstance(spec, str):
         name, _, rest = spec.partition(":")
         name = name.strip().lower()
