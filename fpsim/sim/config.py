@@ -32,7 +32,7 @@ from .policy import Policy
 MODELS = {
     "mlp": {"engine": "numpy", "data": "digits"},
     "char-gpt": {"engine": "torch", "data": "pydoc"},
-    "cnn": {"engine": "torch", "data": "digits-images"},
+    "cnn": {"engine": "torch", "data": "mnist1d"},
 }
 """Built-in models: the engine that trains each (``numpy``: bit-exact, no torch needed; ``torch``: ``fpsim.torch``)
 and the data set it trains on by default.  ``model`` may also be a callable returning a ``torch.nn.Module``."""
