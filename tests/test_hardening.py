@@ -119,3 +119,124 @@ def test_a_flat_sum_of_1000_terms_is_evaluated():
 def test_calc_reads_long_integer_literals():
     assert evaluate("1" + "0" * 5000, "fp32").result == math.inf
     assert evaluate("0x10 + 0b11", "fp32").result == 19.0
+
+
+# --- fpsim report never removes what it did not write ---------------------------------------------------------
+
+GOOD = '''
+from fpsim.report.runner import new_section
+ORDER = 1
+def run(ctx):
+    section = new_section(ctx, globals(), "Good analysis")
+    section.text("the number is 42")
+    return section
+'''
+FAILING = "def run(ctx):\n    raise RuntimeError('deliberate')\n"
+SLOW = "import time\ndef run(ctx):\n    (ctx.out / 'started').write_text('x')\n    time.sleep(60)\n"
+
+
+@pytest.fixture
+def analyses(tmp_path, monkeypatch):
+    """A folder of analysis scripts used by the report (write NAME.py into it)."""
+    from fpsim.report import runner
+
+    folder = tmp_path / "analyses"
+    folder.mkdir()
+    (folder / "good.py").write_text(GOOD)
+    monkeypatch.setattr(runner, "ANALYSES_DIR", folder)
+    return folder
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("out", [".", "", "..", "{cwd}"])
+def test_report_refuses_the_folder_it_stands_in(out, analyses, tmp_path, monkeypatch, capsys):
+    here = tmp_path / "work" / "p"
+    (here / "src").mkdir(parents=True)
+    (here / "notes.txt").write_text("notes")
+    monkeypatch.chdir(here)
+    before = _tree(tmp_path)
+    assert main(["report", "--out", out.format(cwd=here), "--no-progress"]) == 2
+    assert _tree(tmp_path) == before
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_report_refuses_a_file_and_a_folder_holding_other_files(analyses, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "thesis.tex").write_text("mine")
+    before = _tree(tmp_path)
+    assert main(["report", "--out", str(notes), "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["report", "--out", str(mixed), "--no-progress"]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+
+
+def test_report_replaces_only_its_own_report(analyses, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", "--out", str(out), "--no-progress"]) == 0  # its own report: replaced
+    (out / "good" / "my-notes.txt").write_text("added by hand")
+    before = _tree(tmp_path)
+    assert main(["report", "--out", str(out), "--no-progress"]) == 2
+    assert "good/my-notes.txt" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+
+
+def test_a_failing_analysis_under_only_keeps_the_previous_section(analyses, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    (analyses / "good.py").write_text(FAILING)
+    assert main(["report", "--out", str(out), "--only", "good", "--no-progress"]) == 1
+    assert "previous section is kept" in capsys.readouterr().out
+    assert "the number is 42" in (out / "REPORT.md").read_text()
+
+
+def test_a_bad_store_is_refused_before_anything_runs(analyses, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("not a database")
+    before = _tree(tmp_path)
+    for store in (str(bad), str(tmp_path / "missing" / "x.sqlite"), str(out / "runs.sqlite")):
+        assert main(["report", "--out", str(out), "--only", "good", "--store", store, "--no-progress"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert _tree(tmp_path) == before
+
+
+def test_sigterm_leaves_the_previous_report_and_no_temporary_folder(analyses, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    before = _tree(tmp_path)
+    (analyses / "slow.py").write_text(SLOW)
+    script = (f"import sys; from fpsim.report import runner; runner.ANALYSES_DIR = __import__('pathlib').Path("
+              f"{str(analyses)!r}); from fpsim.cli import main; sys.exit(main(['report', '--out', {str(out)!r}, "
+              "'--only', 'slow', '--no-progress']))")
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.partial-*/slow/started")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Traceback" not in err
+    (analyses / "slow.py").unlink()
+    assert _tree(tmp_path) == before
+
+
+def test_a_killed_reports_temporary_folder_is_removed_by_the_next(analyses, tmp_path):
+    abandoned = tmp_path / ".out.partial-999999999-abc"
+    abandoned.mkdir()
+    mine = tmp_path / ".out.partial-notapid"
+    mine.mkdir()
+    assert main(["report", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert not abandoned.exists() and mine.exists()
