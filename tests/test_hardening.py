@@ -240,3 +240,102 @@ def test_a_killed_reports_temporary_folder_is_removed_by_the_next(analyses, tmp_
     mine.mkdir()
     assert main(["report", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert not abandoned.exists() and mine.exists()
+
+
+# --- fpsim train: the output path, the run's status, sizes and messages ------------------------------------------
+
+TINY = ["train", "--policy", "fp32", "--steps", "3", "--hidden", "4", "--no-progress", "--shadow-every", "0"]
+
+
+def test_train_refuses_an_unusable_out_before_training(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    before = _tree(tmp_path)
+    for out in (str(tmp_path / "folder"), str(tmp_path / "missing" / "r.json")):
+        assert main([*TINY, "--out", out]) == 2
+        assert "measure" not in capsys.readouterr().out  # refused before training
+    assert _tree(tmp_path) == before
+
+
+def test_train_keeps_the_result_when_writing_fails_at_the_end(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from fpsim.engines import numpy_engine
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "kept"))
+    (tmp_path / "kept").mkdir()
+    real_dump = numpy_engine.json.dump
+
+    def failing_dump(data, file, **options):  # the disk fills up while writing --out
+        if not file.name.startswith(str(tmp_path / "kept")):
+            file.write("{half")
+            raise OSError(28, "No space left on device")
+        real_dump(data, file, **options)
+    monkeypatch.setattr(numpy_engine.json, "dump", failing_dump)
+    out = tmp_path / "out" / "result.json"
+    out.parent.mkdir()
+    assert main([*TINY, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    kept = list((tmp_path / "kept").glob("fpsim-train-*.json"))
+    assert len(kept) == 1 and str(kept[0]) in err and "No space left" in err
+    assert fpsim.TrainResult.load(kept[0]).status == "ok"
+    assert list(out.parent.iterdir()) == []  # no stray temporary file
+
+
+def test_a_run_that_never_updates_says_so():
+    result = fpsim.train("fp16-amp", grad_scale=2.0**200, steps=30, hidden=[4], progress=False, shadow_every=0)
+    assert result.status == "no updates" and result.summary()["status"] == "no updates"
+    assert fpsim.TrainResult.from_dict(result.to_dict()) == result
+    assert main(["train", "--policy", "fp16-amp", "--grad-scale", "2**200", "--steps", "30", "--hidden", "4",
+                 "--no-progress", "--shadow-every", "0"]) == 3
+
+
+def test_statuses_of_ordinary_diverged_and_floor_runs():
+    assert fpsim.train("fp32", steps=5, hidden=[4], progress=False).status == "ok"
+    assert fpsim.train("fp16-pure", lr=1e4, steps=5, hidden=[4], progress=False).status == "diverged"
+    floor = fpsim.train("fp16-amp", grad_scale=2.0**40, steps=40, hidden=[4], progress=False, shadow_every=0,
+                        scaler={"init_scale": 1.0, "min_scale": 1.0})
+    assert floor.min_scale_hits > 0 and floor.status in ("loss-scale floor", "no updates")
+
+
+def test_diverging_runs_raise_no_numpy_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fpsim.train("fp32", optimizer="adam", lr=1e30, steps=10, hidden=[8], data="teacher",
+                             progress=False, shadow_every=5)
+    assert result.status == "diverged"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--hidden", "100000000"], "weights"), (["--steps", "100000000000"], "at most"),
+    (["--lr", "2**10000"], "beyond the range"), (["--lr", "1" * 5000], "beyond the range"),
+    (["--lr", "2**-10000"], "below the range"), (["--policy", '{"a":' * 5000 + "1" + "}" * 5000], "nested too deeply"),
+    (["--data", "mnist:{text}"], "not a zip")])
+def test_train_mistakes_get_one_line_that_says_what_to_change(options, message, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not mnist")
+    argv = [*TINY, *[o.replace("{text}", str(text)) for o in options]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_train_takes_numpy_scalars_and_refuses_a_bad_scaler_clearly():
+    import numpy as np
+
+    assert fpsim.train("fp32", lr=np.float32(0.1), steps=2, hidden=[4], progress=False).status == "ok"
+    with pytest.raises(TypeError, match="scaler must be a dict"):
+        fpsim.train("fp16-amp", scaler=5, steps=2, hidden=[4], progress=False)
+
+
+def test_full_disk_and_deep_grids_are_one_line(tmp_path):
+    done = subprocess.run(f"{sys.executable} -m fpsim formats > /dev/full", shell=True, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "No space left" in done.stderr
+    grid = tmp_path / "grid.toml"
+    for content in (b"a = " + b"[" * 3000 + b"]" * 3000, b"\xff\xfe\x00binary"):
+        grid.write_bytes(content)
+        done = subprocess.run([sys.executable, "-m", "fpsim", "sweep", str(grid), "--store",
+                               str(tmp_path / "s.sqlite")], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and str(grid) in done.stderr and done.stderr.count("\n") == 1

@@ -48,6 +48,20 @@ FINAL_LOSS_STEPS = 50
 EVAL_CHUNK = 1024
 """Rows per forward pass when evaluating the test set."""
 
+MAX_STEPS = 10**6
+"""Most steps a run may take: each step's record (about 0.7 kB) is kept in memory."""
+
+MAX_PARAMETERS = 1 << 26
+"""Most weights a model may have (about 67 million; each is stored several times: master, params, optimizer)."""
+
+STATUSES = {
+    "ok": "trained: some weights changed and nothing below happened",
+    "diverged": "a stored weight or the loss became inf/NaN and the run stopped (at diverged_step)",
+    "no updates": "no stored weight ever changed: every step was skipped, or every update was lost",
+    "loss-scale floor": "the dynamic loss scale overflowed at its floor (min_scale_hits), so those steps were skipped",
+}
+"""How a run ended (``TrainResult.status``); the first that applies, in this order, is given."""
+
 
 @dataclass
 class TrainResult:
@@ -93,6 +107,8 @@ class TrainResult:
     """The first of those, or None."""
     steps_run: int = 0
     """Steps executed (fewer than ``config["steps"]`` after a divergence)."""
+    status: str = "ok"
+    """How the run ended: one of ``STATUSES`` ("ok", "diverged", "no updates", "loss-scale floor")."""
     history: list = field(default_factory=list)
     """One dict per step: loss, loss_scale, skipped, and per kind the counts nonzero, underflow,
     subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude."""
@@ -123,9 +139,14 @@ class TrainResult:
         """Write the result as JSON to ``path`` (written to a temporary file, then moved into place)."""
         path = os.fspath(path)
         temporary = f"{path}.tmp{os.getpid()}"
-        with open(temporary, "w") as file:
-            json.dump(self.to_dict(), file, allow_nan=False)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w") as file:
+                json.dump(self.to_dict(), file, allow_nan=False)
+            os.replace(temporary, path)
+        except BaseException:  # a full disk, an interrupt: leave no half-written file behind
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
 
     @classmethod
     def load(cls, path) -> "TrainResult":
@@ -135,7 +156,7 @@ class TrainResult:
 
     def summary(self) -> dict:
         """The headline numbers, for tables."""
-        return {"policy": self.policy, "test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
+        return {"policy": self.policy, "status": self.status, "test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
                 "final_loss": self.final_loss,
                 "weight_grad_underflow": self.weight_grad_underflow_fraction,
                 "activation_grad_underflow": self.activation_grad_underflow_fraction,
@@ -173,14 +194,16 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
     policy = given if loss_scale is None else dataclasses.replace(
         given, loss_scale=loss_scale, name=f"{given.name} (loss scale {loss_scale})")
     hidden = _check_hidden(hidden)
-    _check_int("steps", steps, minimum=1)
+    _check_int("steps", steps, minimum=1, maximum=MAX_STEPS)
     _check_int("batch_size", batch_size, minimum=1)
     _check_int("seed", seed, minimum=0)
     _check_int("record_every", record_every, minimum=0)
     _check_int("shadow_every", shadow_every, minimum=0)
     for name, value in (("lr", lr), ("grad_scale", grad_scale)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    lr, grad_scale = (v if isinstance(v, (int, float)) else v.item() for v in (lr, grad_scale))  # numpy scalars
     if histograms:
         histogram_steps = _check_histogram_steps(histogram_steps, steps)
     elif histogram_steps is not None:
@@ -198,11 +221,16 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
     dataset = load_data(data)
     if batch_size > len(dataset.y_train):
         raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset.y_train)} training examples")
+    widths = (dataset.inputs, *hidden, dataset.outputs)
+    if sum(a * b for a, b in zip(widths, widths[1:])) > MAX_PARAMETERS:
+        raise ValueError(f"a model of widths {'-'.join(map(str, widths))} has more than {MAX_PARAMETERS} weights: "
+                         "choose smaller hidden layers")
     run = _Run(policy, dataset, hidden, optimizer_state, loss_scaler, grad_scale, seed,
                Recorder(len(hidden) + 1, histogram_steps=histogram_steps or (), record_every=record_every))
     # A step's products are small (batch 64 by a few hundred): on a busy 2-core machine a
     # step took 4-5x longer with two threads than with one (benchmarks/bench_train_step.py).
-    with one_thread():
+    # inf/NaN are counted by the recorder and reported (divergence, skipped steps): numpy need not warn of them
+    with one_thread(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         return run.train(steps, batch_size, shadow_every, config, progress)
 
 
@@ -349,6 +377,10 @@ class _Run:
         accuracy, test_loss = self.evaluate()
         kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
         final_loss = (float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None)
+        changed = sum(r["updated"] - r["lost_updates"] for r in history)
+        min_scale_hits = self.scaler.min_scale_hits if self.scaler is not None else 0
+        status = next(name for name, applies in (("diverged", diverged_step is not None), ("no updates", not changed),
+                                                 ("loss-scale floor", min_scale_hits > 0), ("ok", True)) if applies)
         layers = recorder.layer_summaries()
         for summary, layer in zip(layers, self.model.layers):
             summary["shape"] = [layer.n_in, layer.n_out]
@@ -365,15 +397,17 @@ class _Run:
             skipped_steps=sum(1 for r in history if r["skipped"]),
             final_loss_scale=self.scaler.scale if self.scaler is not None else 1.0,
             diverged=diverged_step is not None, diverged_step=diverged_step,
-            min_scale_hits=self.scaler.min_scale_hits if self.scaler is not None else 0,
+            min_scale_hits=min_scale_hits,
             min_scale_step=self.scaler.min_scale_step if self.scaler is not None else None,
-            steps_run=steps_run, history=history, layers=layers, layer_history=recorder.layer_history,
+            steps_run=steps_run, status=status, history=history, layers=layers, layer_history=recorder.layer_history,
             histograms=recorder.histograms, shadow=recorder.shadow)
 
 
-def _check_int(name, value, minimum):
+def _check_int(name, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
 
 
 def _check_hidden(hidden) -> tuple[int, ...]:

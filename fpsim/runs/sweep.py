@@ -130,6 +130,10 @@ def read_grid(path: str | os.PathLike) -> dict:
         raise ValueError(f"cannot read grid {os.fspath(path)}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"malformed grid {os.fspath(path)}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"cannot read grid {os.fspath(path)}: not UTF-8 text (byte {error.start})") from None
+    except RecursionError:
+        raise ValueError(f"malformed grid {os.fspath(path)}: nested too deeply") from None
 
 
 def normalize_config(config: Mapping) -> dict:
