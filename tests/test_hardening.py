@@ -339,3 +339,100 @@ def test_full_disk_and_deep_grids_are_one_line(tmp_path):
         done = subprocess.run([sys.executable, "-m", "fpsim", "sweep", str(grid), "--store",
                                str(tmp_path / "s.sqlite")], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and str(grid) in done.stderr and done.stderr.count("\n") == 1
+
+
+# --- sweeps: a locked store, a killed worker, a corrupt row ------------------------------------------------------
+
+def _record(key="k1"):
+    return {"key": key, "config": {"policy": "fp32"}, "status": "ok", "error": None, "result": {"x": 1}}
+
+
+def test_a_store_locked_for_seconds_is_waited_for(tmp_path):
+    import sqlite3
+    import threading
+    import time
+
+    from fpsim.runs.store import RunStore
+
+    path = tmp_path / "runs.sqlite"
+    RunStore(path).close()
+    locked = threading.Event()
+
+    def hold_the_lock():
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(7)  # longer than sqlite's own busy timeout (5 s)
+        other.execute("COMMIT")
+        other.close()
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    locked.wait()
+    with RunStore(path) as store:
+        store.write(_record())
+    holder.join()
+    assert [r["key"] for r in fpsim.load_sweep(path)] == ["k1"]
+
+
+def _kill_a_worker_when_busy(pool, started):
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not started.exists():
+        time.sleep(0.05)
+    processes = list(getattr(pool, "_processes", {}) or {})
+    if processes:
+        os.kill(processes[0], signal.SIGKILL)
+
+
+def test_a_killed_worker_does_not_fail_the_other_runs(tmp_path):
+    import threading
+
+    from fpsim.runs.sweep import local_pool
+
+    store = tmp_path / "runs.sqlite"
+    configs = [{"policy": "fp32", "steps": 150, "hidden": [32], "seed": seed, "shadow_every": 0}
+               for seed in range(4)]
+    pool = local_pool(2)
+    started = tmp_path / "started"
+    # the pool's workers exist once the first run is submitted; kill one of them while it trains
+    real_submit = pool.submit
+
+    def submit(*args, **kwargs):
+        future = real_submit(*args, **kwargs)
+        started.touch()
+        return future
+    pool.submit = submit
+    killer = threading.Thread(target=_kill_a_worker_when_busy, args=(pool, started))
+    killer.start()
+    try:
+        records = fpsim.sweep(configs, store=store, executor=pool, progress=False)
+    finally:
+        killer.join()
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert [r["status"] for r in records] == ["ok"] * 4, [r["error"] for r in records]
+
+
+def test_a_corrupt_row_is_one_line_in_sweep_and_load_sweep(tmp_path, capsys):
+    import sqlite3
+
+    from fpsim.runs.store import RunStore
+    from fpsim.runs.sweep import config_key
+
+    config = {"policy": "fp32", "steps": 2, "hidden": [4]}
+    store = tmp_path / "runs.sqlite"
+    with RunStore(store) as runs:
+        runs.write(dict(_record(config_key(config)), config=config))
+    connection = sqlite3.connect(store)
+    with connection:
+        connection.execute("UPDATE runs SET result = '{'")
+    connection.close()
+    grid = tmp_path / "grid.toml"
+    grid.write_text('policy = ["fp32"]\nsteps = [2]\nhidden = [[4]]\n')
+    assert main(["sweep", str(grid), "--store", str(store), "--workers", "1", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt" in err and len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match="corrupt"):
+        fpsim.load_sweep(store)
