@@ -412,7 +412,7 @@ def check_output_folder(out) -> Path:
     """
     if not str(out).strip():
         raise ValueError("--out is empty: name the report's folder, e.g. --out reports")
-    folder = Path(out).expanduser().resolve()
+    folder = Path(out).resolve()
     here = Path.cwd().resolve()
     if folder == here or folder in here.parents:
         raise ValueError(f"--out {out}: the report replaces its folder whole, and this one is the current folder "
@@ -422,31 +422,36 @@ def check_output_folder(out) -> Path:
     if folder.is_dir():
         foreign = _not_from_a_report(folder)
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise ValueError(f"--out {out} holds files a report did not write ({shown}); the report replaces "
                              "its folder whole, so choose a new or empty folder, or a previous report's")
     return folder
 
 
-def _not_from_a_report(folder: Path) -> list[str]:
-    """What in ``folder`` a report did not write (by its manifest), as paths relative to it; [] if nothing."""
-    try:
-        entries = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-    except OSError as error:
-        return [f"unreadable ({error.strerror})"]
-    if not entries:
-        return []
+def _not_from_a_report(folder: Path, most: int = 4) -> list[str]:
+    """Up to ``most`` paths in ``folder`` (relative to it) that a report did not write, by its manifest."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         if "files" in manifest:
             written = set(manifest["files"]) | {MANIFEST}
             written |= {parent.as_posix() for name in written for parent in Path(name).parents if parent != Path(".")}
-            return [name for name in entries if name not in written]
-        # a report from before the manifest listed its files: its top-level names
-        written = {MANIFEST, "REPORT.md"} | {o["name"] for o in manifest["analyses"]}
-        return [name for name in entries if name.split("/")[0] not in written]
+            ours = written.__contains__
+        else:  # a report from before the manifest listed its files: its top-level names
+            top = {MANIFEST, "REPORT.md"} | {o["name"] for o in manifest["analyses"]}
+            ours = lambda name: name.split("/")[0] in top  # noqa: E731
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return [name for name in entries if "/" not in name]
+        ours = lambda name: False  # noqa: E731
+    foreign = []
+    try:
+        for path in folder.rglob("*"):  # stops at the first few: a big foreign folder is not walked through
+            name = path.relative_to(folder).as_posix()
+            if not ours(name):
+                foreign.append(name)
+                if len(foreign) == most:
+                    break
+    except OSError as error:
+        foreign.append(f"(unreadable: {error.strerror})")
+    return foreign
 
 
 def _check_store(store: Path, out: Path) -> Path:
