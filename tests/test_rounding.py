@@ -86,7 +86,7 @@ def test_inputs_are_rounded_once_from_their_exact_value():
     assert list(fpsim.round(np.array([True, False]), "fp16")) == [1, 0]
 
 
-@pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["1.0"]), np.array([1.0], dtype=object), "1.0"])
+@pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["1.0"]), np.array([1.0, None], dtype=object), "1.0"])
 def test_non_numeric_input_raises_type_error(bad):
     with pytest.raises(TypeError, match="real numbers"):
         fpsim.round(bad, "fp16")

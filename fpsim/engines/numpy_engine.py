@@ -36,11 +36,14 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.recorder import Recorder, json_float
-from ..sim.result import FINAL_LOSS_STEPS, TrainResult
+from ..sim.result import FINAL_LOSS_STEPS, TrainResult, run_status
 from .mlp import MLP, Compute, Float64Compute, ForwardPass, LossPass, module_name
 
 EVAL_CHUNK = 1024
 """Rows per forward pass when evaluating the test set."""
+
+MAX_PARAMETERS = 1 << 26
+"""Most weights a model may have (about 67 million; each is stored several times: master, params, optimizer)."""
 
 
 def train_mlp(config: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -55,12 +58,17 @@ def train_mlp(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     dataset = load_data(config.data)
     if config.batch_size > len(dataset.y_train):
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.y_train)} training examples")
+    widths = (dataset.inputs, *config.hidden, dataset.outputs)
+    if sum(a * b for a, b in zip(widths, widths[1:])) > MAX_PARAMETERS:
+        raise ValueError(f"a model of widths {'-'.join(map(str, widths))} has more than {MAX_PARAMETERS} weights: "
+                         "choose smaller hidden layers")
     modules = [module_name(i) for i in range(len(config.hidden) + 1)]
     run = _Run(policy, dataset, config.hidden, optimizer_state, loss_scaler, config.grad_scale, config.seed,
                Recorder(modules, histogram_steps=config.histogram_steps or (), record_every=config.record_every))
     # A step's products are small (batch 64 by a few hundred): on a busy 2-core machine a
     # step took 4-5x longer with two threads than with one (benchmarks/bench_train_step.py).
-    with one_thread():
+    # inf/NaN are counted by the recorder and reported (divergence, skipped steps): numpy need not warn of them
+    with one_thread(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         return run.train(config.steps, config.batch_size, config.shadow_every, config.to_dict(), progress)
 
 
@@ -207,6 +215,9 @@ class _Run:
         accuracy, test_loss = self.evaluate()
         kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
         final_loss = (float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None)
+        changed = sum(r["updated"] - r["lost_updates"] for r in history)
+        min_scale_hits = self.scaler.min_scale_hits if self.scaler is not None else 0
+        status = run_status(diverged=diverged_step is not None, weights_changed=changed, min_scale_hits=min_scale_hits)
         layers = recorder.layer_summaries()
         for summary, layer in zip(layers, self.model.layers):
             summary["shape"] = [layer.n_in, layer.n_out]
@@ -223,7 +234,8 @@ class _Run:
             skipped_steps=sum(1 for r in history if r["skipped"]),
             final_loss_scale=self.scaler.scale if self.scaler is not None else 1.0,
             diverged=diverged_step is not None, diverged_step=diverged_step,
-            min_scale_hits=self.scaler.min_scale_hits if self.scaler is not None else 0,
+            min_scale_hits=min_scale_hits,
             min_scale_step=self.scaler.min_scale_step if self.scaler is not None else None,
-            steps_run=steps_run, history=history, layers=layers, layer_history=recorder.layer_history,
+            steps_run=steps_run, status=status, history=history, layers=layers,
+            layer_history=recorder.layer_history,
             histograms=recorder.histograms, shadow=recorder.shadow)

@@ -10,11 +10,12 @@ special (inf / NaN) at the all-ones exponent as the format's ``specials`` say.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
 
-from .exact import parse_real
+from .exact import WIDE, format_real, parse_real
 from .formats import Format, get_format
 from .rounding import round as round_to_format
 
@@ -156,7 +157,7 @@ def describe(x, fmt, mode: str = "nearest", *, rng=None) -> str:
 
 def _rounding_error(x, value: float, shown: str) -> str:
     """How far the stored ``value`` is from the input ``x`` (shown as ``shown``), exactly when both are finite."""
-    if isinstance(x, Fraction):
+    if isinstance(x, (Decimal, Fraction)):  # a Decimal is beyond 2^+-BINADE_LIMIT (parse_real): never expanded
         exact_input = x
     elif math.isfinite(x):
         exact_input = Fraction(*x.as_integer_ratio()) if hasattr(x, "as_integer_ratio") else Fraction(x)
@@ -165,8 +166,13 @@ def _rounding_error(x, value: float, shown: str) -> str:
         return "exact" if same else f"from {shown}"
     if not math.isfinite(value):
         return f"from {shown}"
-    error = Fraction(value) - exact_input
+    if isinstance(exact_input, Decimal):
+        error = WIDE.subtract(Decimal(value), exact_input)
+        relative = WIDE.divide(error, exact_input)
+    else:
+        error = Fraction(value) - exact_input
+        relative = error / exact_input if exact_input else None
     if error == 0:
         return "exact"
-    relative = f", relative {float(error / exact_input):+.3g}" if exact_input else ""
-    return f"error {float(error):+.6g} from {shown}{relative}"
+    relative = f", relative {format_real(relative, '+.3g')}" if relative is not None else ""
+    return f"error {format_real(error)} from {shown}{relative}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -117,9 +118,12 @@ def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
     Returns the array and, where some elements cannot be held exactly (integers
     beyond 2^53, long doubles), an object array of those exact inputs (else None).
     """
-    if (isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT) or isinstance(x, Fraction):
+    if (isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT) or \
+            isinstance(x, (Fraction, Decimal)):
         return np.array(float("nan")), np.array(x, dtype=object)
     array = widen_ml_dtypes(np.asarray(x))
+    if array.dtype == object:  # a list holding ints beyond int64, Fractions or Decimals
+        return _python_numbers(array)
     if not array.dtype.isnative:  # big-endian data: the kernels read native bit patterns
         array = array.astype(array.dtype.newbyteorder("="))
     kind = array.dtype.kind
@@ -139,13 +143,26 @@ def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
     raise TypeError(f"fpsim.round cannot read dtype {array.dtype}")
 
 
+def _python_numbers(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An object array of Python numbers as float64 (NaN where float64 cannot hold one) and the exact inputs."""
+    exact = array.reshape(-1)
+    floats = np.full(exact.shape, np.nan)
+    for i, value in enumerate(exact):
+        if not isinstance(value, (int, float, Fraction, Decimal, np.integer, np.floating)):
+            raise TypeError(f"fpsim.round needs real numbers; got {type(value).__name__} {value!r:.40}")
+        if isinstance(value, (float, np.floating)) or \
+                (isinstance(value, (int, np.integer)) and abs(int(value)) <= _EXACT_INT_LIMIT):
+            floats[i] = value
+    return floats.reshape(array.shape), array
+
+
 def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     """Round ``x`` to the values of ``fmt``, once, from the exact value of each input.
 
     Parameters
     ----------
     x : array_like or scalar of real numbers (float16/32/64, long double, the ml_dtypes
-        formats, ints of any size, bools), or one ``fractions.Fraction``.
+        formats, ints of any size, bools, ``fractions.Fraction``, ``decimal.Decimal``), lists of them included.
     fmt : anything ``fpsim.get_format`` accepts (a Format, ``"bf16"``, ``"e6m9"``, a dtype).
     mode : one of ``fpsim.ROUNDING_MODES``: "nearest" (ties to even), "nearest_away",
         "toward_zero", "up" (toward +inf), "down" (toward -inf) or "stochastic".
@@ -190,7 +207,7 @@ def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, key):
     for i, value in enumerate(exact_inputs):
         if isinstance(value, (int, np.integer)) and abs(int(value)) <= _EXACT_INT_LIMIT:
             continue
-        if isinstance(value, np.floating) and np.float64(value) == value:
+        if isinstance(value, (float, np.floating)) and np.float64(value) == value:
             continue
         uniform = stochastic_uniform(key, i) if mode == "stochastic" else None
         exact = int(value) if isinstance(value, (int, np.integer)) else value

@@ -37,6 +37,9 @@ MODELS = {
 """Built-in models: the engine that trains each (``numpy``: bit-exact, no torch needed; ``torch``: ``fpsim.torch``)
 and the data set it trains on by default.  ``model`` may also be a callable returning a ``torch.nn.Module``."""
 
+MAX_STEPS = 10**6
+"""Most steps a run may take: each step's record (about 0.7 kB) is kept in memory."""
+
 OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
 """Optimizer names each engine takes."""
 
@@ -113,6 +116,8 @@ class TrainConfig:
         for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0), ("record_every", 0),
                               ("shadow_every", 0)):
             put(name, integer(name, getattr(self, name), minimum))
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"steps must be at most {MAX_STEPS}, got {self.steps}")
         if not isinstance(self.histograms, bool):
             raise ValueError(f"histograms must be True or False, got {self.histograms!r}")
         put("histogram_steps", _histogram_steps(self.histograms, self.histogram_steps, self.steps))
@@ -215,7 +220,7 @@ def _scaler(scaler):
     if scaler is None or scaler == {}:
         return None
     if not isinstance(scaler, dict):
-        raise ValueError(f"scaler must be a dict of loss-scaler settings ({', '.join(SCALER_OPTIONS)}), "
+        raise TypeError(f"scaler must be a dict of loss-scaler settings ({', '.join(SCALER_OPTIONS)}), "
                          f"got {scaler!r}")
     out = {}
     for name, value in scaler.items():

@@ -11,6 +11,23 @@ from dataclasses import dataclass, field
 FINAL_LOSS_STEPS = 50
 """``final_loss`` is the mean training loss over this many last (non-skipped) steps."""
 
+STATUSES = {
+    "ok": "trained: some weights changed and nothing below happened",
+    "diverged": "a stored weight or the loss became inf/NaN and the run stopped (at diverged_step)",
+    "no updates": "no stored weight ever changed: every step was skipped, or every update was lost",
+    "loss-scale floor": "the dynamic loss scale overflowed at its floor (min_scale_hits), so those steps were skipped",
+}
+"""How a run ended (``TrainResult.status``); the first that applies, in this order, is given."""
+
+
+def run_status(*, diverged: bool, weights_changed: int, min_scale_hits: int) -> str:
+    """The ``STATUSES`` entry of a run: the first of diverged, no updates, loss-scale floor that applies, else ok."""
+    for status, applies in (("diverged", diverged), ("no updates", weights_changed == 0),
+                            ("loss-scale floor", min_scale_hits > 0)):
+        if applies:
+            return status
+    return "ok"
+
 
 @dataclass
 class TrainResult:
@@ -55,6 +72,8 @@ class TrainResult:
     """The first of those, or None."""
     steps_run: int = 0
     """Steps executed (fewer than ``config["steps"]`` after a divergence)."""
+    status: str = "ok"
+    """How the run ended: one of ``STATUSES`` ("ok", "diverged", "no updates", "loss-scale floor")."""
     history: list = field(default_factory=list)
     """One dict per step: loss, loss_scale, skipped, and per kind the counts nonzero, underflow,
     subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude."""
@@ -85,9 +104,14 @@ class TrainResult:
         """Write the result as JSON to ``path`` (written to a temporary file, then moved into place)."""
         path = os.fspath(path)
         temporary = f"{path}.tmp{os.getpid()}"
-        with open(temporary, "w") as file:
-            json.dump(self.to_dict(), file, allow_nan=False)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w") as file:
+                json.dump(self.to_dict(), file, allow_nan=False)
+            os.replace(temporary, path)
+        except BaseException:  # a full disk, an interrupt: leave no half-written file behind
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
 
     @classmethod
     def load(cls, path) -> "TrainResult":
@@ -97,7 +121,8 @@ class TrainResult:
 
     def summary(self) -> dict:
         """The headline numbers, for tables."""
-        return {"policy": self.policy, "test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
+        return {"policy": self.policy, "status": self.status, "test_accuracy": self.test_accuracy,
+                "test_loss": self.test_loss,
                 "final_loss": self.final_loss,
                 "weight_grad_underflow": self.weight_grad_underflow_fraction,
                 "activation_grad_underflow": self.activation_grad_underflow_fraction,
