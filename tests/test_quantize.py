@@ -167,6 +167,17 @@ def test_all_zero_groups_have_defined_scales_and_keep_signed_zeros():
         assert same_bits(values, x).all() and (np.asarray(scales) == scale).all(), kwargs
 
 
+def test_tiny_and_empty_tensors():
+    tiny = np.array([1e-40, -3e-41, 0.0], dtype=np.float32)  # 448 / amax overflows FP32: the scale saturates
+    for kwargs in (dict(fmt="e4m3"), dict(fmt="e5m2", scaling="row"), dict(fmt="nvfp4"), dict(fmt="mxfp8_e4m3")):
+        values, scales = fpsim.quantize(tiny, return_scales=True, **kwargs)
+        reference, reference_scales = quantize_reference(tiny, **kwargs)
+        assert same_bits(values, reference).all() and same_bits(scales, reference_scales).all(), kwargs
+    assert float(fpsim.quantize(tiny, "e4m3", return_scales=True)[1]) == fpsim.FP32.max
+    values, scales = fpsim.quantize(np.zeros((2, 0), dtype=np.float32), "mxfp4", return_scales=True)
+    assert values.shape == (2, 0) and scales.shape == (2, 1) and (scales == 2.0**-127).all()
+
+
 def test_stochastic_rounding_is_reproducible_and_unbiased():
     x = np.full((400, 32), 1.25, dtype=np.float32)
     x[:, 0] = 6.0  # scale 2^0 for mxfp4: 1.25 lies between 1 and 1.5

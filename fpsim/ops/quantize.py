@@ -133,10 +133,12 @@ def _resolve(fmt, scaling, block_size, scale_format, scale_rounding) -> _Spec:
     return _Spec(element, scaling, int(block_size), scale_format, scale_rounding)
 
 
-def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, tuple]:
-    """``array`` as 2-D rows whose consecutive runs of ``block`` values are the groups; returns (rows, block, shape).
+def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, int, tuple]:
+    """``array`` as 2-D rows whose consecutive runs of ``block`` values are the groups.
 
-    ``shape`` is the shape of the rows before flattening (``axis`` moved last), for putting results back.
+    Returns (rows, block, groups per row, shape); ``shape`` is the shape of the rows before
+    flattening (``axis`` moved last), for putting results back.  An empty row is one
+    (all-zero) group, so that every row has a scale.
     """
     if array.ndim == 0:
         array = array.reshape(1)
@@ -144,12 +146,12 @@ def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, t
         raise ValueError(f"axis {axis} is out of range for an array with {array.ndim} dimension(s)")
     moved = np.moveaxis(array, axis, -1)
     if spec.scaling == "tensor":
-        rows = moved.reshape(1, -1)
+        rows = moved.reshape(1, moved.size)
         block = max(rows.shape[1], 1)
     else:
-        rows = moved.reshape(-1, moved.shape[-1])
+        rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
         block = max(rows.shape[1], 1) if spec.scaling == "row" else spec.block_size
-    return np.ascontiguousarray(rows), block, moved.shape
+    return np.ascontiguousarray(rows), block, max(-(-rows.shape[1] // block), 1), moved.shape
 
 
 def _restore(rows: np.ndarray, shape: tuple, axis: int, ndim: int) -> np.ndarray:
@@ -195,11 +197,11 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
     array, exact_inputs = _as_float_array(x)
     if exact_inputs is not None:
         raise ValueError("quantize reads float64 values: pass integers below 2^53 and no long doubles")
-    rows, block, shape = _rows(array, spec, axis)
+    rows, block, groups, shape = _rows(array, spec, axis)
     if spec.scale_format == "e8m0" and mode == "nearest":
-        out, scales = _pow2_fused(rows, block, spec, saturate)
+        out, scales = _pow2_fused(rows, block, groups, spec, saturate)
     else:
-        out, scales = _grouped(rows, block, spec, saturate, mode, rng)
+        out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng)
     values = _restore(out.astype(array.dtype, copy=False), shape, axis, array.ndim)
     if not return_scales:
         return values
@@ -213,10 +215,9 @@ def _mx_arguments(spec: _Spec):
             np.float32(1.0 / element.max))
 
 
-def _pow2_fused(rows: np.ndarray, block: int, spec: _Spec, saturate: bool):
-    """E8M0 scaling in mode nearest: one numba pass per block."""
-    blocks = -(-rows.shape[1] // block) if rows.shape[1] else 0
-    exponents = np.empty((rows.shape[0], blocks), dtype=np.int64)
+def _pow2_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate: bool):
+    """E8M0 scaling in mode nearest: the numba kernel."""
+    exponents = np.empty((rows.shape[0], groups), dtype=np.int64)
     out = np.empty_like(rows)
     nearest = kernel_params(spec.element, rows.dtype).nearest_args(saturate)
     with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
@@ -229,14 +230,13 @@ def _pow2_values(exponents: np.ndarray) -> np.ndarray:
     return np.where(exponents == kernels.NAN_EXPONENT, np.nan, np.ldexp(1.0, exponents.clip(-127, 127)))
 
 
-def _grouped(rows: np.ndarray, block: int, spec: _Spec, saturate: bool, mode: str, rng):
+def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, saturate: bool, mode: str, rng):
     """Any scale format and mode, with numpy over (rows, groups, block) and fpsim's correctly rounded arithmetic."""
     n = rows.shape[1]
-    groups_per_row = -(-n // block) if n else 0
     padded = np.zeros((rows.shape[0], groups_per_row * block), dtype=np.float64)
     padded[:, :n] = rows
     groups = padded.reshape(rows.shape[0], groups_per_row, block)
-    amax = np.max(np.abs(groups), axis=-1) if groups.size else np.zeros(groups.shape[:2])
+    amax = np.max(np.abs(groups), axis=-1, initial=0.0)
     element = spec.element
     if spec.scale_format == "e8m0":
         scales = _pow2_values(kernels.mx_exponents(amax.reshape(-1), *_mx_arguments(spec)).reshape(amax.shape))
@@ -279,9 +279,8 @@ def quantize_reference(x, fmt, *, scaling: str | None = None, axis: int = -1, bl
     array = np.asarray(x)
     result_format = FP32 if array.dtype == np.float32 else FP64
     array = array.astype(np.float64)
-    rows, block, shape = _rows(array, spec, axis)
+    rows, block, groups_per_row, shape = _rows(array, spec, axis)
     out = np.empty(rows.shape, dtype=np.float64)
-    groups_per_row = -(-rows.shape[1] // block) if rows.shape[1] else 0
     scales = np.empty((rows.shape[0], groups_per_row), dtype=np.float64)
     tensor_amax = _amax([float(v) for v in rows.reshape(-1)])
     for r in range(rows.shape[0]):
