@@ -14,7 +14,10 @@ For a real x != 0 and a format with precision p and minimum exponent emin:
    unbounded at this point, so the result may exceed ``max``.
 5. Overflow: a result above ``max`` becomes inf or ``max`` depending on the mode,
    as IEEE 754 section 7.4 prescribes; an "fn" format has no inf and gives NaN
-   unless ``saturate``.
+   unless ``saturate``; a "finite" format has neither and gives ``max``.
+
+The unsigned E8M0 ("fnu") has no zero and no negative numbers: they give NaN,
+and a positive result below its smallest value 2^emin becomes 2^emin.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ def overflow_result(negative: bool, fmt: Format, mode: str, saturate: bool) -> f
     """The value of a result whose magnitude rounded above ``fmt.max`` (or an infinite input)."""
     to_infinity = mode in ("nearest", "nearest_away", "stochastic") or \
         (mode == "up" and not negative) or (mode == "down" and negative)
-    if not to_infinity or saturate:
+    if not to_infinity or saturate or not (fmt.has_infinity or fmt.has_nan):
         magnitude = fmt.max
     elif fmt.has_infinity:
         magnitude = math.inf
@@ -217,16 +220,18 @@ def round_exact(x, fmt, mode: str = "nearest", *, saturate: bool = False,
                     return overflow_result(x < 0, fmt, mode, saturate)
                 # a stand-in 2^64 times below the smallest subnormal rounds as x does in every mode
                 x = Fraction(-1 if x < 0 else 1, 1 << (fmt.mantissa_bits - fmt.emin + 64))
+    if x != x:  # NaN
+        return math.nan
+    negative = x < 0 or (x == 0 and not isinstance(x, Fraction) and math.copysign(1.0, float(x)) < 0)
+    if not fmt.signed and (negative or x == 0):
+        return math.nan
+    if x in (math.inf, -math.inf):
+        if fmt.has_infinity and not saturate:
+            return float(x)
+        return overflow_result(negative, fmt, "nearest", saturate)
     if isinstance(x, Fraction):
-        value, negative = x, x < 0
+        value = x
     else:
-        if x != x:  # NaN
-            return math.nan
-        negative = x < 0 or (x == 0 and math.copysign(1.0, float(x)) < 0)
-        if x in (math.inf, -math.inf):
-            if fmt.has_infinity and not saturate:
-                return float(x)
-            return overflow_result(negative, fmt, "nearest", saturate)
         value = Fraction(*x.as_integer_ratio()) if hasattr(x, "as_integer_ratio") else Fraction(x)
     if value == 0:
         return -0.0 if negative else 0.0
@@ -245,7 +250,7 @@ def round_exact(x, fmt, mode: str = "nearest", *, saturate: bool = False,
     if result > Fraction(fmt.max):
         return overflow_result(negative, fmt, mode, saturate)
     if not fmt.subnormals and result < Fraction(fmt.smallest_normal):
-        result = Fraction(0)
+        result = Fraction(0) if fmt.signed else Fraction(fmt.smallest_normal)
     magnitude = float(result)
     return -magnitude if negative else magnitude
 

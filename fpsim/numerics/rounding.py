@@ -34,6 +34,9 @@ class KernelParams:
     fn_nan: bool
     float_type: type
     subnormals: bool
+    unsigned: bool
+    saturates: bool
+    """The format has neither inf nor NaN ("finite"): an overflow always gives +-max."""
 
     @classmethod
     def of(cls, fmt: Format, dtype) -> "KernelParams":
@@ -49,7 +52,8 @@ class KernelParams:
                    quantum=bits_of(math.ldexp(1.0, fmt.emin - fmt.mantissa_bits)),
                    max_bits=bits_of(fmt.max), normal_bits=bits_of(fmt.smallest_normal),
                    nan_bits=bits_of(np.nan), fn_nan=not fmt.has_infinity, float_type=dtype.type,
-                   subnormals=fmt.subnormals)
+                   subnormals=fmt.subnormals, unsigned=not fmt.signed,
+                   saturates=not (fmt.has_infinity or fmt.has_nan))
 
     @property
     def dropped_bits(self) -> int:
@@ -59,18 +63,18 @@ class KernelParams:
     def nearest_args(self, saturate: bool = False) -> tuple:
         """The ``nearest`` tuple of ``fpsim._kernels.round_nearest_branchless`` (needs ``dropped_bits >= 1``)."""
         inf_bits = ((1 << (self.total_bits - 1 - self.mant_in)) - 1) << self.mant_in
-        overflow_bits = self.max_bits if saturate else (self.nan_bits if self.fn_nan else inf_bits)
+        overflow_bits = self.max_bits if saturate or self.saturates else (self.nan_bits if self.fn_nan else inf_bits)
         shifter = self.float_type(math.ldexp(1.5, self.emin - self.p + 1 + self.mant_in))
         return (self.total_bits, self.mant_in, self.dropped_bits, shifter, self.normal_bits, self.max_bits,
-                inf_bits, overflow_bits, self.nan_bits, not self.subnormals)
+                inf_bits, overflow_bits, self.nan_bits, not self.subnormals, self.unsigned)
 
 
 def float64_params(fmt, saturate: bool = False) -> tuple:
     """The ``params`` tuple that ``fpsim._kernels.round_float64`` takes, for rounding float64 scalars to ``fmt``."""
     fmt = get_format(fmt)
     k = kernel_params(fmt, np.float64)
-    return (k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, bool(saturate),
-            bool(fmt.subnormals))
+    return (k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, bool(saturate or k.saturates),
+            bool(fmt.subnormals), k.unsigned)
 
 
 _PARAMS_CACHE: dict[tuple[Format, str], KernelParams] = {}
@@ -167,7 +171,9 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     mode : one of ``fpsim.ROUNDING_MODES``: "nearest" (ties to even), "nearest_away",
         "toward_zero", "up" (toward +inf), "down" (toward -inf) or "stochastic".
     saturate : map overflows and infinities to +-max instead of inf (or NaN in an
-        "fn" format without infinities, as ml_dtypes does).
+        "fn" format without infinities, as ml_dtypes does).  A format with neither inf
+        nor NaN (``specials="finite"``: E3M2, E2M3, E2M1) always saturates, as ml_dtypes
+        does; NaN stays NaN there (ml_dtypes gives -0), so that a simulation never hides one.
     rng : numpy Generator or int seed for ``mode="stochastic"``; the same seed gives
         the same bits.
 
@@ -176,7 +182,8 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     follows IEEE 754: nearest modes give inf, toward_zero gives max, up/down give
     inf on the side they point to and max on the other.  NaN stays NaN and zeros
     keep their sign; with ``fmt.subnormals`` False, results below
-    ``smallest_normal`` flush to signed zero.
+    ``smallest_normal`` flush to signed zero.  The unsigned E8M0 (``specials="fnu"``)
+    gives NaN for zeros and negative numbers and 2^-127 for anything smaller.
     """
     fmt = get_format(fmt)
     mode = check_mode(mode)
@@ -195,7 +202,8 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
             _kernels.round_bits_array(
                 flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
                 params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
-                params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
+                params.nan_bits, params.fn_nan, saturate or params.saturates, fmt.subnormals, params.unsigned,
+                _kernels.MODE_CODES[mode])
     if exact_inputs is not None:
         _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, key)
     out = out.reshape(array.shape)

@@ -289,14 +289,29 @@ def _run(missing: dict[str, dict], runs: RunStore, executor: Executor | None, pr
                 if not broken:
                     break
                 restarts += 1
-                if owned:
-                    executor.shutdown(wait=False, cancel_futures=True)
+                _discard_broken_pool(executor)
                 executor, owned = local_pool(getattr(executor, "_max_workers", None)), True
     finally:
         if owned:
             # On an interrupt, do not wait for the runs in flight: what finished is stored.
             executor.shutdown(wait=not pending, cancel_futures=True)
     return finished
+
+
+def _discard_broken_pool(pool: Executor) -> None:
+    """Shut a broken process pool down and end its surviving workers.
+
+    A worker that outlived the one that died may be blocked writing its result
+    into a pipe nobody reads any more; the pool's manager thread joins it, and
+    so would the interpreter at exit: without this, the process would hang.
+    (Python 3.14 has ``ProcessPoolExecutor.kill_workers``; before it, the
+    workers are only reachable as ``_processes``.)
+    """
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
 
 
 def _run_round(pending: dict, runs: RunStore, executor: Executor, finished: dict, bar, give_up: bool) -> bool:
