@@ -209,14 +209,14 @@ def test_histograms_predict_the_underflow_counts():
 
 
 def test_recorder_counts_by_definition():
-    recorder = Recorder(1)
+    recorder = Recorder(["layers.0"])
     recorder.start_step(0)
     before = np.array([0.0, 1e-9, 2.0 ** -25, 3e-8, 1e-5, 7e4, np.inf, np.nan, 1.0])
     after = fpsim.round(before, fpsim.FP16)
-    recorder.rounded("activations", 0, before, after, fpsim.FP16)
+    recorder.rounded("activations", "layers.0", before, after, fpsim.FP16)
     w = np.array([1.0, 1.0, 1.0, 2.0])
     u = np.array([2.0 ** -12, 2.0 ** -9, 0.0, 2.0 ** -11])
-    recorder.updated(0, w, fpsim.round(w - u, fpsim.FP16), u, fpsim.FP16)
+    recorder.updated("layers.0", w, fpsim.round(w - u, fpsim.FP16), u, fpsim.FP16)
     record = recorder.end_step(loss=math.nan, loss_scale=1.0, skipped=False)
     assert record["loss"] is None
     assert {stat: record[stat]["activations"] for stat in STATS[1:]} == {
@@ -354,3 +354,25 @@ def test_flushed_weight_gradients_are_counted_against_the_policys_own_forward_pa
     assert run.activation_grad_underflow_fraction == 0
     assert run.weight_grad_underflow_fraction < 1e-5
     assert fpsim.train("fp32", steps=20, shadow_every=1, grad_scale=2.0 ** -24).weight_grad_underflow_fraction == 0
+
+
+def test_recorder_files_counts_by_module_path_and_adds_new_modules():
+    recorder = Recorder(["blocks.0.attn"], record_every=1)
+    one = np.array([1.0, 2.0 ** -30])
+    recorder.start_step(0)
+    recorder.rounded("activations", "blocks.0.attn", one, fpsim.round(one, fpsim.FP16), fpsim.FP16)
+    recorder.end_step(loss=1.0, loss_scale=1.0, skipped=False)
+    recorder.start_step(1)
+    recorder.rounded("weight_grads", "head", one, fpsim.round(one, fpsim.FP16), fpsim.FP16)  # first seen now
+    recorder.end_step(loss=1.0, loss_scale=1.0, skipped=False)
+    assert recorder.modules == ["blocks.0.attn", "head"]
+    summaries = {s["module"]: s for s in recorder.layer_summaries()}
+    assert summaries["blocks.0.attn"]["activations"]["underflow"] == 1
+    assert summaries["head"]["weight_grads"] == {"values": 2, "nonzero": 2, "underflow": 1, "subnormal": 0,
+                                                 "overflow": 0, "nonfinite": 0}
+    history = recorder.layer_history
+    assert history["modules"] == ["blocks.0.attn", "head"] and history["steps"] == [0, 1]
+    counts = np.array(history["counts"])  # the first window is padded with a zero row for "head"
+    assert counts.shape == (2, 2, len(KINDS), len(STATS)) and not counts[0, 1].any()
+    with pytest.raises(TypeError, match="path"):
+        recorder.rounded("activations", 3, one, one, fpsim.FP16)

@@ -65,8 +65,13 @@ class Compute:
         fmt = self.formats[kind]
         rounded = round_to(values, fmt).astype(self.dtype, copy=False)
         if self.recorder is not None:
-            self.recorder.rounded(kind, layer, values, rounded, fmt)
+            self.recorder.rounded(kind, module_name(layer), values, rounded, fmt)
         return rounded
+
+
+def module_name(layer: int) -> str:
+    """The path the recorder files layer ``layer`` under, as PyTorch would name it in a ``layers`` list."""
+    return f"layers.{layer}"
 
 
 class Float64Compute(Compute):

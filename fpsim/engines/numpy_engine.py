@@ -36,10 +36,10 @@ from ..numerics._kernels import one_thread
 from ..sim.data import load_data
 from ..numerics.formats import FP32, FP64
 from ..sim.loss_scaling import LossScaler
-from .mlp import MLP, Compute, Float64Compute
+from .mlp import MLP, Compute, Float64Compute, module_name
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.policy import Policy
-from ..sim.recorder import Recorder, _json_float
+from ..sim.recorder import Recorder, json_float
 from ..numerics.rounding import round as round_to
 
 FINAL_LOSS_STEPS = 50
@@ -199,7 +199,7 @@ def train(policy, *, data="digits", hidden=(128, 128, 128), optimizer="sgd", lr=
     if batch_size > len(dataset.y_train):
         raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset.y_train)} training examples")
     run = _Run(policy, dataset, hidden, optimizer_state, loss_scaler, grad_scale, seed,
-               Recorder(len(hidden) + 1, histogram_steps=histogram_steps or (), record_every=record_every))
+               Recorder([module_name(i) for i in range(len(hidden) + 1)], histogram_steps=histogram_steps or (), record_every=record_every))
     # A step's products are small (batch 64 by a few hundred): on a busy 2-core machine a
     # step took 4-5x longer with two threads than with one (benchmarks/bench_train_step.py).
     with one_thread():
@@ -274,12 +274,12 @@ class _Run:
         if self.compensation is None:
             new = np.asarray(apply_update(old, update, fmt, rounding=self.policy.update_rounding,
                                           rng=self.rounding_rng), dtype=self.store_dtype)
-            self.recorder.updated(i, old, new, update, fmt)
+            self.recorder.updated(module_name(i), old, new, update, fmt)
         else:
             old_compensation = self.compensation[i][j]
             new, compensation = apply_kahan_update(old, old_compensation, update, fmt)
             new, compensation = (np.asarray(v, dtype=self.store_dtype) for v in (new, compensation))
-            self.recorder.updated(i, old + old_compensation.astype(np.float64), new + compensation.astype(np.float64),
+            self.recorder.updated(module_name(i), old + old_compensation.astype(np.float64), new + compensation.astype(np.float64),
                                   update, fmt)
             self.compensation[i][j] = compensation
         self.weights[i][j] = new
@@ -342,7 +342,7 @@ class _Run:
         outputs = np.concatenate([self.model.forward(compute, self.x_test[i:i + EVAL_CHUNK], params)
                                   for i in range(0, len(self.x_test), EVAL_CHUNK)])
         loss = self.model.loss.forward(compute, outputs, self.dataset.y_test)
-        return self.model.loss.score(outputs, self.dataset.y_test), _json_float(loss)
+        return self.model.loss.score(outputs, self.dataset.y_test), json_float(loss)
 
     def _result(self, config, steps_run, diverged_step) -> TrainResult:
         recorder, history = self.recorder, self.recorder.history

@@ -1,10 +1,13 @@
 """The recorder: one object that watches every tensor of a training step as it is rounded.
 
 The model and the training step never count anything themselves; they hand
-each rounding to ``Recorder.rounded(kind, layer, before, after, fmt)`` (the
+each rounding to ``Recorder.rounded(kind, module, before, after, fmt)`` (the
 values before rounding, and after) and each weight update to
-``Recorder.updated(layer, before, after, update)``.  Per step, per layer and
-per kind of tensor (``KINDS``), the recorder counts (``STATS``):
+``Recorder.updated(module, before, after, update, fmt)``.  A *module* is a path
+as PyTorch names submodules (``"blocks.2.attn"``; the MLP's layers are
+``"layers.0"``, ``"layers.1"``, ...), so both engines fill the same record.
+Per step, per module and per kind of tensor (``KINDS``), the recorder counts
+(``STATS``):
 
 * ``nonzero``: values that were non-zero before rounding;
 * ``underflow``: non-zero before rounding, zero after (flushed: information lost);
@@ -24,9 +27,9 @@ zero.  That last count sees an underflow wherever it happened: a
 weight gradient computed from activation gradients that were already flushed
 is zero before its own rounding, so the per-rounding count cannot see it.
 
-Counting is a few vectorised numpy passes per tensor (the tensors of the
-default model have at most 16k elements); histograms are taken only at the
-requested steps.
+Counting is a few vectorised numpy passes per tensor; histograms are taken
+only at the requested steps.  Every count is stored under its name
+(``STAT_INDEX``), never by position, so the order of ``STATS`` is free to change.
 """
 
 from __future__ import annotations
@@ -45,38 +48,57 @@ UPDATE_STATS = ("updated", "lost", "update_magnitude", "lost_magnitude")
 """Per layer and step: elements with a non-zero update, those whose stored value did not change,
 the sum of |update| over all its finite elements, and over the lost ones."""
 
+STAT_INDEX = {stat: i for i, stat in enumerate(STATS)}
+UPDATE_STAT_INDEX = {stat: i for i, stat in enumerate(UPDATE_STATS)}
+
 _EXPONENT_MIN = -1075  # floor(log2) of the smallest float64 subnormal is -1074
 _EXPONENT_BINS = 1024 - _EXPONENT_MIN
 
 
 class Recorder:
-    """Counts of a run's roundings, per step, layer and kind; optional histograms and FP64 shadow errors.
+    """Counts of a run's roundings, per step, module and kind; optional histograms and FP64 shadow errors.
 
+    ``modules``: the module paths known in advance, in the order summaries list
+    them; a path first seen in ``rounded`` or ``updated`` is appended.
     ``histogram_steps``: steps at which to keep histograms of log2|value| (before
-    rounding) of every kind and layer.  ``record_every``: length of the windows
-    over which per-layer counts are summed into ``layer_history`` (0: none).
+    rounding) of every kind and module.  ``record_every``: length of the windows
+    over which per-module counts are summed into ``layer_history`` (0: none).
     """
 
-    def __init__(self, layers: int, *, histogram_steps=(), record_every: int = 0):
-        self.layers = layers
+    def __init__(self, modules=(), *, histogram_steps=(), record_every: int = 0):
+        self.modules: list[str] = []
+        self._module_index: dict[str, int] = {}
         self.histogram_steps = frozenset(histogram_steps)
         self.record_every = record_every
         self.history: list[dict] = []
         self._histograms: dict = {}
         self._scales: dict = {}
         self.shadow: list[dict] = []
-        self._totals = np.zeros((layers, len(KINDS), len(STATS)), dtype=np.int64)
-        self._update_totals = np.zeros((layers, len(UPDATE_STATS)), dtype=np.float64)
+        self._totals = np.zeros((0, len(KINDS), len(STATS)), dtype=np.int64)
+        self._update_totals = np.zeros((0, len(UPDATE_STATS)), dtype=np.float64)
         self._window = np.zeros_like(self._totals)
         self._window_updates = np.zeros_like(self._update_totals)
         self._window_steps = 0
-        self.layer_history: dict = {"kinds": list(KINDS), "stats": list(STATS),
-                                    "update_stats": list(UPDATE_STATS), "steps": [], "counts": [],
-                                    "updates": []}
+        self._windows: list[tuple[int, list, list]] = []
         self.step = -1
         self._counts = np.zeros_like(self._totals)
         self._updates = np.zeros_like(self._update_totals)
         self._histogram_now = False
+        for module in modules:
+            self.index(module)
+
+    def index(self, module: str) -> int:
+        """The row of ``module`` in every per-module array (appended, with zero counts, when new)."""
+        row = self._module_index.get(module)
+        if row is None:
+            if not isinstance(module, str):
+                raise TypeError(f"a module is named by its path (a str), got {module!r}")
+            row = self._module_index[module] = len(self.modules)
+            self.modules.append(module)
+            for name in ("_totals", "_update_totals", "_window", "_window_updates", "_counts", "_updates"):
+                array = getattr(self, name)
+                setattr(self, name, np.concatenate([array, np.zeros((1, *array.shape[1:]), array.dtype)]))
+        return row
 
     # --- what the training step calls ---------------------------------------
     def start_step(self, step: int) -> None:
@@ -86,23 +108,26 @@ class Recorder:
         self._updates[...] = 0.0
         self._histogram_now = step in self.histogram_steps
 
-    def rounded(self, kind: str, layer: int, before: np.ndarray, after: np.ndarray, fmt) -> None:
-        """Observe the rounding of ``before`` to ``after`` (in format ``fmt``) of a tensor of ``kind``."""
-        counts = self._counts[layer, KINDS.index(kind)]
+    def rounded(self, kind: str, module: str, before: np.ndarray, after: np.ndarray, fmt) -> None:
+        """Observe the rounding of ``before`` to ``after`` (in format ``fmt``) of a tensor of ``kind`` in ``module``."""
+        row = self.index(module)  # before reading self._counts: a new module reallocates it
+        counts = self._counts[row, KINDS.index(kind)]
         was_nonzero = before != 0  # NaN counts as non-zero
         is_zero = after == 0
         finite_after = np.isfinite(after)
-        counts[0] += before.size
-        counts[1] += np.count_nonzero(was_nonzero)
-        counts[2] += np.count_nonzero(was_nonzero & is_zero)
-        counts[3] += np.count_nonzero(~is_zero & (np.abs(after) < fmt.smallest_normal))
-        counts[4] += np.count_nonzero(~finite_after & np.isfinite(before))
-        counts[5] += after.size - np.count_nonzero(finite_after)
+        for stat, value in (
+                ("values", before.size),
+                ("nonzero", np.count_nonzero(was_nonzero)),
+                ("underflow", np.count_nonzero(was_nonzero & is_zero)),
+                ("subnormal", np.count_nonzero(~is_zero & (np.abs(after) < fmt.smallest_normal))),
+                ("overflow", np.count_nonzero(~finite_after & np.isfinite(before))),
+                ("nonfinite", after.size - np.count_nonzero(finite_after))):
+            counts[STAT_INDEX[stat]] += value
         if self._histogram_now:
-            self._histogram(kind, layer, before)
+            self._histogram(kind, module, before)
 
-    def updated(self, layer: int, before: np.ndarray, after: np.ndarray, update: np.ndarray, fmt) -> None:
-        """Observe a weight update: stored values ``before`` and ``after`` (format ``fmt``), update ``update``.
+    def updated(self, module: str, before: np.ndarray, after: np.ndarray, update: np.ndarray, fmt) -> None:
+        """Observe a weight update of ``module``: stored values ``before`` and ``after`` (format ``fmt``), update ``update``.
 
         The rounding of ``before - update`` to ``after`` is counted as kind
         "updates"; lost: ``update != 0`` and ``after == before``.  (With a
@@ -110,15 +135,15 @@ class Recorder:
         compensation`` as the stored value, so an update deferred into the
         compensation is not counted lost.)
         """
-        self.rounded("updates", layer, before.astype(np.float64) - update, after, fmt)
+        self.rounded("updates", module, before.astype(np.float64) - update, after, fmt)
         magnitude = np.where(np.isfinite(update), np.abs(update), 0.0)  # inf/NaN updates: counted as nonfinite
         was_updated = update != 0
         lost = was_updated & (after == before)
-        row = self._updates[layer]
-        row[0] += np.count_nonzero(was_updated)
-        row[1] += np.count_nonzero(lost)
-        row[2] += float(magnitude.sum())
-        row[3] += float(magnitude[lost].sum())
+        row = self._updates[self.index(module)]  # index() ran in rounded() above: the array is current
+        for stat, value in (("updated", np.count_nonzero(was_updated)), ("lost", np.count_nonzero(lost)),
+                            ("update_magnitude", float(magnitude.sum())),
+                            ("lost_magnitude", float(magnitude[lost].sum()))):
+            row[UPDATE_STAT_INDEX[stat]] += value
 
     def observe_shadow(self, grads: list, exact: list, backward_only: list) -> None:
         """Compare, for this step, the policy's weight gradients with their FP64 shadows.
@@ -158,14 +183,14 @@ class Recorder:
     def end_step(self, *, loss: float, loss_scale: float, skipped: bool) -> dict:
         """Close the step: append and return its history record."""
         totals_by_kind = self._counts.sum(axis=0)
-        record = {"step": self.step, "loss": _json_float(loss), "loss_scale": loss_scale, "skipped": skipped}
-        for s, stat in enumerate(STATS[1:], start=1):
-            record[stat] = {kind: int(totals_by_kind[k, s]) for k, kind in enumerate(KINDS)}
-        update_totals = self._updates.sum(axis=0)
-        record["updated"] = int(update_totals[0])
-        record["lost_updates"] = int(update_totals[1])
-        record["update_magnitude"] = float(update_totals[2])
-        record["lost_update_magnitude"] = float(update_totals[3])
+        record = {"step": self.step, "loss": json_float(loss), "loss_scale": loss_scale, "skipped": skipped}
+        for stat in STATS[1:]:
+            record[stat] = {kind: int(totals_by_kind[k, STAT_INDEX[stat]]) for k, kind in enumerate(KINDS)}
+        update_totals = dict(zip(UPDATE_STATS, self._updates.sum(axis=0)))
+        record["updated"] = int(update_totals["updated"])
+        record["lost_updates"] = int(update_totals["lost"])
+        record["update_magnitude"] = float(update_totals["update_magnitude"])
+        record["lost_update_magnitude"] = float(update_totals["lost_magnitude"])
         self.history.append(record)
         if self._histogram_now:
             self._scales[self.step] = loss_scale
@@ -186,8 +211,8 @@ class Recorder:
 
     # --- summaries -----------------------------------------------------------
     def total(self, kind: str, stat: str) -> int:
-        """Run total of ``stat`` for ``kind`` over all layers."""
-        return int(self._totals[:, KINDS.index(kind), STATS.index(stat)].sum())
+        """Run total of ``stat`` for ``kind`` over all modules."""
+        return int(self._totals[:, KINDS.index(kind), STAT_INDEX[stat]].sum())
 
     def fraction(self, kind: str, stat: str) -> float:
         """Run total of ``stat`` over the run's non-zero values of ``kind`` (0 when there were none)."""
@@ -197,20 +222,21 @@ class Recorder:
     @property
     def lost_update_fraction(self) -> float:
         """Lost updates over all elements with a non-zero update, over the run."""
-        updated = self._update_totals[:, 0].sum()
-        return float(self._update_totals[:, 1].sum() / updated) if updated else 0.0
+        updated = self._update_totals[:, UPDATE_STAT_INDEX["updated"]].sum()
+        return float(self._update_totals[:, UPDATE_STAT_INDEX["lost"]].sum() / updated) if updated else 0.0
 
     @property
     def lost_update_magnitude_fraction(self) -> float:
         """Sum of |update| over lost elements over the sum over all, over the run."""
-        magnitude = self._update_totals[:, 2].sum()
-        return float(self._update_totals[:, 3].sum() / magnitude) if magnitude else 0.0
+        magnitude = self._update_totals[:, UPDATE_STAT_INDEX["update_magnitude"]].sum()
+        return float(self._update_totals[:, UPDATE_STAT_INDEX["lost_magnitude"]].sum() / magnitude) if magnitude else 0.0
 
     def layer_summaries(self) -> list[dict]:
-        """Per layer: run totals of every stat of every kind, and of the update statistics."""
+        """Per module: its path, its position (``layer``), run totals of every stat of every kind and of the
+        update statistics."""
         out = []
-        for layer in range(self.layers):
-            summary = {"layer": layer}
+        for layer, module in enumerate(self.modules):
+            summary = {"layer": layer, "module": module}
             for k, kind in enumerate(KINDS):
                 summary[kind] = {stat: int(self._totals[layer, k, s]) for s, stat in enumerate(STATS)}
             for u, stat in enumerate(UPDATE_STATS):
@@ -222,7 +248,7 @@ class Recorder:
     # --- internals -----------------------------------------------------------
     @property
     def histograms(self) -> list[dict]:
-        """The histograms taken, one per (step, kind, layer), in the order they were started.
+        """The histograms taken, one per (step, kind, module), in the order they were started.
 
         Each: ``counts[i]`` values with ``2^e <= |x| < 2^(e+1)`` for
         ``e = min_exponent + i``, taken before rounding; ``zeros`` and
@@ -230,35 +256,47 @@ class Recorder:
         gradients are recorded as they were, that is, multiplied by it).
         """
         out = []
-        for (step, kind, layer), (counts, zeros, nonfinite) in self._histograms.items():
+        for (step, kind, module), (counts, zeros, nonfinite) in self._histograms.items():
             used = np.flatnonzero(counts)
             low, high = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
-            out.append({"step": step, "kind": kind, "layer": layer, "loss_scale": self._scales.get(step),
+            out.append({"step": step, "kind": kind, "module": module, "layer": self._module_index[module],
+                        "loss_scale": self._scales.get(step),
                         "min_exponent": low + _EXPONENT_MIN, "counts": counts[low:high].tolist(),
                         "zeros": zeros, "nonfinite": nonfinite})
         return out
 
-    def _histogram(self, kind, layer, before):
+    def _histogram(self, kind, module, before):
         values = np.asarray(before, dtype=np.float64).ravel()
         finite = np.isfinite(values)
         nonzero = finite & (values != 0)
         exponents = np.frexp(values[nonzero])[1] - 1  # floor(log2|x|): 2^e <= |x| < 2^(e+1)
-        key = (self.step, kind, layer)
+        key = (self.step, kind, module)
         counts, zeros, nonfinite = self._histograms.get(key, (np.zeros(_EXPONENT_BINS, dtype=np.int64), 0, 0))
         counts += np.bincount(exponents - _EXPONENT_MIN, minlength=_EXPONENT_BINS)
         self._histograms[key] = (counts, zeros + int(np.count_nonzero(finite & (values == 0))),
                                  nonfinite + int(values.size - np.count_nonzero(finite)))
 
+    @property
+    def layer_history(self) -> dict:
+        """Per-module counts summed over windows of ``record_every`` steps: ``counts[window][module][kind][stat]``
+        and ``updates[window][module][update stat]``, ``steps`` the last step of each window, ``modules`` the
+        paths (a module first seen in a later window has zero counts in the earlier ones)."""
+        def padded(window: np.ndarray) -> list:
+            return np.concatenate([window, np.zeros((len(self.modules) - len(window), *window.shape[1:]),
+                                                    window.dtype)]).tolist()
+        return {"modules": list(self.modules), "kinds": list(KINDS), "stats": list(STATS),
+                "update_stats": list(UPDATE_STATS), "steps": [step for step, _, _ in self._windows],
+                "counts": [padded(counts) for _, counts, _ in self._windows],
+                "updates": [padded(updates) for _, _, updates in self._windows]}
+
     def _flush_window(self):
-        self.layer_history["steps"].append(self.step)
-        self.layer_history["counts"].append(self._window.tolist())
-        self.layer_history["updates"].append(self._window_updates.tolist())
+        self._windows.append((self.step, self._window.copy(), self._window_updates.copy()))
         self._window[...] = 0
         self._window_updates[...] = 0.0
         self._window_steps = 0
 
 
-def _json_float(value: float):
+def json_float(value: float):
     """A float for JSON: None stands for inf and NaN."""
     value = float(value)
     return value if math.isfinite(value) else None
