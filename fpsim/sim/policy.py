@@ -30,6 +30,11 @@ from ..numerics.formats import BF16, FORMATS, FP16, FP32, Format, get_format
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
 
+OP_PLACEMENTS = ("autocast", "low-precision")
+"""Which operations compute in the low-precision formats: ``"autocast"`` places them as ``torch.autocast``
+does (matrix products in 16 bits; softmax, norms, exp/log, sums and losses in FP32; other ops in the
+precision of their inputs); ``"low-precision"`` runs every operation in them (pure 16-bit, ``model.half()``)."""
+
 _FORMAT_FIELDS = ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss")
 
 
@@ -59,6 +64,8 @@ class Policy:
     """Rounding of the updated weights into their format: one of ``UPDATE_ROUNDINGS``."""
     kahan: bool = False
     """Keep a compensation buffer (in the weights' format) that carries what each update's rounding lost."""
+    placement: str = "autocast"
+    """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -81,6 +88,8 @@ class Policy:
                              f"got {self.update_rounding!r}")
         if not isinstance(self.kahan, bool):
             raise ValueError(f"kahan must be True or False, got {self.kahan!r}")
+        if self.placement not in OP_PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(OP_PLACEMENTS)}, got {self.placement!r}")
         if self.kahan and self.update_rounding == "stochastic":
             raise ValueError("choose either a Kahan-compensated update or stochastic rounding, not both")
 
@@ -145,7 +154,7 @@ class Policy:
         return (f"{self.name}: params {self.params}, activations {self.activations}, gradients {self.gradients}, "
                 f"accumulate {self.accumulate}, master {self.master or 'none'}, optimizer state "
                 f"{self.optimizer_state}, loss {self.loss}, loss scale {self.loss_scale or 'none'}, "
-                f"update {update}")
+                f"update {update}, placement {self.placement}")
 
 
 def _format_to_json(fmt: Format):
