@@ -303,7 +303,7 @@ class TextDataset:
         if n == 0:
             raise ValueError(f"block_size {block_size} is longer than the validation text")
         windows = np.lib.stride_tricks.sliding_window_view(self.validation, block_size + 1)[::block_size][:n]
-        return windows[:, :-1], windows[:, 1:]
+        return windows[:, :-1].copy(), windows[:, 1:].copy()
 
 
 def pydoc_text() -> str:

@@ -1,0 +1,190 @@
+"""The torch engine: reproducible runs, the recipe's weights and updates, loss scaling, the models train."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fpsim.sim.data import load_data  # noqa: E402
+from fpsim.sim.loss_scaling import LossScaler  # noqa: E402
+from fpsim.sim.policy import Policy  # noqa: E402
+from fpsim.torch import engine  # noqa: E402
+from fpsim.torch.models import MODELS, GPTConfig, build_gpt  # noqa: E402
+
+TINY_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The attributes of a TrainConfig that the engine reads (a stand-in with small defaults)."""
+
+    policy: object = "fp32"
+    model: str = "char-gpt"
+    model_options: dict = dataclasses.field(default_factory=lambda: dict(TINY_GPT))
+    data: object = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    steps: int = 4
+    batch_size: int = 4
+    seed: int = 0
+    grad_scale: float = 1.0
+    histograms: bool = False
+    histogram_steps: object = None
+    scaler: object = None
+    momentum: float = 0.9
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    record_every: int = 0
+    shadow_every: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "policy", Policy.coerce(self.policy))
+
+    def to_dict(self):
+        return {**dataclasses.asdict(self), "policy": self.policy.to_dict()}
+
+
+def _weights(model) -> dict:
+    return {name: param.detach().numpy().tobytes() for name, param in model.named_parameters()}
+
+
+def test_two_fp16_amp_char_gpt_runs_with_the_same_seed_are_bit_identical():
+    config = Config(policy="fp16-amp", steps=3)
+    first, first_model = engine.train_model(config)
+    second, second_model = engine.train_model(config)
+    assert _weights(first_model) == _weights(second_model)
+    assert first.history == second.history and first.test_loss == second.test_loss
+    assert first.layers == second.layers
+    other, other_model = engine.train_model(dataclasses.replace(config, seed=1))
+    assert _weights(other_model) != _weights(first_model)
+
+
+def test_the_run_restores_torch_threads():
+    before = torch.get_num_threads()
+    engine.train(Config(steps=1), progress=False)
+    assert torch.get_num_threads() == before
+
+
+def _plain_training(config, steps):
+    """The same model, batches and optimizer as the engine's fp32 run, with no emulation and no engine."""
+    data = load_data("pydoc")
+    init_seed, batch_seed, _ = np.random.SeedSequence(config.seed).spawn(3)
+    model_config = GPTConfig(vocab_size=data.vocab_size, **config.model_options)
+    model = build_gpt(model_config, torch.Generator().manual_seed(engine.seed_of(init_seed)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    batch_rng = np.random.default_rng(batch_seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps):
+            x, y = (torch.from_numpy(a) for a in data.batch(batch_rng, config.batch_size, model_config.block_size))
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model
+
+
+def test_fp32_policy_under_emulation_equals_plain_training_bit_for_bit():
+    config = Config(policy="fp32", steps=3)
+    result, model = engine.train_model(config)
+    assert _weights(model) == _weights(_plain_training(config, 3))
+    assert result.lost_update_fraction == 0 and result.overflow_count == 0
+
+
+def _grad_scaler_trajectory(overflows, **options):
+    """GradScaler's scale after each step of a run whose gradients overflow where ``overflows`` says."""
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", **options)
+    trajectory = []
+    for overflow in overflows:
+        optimizer.zero_grad()
+        loss = (param * (math.inf if overflow else 1.0)).sum()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        trajectory.append(scaler.get_scale())
+    return trajectory
+
+
+def test_grad_scaler_and_loss_scaler_follow_the_same_trajectory():
+    overflows = [False, False, False, True, False, True, True, False, False, False, False, False, False, True,
+                 False, False, False]
+    options = {"init_scale": 2.0 ** 10, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 3}
+    ours = LossScaler(**options, min_scale=2.0 ** -20)
+    trajectory = []
+    for step, overflow in enumerate(overflows):
+        ours.update(overflow, step)
+        trajectory.append(ours.scale)
+    expected = _grad_scaler_trajectory(overflows, **options)
+    assert trajectory == expected
+    assert len(set(expected)) > 2  # the script both grows and backs off the scale
+
+
+def test_an_overflowing_loss_scale_skips_steps_and_backs_off():
+    result = engine.train(Config(policy="fp16-amp", steps=4, scaler={"init_scale": 2.0 ** 40}), progress=False)
+    skipped = [record["skipped"] for record in result.history]
+    assert skipped[0] and result.skipped_steps == sum(skipped) >= 1
+    assert [record["loss_scale"] for record in result.history][:2] == [2.0 ** 40, 2.0 ** 39]
+    assert not result.diverged
+
+
+def test_pure_bf16_loses_tiny_updates_and_stochastic_rounding_loses_fewer():
+    config = Config(policy="bf16-pure", lr=1e-6, steps=3)
+    nearest = engine.train(config, progress=False)
+    stochastic = engine.train(dataclasses.replace(config, policy="bf16-sr"), progress=False)
+    mixed = engine.train(dataclasses.replace(config, policy="bf16-mixed"), progress=False)
+    # Adam's updates are about lr = 1e-6: below half BF16's spacing at every weight but the zero biases and
+    # the 1% of the N(0, 0.02^2) initial weights below 2^8 lr in magnitude.
+    assert nearest.lost_update_fraction > 0.9
+    assert stochastic.lost_update_fraction < nearest.lost_update_fraction - 0.001
+    assert mixed.lost_update_fraction == 0
+    modules = {layer["module"] for layer in nearest.layers if layer.get("updated")}
+    assert "transformer.wte" in modules and "transformer.h.0.attn.c_attn" in modules
+
+
+def test_pure_weights_stay_in_their_format_and_the_optimizer_state_is_rounded():
+    _, model = engine.train_model(Config(policy="bf16-pure", steps=2))
+    for param in model.parameters():
+        values = param.detach()
+        assert torch.equal(values, values.to(torch.bfloat16).float())
+
+
+def test_round_optimizer_state_rounds_the_moments_only():
+    param = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    optimizer = torch.optim.Adam([param], lr=0.1)
+    param.grad = torch.tensor([1e-3, 1 / 3, 1e-9], dtype=torch.float64)
+    optimizer.step()
+    engine.round_optimizer_state(optimizer, Policy.preset("fp16-pure").optimizer_state)
+    state = optimizer.state[param]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], state[key].half().double())
+    assert state["exp_avg_sq"][2] == 0  # (1 - 0.999) * 1e-18 is far below FP16's smallest subnormal
+    assert int(state["step"]) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_options": {"n_layers": 2}}, "unknown model option"),
+    ({"model_options": {"vocab_size": 7}}, "set by the data"),
+    ({"data": "digits"}, "language-model data set"),
+    ({"optimizer": "lion"}, "unknown optimizer"),
+    ({"model": "resnet"}, "unknown model"),
+])
+def test_bad_configs_say_what_to_change(change, message):
+    with pytest.raises(ValueError, match=message):
+        engine.train(dataclasses.replace(Config(steps=1), **change), progress=False)
+
+
+def test_the_cnn_learns_its_data_above_chance():
+    assert MODELS["cnn"].data == "mnist1d"
+    pytest.importorskip("mnist1d")
+    result = engine.train(Config(model="cnn", model_options={}, lr=3e-3, steps=150, batch_size=64), progress=False)
+    assert result.test_accuracy > 0.3  # chance is 0.1
+    assert result.final_loss < math.log(10)
