@@ -10,6 +10,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import fpsim  # noqa: E402
+from fpsim.sim.recorder import Recorder  # noqa: E402
 from fpsim.torch import emulate  # noqa: E402
 from fpsim.torch.models import GPTConfig, build_gpt  # noqa: E402
 
@@ -63,13 +64,6 @@ class Checking:
     def rounded(self, kind, module, before, after, fmt):
         self.calls.append((kind, module, before.copy(), after.copy(), fmt))
 
-    def count(self, kind, module, stat):
-        calls = [(b, a) for k, m, b, a, _ in self.calls if k == kind and m == module]
-        if stat == "underflow":
-            return sum(int(np.count_nonzero((b != 0) & (a == 0))) for b, a in calls)
-        if stat == "nonzero":
-            return sum(int(np.count_nonzero(b)) for b, a in calls)
-        raise ValueError(stat)
 
 
 def bits(tensor):
@@ -157,18 +151,21 @@ def test_gradient_below_fp16_half_subnormal_flushes_and_is_counted_on_its_module
     x = torch.ones(3, 1, requires_grad=True)
     results = {}
     for policy in ("fp16-mixed", "bf16-mixed"):
-        recorder = Checking()
+        recorder = Recorder()
+        recorder.start_step(0)
         with emulate(policy, model=model, recorder=recorder):
             model.zero_grad(set_to_none=True)
             x.grad = None
             model(x).sum().backward()
-        results[policy] = (recorder, model[0].weight.grad.clone(), x.grad.clone())
-    recorder, weight_grad, x_grad = results["fp16-mixed"]
-    assert recorder.count("activation_grads", "1", "underflow") == 3  # 2^-26 -> 0 in the Scale module
-    assert recorder.count("activation_grads", "0", "nonzero") == 0  # what reaches the Linear is already zero
+        recorder.end_step(loss=0.0, loss_scale=1.0, skipped=False)
+        counts = {summary["module"]: summary["activation_grads"] for summary in recorder.layer_summaries()}
+        results[policy] = (counts, model[0].weight.grad.clone(), x.grad.clone())
+    counts, weight_grad, x_grad = results["fp16-mixed"]
+    assert counts["1"]["underflow"] == 3  # 2^-26 -> 0 in the Scale module "1"
+    assert counts["0"]["nonzero"] == 0  # what reaches the Linear is already zero
     assert torch.equal(weight_grad, torch.zeros(1, 1)) and torch.equal(x_grad, torch.zeros(3, 1))
-    recorder, weight_grad, x_grad = results["bf16-mixed"]
-    assert recorder.count("activation_grads", "1", "underflow") == 0
+    counts, weight_grad, x_grad = results["bf16-mixed"]
+    assert counts["1"]["underflow"] == 0
     assert weight_grad.item() == 3 * 2.0 ** -26 and torch.equal(x_grad, torch.full((3, 1), 2.0 ** -26))
 
 
@@ -213,19 +210,32 @@ def test_emulated_bf16_forward_agrees_with_cpu_autocast():
     config = GPTConfig(vocab_size=48, block_size=32, n_layer=2, n_head=4, n_embd=64)
     model = build_gpt(config, torch.Generator().manual_seed(0))
     idx = torch.randint(0, 48, (8, 32), generator=torch.Generator().manual_seed(1))
+    first = {}
+    model.transformer.h[0].attn.register_forward_hook(lambda m, args, out: first.setdefault("attn", []).append(out))
+    model.transformer.h[0].attn.c_attn.register_forward_hook(
+        lambda m, args, out: first.setdefault("c_attn", []).append(out))
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             real = model(idx).float()
         with emulate("bf16-mixed", model=model):
             emulated = model(idx)
     assert real.shape == emulated.shape
+    real_qkv, emulated_qkv = (out.float() for out in first["c_attn"])
+    # the first product: same inputs, one rounding; FP32 accumulation orders differ (measured: 1 of 49152)
+    assert (bits(real_qkv) != bits(emulated_qkv)).sum().item() <= 5
+    real_attn, emulated_attn = (out.float() for out in first["attn"])
+    attention_identical = (bits(real_attn) == bits(emulated_attn)).double().mean().item()
     identical = (bits(real) == bits(emulated)).double().mean().item()
     ulp = torch.ldexp(torch.ones_like(real), torch.frexp(real.abs())[1] - 8)  # BF16 spacing at |real|
     within_ulp = ((real - emulated).abs() <= ulp).double().mean().item()
-    print(f"\nemulated bf16-mixed vs torch.autocast('cpu', bfloat16), {real.numel()} logits: "
-          f"bit-identical {identical:.4f}, within 1 BF16 ulp {within_ulp:.4f}")
-    assert identical > 0.4
-    assert within_ulp > 0.75
+    print(f"\nemulated bf16-mixed vs torch.autocast('cpu', bfloat16): first attention block bit-identical "
+          f"{attention_identical:.4f}; {real.numel()} logits bit-identical {identical:.4f}, "
+          f"within 1 BF16 ulp {within_ulp:.4f}")
+    # The rest differs by accumulation order (attention's exp and sums, BLAS blocking) amplified by the
+    # FP32 LayerNorms downstream: measured 0.87 for the first attention, 0.61 / 0.87 for the logits.
+    assert attention_identical > 0.8
+    assert identical > 0.5
+    assert within_ulp > 0.8
 
 
 # --- (f) every op in low precision ---------------------------------------------------------------------

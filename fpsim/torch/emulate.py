@@ -73,6 +73,7 @@ accumulation format other than FP32 they raise.
 from __future__ import annotations
 
 import bisect
+import math
 from contextlib import contextmanager
 
 import numba
@@ -96,6 +97,7 @@ _COPY = "_fpsim_copy"
 _MAX_REMEMBERED = 1 << 16
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
+_FLASH_ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention")
 _current_node = torch._C._current_autograd_node
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 
@@ -300,6 +302,8 @@ class _EmulationMode(TorchDispatchMode):
         if low:
             args = tuple(_map_tensors(arg, self._round_input, fmt, kind, path) for arg in args)
             out = self._matmul(func, args, kwargs) if self.exact and placement == MATMUL else func(*args, **kwargs)
+            if placement == MATMUL and fmt != FP32 and func._schema.name in _FLASH_ATTENTION:
+                self._round_attention_probabilities(args, kwargs, out[0], fmt)
         else:
             out = func(*args, **kwargs)
             low = _all_low(args)
@@ -320,6 +324,30 @@ class _EmulationMode(TorchDispatchMode):
         self._low_nodes.add(sequence_nr)
         if len(self._low_nodes) > _MAX_REMEMBERED:
             self._low_nodes = {nr for nr in self._low_nodes if nr > sequence_nr - _MAX_REMEMBERED // 2}
+
+    @staticmethod
+    def _round_attention_probabilities(args, kwargs, out, fmt):
+        """Redo ``out`` as flash attention computes it: the probabilities rounded to ``fmt`` before P @ V.
+
+        FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T and the row max m and
+        row sum l of exp(S - m) in FP32, converts P = exp(S - m) to the inputs' format for the second
+        product, accumulates P V in FP32 and divides by l at the end.  This is that, for one key block
+        (the CPU kernel's blocks hold 512 keys; longer sequences rescale block by block).  The
+        log-sum-exp the backward pass needs stays the kernel's.
+        """
+        query, key, value, dropout_p, is_causal = (list(args) + [0.0, False])[:5]
+        if dropout_p or kwargs.get("attn_mask") is not None:
+            return
+        scale = kwargs.get("scale") or 1.0 / math.sqrt(query.shape[-1])
+        scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # (B, nh, T, S)
+        if is_causal:
+            T, S = scores.shape[-2:]
+            scores.masked_fill_(torch.ones(T, S, dtype=torch.bool).triu(1), -math.inf)
+        probabilities = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+        total = probabilities.sum(dim=-1, keepdim=True)
+        array = probabilities.numpy()
+        array[...] = round_to(array, fmt)
+        out.copy_(torch.matmul(probabilities, value) / total)
 
     def _matmul(self, func, args, kwargs):
         """mm / addmm / bmm / baddbmm through ``fpsim.matmul`` with the policy's accumulation format."""
