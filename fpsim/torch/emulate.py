@@ -98,7 +98,7 @@ _COPY = "_fpsim_copy"
 _MAX_REMEMBERED = 1 << 16
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
-_FLASH_ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention")
+_CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _current_node = torch._C._current_autograd_node
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 
@@ -295,9 +295,12 @@ class _EmulationMode(TorchDispatchMode):
         creates_node = node is None and torch.is_grad_enabled() and _any_requires_grad(args)
         if low:
             args = tuple(_map_tensors(arg, self._round_input, fmt, kind, path) for arg in args)
-            out = self._matmul(func, args, kwargs) if self.exact and placement == MATMUL else func(*args, **kwargs)
-            if placement == MATMUL and fmt != FP32 and func._schema.name in _FLASH_ATTENTION:
-                self._round_attention_probabilities(args, kwargs, out[0], fmt)
+            if self.exact and placement == MATMUL:
+                out = self._matmul(func, args, kwargs)
+            elif func is _CPU_FLASH_ATTENTION and fmt != FP32 and _plain_attention(args, kwargs):
+                out = _flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt)
+            else:
+                out = func(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
             low = _all_low(args)
@@ -318,28 +321,6 @@ class _EmulationMode(TorchDispatchMode):
         self._low_nodes.add(sequence_nr)
         if len(self._low_nodes) > _MAX_REMEMBERED:
             self._low_nodes = {nr for nr in self._low_nodes if nr > sequence_nr - _MAX_REMEMBERED // 2}
-
-    @staticmethod
-    def _round_attention_probabilities(args, kwargs, out, fmt):
-        """Redo ``out`` as flash attention computes it: the probabilities rounded to ``fmt`` before P @ V.
-
-        FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T and the row max m and
-        row sum l of exp(S - m) in FP32, converts P = exp(S - m) to the inputs' format for the second
-        product, accumulates P V in FP32 and divides by l at the end.  This is that, for one key block
-        (the CPU kernel's blocks hold 512 keys; longer sequences rescale block by block).  The
-        log-sum-exp the backward pass needs stays the kernel's.
-        """
-        query, key, value, dropout_p, is_causal = (list(args) + [0.0, False])[:5]
-        if dropout_p or kwargs.get("attn_mask") is not None:
-            return
-        scale = kwargs.get("scale") or 1.0 / math.sqrt(query.shape[-1])
-        scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # (B, nh, T, S)
-        if is_causal:
-            scores.masked_fill_(_causal_mask(*scores.shape[-2:]), -math.inf)
-        probabilities = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-        total = probabilities.sum(dim=-1, keepdim=True)
-        round_into(probabilities.numpy(), probabilities.numpy(), fmt)
-        out.copy_(torch.matmul(probabilities, value) / total)
 
     def _matmul(self, func, args, kwargs):
         """mm / addmm / bmm / baddbmm through ``fpsim.matmul`` with the policy's accumulation format."""
@@ -389,6 +370,35 @@ def _nearest_args(fmt: Format):
 @functools.lru_cache(maxsize=8)
 def _causal_mask(rows: int, columns: int) -> torch.Tensor:
     return torch.ones(rows, columns, dtype=torch.bool).triu(1)
+
+
+def _plain_attention(args, kwargs) -> bool:
+    """No dropout and no explicit mask: the cases ``_flash_attention`` computes."""
+    return not (len(args) > 3 and args[3]) and kwargs.get("attn_mask") is None
+
+
+def _flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
+    """(output, logsumexp) of ATen's CPU flash attention, its probabilities rounded to ``fmt`` before P @ V.
+
+    FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T, and the row max m and the
+    row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
+    product, accumulates P V in FP32 and divides by l at the end; this is that for one key block (the
+    CPU kernel's hold 512 keys; longer sequences rescale block by block).  The log-sum-exp m + log l,
+    which the backward kernel reads, is returned in the kernel's layout (B, nh, T) over (B, T, nh) memory.
+    """
+    scale = scale or 1.0 / math.sqrt(query.shape[-1])
+    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # (B, nh, T, S)
+    if is_causal:
+        scores.masked_fill_(_causal_mask(*scores.shape[-2:]), -math.inf)
+    top = scores.amax(dim=-1, keepdim=True)
+    probabilities = torch.exp_(scores.sub_(top))
+    total = probabilities.sum(dim=-1, keepdim=True)
+    round_into(probabilities.numpy(), probabilities.numpy(), fmt)
+    out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
+    B, heads, T = out.shape[:3]
+    logsumexp = torch.empty(B, T, heads).permute(0, 2, 1)
+    logsumexp.copy_((top + total.log()).squeeze(-1))
+    return out, logsumexp
 
 
 def _tagged(tensor: torch.Tensor) -> bool:
