@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from fpsim.sim.data import load_data  # noqa: E402
 from fpsim.sim.loss_scaling import LossScaler  # noqa: E402
+from fpsim.sim.config import TrainConfig  # noqa: E402
 from fpsim.sim.policy import Policy  # noqa: E402
 from fpsim.torch import engine  # noqa: E402
 from fpsim.torch.models import MODELS, GPTConfig, build_gpt  # noqa: E402
@@ -17,34 +18,11 @@ from fpsim.torch.models import MODELS, GPTConfig, build_gpt  # noqa: E402
 TINY_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The attributes of a TrainConfig that the engine reads (a stand-in with small defaults)."""
-
-    policy: object = "fp32"
-    model: str = "char-gpt"
-    model_options: dict = dataclasses.field(default_factory=lambda: dict(TINY_GPT))
-    data: object = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    steps: int = 4
-    batch_size: int = 4
-    seed: int = 0
-    grad_scale: float = 1.0
-    histograms: bool = False
-    histogram_steps: object = None
-    scaler: object = None
-    momentum: float = 0.9
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    record_every: int = 0
-    shadow_every: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "policy", Policy.coerce(self.policy))
-
-    def to_dict(self):
-        return {**dataclasses.asdict(self), "policy": self.policy.to_dict()}
+def Config(**options) -> TrainConfig:
+    """A TrainConfig for a tiny char-gpt run with Adam (options override)."""
+    defaults = {"policy": "fp32", "model": "char-gpt", "model_options": dict(TINY_GPT), "optimizer": "adam",
+                "lr": 1e-3, "steps": 4, "batch_size": 4, "record_every": 0, "shadow_every": 0}
+    return TrainConfig(**{**defaults, **options})
 
 
 def _weights(model) -> dict:
@@ -175,14 +153,27 @@ def test_round_optimizer_state_rounds_the_moments_only():
     ({"model_options": {"n_layers": 2}}, "unknown model option"),
     ({"model_options": {"vocab_size": 7}}, "set by the data"),
     ({"data": "digits"}, "language-model data set"),
-    ({"optimizer": "lion"}, "unknown optimizer"),
-    ({"model": "resnet"}, "unknown model"),
     ({"model": "cnn", "model_options": {}, "data": "digits", "batch_size": 5000}, "exceeds the 1437 training"),
     ({"policy": {"preset": "fp32", "params": "fp64"}}, "float32 cannot hold"),
 ])
 def test_bad_configs_say_what_to_change(change, message):
     with pytest.raises(ValueError, match=message):
         engine.train(dataclasses.replace(Config(steps=1), **change), progress=False)
+
+
+def _tiny_classifier(width=8):
+    return torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, 10))
+
+
+def test_a_model_factory_trains_seeded_and_leaves_torch_global_generator_alone():
+    config = Config(model=_tiny_classifier, model_options={"width": 16}, data="digits", steps=3, batch_size=8)
+    state = torch.random.get_rng_state()
+    (first, first_model), (second, second_model) = engine.train_model(config), engine.train_model(config)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert _weights(first_model) == _weights(second_model) and first.history == second.history
+    assert first_model[0].weight.shape == (16, 64) and 0 <= first.test_accuracy <= 1
+    with pytest.raises(ValueError, match="needs data="):
+        engine.train(Config(model=_tiny_classifier, model_options={}, steps=1), progress=False)
 
 
 def test_the_cnn_learns_its_data_above_chance():
