@@ -56,8 +56,8 @@ Rounding: in place, on the float32 output's memory (a CPU tensor and its
 ``numpy()`` view share it), by fpsim's own nearest-even kernel
 (``fpsim.numerics._kernels.round_nearest_array``, what ``fpsim.round`` runs for
 these formats); strided tensors and other modes go through ``fpsim.round``.
-Numba's kernels run on one thread inside the context (torch's threads use the
-cores).  Cast weights are cached per parameter version, so a weight is rounded
+Numba's kernels run on torch's thread count inside the context (with numba's
+OpenMP layer the two share OpenMP's setting: any other count would change torch's).  Cast weights are cached per parameter version, so a weight is rounded
 once per step for the forward and backward products.
 
 ``accumulate="native"``: products are float32 BLAS on the rounded inputs
@@ -122,8 +122,10 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     mode = _EmulationMode(policy, model, recorder, accumulate)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
+    # With numba's OpenMP threading layer a kernel launch sets OpenMP's thread count, which torch's
+    # operations then use: numba runs on torch's thread count, so that neither changes the other's.
+    threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     handles = mode.attach()
     try:
         with mode:
@@ -132,6 +134,8 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
         for handle in handles:
             handle.remove()
         numba.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads)
 
 
 class _EmulationMode(TorchDispatchMode):
@@ -347,8 +351,7 @@ def round_into(values: np.ndarray, out: np.ndarray, fmt: Format) -> None:
     """``out[...] = fpsim.round(values, fmt)`` without a temporary (``out`` may be ``values``).
 
     Float32 C-contiguous arrays and a format of fewer significant bits go straight to fpsim's
-    nearest-even kernel, the one ``fpsim.round`` runs for them (on the one numba thread ``emulate``
-    leaves: on a 524k-element tensor of a loaded 2-core machine, two threads took 14.6 ms, one 2.4 ms).
+    nearest-even kernel, the one ``fpsim.round`` runs for them, on as many threads as torch uses.
     """
     nearest = _nearest_args(fmt)
     if nearest is None or values.dtype != np.float32 or out.dtype != np.float32 or not (
