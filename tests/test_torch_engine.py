@@ -13,7 +13,7 @@ from fpsim.sim.loss_scaling import LossScaler  # noqa: E402
 from fpsim.sim.config import TrainConfig  # noqa: E402
 from fpsim.sim.policy import Policy  # noqa: E402
 from fpsim.torch import engine  # noqa: E402
-from fpsim.torch.models import MODELS, GPTConfig, build_gpt  # noqa: E402
+from fpsim.torch.models import MODELS, CNNConfig, GPTConfig, build_cnn, build_gpt  # noqa: E402
 
 TINY_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
 
@@ -23,6 +23,24 @@ def Config(**options) -> TrainConfig:
     defaults = {"policy": "fp32", "model": "char-gpt", "model_options": dict(TINY_GPT), "optimizer": "adam",
                 "lr": 1e-3, "steps": 4, "batch_size": 4, "record_every": 0, "shadow_every": 0}
     return TrainConfig(**{**defaults, **options})
+
+
+def test_models_have_their_documented_shapes_and_a_seeded_initialisation():
+    state = torch.random.get_rng_state()
+    config = GPTConfig(vocab_size=11, **TINY_GPT)
+    gpt = build_gpt(config, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is not used
+    assert gpt(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 11)
+    assert gpt.lm_head.weight is gpt.transformer.wte.weight  # tied, one parameter
+    assert [name for name, _ in gpt.named_parameters()].count("transformer.wte.weight") == 1
+    assert _weights(gpt) == _weights(build_gpt(config, torch.Generator().manual_seed(3)))
+    assert abs(float(gpt.transformer.h[0].mlp.c_fc.weight.detach().std()) - 0.02) < 0.002
+    assert float(gpt.transformer.h[0].mlp.c_proj.weight.detach().std()) < 0.016  # 0.02 / sqrt(2 n_layer)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        gpt(torch.zeros(1, TINY_GPT["block_size"] + 1, dtype=torch.long))
+    cnn = build_cnn(CNNConfig(), torch.Generator().manual_seed(0))
+    assert cnn(torch.zeros(4, 40)).shape == (4, 10) and CNNConfig().out_length == 5
+    assert sum(p.numel() for p in cnn.parameters()) == 12_106  # as its docstring says
 
 
 def _weights(model) -> dict:
