@@ -15,10 +15,14 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
   (``policy.params`` for parameters and tensors that view them, else
   ``activations`` in the forward pass and ``gradients`` in the backward pass;
   an input already held in a low-precision format is used as it is), the
-  product computed in float32, the output rounded once;
+  product computed in float32, the output rounded once (the attention
+  backwards' FP32 log-sum-exp input excepted; CPU flash attention also
+  rounds its probabilities before P @ V, see ``_flash_attention``);
 * autocast's FP32 operations (softmax, layer_norm, exp, log, sums, losses):
   computed and returned in FP32 in the forward pass;
-* views and metadata: nothing done;
+* views and metadata: nothing done; operations that only move values (cat,
+  index_select, the backwards of slicing): nothing rounded, their output in a
+  low-precision format when all their inputs are;
 * every other operation: its output rounded to the tensor kind's format when
   all its floating inputs are held in a low-precision format, else FP32 (type
   promotion, as autocast runs them).  Which tensors are low precision is
@@ -89,7 +93,7 @@ from ..numerics.rounding import round as round_to
 from ..ops.reductions import matmul as fpsim_matmul
 from ..sim.policy import Policy
 from .placement import FP32 as FP32_OPS
-from .placement import MATMUL, VIEW, placement_of
+from .placement import MATMUL, MOVE, VIEW, placement_of
 
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
@@ -276,7 +280,14 @@ class _EmulationMode(TorchDispatchMode):
     # --- the dispatch -------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        placement, first_only, mutates = placement_of(func)
+        placement, first_only, mutates, fp32_inputs = placement_of(func)
+        if placement == MOVE:
+            out = func(*args, **kwargs)
+            if _all_low(args):
+                fmt = _format_of(args)
+                for moved in ((out,) if isinstance(out, torch.Tensor) else out):
+                    setattr(moved, _TAG, (fmt, moved._version))
+            return out
         if placement == VIEW:
             out = func(*args, **kwargs)
             if args and isinstance(args[0], torch.Tensor) and _tagged(args[0]):
@@ -298,7 +309,8 @@ class _EmulationMode(TorchDispatchMode):
             path = self._backward_path(node) if self.recorder is not None else None
         creates_node = node is None and torch.is_grad_enabled() and _any_requires_grad(args)
         if low:
-            args = tuple(_map_tensors(arg, self._round_input, fmt, kind, path) for arg in args)
+            args = tuple(arg if i in fp32_inputs else _map_tensors(arg, self._round_input, fmt, kind, path)
+                         for i, arg in enumerate(args))
             if self.exact and placement == MATMUL:
                 out = self._matmul(func, args, kwargs)
             elif func is _CPU_FLASH_ATTENTION and fmt != FP32 and _plain_attention(args, kwargs):
@@ -419,6 +431,15 @@ def _all_low(args) -> bool:
                 (dimensioned if tensor.dim() else scalars).append(tensor)
     inputs = dimensioned or scalars
     return bool(inputs) and all(_tagged(tensor) for tensor in inputs)
+
+
+def _format_of(args) -> Format:
+    """The format of the first tagged tensor among ``args``."""
+    for arg in args:
+        for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+            if isinstance(tensor, torch.Tensor) and _tagged(tensor):
+                return getattr(tensor, _TAG)[0]
+    raise ValueError("no tagged tensor")
 
 
 def _any_requires_grad(args) -> bool:
