@@ -131,6 +131,9 @@ def test_an_overflowing_loss_scale_skips_steps_and_backs_off():
     assert skipped[0] and result.skipped_steps == sum(skipped) >= 1
     assert [record["loss_scale"] for record in result.history][:2] == [2.0 ** 40, 2.0 ** 39]
     assert not result.diverged
+    constant = engine.train(Config(policy="fp16-mixed", loss_scale=2.0 ** 40, steps=2), progress=False)
+    assert constant.skipped_steps == 2 and constant.final_loss_scale == 2.0 ** 40 and not constant.diverged
+    assert constant.history[0]["updated"] == 0  # a skipped step changes no weight
 
 
 def test_pure_bf16_loses_tiny_updates_and_stochastic_rounding_loses_fewer():

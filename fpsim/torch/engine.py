@@ -1,4 +1,10 @@
-"""The torch engine: ``train(config)`` trains a built-in torch model under a precision policy.
+"""The torch engine: ``train(config)`` trains a torch model under a precision policy.
+
+The model is a built-in one (``fpsim.torch.models.MODELS``: ``char-gpt``,
+``cnn``) or ``config.model(**config.model_options)`` for a factory, on a
+classification data set (cross-entropy on the logits (B, K)) or a text
+(next-character cross-entropy on the logits (B, T, V); the model says its
+context length as ``model.config.block_size``).
 
 One step is the mixed-precision recipe as nanoGPT's ``train.py`` writes it with
 ``torch.autocast`` and ``GradScaler``, the emulation standing in for autocast:
