@@ -32,6 +32,16 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
 With ``placement="low-precision"`` every operation except views rounds its
 inputs (parameters included) and its outputs.
 
+The backward pass: autocast acts in the forward pass only; on the hardware a
+backward operation runs in the precision its tensors have, and autograd casts
+each incoming gradient to the dtype of the tensor it belongs to.  So the
+backward of an operation whose forward output was rounded (its autograd node's
+sequence number is remembered) rounds its inputs (the incoming gradient) and
+its outputs to ``gradients``; other backward operations follow the promotion
+rule.  A matrix product's forward input that was rounded into a copy keeps the
+copy on the tensor (``_fpsim_copy``, at its version), so the backward pass,
+which autograd hands the saved tensor itself, uses the same rounded values.
+
 Forward or backward: ``torch._C._current_autograd_node()`` is the autograd node
 the engine is running, None in the forward pass.  It is exact (the engine sets
 it around each node it evaluates) and costs 0.15 us, where module backward
@@ -61,8 +71,12 @@ Rounding: in place, on the float32 output's memory (a CPU tensor and its
 (``fpsim.numerics._kernels.round_nearest_array``, what ``fpsim.round`` runs for
 these formats); strided tensors and other modes go through ``fpsim.round``.
 Numba's kernels run on torch's thread count inside the context (with numba's
-OpenMP layer the two share OpenMP's setting: any other count would change torch's).  Cast weights are cached per parameter version, so a weight is rounded
-once per step for the forward and backward products.
+OpenMP layer the two share OpenMP's setting: any other count would change
+torch's).  Cast weights are cached per parameter version, so a weight is
+rounded once per step for the forward and backward products.  With a recorder,
+each backward rounding keeps its tensor and a copy of its values before and
+after until the end of the backward pass (about two more copies of the
+gradients); without one nothing is copied.
 
 ``accumulate="native"``: products are float32 BLAS on the rounded inputs
 (FP32 accumulation in the library's order: what FP16/BF16 tensor cores with an
