@@ -12,6 +12,7 @@ from torch.nn import functional as F  # noqa: E402
 import fpsim  # noqa: E402
 from fpsim.sim.recorder import Recorder  # noqa: E402
 from fpsim.torch import emulate  # noqa: E402
+from fpsim.torch.emulate import _flash_attention  # noqa: E402
 from fpsim.torch.models import GPTConfig, build_gpt  # noqa: E402
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -167,6 +168,25 @@ def test_gradient_below_fp16_half_subnormal_flushes_and_is_counted_on_its_module
     counts, weight_grad, x_grad = results["bf16-mixed"]
     assert counts["1"]["underflow"] == 0
     assert weight_grad.item() == 3 * 2.0 ** -26 and torch.equal(x_grad, torch.full((3, 1), 2.0 ** -26))
+
+
+def test_attention_backward_is_the_kernel_on_the_emulated_forward_with_its_fp32_log_sum_exp():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 16, 8, generator=generator).mul(3).bfloat16().float().requires_grad_()
+               for _ in range(3))
+    grad = torch.randn(2, 2, 16, 8, generator=generator).bfloat16().float()
+    with emulate("bf16-mixed"):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.backward(grad)
+    # the reference: flash attention's forward (probabilities rounded before P @ V), its output rounded once,
+    # then ATen's backward kernel reading the FP32 log-sum-exp, its outputs rounded once
+    expected_out, logsumexp = _flash_attention(q.detach(), k.detach(), v.detach(), True, None, fpsim.BF16)
+    expected_out = expected_out.bfloat16().float()
+    assert torch.equal(bits(out), bits(expected_out))
+    expected = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
+        grad, q.detach(), k.detach(), v.detach(), expected_out, logsumexp, 0.0, True)
+    for tensor, reference in zip((q, k, v), expected):
+        assert torch.equal(bits(tensor.grad), bits(reference.bfloat16().float()))
 
 
 # --- (d) exact accumulation ---------------------------------------------------------------------------
