@@ -129,7 +129,8 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
     whose parameters are the weights (cast to ``policy.params`` at use; their
     gradients recorded as ``"weight_grads"``).  recorder: an
     ``fpsim.sim.recorder.Recorder`` (or anything with its ``rounded`` method) or
-    None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).
+    None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).  Run a step's forward and
+    backward passes inside the same ``with`` block: the backward pass reads what its forward recorded.
     """
     policy = Policy.coerce(policy)
     if accumulate not in ACCUMULATE_MODES:
