@@ -300,16 +300,15 @@ class _EmulationMode(TorchDispatchMode):
             out = func(*args, **kwargs)
             if _all_low(args):
                 fmt = _format_of(args)
-                for moved in ((out,) if isinstance(out, torch.Tensor) else out):
+                for moved in tensors_of(out):
                     setattr(moved, _TAG, (fmt, moved._version))
             return out
         if placement == VIEW:
             out = func(*args, **kwargs)
             if args and isinstance(args[0], torch.Tensor) and _tagged(args[0]):
                 fmt = getattr(args[0], _TAG)[0]
-                for view in ((out,) if isinstance(out, torch.Tensor) else out):
-                    if isinstance(view, torch.Tensor):
-                        setattr(view, _TAG, (fmt, view._version))
+                for view in tensors_of(out):
+                    setattr(view, _TAG, (fmt, view._version))
             return out
         node = _current_node()
         if node is None:
@@ -337,9 +336,9 @@ class _EmulationMode(TorchDispatchMode):
             low = _all_low(args)
         if not low or fmt == FP32:
             return out
-        outputs = (out,) if isinstance(out, torch.Tensor) else (out[:1] if first_only else out)
-        for output in outputs:
-            if isinstance(output, torch.Tensor) and output.dtype in (torch.float32, torch.float64) and not (
+        outputs = tensors_of(out)
+        for output in (outputs[:1] if first_only else outputs):
+            if output.dtype in (torch.float32, torch.float64) and not (
                     mutates and output.untyped_storage().data_ptr() in self.params):
                 self._round(output, fmt, kind, path)
         if creates_node:
@@ -456,6 +455,15 @@ def _format_of(args) -> Format:
             if isinstance(tensor, torch.Tensor) and _tagged(tensor):
                 return getattr(tensor, _TAG)[0]
     raise ValueError("no tagged tensor")
+
+
+def tensors_of(out) -> tuple:
+    """The tensors an op returned (one, several, or none: ``item()``, ``equal`` return Python values)."""
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, (list, tuple)):
+        return tuple(t for t in out if isinstance(t, torch.Tensor))
+    return ()
 
 
 def _any_requires_grad(args) -> bool:
