@@ -276,3 +276,13 @@ def test_low_precision_placement_rounds_softmax_and_layer_norm_too():
     hook.remove()
     with pytest.raises(ValueError, match="placement must be one of autocast, low-precision"):
         fpsim.Policy(placement="everywhere")
+
+
+def test_low_precision_placement_leaves_batch_norm_statistics_updated_in_place():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    policy = fpsim.Policy.from_dict({"preset": "fp16-mixed", "placement": "low-precision"})
+    with emulate(policy, model=model):
+        model(torch.randn(8, 4)).sum().backward()
+    assert model[1].num_batches_tracked.item() == 1
+    assert torch.count_nonzero(model[1].running_mean).item() == 3

@@ -30,7 +30,8 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
   tensor's version counter, so an in-place change outside the mode voids it).
 
 With ``placement="low-precision"`` every operation except views rounds its
-inputs (parameters included) and its outputs.
+inputs (parameters included; the model's buffers, such as batch norm's running
+statistics, stay FP32) and its outputs.
 
 The backward pass: autocast acts in the forward pass only; on the hardware a
 backward operation runs in the precision its tensors have, and autograd casts
@@ -168,6 +169,7 @@ class _EmulationMode(TorchDispatchMode):
         self.exact = accumulate == "exact"
         self.low_everywhere = policy.placement == "low-precision"
         self.params = {}  # storage address -> parameter
+        self.buffers = set()  # storage addresses of the model's buffers (running statistics): left as they are
         self._cast_params = {}  # storage address -> (version, rounded copy)
         self._stack = []  # module paths of the calls in progress (forward)
         self._calls = []  # (first sequence nr, end sequence nr or None, path), in call order
@@ -186,6 +188,8 @@ class _EmulationMode(TorchDispatchMode):
             path = name or ROOT
             handles.append(module.register_forward_pre_hook(self._pre_hook(path)))
             handles.append(module.register_forward_hook(self._post_hook(), always_call=True))
+            for buffer in module.buffers(recurse=False):
+                self.buffers.add(buffer.untyped_storage().data_ptr())
             for parameter in module.parameters(recurse=False):
                 address = parameter.untyped_storage().data_ptr()
                 if address in self.params:  # a tied weight: named after its first owner
@@ -280,6 +284,8 @@ class _EmulationMode(TorchDispatchMode):
         address = tensor.untyped_storage().data_ptr()
         if address in self.params:
             return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
+        if address in self.buffers:  # a copy would lose batch norm's in-place update of its statistics
+            return tensor
         if fmt == FP32 or _tagged(tensor):
             return tensor
         # Autograd saves the tensor itself, not the copy: the backward pass finds the forward's copy here,
