@@ -23,7 +23,6 @@ it takes at most ``steps`` steps.
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
@@ -36,7 +35,7 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.recorder import Recorder, json_float
-from ..sim.result import FINAL_LOSS_STEPS, TrainResult, run_status
+from ..sim.result import TrainResult, has_diverged, result_of_run
 from .mlp import MLP, Compute, Float64Compute, ForwardPass, LossPass, module_name
 
 EVAL_CHUNK = 1024
@@ -163,8 +162,7 @@ class _Run:
             loss, skipped = self.train_step(step, next(batches), shadow=shadow_every and step % shadow_every == 0)
             self.recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
             weights_finite = all(np.isfinite(w).all() for layer in self.weights for w in layer)
-            scaler_can_back_off = self.scaler is not None and self.scaler.dynamic and scale > self.scaler.min_scale
-            if (not math.isfinite(loss) and not scaler_can_back_off) or not weights_finite:
+            if has_diverged(loss, weights_finite, self.scaler, scale):
                 diverged_step = step
                 break
             if progress and step % 50 == 0:
@@ -211,31 +209,9 @@ class _Run:
         return self.model.loss.score(outputs, self.dataset.y_test), json_float(loss.value)
 
     def _result(self, config, steps_run, diverged_step) -> TrainResult:
-        recorder, history = self.recorder, self.recorder.history
         accuracy, test_loss = self.evaluate()
-        kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
-        final_loss = (float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None)
-        changed = sum(r["updated"] - r["lost_updates"] for r in history)
-        min_scale_hits = self.scaler.min_scale_hits if self.scaler is not None else 0
-        status = run_status(diverged=diverged_step is not None, weights_changed=changed, min_scale_hits=min_scale_hits)
-        layers = recorder.layer_summaries()
+        layers = self.recorder.layer_summaries()
         for summary, layer in zip(layers, self.model.layers):
             summary["shape"] = [layer.n_in, layer.n_out]
-        return TrainResult(
-            config=config, policy=self.policy.name, test_accuracy=accuracy, test_loss=test_loss,
-            final_loss=final_loss,
-            weight_grad_underflow_fraction=recorder.weight_grad_flushed_fraction,
-            activation_grad_underflow_fraction=recorder.fraction("activation_grads", "underflow"),
-            activation_underflow_fraction=recorder.fraction("activations", "underflow"),
-            overflow_count=sum(recorder.total(kind, "overflow") for kind in ("activations", "activation_grads",
-                                                                             "weight_grads", "updates")),
-            lost_update_fraction=recorder.lost_update_fraction,
-            lost_update_magnitude_fraction=recorder.lost_update_magnitude_fraction,
-            skipped_steps=sum(1 for r in history if r["skipped"]),
-            final_loss_scale=self.scaler.scale if self.scaler is not None else 1.0,
-            diverged=diverged_step is not None, diverged_step=diverged_step,
-            min_scale_hits=min_scale_hits,
-            min_scale_step=self.scaler.min_scale_step if self.scaler is not None else None,
-            steps_run=steps_run, status=status, history=history, layers=layers,
-            layer_history=recorder.layer_history,
-            histograms=recorder.histograms, shadow=recorder.shadow)
+        return result_of_run(config, self.policy.name, self.recorder, self.scaler, steps_run=steps_run,
+                             diverged_step=diverged_step, test_accuracy=accuracy, test_loss=test_loss, layers=layers)

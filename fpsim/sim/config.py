@@ -25,7 +25,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from .checks import integer, number_in, positive_number
-from .data import parse_data_spec
+from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler
 from .policy import Policy
 
@@ -102,6 +102,11 @@ class TrainConfig:
         if self.model == "mlp" and self.model_options:
             raise ValueError("the MLP takes no model_options: give its widths as hidden=(...)")
         put("data", _data(self.model, self.data))
+        if self.policy.scaling is not None:
+            raise ValueError("scaling recipes (FP8 / MX) are not applied by the training engines yet: "
+                             "quantize tensors with fpsim.quantize")
+        if self.engine == "numpy":
+            _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.hidden))
         optimizers = OPTIMIZERS[self.engine]
         if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
@@ -174,6 +179,17 @@ def _model(model):
         return model.strip().lower()
     raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)} or a function returning a "
                      f"torch.nn.Module")
+
+
+def _numpy_engine_can_run(policy: Policy, data) -> None:
+    """Refuse what the MLP engine does not simulate, rather than ignore it."""
+    if policy.placement != "autocast":
+        raise ValueError(f"placement={policy.placement!r} is for the torch engine: the MLP rounds every product "
+                         "and layer output to the policy's formats and computes its loss in the loss format")
+    name = data if isinstance(data, str) else data["name"]
+    if name in TEXT_DATA_SETS:
+        raise ValueError(f"{name!r} is text, for a character model: use model='char-gpt', or give the MLP "
+                         "digits, mnist1d, mnist:PATH or teacher")
 
 
 def _data(model, data):

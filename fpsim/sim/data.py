@@ -9,11 +9,22 @@ configuration records exactly which data it used:
 * ``"mnist:PATH"`` or ``{"name": "mnist", "path": PATH}``: MNIST from a local
   ``.npz`` file in the Keras layout (``x_train, y_train, x_test, y_test``);
 * ``"teacher"`` or ``{"name": "teacher", ...}``: a teacher-student regression,
-  targets from a fixed random teacher network plus Gaussian noise.
+  targets from a fixed random teacher network plus Gaussian noise;
+* ``"mnist1d"``: MNIST-1D (Greydanus and Kobak, 2020), 10 classes of 1-D signals
+  of 40 samples, generated locally by the ``mnist1d`` package's ``make_dataset``
+  with its default settings and seed (4000 training and 1000 test signals;
+  its download path is never used);
+* ``"pydoc"`` or ``{"name": "pydoc", "validation": 0.1}``: a character-level text
+  (``TextDataset``, for language models, not a ``Dataset``): Python's own
+  documentation topics, the module ``pydoc_data.topics`` that every CPython
+  ships, its values joined in sorted key order; the last ``validation`` share of
+  the characters is held out.
 
-Inputs are standardised per feature with the training set's mean and standard
-deviation (features that are constant in the training set are only centred),
-so every data set reaches the model with values of order 1, in float64.
+Inputs of the digits, MNIST and the teacher are standardised per feature with
+the training set's mean and standard deviation (features that are constant in
+the training set are only centred); MNIST-1D comes standardised as a whole by
+its generator (per-position statistics would blur what a convolution sees).
+Every data set reaches the model with values of order 1, in float64.
 """
 
 from __future__ import annotations
@@ -23,8 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DATA_SETS = ("digits", "mnist", "teacher")
+DATA_SETS = ("digits", "mnist", "teacher", "mnist1d", "pydoc")
 """Names ``load_data`` understands."""
+
+TEXT_DATA_SETS = ("pydoc",)
+"""The data sets that are text (a ``TextDataset``, for character models); the others are (x, y) examples."""
 
 DIGITS_SPLIT_SEED = 0
 """Seed of the fixed digits train/test split: the same test set for every run and every training seed."""
@@ -59,13 +73,25 @@ class Dataset:
         """Number of input features."""
         return self.x_train.shape[1]
 
+    def batches(self, rng: np.random.Generator, batch_size: int):
+        """Training batch indices, forever: each epoch a fresh permutation from ``rng``, cut into full
+        batches (the remainder is dropped)."""
+        n = len(self.y_train)
+        while True:
+            order = rng.permutation(n)
+            for start in range(0, n - batch_size + 1, batch_size):
+                yield order[start:start + batch_size]
 
-def load_data(spec="digits") -> Dataset:
+
+def load_data(spec="digits") -> "Dataset | TextDataset":
     """The data set named by ``spec`` (see the module docstring for the accepted forms)."""
     name, options = parse_data_spec(spec)
-    if name == "digits":
+    if name in ("digits", "mnist1d"):
         _no_options(name, options, allowed=())
-        return load_digits()
+        return load_digits() if name == "digits" else load_mnist1d()
+    if name == "pydoc":
+        _no_options(name, options, allowed=("validation",))
+        return load_pydoc(**options)
     if name == "mnist":
         _no_options(name, options, allowed=("path",))
         if "path" not in options:
@@ -194,3 +220,128 @@ def teacher_student(inputs=32, hidden=64, outputs=4, train=4096, test=1024, nois
     y = np.tanh(x @ w1) @ w2 + noise * rng.normal(size=(train + test, outputs))
     x_train, x_test = standardise(x[:train], x[train:])
     return Dataset("teacher", x_train, y[:train], x_test, y[train:], "regression", outputs)
+
+
+MNIST1D_DEFAULTS = {"num_samples": 5000, "train_split": 0.8, "seed": 42}
+"""The MNIST-1D settings fpsim relies on (the package's defaults, checked when it is generated)."""
+
+_MNIST1D_CACHE: dict = {}
+
+
+def load_mnist1d() -> Dataset:
+    """MNIST-1D generated locally (``mnist1d.data.make_dataset`` with its default arguments).
+
+    The generator seeds numpy's and Python's global random state (seed 42);
+    both are saved and restored around it, so loading the data changes no other
+    stream.  The package standardises the whole set to mean 0 and standard
+    deviation 1; the split is the package's (4000 / 1000).  The result is
+    cached for the process (generating takes about a second).
+    """
+    if "data" not in _MNIST1D_CACHE:
+        try:
+            from mnist1d.data import get_dataset_args, make_dataset
+        except ImportError as error:
+            raise ValueError("the mnist1d data set needs the mnist1d package: pip install mnist1d "
+                             "(or fpsim[torch])") from error
+        import random
+
+        args = get_dataset_args()
+        settings = {key: getattr(args, key) for key in MNIST1D_DEFAULTS}
+        if settings != MNIST1D_DEFAULTS:
+            raise ValueError(f"this mnist1d package's default settings {settings} differ from the "
+                             f"{MNIST1D_DEFAULTS} fpsim was written against")
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        try:
+            made = make_dataset(args)
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+        _MNIST1D_CACHE["data"] = Dataset("mnist1d", made["x"].astype(np.float64), made["y"].astype(np.int64),
+                                         made["x_test"].astype(np.float64), made["y_test"].astype(np.int64),
+                                         "classification", 10)
+    return _MNIST1D_CACHE["data"]
+
+
+PYDOC_VALIDATION = 0.1
+"""Default share of the pydoc text (its end) held out for validation."""
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """A character-level text, its vocabulary, and a fixed split into training and validation text.
+
+    Characters are encoded as their index in ``vocabulary`` (the text's distinct
+    characters in code-point order); ``train`` is the first part of the text,
+    ``validation`` the rest, both as int64 token arrays.
+    """
+
+    name: str
+    vocabulary: str
+    train: np.ndarray
+    validation: np.ndarray
+    task: str = "language-model"
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct characters."""
+        return len(self.vocabulary)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token indices of ``text`` (every character must be in the vocabulary)."""
+        return _encode(text, self.vocabulary)
+
+    def decode(self, tokens) -> str:
+        """The text of token indices."""
+        return "".join(self.vocabulary[int(t)] for t in tokens)
+
+    def batch(self, rng: np.random.Generator, batch_size: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` windows of the training text at uniformly random starts drawn from ``rng``.
+
+        Returns inputs ``x`` and targets ``y``, both (batch_size, block_size) int64,
+        ``y`` being ``x`` shifted by one character (the next character at every position).
+        """
+        if block_size + 1 > len(self.train):
+            raise ValueError(f"block_size {block_size} does not fit the {len(self.train)} training characters")
+        starts = rng.integers(0, len(self.train) - block_size, size=batch_size)
+        windows = np.lib.stride_tricks.sliding_window_view(self.train, block_size + 1)[starts]
+        return windows[:, :-1], windows[:, 1:]
+
+    def validation_windows(self, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The whole validation text as consecutive windows (the same for every run), inputs and targets.
+
+        Windows start every ``block_size`` characters; the characters after the
+        last full window are left out.  Shapes (n, block_size), n = (len - 1) // block_size.
+        """
+        n = (len(self.validation) - 1) // block_size
+        if n == 0:
+            raise ValueError(f"block_size {block_size} is longer than the validation text")
+        windows = np.lib.stride_tricks.sliding_window_view(self.validation, block_size + 1)[::block_size][:n]
+        return windows[:, :-1].copy(), windows[:, 1:].copy()
+
+
+def pydoc_text() -> str:
+    """The values of ``pydoc_data.topics.topics`` joined in sorted key order (464,970 characters and 103
+    distinct ones on CPython 3.11.7; the text changes with the Python version)."""
+    from pydoc_data.topics import topics
+
+    return "".join(topics[key] for key in sorted(topics))
+
+
+def load_pydoc(validation: float = PYDOC_VALIDATION) -> TextDataset:
+    """The pydoc text (see ``pydoc_text``), its last ``validation`` share held out (at least one character
+    on each side)."""
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation < 1:
+        raise ValueError(f"pydoc validation share must be a number in (0, 1), got {validation!r}")
+    text = pydoc_text()
+    vocabulary = "".join(sorted(set(text)))
+    tokens = _encode(text, vocabulary)
+    cut = min(max(len(tokens) - int(round(validation * len(tokens))), 1), len(tokens) - 1)
+    return TextDataset("pydoc", vocabulary, tokens[:cut], tokens[cut:])
+
+
+def _encode(text: str, vocabulary: str) -> np.ndarray:
+    index = {c: i for i, c in enumerate(vocabulary)}
+    missing = sorted(set(text) - set(index))
+    if missing:
+        raise ValueError(f"characters {''.join(missing)!r} are not in the vocabulary")
+    return np.array([index[c] for c in text], dtype=np.int64)

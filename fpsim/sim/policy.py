@@ -29,9 +29,15 @@ from .checks import is_finite_number
 from .scaling import Scaling
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
+"""How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
+
 SCALED_KINDS = ("params", "activations", "gradients")
 """The tensor kinds a ``scaling`` recipe may cover."""
-"""How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
+
+OP_PLACEMENTS = ("autocast", "low-precision")
+"""Which operations compute in the low-precision formats: ``"autocast"`` places them as ``torch.autocast``
+does (matrix products in 16 bits; softmax, norms, exp/log, sums and losses in FP32; other ops in the
+precision of their inputs); ``"low-precision"`` runs every operation in them (pure 16-bit, ``model.half()``)."""
 
 _FORMAT_FIELDS = ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss")
 
@@ -62,6 +68,8 @@ class Policy:
     """Rounding of the updated weights into their format: one of ``UPDATE_ROUNDINGS``."""
     kahan: bool = False
     """Keep a compensation buffer (in the weights' format) that carries what each update's rounding lost."""
+    placement: str = "autocast"
+    """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
     scaling: tuple | None = None
     """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for kinds of
     ``SCALED_KINDS``; given as a dict kind -> Scaling (or its dict).  None: no scaling.  Not yet
@@ -87,6 +95,8 @@ class Policy:
                              f"got {self.update_rounding!r}")
         if not isinstance(self.kahan, bool):
             raise ValueError(f"kahan must be True or False, got {self.kahan!r}")
+        if self.placement not in OP_PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(OP_PLACEMENTS)}, got {self.placement!r}")
         if self.kahan and self.update_rounding == "stochastic":
             raise ValueError("choose either a Kahan-compensated update or stochastic rounding, not both")
         if self.scaling is not None:
@@ -159,8 +169,8 @@ class Policy:
         return (f"{self.name}: params {self.params}, activations {self.activations}, gradients {self.gradients}, "
                 f"accumulate {self.accumulate}, master {self.master or 'none'}, optimizer state "
                 f"{self.optimizer_state}, loss {self.loss}, loss scale {self.loss_scale or 'none'}, "
-                f"update {update}" + "".join(f", {kind} scaling {_describe_scaling(scaling)}"
-                                             for kind, scaling in self.scaling or ()))
+                f"update {update}, placement {self.placement}"
+                + "".join(f", {kind} scaling {_describe_scaling(scaling)}" for kind, scaling in self.scaling or ()))
 
 
 def _describe_scaling(scaling: Scaling) -> str:

@@ -1,0 +1,411 @@
+"""The torch engine: ``train(config)`` trains a torch model under a precision policy.
+
+The model is a built-in one (``fpsim.torch.models.MODELS``: ``char-gpt``,
+``cnn``) or ``config.model(**config.model_options)`` for a factory, on a
+classification data set (cross-entropy on the logits (B, K)) or a text
+(next-character cross-entropy on the logits (B, T, V); the model says its
+context length as ``model.config.block_size``).
+
+One step is the mixed-precision recipe as nanoGPT's ``train.py`` writes it with
+``torch.autocast`` and ``GradScaler``, the emulation standing in for autocast:
+
+1. the weights as the products use them: with FP32 master weights (the model's
+   own parameters) the emulation casts them to ``policy.params`` at use, as
+   autocast does; with weights stored in a narrower format (a "pure" policy,
+   ``master=None`` and 16-bit ``params``) the model holds the stored values;
+2. forward and backward inside ``fpsim.torch.emulate(policy, model=, recorder=)``,
+   the backward pass seeded with the loss scale ``S * grad_scale`` (the gradient
+   of ``S * loss``, as ``GradScaler.scale(loss).backward()`` starts it); products
+   accumulate in float32 BLAS when ``policy.accumulate`` is FP32, else through
+   ``fpsim.matmul`` (the emulation's ``accumulate="exact"``);
+3. gradients divided by S (in float64, rounded once to FP32) and checked for
+   inf/NaN: with loss scaling a step holding any is skipped and the scaler backs off;
+4. a ``torch.optim`` optimizer (sgd, momentum, adam, adamw) turns them into updates;
+5. the updates reach the weights:
+   * FP32 weights: the optimizer steps the FP32 parameters itself, in its own
+     FP32 arithmetic (as real AMP training does).  The recorder sees the
+     change it made (``update = before - after``), so no update counts as
+     lost there: the FP32 weights of the numpy engine lose almost none;
+   * weights in a narrower format: the optimizer steps a float64 copy of the
+     stored weights, so that ``update = before - after`` is its update to about
+     2^-53 relative; the update is then rounded into the stored format by
+     ``fpsim.sim.optimizers.apply_update`` (nearest or stochastic) or
+     ``apply_kahan_update`` (Kahan), exactly as in the numpy engine, and the
+     recorder counts the lost ones.
+   When ``policy.optimizer_state`` is narrower than the optimizer's tensors,
+   every floating state tensor of a parameter's shape (momentum buffer, Adam's
+   ``exp_avg`` and ``exp_avg_sq``) is rounded to it to nearest after each step.
+
+``grad_scale`` multiplies the loss while the optimizer is made invariant to it
+(SGD and momentum: ``lr / grad_scale``; Adam, AdamW: ``eps * grad_scale``), as
+in the numpy engine.  Everything random comes from ``seed`` through a numpy
+``SeedSequence`` (initial weights via a ``torch.Generator``, batches, stochastic
+rounding); the run uses one torch thread and deterministic algorithms (both
+restored afterwards), so the same configuration gives a bit-identical result.
+
+Every ``shadow_every`` steps the weight gradients are compared with an FP64
+shadow of the same step: a float64 twin of the model with the stored weights
+runs the same batch without emulation (the whole step, forward included).  The
+numpy engine also redoes the backward pass alone through the policy's own
+forward pass; torch keeps no float64 route through the policy's saved
+activations, so here the whole-step shadow serves for both comparisons.  Its
+"flushed" count (non-zero in FP64, zero in the policy) is therefore an upper
+bound of the values lost to underflow: it also counts a ReLU unit (the cnn's)
+whose sign differs between the two forward passes.  char-gpt has no ReLU.
+
+A run diverges, stops at that step and says so, as in the numpy engine: when a
+weight becomes inf/NaN, or when the loss is not finite and the loss scale
+cannot back off any further.  The result is the numpy engine's ``TrainResult``:
+for ``char-gpt`` ``test_loss`` is the validation loss in nats per character
+(bits per character: divide by ln 2) and ``test_accuracy`` is None; for the
+``cnn`` both are measured on the test set.  Evaluation runs under the policy's
+forward formats, unrecorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..numerics._kernels import one_thread
+from ..numerics.formats import FP32
+from ..numerics.rounding import round as round_to
+from ..sim.data import load_data
+from ..sim.loss_scaling import LossScaler
+from ..sim.optimizers import apply_kahan_update, apply_update
+from ..sim.recorder import Recorder, json_float
+from ..sim.result import TrainResult, has_diverged, result_of_run
+from .emulate import ROOT, emulate
+from .models import get_model
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+"""``torch.optim`` optimizers the engine wraps, by name (AdamW with torch's default weight decay 0.01)."""
+
+EVAL_BATCH = 128
+"""Validation windows (or test examples) per forward pass of the evaluation."""
+
+
+def train(config, *, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` under ``config.policy``; see the module docstring for the recipe."""
+    return train_model(config, progress=progress)[0]
+
+
+def train_model(config, *, progress: bool = False) -> tuple[TrainResult, "torch.nn.Module"]:
+    """``train``, also returning the trained model (its parameters: the weights as stored)."""
+    policy = config.effective_policy
+    _check_policy(policy)
+    init_seed, batch_seed, rounding_seed = np.random.SeedSequence(config.seed).spawn(3)
+    with _reproducible():
+        model, data = _build(config, torch.Generator().manual_seed(seed_of(init_seed)))
+        run = _Run(config, policy, model, data, np.random.default_rng(batch_seed),
+                   np.random.default_rng(rounding_seed))
+        return run.train(progress), model
+
+
+def _build(config, generator):
+    """The model (built-in, from ``MODELS``, or from a factory) and its data set."""
+    if callable(config.model):
+        if config.data is None:
+            raise ValueError("a model given as a factory needs data= (e.g. 'pydoc' for a character model, "
+                             "'mnist1d' for a classifier)")
+        data = load_data(config.data)
+        if data.task == "regression":
+            raise ValueError(f"the torch engine trains classifiers and language models; {data.name!r} is a "
+                             f"regression (train it with model='mlp')")
+        # A factory initialises from torch's global generator: seed it from the run, then restore it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator.initial_seed())
+            model = config.model(**config.model_options)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
+        return model.float(), data
+    spec = get_model(config.model)
+    data = load_data(config.data if config.data is not None else spec.data)
+    if data.task != spec.task:
+        raise ValueError(f"model {config.model!r} needs a {spec.task} data set; {data.name!r} is a "
+                         f"{data.task} data set")
+    return spec.build(spec.make_config(data, config.model_options), generator), data
+
+
+def seed_of(sequence: np.random.SeedSequence) -> int:
+    """A ``torch.Generator`` seed (64 bits) from a numpy ``SeedSequence``."""
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+@contextmanager
+def _reproducible():
+    """One torch thread and numba on one thread; the previous settings restored.
+
+    On one CPU thread every operation these models use (including the
+    embedding's backward, a scatter-add) runs in a fixed order, so
+    ``torch.use_deterministic_algorithms`` is not needed: it would only fill new
+    tensors with NaN and import torch's compiler stack (seconds) on first use.
+    Two runs are compared bit for bit in the tests.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with one_thread():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_policy(policy) -> None:
+    for field in ("params", "activations", "gradients", "optimizer_state", "loss"):
+        fmt = getattr(policy, field)
+        if not fmt.fits_float32:
+            raise ValueError(f"the torch engine computes in float32: policy {policy.name!r} has {field} in "
+                             f"{fmt.name}, which float32 cannot hold; use model='mlp' (the numpy engine)")
+    if not policy.weights.fits_float32:
+        raise ValueError(f"the torch engine stores weights in float32: policy {policy.name!r} keeps them in "
+                         f"{policy.weights.name}; use model='mlp' (the numpy engine)")
+
+
+def make_optimizer(name: str, params, *, lr: float, grad_scale: float, momentum: float, betas, eps: float):
+    """The ``torch.optim`` optimizer called ``name`` over ``params``, made invariant to ``grad_scale``."""
+    name = str(name).lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr / grad_scale)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr / grad_scale, momentum=momentum)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=tuple(betas), eps=eps * grad_scale)
+    raise ValueError(f"unknown optimizer {name!r} for the torch engine: use one of {', '.join(OPTIMIZERS)}")
+
+
+def round_optimizer_state(optimizer, fmt) -> None:
+    """Round, in place to nearest in ``fmt``, every floating state tensor of its parameter's shape."""
+    for param, state in optimizer.state.items():
+        for value in state.values():
+            if torch.is_tensor(value) and value.is_floating_point() and value.shape == param.shape:
+                _round_in_place(value, fmt)
+
+
+def _round_in_place(tensor, fmt) -> None:
+    view = tensor.detach().numpy()
+    view[...] = round_to(view, fmt)
+
+
+class _Weights:
+    """The weights of record and the optimizer that updates them (step 5 of the recipe).
+
+    ``params``: (module path, parameter) pairs of the model, each parameter once
+    (a tied weight under its first name).  With FP32 weights the optimizer owns
+    the model's parameters; otherwise it owns float64 copies of the stored
+    values, and each update is rounded into ``policy.weights``.
+    """
+
+    def __init__(self, policy, params, make, recorder, rounding_rng):
+        self.policy, self.params, self.recorder, self.rounding_rng = policy, params, recorder, rounding_rng
+        self.fmt = policy.weights
+        self.native = self.fmt == FP32
+        with torch.no_grad():
+            for _, param in params:
+                _round_in_place(param, self.fmt)  # the initial weights are stored in their format
+        if self.native:
+            self.stored = [param for _, param in params]
+        else:
+            self.stored = [param.detach().double().requires_grad_() for _, param in params]
+        self.optimizer = make(self.stored)
+        self.state_format = policy.optimizer_state
+        self.compensation = ([np.zeros(tuple(p.shape), dtype=np.float32) for _, p in params]
+                             if policy.kahan else None)
+
+    def step(self, grads) -> None:
+        """Apply one optimizer step for the (unscaled, FP32) gradients ``grads`` (None: no gradient, as torch
+        has it for a parameter the loss does not reach; the optimizer leaves it alone)."""
+        before = [s.detach().clone() for s in self.stored]
+        for stored, grad in zip(self.stored, grads):
+            stored.grad = grad if self.native or grad is None else grad.double()
+        self.optimizer.step()
+        if self.state_format != FP32 or not self.native:
+            round_optimizer_state(self.optimizer, self.state_format)
+        with torch.no_grad():
+            for i, ((module, param), stored, old) in enumerate(zip(self.params, self.stored, before)):
+                old = old.numpy()
+                update = old.astype(np.float64) - stored.detach().numpy()
+                if self.native:
+                    self.recorder.updated(module, old, stored.detach().numpy(), update, self.fmt)
+                    continue
+                new = self._apply(i, module, old, update)
+                stored.copy_(torch.from_numpy(new))
+                param.copy_(torch.from_numpy(new))
+
+    def _apply(self, i, module, old, update) -> np.ndarray:
+        if self.compensation is None:
+            new = apply_update(old, update, self.fmt, rounding=self.policy.update_rounding, rng=self.rounding_rng)
+            self.recorder.updated(module, old, new, update, self.fmt)
+            return new
+        owed = self.compensation[i]
+        new, self.compensation[i] = apply_kahan_update(old, owed, update, self.fmt)
+        self.recorder.updated(module, old + owed.astype(np.float64), new + self.compensation[i].astype(np.float64),
+                              update, self.fmt)
+        return new
+
+
+class _Run:
+    """The state of one run: model, data, weights and optimizer, scaler, recorder, random streams."""
+
+    def __init__(self, config, policy, model, data, batch_rng, rounding_rng):
+        self.config, self.policy, self.model, self.data = config, policy, model, data
+        self.language_model = data.task == "language-model"
+        self.batch_rng = batch_rng
+        self.scaler = LossScaler.for_policy(policy.loss_scale, config.scaler)
+        self.params = _named_parameters(model)
+        histogram_steps = (config.histogram_steps or ()) if config.histograms else ()
+        self.recorder = Recorder([module for module, _ in self.params], histogram_steps=histogram_steps,
+                                 record_every=config.record_every)
+
+        def make(tensors):
+            return make_optimizer(config.optimizer, tensors, lr=config.lr, grad_scale=config.grad_scale,
+                                  momentum=config.momentum, betas=config.betas, eps=config.eps)
+
+        self.weights = _Weights(policy, self.params, make, self.recorder, rounding_rng)
+        self.shadow_model = None  # the float64 twin, made at the first shadow step
+        # float32 BLAS accumulates in FP32; any other accumulation format needs fpsim.matmul's exact products
+        self.accumulate = "native" if policy.accumulate == FP32 else "exact"
+        if self.language_model:
+            self.block_size = getattr(getattr(model, "config", None), "block_size", None)
+            if not isinstance(self.block_size, int):
+                raise ValueError("a language model must say its context length as model.config.block_size "
+                                 "(as nanoGPT's GPT does)")
+        else:
+            if config.batch_size > len(data.y_train):
+                raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.y_train)} training examples "
+                                 f"of {data.name!r}")
+            self.x_train = torch.from_numpy(data.x_train.astype(np.float32))
+            self.y_train = torch.from_numpy(data.y_train)
+            self.batch_indices = data.batches(batch_rng, config.batch_size)
+
+    # --- one step ----------------------------------------------------------------------------
+    def train_step(self, step: int) -> tuple[float, bool]:
+        """One step of the recipe (see the module docstring); returns (loss, skipped)."""
+        x, y = self.next_batch()
+        scale = self.scaler.scale if self.scaler is not None else 1.0
+        for _, param in self.params:
+            param.grad = None
+        # (1) + (2): forward and backward under the policy, the backward pass started at S * grad_scale
+        with emulate(self.policy, model=self.model, recorder=self.recorder, accumulate=self.accumulate):
+            loss = self.loss(self.model(x), y)
+            loss.backward(torch.tensor(scale * self.config.grad_scale, dtype=loss.dtype))
+        # (3) gradients to FP32, unscaled, checked
+        grads = [_unscaled(param.grad, scale) for _, param in self.params]
+        found_inf = self.scaler is not None and not all(bool(torch.isfinite(g).all()) for g in grads
+                                                        if g is not None)
+        if self.config.shadow_every and step % self.config.shadow_every == 0:
+            self.observe_shadow(x, y, grads)
+        # (4) + (5) the optimizer's updates into the weights (not on a skipped step)
+        if not found_inf:
+            self.weights.step(grads)
+        if self.scaler is not None:
+            self.scaler.update(found_inf, step)
+        return float(loss.detach()), found_inf
+
+    def observe_shadow(self, x, y, grads) -> None:
+        """Hand the recorder this step's weight gradients and those of its FP64 twin, per module."""
+        if self.shadow_model is None:
+            self.shadow_model = copy.deepcopy(self.model).double()
+        shadow_params = [param for _, param in _named_parameters(self.shadow_model)]
+        with torch.no_grad():
+            for (_, param), twin in zip(self.params, shadow_params):
+                twin.copy_(param)
+                twin.grad = None
+        loss = self.loss(self.shadow_model(x.double() if x.is_floating_point() else x), y)
+        loss.backward(torch.tensor(self.config.grad_scale, dtype=torch.float64))
+        exact = [torch.zeros_like(twin) if twin.grad is None else twin.grad for twin in shadow_params]
+        grads = [torch.zeros_like(param) if grad is None else grad for (_, param), grad in zip(self.params, grads)]
+        policy_grads, shadow_grads = _by_module(self.params, grads), _by_module(self.params, exact)
+        self.recorder.observe_shadow(policy_grads, shadow_grads, shadow_grads)
+
+    def loss(self, logits, targets):
+        """Mean cross-entropy in nats: per token for a language model (B, T, V), per example otherwise."""
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    def next_batch(self):
+        if self.language_model:
+            x, y = self.data.batch(self.batch_rng, self.config.batch_size, self.block_size)
+            return torch.from_numpy(x), torch.from_numpy(y)
+        index = torch.from_numpy(next(self.batch_indices))
+        return self.x_train[index], self.y_train[index]
+
+    # --- the loop ----------------------------------------------------------------------------
+    def train(self, progress: bool) -> TrainResult:
+        from tqdm import tqdm
+
+        diverged_step = None
+        bar = tqdm(range(self.config.steps), desc=self.policy.name, disable=not progress,
+                   file=sys.stderr, leave=False)
+        step = -1
+        for step in bar:
+            self.recorder.start_step(step)
+            scale = self.scaler.scale if self.scaler is not None else 1.0
+            loss, skipped = self.train_step(step)
+            self.recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
+            weights_finite = all(bool(torch.isfinite(param).all()) for _, param in self.params)
+            if has_diverged(loss, weights_finite, self.scaler, scale):
+                diverged_step = step
+                break
+            if progress and step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
+        bar.close()
+        self.recorder.finish()
+        return self._result(step + 1, diverged_step)
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        """(accuracy, mean loss in nats) on the validation text or the test set, in the policy's forward
+        formats; accuracy is None for a language model."""
+        if self.language_model:
+            x, y = (torch.from_numpy(a) for a in self.data.validation_windows(self.block_size))
+        else:
+            x = torch.from_numpy(self.data.x_test.astype(np.float32))
+            y = torch.from_numpy(self.data.y_test)
+        total_loss, correct = 0.0, 0
+        with torch.no_grad(), emulate(self.policy, model=self.model, accumulate=self.accumulate):
+            for start in range(0, len(x), EVAL_BATCH):
+                logits = self.model(x[start:start + EVAL_BATCH])
+                targets = y[start:start + EVAL_BATCH]
+                total_loss += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                                    reduction="sum"))
+                correct += int((logits.argmax(-1) == targets).sum())
+        accuracy = None if self.language_model else correct / y.numel()
+        return accuracy, json_float(total_loss / y.numel())
+
+    def _result(self, steps_run, diverged_step) -> TrainResult:
+        accuracy, test_loss = self.evaluate()
+        layers = self.recorder.layer_summaries()
+        sizes = {}
+        for module, param in self.params:
+            sizes[module] = sizes.get(module, 0) + param.numel()
+        for summary in layers:
+            summary["parameters"] = sizes.get(summary["module"], 0)
+        return result_of_run(self.config.to_dict(), self.policy.name, self.recorder, self.scaler,
+                             steps_run=steps_run, diverged_step=diverged_step, test_accuracy=accuracy,
+                             test_loss=test_loss, layers=layers)
+
+
+def _named_parameters(model) -> list[tuple[str, "torch.nn.Parameter"]]:
+    """(module path, parameter) for every parameter, once, in ``named_parameters`` order (a tied weight under
+    its first owner; the root module is ``ROOT``, as the emulation names them)."""
+    return [(name.rpartition(".")[0] or ROOT, param) for name, param in model.named_parameters()]
+
+
+def _by_module(params, tensors) -> list[list[np.ndarray]]:
+    """``tensors`` (one per parameter) as numpy arrays grouped by module, modules in order of appearance."""
+    groups: dict[str, list] = {}
+    for (module, _), tensor in zip(params, tensors):
+        groups.setdefault(module, []).append(tensor.detach().numpy())
+    return list(groups.values())
+
+
+def _unscaled(grad, scale: float):
+    """The FP32 gradient divided by the loss scale (in float64, rounded once); None where none flowed."""
+    if grad is None or scale == 1.0:
+        return grad
+    return (grad.double() / scale).float()
