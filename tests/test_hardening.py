@@ -380,11 +380,10 @@ def _kill_a_worker_when_busy(pool, started):
     import time
 
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not started.exists():
+    while time.monotonic() < deadline and not (started.exists() and getattr(pool, "_processes", None)):
         time.sleep(0.05)
-    processes = list(getattr(pool, "_processes", {}) or {})
-    if processes:
-        os.kill(processes[0], signal.SIGKILL)
+    time.sleep(0.5)  # the worker is importing fpsim or training
+    os.kill(next(iter(pool._processes)), signal.SIGKILL)
 
 
 def test_a_killed_worker_does_not_fail_the_other_runs(tmp_path):
@@ -436,3 +435,14 @@ def test_a_corrupt_row_is_one_line_in_sweep_and_load_sweep(tmp_path, capsys):
     assert "corrupt" in err and len(err.splitlines()) == 1
     with pytest.raises(ValueError, match="corrupt"):
         fpsim.load_sweep(store)
+
+
+@pytest.mark.parametrize("address", ["garbage", "tcp://127.0.0.1:99999", "foo://host:1"])
+def test_a_bad_scheduler_address_is_one_line_and_nothing_after(address, tmp_path):
+    pytest.importorskip("distributed")
+    grid = tmp_path / "grid.toml"
+    grid.write_text('policy = ["fp32"]\nsteps = [2]\n')
+    done = subprocess.run([sys.executable, "-m", "fpsim", "sweep", str(grid), "--store", str(tmp_path / "s.sqlite"),
+                           "--scheduler", address, "--connect-timeout", "1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "scheduler address" in done.stderr

@@ -30,7 +30,7 @@ SECONDS = 20
 
 # capsys is read before every command and monkeypatch only sets what each example sets again: both are safe
 # to share between the examples of one test
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 SLOW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -186,27 +186,30 @@ path_parts = st.lists(st.sampled_from(["", ".", "..", "out", "notes.txt", "src",
                       min_size=0, max_size=3)
 
 
-def _layout(root: Path) -> Path:
-    """A working folder holding the user's files, a file beside it and a previous report; returns the cwd."""
-    here = root / "work" / "here"
-    (here / "src").mkdir(parents=True)
-    (here / "notes.txt").write_text("the user's notes")
-    (root / "work" / "notes.txt").write_text("more notes")
-    return here
+@contextlib.contextmanager
+def workspace(monkeypatch):
+    """A fresh temporary folder: the current folder in it holds the user's files, and a file lies beside it.
+
+    Yields (the folder, the current folder, a monkeypatch context undone after the example)."""
+    with tempfile.TemporaryDirectory() as folder, monkeypatch.context() as patch:
+        root = Path(folder).resolve()
+        here = root / "work" / "here"
+        (here / "src").mkdir(parents=True)
+        (here / "notes.txt").write_text("the user's notes")
+        (root / "work" / "notes.txt").write_text("more notes")
+        patch.chdir(here)
+        yield root, here, patch
 
 
 @SLOW
 @given(path_parts)
 def test_report_touches_only_its_output(capsys, monkeypatch, parts):
-    with tempfile.TemporaryDirectory() as folder, monkeypatch.context() as patch:
-        root = Path(folder).resolve()
-        here = _layout(root)
+    with workspace(monkeypatch) as (root, here, patch):
         analyses = root / "analyses"
         analyses.mkdir()
         (analyses / "tiny.py").write_text("from fpsim.report.runner import new_section\n"
                                           "def run(ctx):\n    return new_section(ctx, globals(), 'Tiny')\n")
         patch.setattr(runner, "ANALYSES_DIR", analyses)
-        patch.chdir(here)
         out = os.path.join(*parts) if parts else ""
         before = snapshot(root)
         status = run_cli(["report", "--out", out, "--no-progress"], capsys)
@@ -217,10 +220,7 @@ def test_report_touches_only_its_output(capsys, monkeypatch, parts):
 @SLOW
 @given(path_parts)
 def test_train_touches_only_its_output(capsys, monkeypatch, parts):
-    with tempfile.TemporaryDirectory() as folder, monkeypatch.context() as patch:
-        root = Path(folder).resolve()
-        here = _layout(root)
-        patch.chdir(here)
+    with workspace(monkeypatch) as (root, here, patch):
         patch.setattr(tempfile, "tempdir", str(root / "kept"))  # where a result that cannot be written goes
         (root / "kept").mkdir()
         out = os.path.join(*parts) if parts else ""

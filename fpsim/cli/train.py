@@ -48,8 +48,10 @@ def number(text: str) -> float:
         raise UsageError(f"not a number: {text!r} (use e.g. 0.05, 1e-6 or 2**-20)") from None
     except OverflowError:
         raise UsageError(f"{text!r} is beyond the range of float64 (magnitudes up to about 1.8e308)") from None
-    if isinstance(result, complex) or not math.isfinite(result):
+    if isinstance(result, complex) or math.isnan(result) or "inf" in value.lower():
         raise UsageError(f"not a finite real number: {text!r}")
+    if math.isinf(result):  # a Decimal beyond 2^65536 converts to inf without an OverflowError
+        raise UsageError(f"{text!r} is beyond the range of float64 (magnitudes up to about 1.8e308)")
     if result == 0 and (parse_real(base) if power else parse_real(value)) != 0:
         raise UsageError(f"{text!r} is below the range of float64: it would be 0")
     return result

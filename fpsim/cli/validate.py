@@ -31,7 +31,7 @@ def configure(parser):
 
 def run(args) -> int:
     if not 1000 <= args.inputs <= MAX_INPUTS:
-        raise ValueError(f"--inputs must be in 1000..{MAX_INPUTS} (each takes about 30 bytes of memory)")
+        raise ValueError(f"--inputs must be at least 1000 and at most {MAX_INPUTS} (each takes about 30 bytes)")
     start = time.perf_counter()
     rows = run_validation(args.inputs, args.seed, progress=args.progress)
     print(text_table(rows))
