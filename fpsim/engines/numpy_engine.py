@@ -23,8 +23,6 @@ it takes at most ``steps`` steps.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from ..numerics._kernels import one_thread
@@ -35,7 +33,8 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.recorder import Recorder, json_float
-from ..sim.result import TrainResult, has_diverged, result_of_run
+from ..sim.loop import run_steps
+from ..sim.result import TrainResult, result_of_run
 from .mlp import MLP, Compute, Float64Compute, ForwardPass, LossPass, module_name
 
 EVAL_CHUNK = 1024
@@ -151,33 +150,12 @@ class _Run:
 
     # --- the loop ------------------------------------------------------------
     def train(self, steps, batch_size, shadow_every, config, progress) -> TrainResult:
-        from tqdm import tqdm
-        diverged_step = None
-        batches = self._batches(batch_size)
-        bar = tqdm(range(steps), desc=self.policy.name, disable=not progress, file=sys.stderr, leave=False)
-        step = -1
-        for step in bar:
-            self.recorder.start_step(step)
-            scale = self.scaler.scale if self.scaler is not None else 1.0
-            loss, skipped = self.train_step(step, next(batches), shadow=shadow_every and step % shadow_every == 0)
-            self.recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
-            weights_finite = all(np.isfinite(w).all() for layer in self.weights for w in layer)
-            if has_diverged(loss, weights_finite, self.scaler, scale):
-                diverged_step = step
-                break
-            if progress and step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
-        bar.close()
-        self.recorder.finish()
-        return self._result(config, step + 1, diverged_step)
-
-    def _batches(self, batch_size):
-        """Batch indices: each epoch a fresh permutation, cut into full batches (the remainder is dropped)."""
-        n = len(self.dataset.y_train)
-        while True:
-            order = self.batch_rng.permutation(n)
-            for start in range(0, n - batch_size + 1, batch_size):
-                yield order[start:start + batch_size]
+        batches = self.dataset.batches(self.batch_rng, batch_size)
+        steps_run, diverged_step = run_steps(
+            steps, lambda step: self.train_step(step, next(batches), shadow=shadow_every and step % shadow_every == 0),
+            lambda: all(np.isfinite(w).all() for layer in self.weights for w in layer),
+            self.recorder, self.scaler, desc=self.policy.name, progress=progress)
+        return self._result(config, steps_run, diverged_step)
 
     def _shadow_gradients(self, index, forward: ForwardPass, loss: LossPass) -> tuple[list, list]:
         """This step's weight gradients in FP64 arithmetic, twice.

@@ -65,7 +65,6 @@ forward formats, unrecorded.
 from __future__ import annotations
 
 import copy
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -79,7 +78,8 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update
 from ..sim.recorder import Recorder, json_float
-from ..sim.result import TrainResult, has_diverged, result_of_run
+from ..sim.loop import run_steps
+from ..sim.result import TrainResult, result_of_run
 from .emulate import ROOT, emulate
 from .models import get_model
 
@@ -337,26 +337,11 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------------
     def train(self, progress: bool) -> TrainResult:
-        from tqdm import tqdm
-
-        diverged_step = None
-        bar = tqdm(range(self.config.steps), desc=self.policy.name, disable=not progress,
-                   file=sys.stderr, leave=False)
-        step = -1
-        for step in bar:
-            self.recorder.start_step(step)
-            scale = self.scaler.scale if self.scaler is not None else 1.0
-            loss, skipped = self.train_step(step)
-            self.recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
-            weights_finite = all(bool(torch.isfinite(param).all()) for _, param in self.params)
-            if has_diverged(loss, weights_finite, self.scaler, scale):
-                diverged_step = step
-                break
-            if progress and step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
-        bar.close()
-        self.recorder.finish()
-        return self._result(step + 1, diverged_step)
+        steps_run, diverged_step = run_steps(
+            self.config.steps, self.train_step,
+            lambda: all(bool(torch.isfinite(param).all()) for _, param in self.params),
+            self.recorder, self.scaler, desc=self.policy.name, progress=progress)
+        return self._result(steps_run, diverged_step)
 
     def evaluate(self) -> tuple[float | None, float | None]:
         """(accuracy, mean loss in nats) on the validation text or the test set, in the policy's forward
