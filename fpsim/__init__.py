@@ -1,13 +1,15 @@
 """fpsim: bit-exact emulation of floating-point formats and of mixed-precision training."""
 
-from .ops.arithmetic import add, div, fma, mul, sqrt, sub
 from .numerics.bits import decode, describe, encode, fields
 from .numerics.exact import ROUNDING_MODES, round_exact
 from .numerics.formats import BF16, E4M3, E5M2, FORMATS, FP16, FP32, FP64, TF32, Format, get_format
-from .sim.policy import POLICIES, Policy
-from .ops.reductions import dot, matmul, sum
 from .numerics.rounding import round
+from .ops.arithmetic import add, div, fma, mul, sqrt, sub
+from .ops.reductions import dot, matmul, sum
+from .sim.config import TrainConfig
+from .sim.policy import POLICIES, Policy
+from .sim.result import TrainResult
+from .engines import train
 from .runs.sweep import load_sweep, sweep
-from .engines.numpy_engine import TrainResult, train
 
 __version__ = "0.1.0"

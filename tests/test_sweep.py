@@ -192,7 +192,8 @@ def test_a_result_config_reruns_the_same_run(options):
     ({"policy": "fp32", "progress": True}, ValueError, "unknown training option 'progress'"),
     ({"seed": 0}, ValueError, "needs a 'policy'"),
     ({"policy": "fp33"}, ValueError, "unknown policy"),
-    ({"policy": "fp32", "seed": object()}, TypeError, "JSON"),
+    ({"policy": "fp32", "seed": object()}, ValueError, "seed must be an integer"),
+    ({"policy": "fp32", "data": {"name": "teacher", "noise": object()}}, TypeError, "JSON"),
 ])
 def test_bad_configuration_is_refused_before_anything_runs(tmp_path, config, error, message):
     store = tmp_path / "runs.sqlite"
@@ -253,12 +254,12 @@ def test_any_executor_and_duplicates_run_once(one_by_one):
 def test_a_failed_run_is_stored_and_the_sweep_goes_on(tmp_path, one_by_one):
     store = tmp_path / "runs.sqlite"
     configs = expand_grid(GRID)[:2]
-    bad = {"policy": "fp32", "optimizer": "no-such-optimizer", **TINY}
+    bad = {"policy": "fp32", "data": "mnist:/no/such/mnist.npz", **TINY}  # valid, fails when it runs
     assert run_config(bad)["status"] == "failed"
     with local_pool(2) as pool:
         records = sweep([configs[0], bad, configs[1]], store=store, executor=pool, progress=False)
     assert [r["status"] for r in records] == ["ok", "failed", "ok"]
-    assert records[1]["result"] is None and "no-such-optimizer" in records[1]["error"]
+    assert records[1]["result"] is None and "/no/such/mnist.npz" in records[1]["error"]
     assert "\n" not in records[1]["error"]
     assert as_json(records[2]["result"]) == one_by_one[records[2]["key"]]
     # a second sweep reuses the finished runs and retries the failed one, which replaces its row

@@ -16,7 +16,7 @@ import pytest
 import fpsim
 from fpsim.cli import main
 from fpsim.sim.recorder import KINDS, STATS, Recorder
-from fpsim.engines.numpy_engine import TrainResult, train
+from fpsim import TrainResult, train
 
 SMALL = {"hidden": (64, 64), "progress": False}
 TINY_GRADIENTS = 2.0 ** -20  # grad_scale that puts the FP32 weight gradients below FP16's 2^-24

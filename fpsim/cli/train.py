@@ -1,4 +1,9 @@
-"""Train a small MLP under a precision policy and report underflow, overflow and lost updates.
+"""Train a model under a precision policy and report underflow, overflow and lost updates.
+
+The model is the bit-exact numpy MLP (--model mlp, the default, on the digits
+data), or a PyTorch model on the torch engine (--model char-gpt: a small GPT on
+the text of Python's documentation; --model cnn: a small conv net), which needs
+the extra: pip install "fpsim[torch]".
 
 The policy is a preset (fp32, fp16-pure, fp16-mixed, fp16-amp, bf16-pure,
 bf16-mixed, bf16-sr, bf16-kahan) or a JSON dict of Policy fields, e.g.
@@ -10,6 +15,7 @@ Examples:
   fpsim train --policy bf16-pure --lr 0.003 --steps 1500
   fpsim train --policy fp16-mixed --grad-scale 2**-20 --loss-scale 2**16 --out result.json
   fpsim train --policy fp16-amp --data mnist:~/data/mnist.npz --hidden 256,256 --optimizer adam --lr 1e-3
+  fpsim train --model char-gpt --policy bf16-mixed --optimizer adam --lr 1e-3 --steps 300
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 
 from . import UsageError
 from ..report.table import text_table
+from ..sim.config import MODELS
 
 
 def number(text: str) -> float:
@@ -44,9 +51,15 @@ def number(text: str) -> float:
 def configure(parser):
     parser.add_argument("--policy", required=True,
                         help="preset name (see fpsim.POLICIES) or a JSON dict of Policy fields")
-    parser.add_argument("--data", default="digits", help="digits (default), mnist:PATH to a local npz, or teacher")
-    parser.add_argument("--hidden", default="128,128,128", help="hidden layer widths, comma-separated")
-    parser.add_argument("--optimizer", default="sgd", help="sgd (default), momentum or adam")
+    parser.add_argument("--model", default="mlp", choices=list(MODELS),
+                        help="mlp (default, numpy engine), char-gpt or cnn (torch engine)")
+    parser.add_argument("--model-options", default=None,
+                        help="JSON dict of the torch model's settings, e.g. '{\"n_layer\": 4}'")
+    parser.add_argument("--data", default=None,
+                        help="the model's default data set unless given: digits, mnist:PATH to a local npz, "
+                             "teacher (MLP); pydoc (char-gpt)")
+    parser.add_argument("--hidden", default="128,128,128", help="the MLP's hidden layer widths, comma-separated")
+    parser.add_argument("--optimizer", default="sgd", help="sgd (default), momentum, adam (or adamw, torch engine)")
     parser.add_argument("--lr", type=number, default=0.05, help="learning rate (default 0.05)")
     parser.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per step (default 64)")
@@ -64,12 +77,13 @@ def configure(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _policy(text: str):
+def _json_or_name(flag: str, text: str):
+    """A JSON dict when ``text`` starts with "{", else the text itself (a name)."""
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise UsageError(f"--policy is not valid JSON: {error}") from None
+            raise UsageError(f"{flag} is not valid JSON: {error}") from None
     return text
 
 
@@ -81,17 +95,23 @@ def _hidden(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    from ..engines.numpy_engine import train
+    from .. import train
 
     loss_scale = None
     if args.loss_scale is not None:
         loss_scale = "dynamic" if args.loss_scale.strip() == "dynamic" else number(args.loss_scale)
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UsageError(f"--out: folder {os.path.dirname(os.path.abspath(args.out))!r} does not exist")
-    result = train(_policy(args.policy), data=args.data, hidden=_hidden(args.hidden), optimizer=args.optimizer,
+    options = {}
+    if args.model_options is not None:
+        options["model_options"] = _json_or_name("--model-options", args.model_options)
+    if args.model == "mlp":
+        options.update(hidden=_hidden(args.hidden), shadow_every=args.shadow_every)
+    result = train(_json_or_name("--policy", args.policy), model=args.model, data=args.data, **options,
+                   optimizer=args.optimizer,
                    lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                    grad_scale=args.grad_scale, histograms=args.histograms, progress=not args.no_progress,
-                   loss_scale=loss_scale, momentum=args.momentum, shadow_every=args.shadow_every)
+                   loss_scale=loss_scale, momentum=args.momentum)
     rows = [{"measure": name, "value": "-" if value is None else value} for name, value in result.summary().items()]
     print(text_table(rows))
     if result.diverged:

@@ -1,5 +1,35 @@
-"""Training engines: a model trained under a ``Policy``, observed by a ``Recorder``.
+"""Training engines: a model trained under a ``Policy``, observed by a ``Recorder``, one ``TrainResult``.
 
-``numpy_engine``: the bit-exact engine, every product and its accumulation
-emulated, on the MLP of ``mlp``.  Builds on ``fpsim.sim``.
+``fpsim.train`` builds one ``TrainConfig`` and hands it to the engine of its
+model: ``numpy_engine`` (the bit-exact engine: the MLP of ``mlp``, every product
+and its accumulation emulated; no torch needed) or ``fpsim.torch.engine`` (any
+``torch.nn.Module``; needs the ``fpsim[torch]`` extra).  Builds on ``fpsim.sim``.
 """
+
+from __future__ import annotations
+
+from ..sim.config import TrainConfig
+from ..sim.result import TrainResult
+
+
+def train(policy, *, progress: bool = True, **options) -> TrainResult:
+    """Train a model under a precision policy and record what its formats did to it.
+
+    ``policy``: a ``Policy``, a preset name (``fpsim.POLICIES``) or a dict of Policy
+    fields.  ``options``: the other fields of ``fpsim.TrainConfig`` (each documented
+    there), e.g. ``model="char-gpt"``, ``data="digits"``, ``hidden=(128, 128, 128)``,
+    ``optimizer="adam"``, ``lr``, ``steps``, ``batch_size``, ``seed``, ``grad_scale``,
+    ``loss_scale``, ``histograms``.  ``progress``: a progress bar on stderr.
+
+    The same options and seed give a bit-identical result.
+    """
+    return run(TrainConfig.from_dict({"policy": policy, **options}), progress=progress)
+
+
+def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train ``config`` on its model's engine."""
+    if config.engine == "numpy":
+        from .numpy_engine import train_mlp
+        return train_mlp(config, progress=progress)
+    from ..torch.engine import train as train_torch  # one line naming the extra when torch is missing
+    return train_torch(config, progress=progress)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import itertools
 import json
 import multiprocessing
@@ -48,7 +47,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..sim.policy import Policy
+from ..sim.config import TrainConfig
 from .store import RunStore, load_sweep
 
 __all__ = ["sweep", "load_sweep", "expand_grid", "read_grid", "normalize_config", "config_key",
@@ -133,36 +132,21 @@ def read_grid(path: str | os.PathLike) -> dict:
 
 
 def normalize_config(config: Mapping) -> dict:
-    """The full configuration a run key hashes: ``config`` with ``fpsim.train``'s defaults filled in.
+    """The full configuration a run key hashes: ``TrainConfig``'s canonical JSON form of ``config``.
 
-    Unknown options, a missing ``policy`` and values that are not JSON data are
-    refused (``ValueError``/``TypeError``).  ``progress`` is not an option: runs
-    never draw progress bars.  An int given where the default is a float becomes
-    that float, so ``grad_scale=1`` and ``grad_scale=1.0`` name the same run.
-    Tuples become lists (their JSON form), which ``fpsim.train`` accepts alike.
+    Unknown options and a missing ``policy`` are refused (``ValueError``/``TypeError``);
+    ``progress`` is not an option: runs never draw progress bars.  Equivalent
+    spellings of one run (``loss_scale`` 1024 and 1024.0, ``hidden`` 16 and [16],
+    "DIGITS" and "digits", ``scaler`` None and {}, a preset name and its fields)
+    give one configuration (see ``fpsim.sim.config``).
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"a sweep configuration is a dict of fpsim.train options, got {type(config).__name__}")
-    signature = _train_signature()
-    options = [name for name in signature.parameters if name != "progress"]
-    unknown = [name for name in config if name not in options]
-    if unknown:
-        raise ValueError(f"unknown training option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"fpsim.train takes {', '.join(options)}")
-    if "policy" not in config:
-        raise ValueError("a sweep configuration needs a 'policy'")
-    bound = signature.bind(**config)
-    bound.apply_defaults()
-    full = {}
-    for name, value in bound.arguments.items():
-        if name == "progress":
-            continue
-        default = signature.parameters[name].default
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        full[name] = value
+    full = TrainConfig.from_dict(dict(config))  # "progress" is not a TrainConfig field: refused as unknown
+    if not isinstance(full.model, str):
+        raise ValueError("a sweep runs built-in models only (a model factory cannot be stored or sent to a worker)")
     try:
-        return json.loads(json.dumps(full))
+        return json.loads(json.dumps(full.to_dict(), allow_nan=False))
     except (TypeError, ValueError) as error:
         raise TypeError(f"a sweep configuration holds JSON data only: {error}") from None
 
@@ -170,15 +154,13 @@ def normalize_config(config: Mapping) -> dict:
 def config_key(config: Mapping) -> str:
     """The stable key of a run: SHA-256 (hex) of its full configuration and fpsim's numerics version.
 
-    The policy enters as the fields it resolves to (``Policy.coerce(...).to_dict()``),
-    so a preset name and the same policy written as a dict are one run, and an
-    unknown policy is refused here, before anything runs.  The hashed text is
-    canonical JSON (sorted keys, no spaces; floats written as their shortest
-    round-trip decimal), so the key is the same in every process, on every
-    machine and for every order of the options.
+    The hashed text is canonical JSON (sorted keys, no spaces; floats written as
+    their shortest round-trip decimal) of ``normalize_config``, so the key is the
+    same in every process, on every machine, for every order of the options and
+    for every spelling of one run; an invalid configuration is refused here,
+    before anything runs.
     """
     full = normalize_config(config)
-    full["policy"] = Policy.coerce(full["policy"]).to_dict()
     text = json.dumps({"config": full, "numerics": numerics_version()}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -314,11 +296,6 @@ def _as_executor(executor) -> Executor | None:
         return executor.get_executor()
     raise TypeError(f"executor must be a concurrent.futures.Executor or a dask.distributed.Client, "
                     f"got {type(executor).__name__}")
-
-
-def _train_signature() -> inspect.Signature:
-    from .. import train
-    return inspect.signature(train)
 
 
 def _single_threaded() -> None:

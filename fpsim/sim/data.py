@@ -82,7 +82,7 @@ class Dataset:
 
 def load_data(spec="digits") -> "Dataset | TextDataset":
     """The data set named by ``spec`` (see the module docstring for the accepted forms)."""
-    name, options = _parse_spec(spec)
+    name, options = parse_data_spec(spec)
     if name in ("digits", "mnist1d"):
         _no_options(name, options, allowed=())
         return load_digits() if name == "digits" else load_mnist1d()
@@ -99,7 +99,8 @@ def load_data(spec="digits") -> "Dataset | TextDataset":
     return teacher_student(**options)
 
 
-def _parse_spec(spec) -> tuple[str, dict]:
+def parse_data_spec(spec) -> tuple[str, dict]:
+    """The name (case-folded) and options of a data-set ``spec``; refuses unknown names and misplaced options."""
     if isinstance(spec, str):
         name, _, rest = spec.partition(":")
         name = name.strip().lower()

@@ -1,0 +1,257 @@
+"""``TrainConfig``: one training run's whole configuration, validated once, with a canonical JSON form.
+
+``fpsim.train(policy, **options)``, ``fpsim train`` and the sweeps all build a
+``TrainConfig``; the engines read nothing else.  Validation happens here, in
+``__post_init__``, so a mistake is one ``ValueError`` (or ``TypeError``) that
+names the option before anything runs.  Values are stored canonically, so two
+ways of writing one run are one configuration and hash to one sweep key:
+
+* numbers: a float option given as an int (``loss_scale=1024``) or as a numpy
+  scalar becomes that float; an integer option accepts numpy integers;
+* names (policy presets, optimizer, data set, model) are case-folded;
+* ``hidden=16`` is ``(16,)``; ``scaler={}`` is ``scaler=None``;
+* ``data=None`` is the model's default data set (``MODELS``).
+
+``to_dict()`` gives the JSON form (``TrainConfig.from_dict`` inverts it, and
+``fpsim.train(**config.to_dict())`` reruns the run); a model given as a Python
+factory is written by its qualified name and cannot be read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from dataclasses import dataclass, field
+
+from .data import parse_data_spec
+from .loss_scaling import SCALER_OPTIONS, LossScaler
+from .policy import Policy
+
+MODELS = {
+    "mlp": {"engine": "numpy", "data": "digits"},
+    "char-gpt": {"engine": "torch", "data": "pydoc"},
+    "cnn": {"engine": "torch", "data": "mnist1d"},
+}
+"""Built-in models: the engine that trains each (``numpy``: bit-exact, no torch needed; ``torch``: ``fpsim.torch``)
+and the data set it trains on by default.  ``model`` may also be a callable returning a ``torch.nn.Module``."""
+
+OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
+"""Optimizer names each engine takes."""
+
+_INTEGER_SCALER_OPTIONS = ("growth_interval", "hysteresis")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.  Every field is validated and made canonical on construction."""
+
+    policy: Policy
+    """The precision policy: a ``Policy``, a preset name or a dict of Policy fields (as given, before
+    ``loss_scale`` overrides it; ``effective_policy`` is what the run uses)."""
+    model: object = "mlp"
+    """A name in ``MODELS`` or a factory returning a ``torch.nn.Module`` (torch engine)."""
+    model_options: dict = field(default_factory=dict)
+    """Settings of the model (its config dataclass's fields, e.g. ``{"n_layer": 2}`` for char-gpt);
+    the MLP takes its widths from ``hidden``."""
+    data: object = None
+    """Data set (``fpsim.sim.data``): a name, "mnist:PATH", or a dict with a "name"; None: the model's default."""
+    hidden: tuple = (128, 128, 128)
+    """Widths of the MLP's hidden layers (ReLU); the default model is 64-128-128-128-10 on digits."""
+    optimizer: str = "sgd"
+    """Optimizer name (``OPTIMIZERS``); ``momentum``, ``betas``, ``eps`` are its settings."""
+    lr: float = 0.05
+    """Learning rate (> 0)."""
+    steps: int = 1500
+    """Training steps (>= 1)."""
+    batch_size: int = 64
+    """Examples (windows of text, for a character model) per step."""
+    seed: int = 0
+    """Everything random (initialisation, batch order, stochastic rounding) derives from it."""
+    grad_scale: float = 1.0
+    """Multiplies the loss, so every gradient is that many times smaller (or larger), while the optimizer is
+    made invariant to it (SGD: lr / grad_scale; Adam: eps * grad_scale): in exact arithmetic the run is
+    unchanged.  A stand-in for small gradients, not a model of any particular network."""
+    histograms: bool = False
+    """Keep histograms of log2|value| before rounding at ``histogram_steps``."""
+    histogram_steps: tuple | None = None
+    """Steps of the histograms (default with ``histograms``: the first, 10%, 50% and the last)."""
+    loss_scale: float | str | None = None
+    """If given, replaces the policy's ``loss_scale``: a positive constant or "dynamic"."""
+    scaler: dict | None = None
+    """Settings of the dynamic loss scaler (``fpsim.sim.loss_scaling.SCALER_OPTIONS``)."""
+    momentum: float = 0.9
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    record_every: int = 50
+    """Window (steps) of the per-module count history; 0 for none."""
+    shadow_every: int = 100
+    """Every this many steps, compare the gradients with an FP64 shadow (numpy engine); 0 for never."""
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)  # the dataclass is frozen
+        put("policy", Policy.coerce(self.policy))
+        put("model", _model(self.model))
+        if not isinstance(self.model_options, dict) or not all(isinstance(k, str) for k in self.model_options):
+            raise ValueError(f"model_options must be a dict of named settings, got {self.model_options!r}")
+        put("model_options", dict(self.model_options))
+        if self.model == "mlp" and self.model_options:
+            raise ValueError("the MLP takes no model_options: give its widths as hidden=(...)")
+        put("data", _data(self.model, self.data))
+        put("hidden", _hidden(self.hidden))
+        optimizers = OPTIMIZERS[self.engine]
+        if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(optimizers)}")
+        put("optimizer", self.optimizer.strip().lower())
+        for name in ("lr", "grad_scale", "eps"):
+            put(name, positive_number(name, getattr(self, name)))
+        put("momentum", number_in("momentum", self.momentum, 0.0, 1.0))
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999); got {self.betas!r}")
+        put("betas", tuple(number_in("each of betas", b, 0.0, 1.0, closed=False) for b in self.betas))
+        for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0), ("record_every", 0),
+                              ("shadow_every", 0)):
+            put(name, integer(name, getattr(self, name), minimum))
+        if not isinstance(self.histograms, bool):
+            raise ValueError(f"histograms must be True or False, got {self.histograms!r}")
+        put("histogram_steps", _histogram_steps(self.histograms, self.histogram_steps, self.steps))
+        put("loss_scale", _loss_scale(self.loss_scale))
+        put("scaler", _scaler(self.scaler))
+        LossScaler.for_policy(self.effective_policy.loss_scale, self.scaler)  # refuses settings that cannot apply
+
+    @property
+    def engine(self) -> str:
+        """``"numpy"`` (the bit-exact MLP engine) or ``"torch"``."""
+        return MODELS[self.model]["engine"] if isinstance(self.model, str) else "torch"
+
+    @property
+    def effective_policy(self) -> Policy:
+        """The policy the run uses: ``policy`` with ``loss_scale`` applied when one is given."""
+        if self.loss_scale is None:
+            return self.policy
+        return dataclasses.replace(self.policy, loss_scale=self.loss_scale,
+                                   name=f"{self.policy.name} (loss scale {self.loss_scale:g})"
+                                   if isinstance(self.loss_scale, float)
+                                   else f"{self.policy.name} (loss scale {self.loss_scale})")
+
+    def to_dict(self) -> dict:
+        """The canonical JSON form: ``fpsim.train(**config.to_dict())`` reruns the run."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["policy"] = self.policy.to_dict()
+        if not isinstance(self.model, str):
+            out["model"] = f"<factory {getattr(self.model, '__module__', '?')}." \
+                           f"{getattr(self.model, '__qualname__', repr(self.model))}>"
+        for name in ("hidden", "betas", "histogram_steps"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "TrainConfig":
+        """A config from a dict of options (``to_dict``'s form, or what ``fpsim.train`` takes), one-line errors."""
+        if not isinstance(options, dict):
+            raise TypeError(f"a training configuration is a dict of options, got {type(options).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [name for name in options if name not in known]
+        if unknown:
+            raise ValueError(f"unknown training option{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; the options are {', '.join(known)}")
+        if "policy" not in options:
+            raise ValueError("a training configuration needs a 'policy'")
+        return cls(**options)
+
+
+# --- validation helpers (also used by the optimizers and the loss scaler) -------------------------------
+
+def is_number(value) -> bool:
+    """A real, finite number that is not a bool (Python or numpy)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def positive_number(name: str, value) -> float:
+    """``value`` as a float if it is a finite number > 0, else a ValueError naming ``name``."""
+    if not (is_number(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def number_in(name: str, value, low: float, high: float, *, closed: bool = True) -> float:
+    """``value`` as a float if it lies in [low, high] (``closed``) or [low, high), else a ValueError."""
+    if not (is_number(value) and low <= value and (value <= high if closed else value < high)):
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}{']' if closed else ')'}, got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value, minimum: int) -> int:
+    """``value`` as an int if it is an integer (Python or numpy) >= ``minimum``, else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _model(model):
+    if callable(model) and not isinstance(model, str):
+        return model
+    if isinstance(model, str) and model.strip().lower() in MODELS:
+        return model.strip().lower()
+    raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)} or a function returning a "
+                     f"torch.nn.Module")
+
+
+def _data(model, data):
+    if data is None:
+        return MODELS[model]["data"] if isinstance(model, str) else None
+    name, options = parse_data_spec(data)
+    return {"name": name, **options} if options else name
+
+
+def _hidden(hidden) -> tuple:
+    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+        hidden = (hidden,)
+    if not isinstance(hidden, (list, tuple)) or not hidden:
+        raise ValueError(f"hidden must list at least one hidden layer width, e.g. (128, 128, 128); got {hidden!r}")
+    return tuple(integer("every hidden layer width", width, 1) for width in hidden)
+
+
+def _histogram_steps(histograms: bool, steps_given, steps: int):
+    if not histograms:
+        if steps_given is not None:
+            raise ValueError("histogram_steps needs histograms=True")
+        return None
+    if steps_given is None:
+        return tuple(sorted({0, steps // 10, steps // 2, steps - 1}))
+    if not isinstance(steps_given, (list, tuple)) or not steps_given:
+        raise ValueError(f"histogram_steps must be a non-empty list of steps, got {steps_given!r}")
+    for step in steps_given:
+        if integer("every histogram step", step, 0) >= steps:
+            raise ValueError(f"histogram step {step} is beyond the run's last step {steps - 1}")
+    return tuple(sorted({int(s) for s in steps_given}))
+
+
+def _loss_scale(loss_scale):
+    if loss_scale is None:
+        return None
+    if isinstance(loss_scale, str):
+        if loss_scale.strip().lower() == "dynamic":
+            return "dynamic"
+        raise ValueError(f"loss_scale must be a positive number or 'dynamic', got {loss_scale!r}")
+    return positive_number("loss_scale", loss_scale)
+
+
+def _scaler(scaler):
+    if scaler is None or scaler == {}:
+        return None
+    if not isinstance(scaler, dict):
+        raise ValueError(f"scaler must be a dict of loss-scaler settings ({', '.join(SCALER_OPTIONS)}), "
+                         f"got {scaler!r}")
+    out = {}
+    for name, value in scaler.items():
+        if name in _INTEGER_SCALER_OPTIONS:
+            out[name] = integer(f"scaler {name}", value, 1)
+        elif name in SCALER_OPTIONS and value is not None:
+            out[name] = positive_number(f"scaler {name}", value)
+        else:
+            out[name] = value  # LossScaler.for_policy names what is unknown
+    return out

@@ -1,0 +1,106 @@
+"""``TrainResult``: what a training run produced and what its recorder saw, the same for every engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+
+FINAL_LOSS_STEPS = 50
+"""``final_loss`` is the mean training loss over this many last (non-skipped) steps."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and what the recorder saw.  ``to_dict()`` is JSON-able.
+
+    Fractions are over the whole run (the weight-gradient one over its shadow
+    steps); ``lost_update_fraction`` is the share of weight elements with a non-zero
+    update whose stored value did not change (``lost_update_magnitude_fraction``:
+    the share of the updates' total |magnitude| they carried).
+    """
+
+    config: dict
+    """The run's ``TrainConfig`` in its JSON form: ``fpsim.train(**config)`` reruns the run."""
+    policy: str
+    """The policy's name."""
+    test_accuracy: float | None
+    """Share of the test set classified right by the final weights (None for a regression)."""
+    test_loss: float | None
+    """Loss on the test set with the final weights (None if it is not finite)."""
+    final_loss: float | None
+    """Mean training loss over the last ``FINAL_LOSS_STEPS`` steps that were not skipped (None if diverged)."""
+    weight_grad_underflow_fraction: float | None
+    """On the FP64-shadow steps: the share of weight-gradient values, non-zero when the backward pass is redone in
+    FP64 through the policy's own forward pass, that the policy delivered as zero: lost to underflow wherever in
+    the backward pass it happened (None with ``shadow_every=0``)."""
+    activation_grad_underflow_fraction: float
+    """Activation-gradient values flushed to zero when rounded, over those non-zero before (every step)."""
+    activation_underflow_fraction: float
+    """Layer outputs flushed to zero when rounded, over those non-zero before (every step)."""
+    overflow_count: int
+    """Values that overflowed to inf/NaN when rounded, all kinds, all steps."""
+    lost_update_fraction: float
+    lost_update_magnitude_fraction: float
+    skipped_steps: int
+    final_loss_scale: float
+    diverged: bool
+    diverged_step: int | None
+    """The step at which the run diverged (it stopped there), or None."""
+    min_scale_hits: int = 0
+    """Overflowing steps taken with the dynamic loss scale at its floor."""
+    min_scale_step: int | None = None
+    """The first of those, or None."""
+    steps_run: int = 0
+    """Steps executed (fewer than ``config["steps"]`` after a divergence)."""
+    history: list = field(default_factory=list)
+    """One dict per step: loss, loss_scale, skipped, and per kind the counts nonzero, underflow,
+    subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude."""
+    layers: list = field(default_factory=list)
+    """Per module: its path, shape and run totals of every count (see ``fpsim.sim.recorder``)."""
+    layer_history: dict = field(default_factory=dict)
+    """Per-module counts summed over windows of ``record_every`` steps (arrays [window][module][kind][stat])."""
+    histograms: list = field(default_factory=list)
+    """Histograms of log2|value| before rounding, per requested step, kind and layer."""
+    shadow: list = field(default_factory=list)
+    """On sampled steps: per layer, ||g - g64|| / ||g64|| against an FP64 shadow of the same step."""
+
+    def to_dict(self) -> dict:
+        """The result as plain JSON data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainResult":
+        """Inverse of ``to_dict``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(data)
+        if missing:
+            raise ValueError(f"not a TrainResult: missing {', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, path) -> None:
+        """Write the result as JSON to ``path`` (written to a temporary file, then moved into place)."""
+        path = os.fspath(path)
+        temporary = f"{path}.tmp{os.getpid()}"
+        with open(temporary, "w") as file:
+            json.dump(self.to_dict(), file, allow_nan=False)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path) -> "TrainResult":
+        """Read a result that ``save`` wrote."""
+        with open(os.fspath(path)) as file:
+            return cls.from_dict(json.load(file))
+
+    def summary(self) -> dict:
+        """The headline numbers, for tables."""
+        return {"policy": self.policy, "test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
+                "final_loss": self.final_loss,
+                "weight_grad_underflow": self.weight_grad_underflow_fraction,
+                "activation_grad_underflow": self.activation_grad_underflow_fraction,
+                "lost_updates": self.lost_update_fraction, "overflows": self.overflow_count,
+                "skipped_steps": self.skipped_steps, "final_loss_scale": self.final_loss_scale,
+                "diverged_step": self.diverged_step}
