@@ -52,12 +52,13 @@ def _weights(model) -> dict:
 
 
 def test_two_fp16_amp_char_gpt_runs_with_the_same_seed_are_bit_identical():
-    config = Config(policy="fp16-amp", steps=3)
+    config = Config(policy="fp16-amp", steps=3, histograms=True, histogram_steps=(0, 2), record_every=2)
     first, first_model = engine.train_model(config)
     second, second_model = engine.train_model(config)
     assert _weights(first_model) == _weights(second_model)
-    assert first.history == second.history and first.test_loss == second.test_loss
-    assert first.layers == second.layers
+    assert first.to_dict() == second.to_dict()
+    assert {(h["step"], h["kind"]) for h in first.histograms} >= {(0, "weight_grads"), (2, "activations")}
+    assert len(first.layer_history["steps"]) == 2 and len(first.history) == 3
     other, other_model = engine.train_model(dataclasses.replace(config, seed=1))
     assert _weights(other_model) != _weights(first_model)
 
@@ -176,6 +177,8 @@ def test_round_optimizer_state_rounds_the_moments_only():
     ({"data": "digits"}, "language-model data set"),
     ({"optimizer": "lion"}, "unknown optimizer"),
     ({"model": "resnet"}, "unknown model"),
+    ({"model": "cnn", "model_options": {}, "data": "digits", "batch_size": 5000}, "exceeds the 1437 training"),
+    ({"policy": {"preset": "fp32", "params": "fp64"}}, "float32 cannot hold"),
 ])
 def test_bad_configs_say_what_to_change(change, message):
     with pytest.raises(ValueError, match=message):
@@ -188,3 +191,15 @@ def test_the_cnn_learns_its_data_above_chance():
     result = engine.train(Config(model="cnn", model_options={}, lr=3e-3, steps=150, batch_size=64), progress=False)
     assert result.test_accuracy > 0.3  # chance is 0.1
     assert result.final_loss < math.log(10)
+
+
+def test_fp64_shadow_sees_fp16_flush_the_small_weight_gradients():
+    config = Config(steps=2, shadow_every=1, grad_scale=2.0 ** -16)
+    fp32 = engine.train(config, progress=False)
+    fp16 = engine.train(dataclasses.replace(config, policy="fp16-mixed"), progress=False)
+    amp = engine.train(dataclasses.replace(config, policy="fp16-amp"), progress=False)
+    assert [record["step"] for record in fp32.shadow] == [0, 1]
+    assert fp32.weight_grad_underflow_fraction == 0
+    assert max(max(record["relative_error"]) for record in fp32.shadow) < 1e-5  # float32 against float64
+    assert fp16.weight_grad_underflow_fraction > 0.5  # gradients 2^-16 times smaller: most below FP16's range
+    assert amp.weight_grad_underflow_fraction < 0.01  # the loss scale 2^16 brings them back

@@ -12,3 +12,4 @@ from ._require import require_torch
 require_torch()
 
 from .emulate import emulate  # noqa: E402
+from .inspect import inspect  # noqa: E402

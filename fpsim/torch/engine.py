@@ -9,7 +9,9 @@ One step is the mixed-precision recipe as nanoGPT's ``train.py`` writes it with
    ``master=None`` and 16-bit ``params``) the model holds the stored values;
 2. forward and backward inside ``fpsim.torch.emulate(policy, model=, recorder=)``,
    the backward pass seeded with the loss scale ``S * grad_scale`` (the gradient
-   of ``S * loss``, as ``GradScaler.scale(loss).backward()`` starts it);
+   of ``S * loss``, as ``GradScaler.scale(loss).backward()`` starts it); products
+   accumulate in float32 BLAS when ``policy.accumulate`` is FP32, else through
+   ``fpsim.matmul`` (the emulation's ``accumulate="exact"``);
 3. gradients divided by S (in float64, rounded once to FP32) and checked for
    inf/NaN: with loss scaling a step holding any is skipped and the scaler backs off;
 4. a ``torch.optim`` optimizer (sgd, momentum, adam, adamw) turns them into updates;
@@ -35,6 +37,16 @@ in the numpy engine.  Everything random comes from ``seed`` through a numpy
 rounding); the run uses one torch thread and deterministic algorithms (both
 restored afterwards), so the same configuration gives a bit-identical result.
 
+Every ``shadow_every`` steps the weight gradients are compared with an FP64
+shadow of the same step: a float64 twin of the model with the stored weights
+runs the same batch without emulation (the whole step, forward included).  The
+numpy engine also redoes the backward pass alone through the policy's own
+forward pass; torch keeps no float64 route through the policy's saved
+activations, so here the whole-step shadow serves for both comparisons.  Its
+"flushed" count (non-zero in FP64, zero in the policy) is therefore an upper
+bound of the values lost to underflow: it also counts a ReLU unit (the cnn's)
+whose sign differs between the two forward passes.  char-gpt has no ReLU.
+
 A run diverges, stops at that step and says so, as in the numpy engine: when a
 weight becomes inf/NaN, or when the loss is not finite and the loss scale
 cannot back off any further.  The result is the numpy engine's ``TrainResult``:
@@ -46,6 +58,7 @@ forward formats, unrecorded.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from contextlib import contextmanager
@@ -120,7 +133,7 @@ def _reproducible():
 
 
 def _check_policy(policy) -> None:
-    for field in ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss"):
+    for field in ("params", "activations", "gradients", "optimizer_state", "loss"):
         fmt = getattr(policy, field)
         if not fmt.fits_float32:
             raise ValueError(f"the torch engine computes in float32: policy {policy.name!r} has {field} in "
@@ -182,10 +195,11 @@ class _Weights:
                              if policy.kahan else None)
 
     def step(self, grads) -> None:
-        """Apply one optimizer step for the (unscaled, FP32) gradients ``grads``."""
+        """Apply one optimizer step for the (unscaled, FP32) gradients ``grads`` (None: no gradient, as torch
+        has it for a parameter the loss does not reach; the optimizer leaves it alone)."""
         before = [s.detach().clone() for s in self.stored]
         for stored, grad in zip(self.stored, grads):
-            stored.grad = grad if self.native else grad.double()
+            stored.grad = grad if self.native or grad is None else grad.double()
         self.optimizer.step()
         if self.state_format != FP32 or not self.native:
             round_optimizer_state(self.optimizer, self.state_format)
@@ -229,9 +243,15 @@ class _Run:
                                   momentum=config.momentum, betas=config.betas, eps=config.eps)
 
         self.weights = _Weights(policy, self.params, make, self.recorder, rounding_rng)
+        self.shadow_model = None  # the float64 twin, made at the first shadow step
+        # float32 BLAS accumulates in FP32; any other accumulation format needs fpsim.matmul's exact products
+        self.accumulate = "native" if policy.accumulate == FP32 else "exact"
         if spec.task == "language-model":
             self.block_size = model.config.block_size
         else:
+            if config.batch_size > len(data.y_train):
+                raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.y_train)} training examples "
+                                 f"of {data.name!r}")
             self.x_train = torch.from_numpy(data.x_train.astype(np.float32))
             self.y_train = torch.from_numpy(data.y_train)
             self.batch_indices = data.batches(batch_rng, config.batch_size)
@@ -244,18 +264,37 @@ class _Run:
         for _, param in self.params:
             param.grad = None
         # (1) + (2): forward and backward under the policy, the backward pass started at S * grad_scale
-        with emulate(self.policy, model=self.model, recorder=self.recorder):
+        with emulate(self.policy, model=self.model, recorder=self.recorder, accumulate=self.accumulate):
             loss = self.loss(self.model(x), y)
             loss.backward(torch.tensor(scale * self.config.grad_scale, dtype=loss.dtype))
         # (3) gradients to FP32, unscaled, checked
-        grads = [_unscaled(param.grad, param, scale) for _, param in self.params]
-        found_inf = self.scaler is not None and not all(bool(torch.isfinite(g).all()) for g in grads)
+        grads = [_unscaled(param.grad, scale) for _, param in self.params]
+        found_inf = self.scaler is not None and not all(bool(torch.isfinite(g).all()) for g in grads
+                                                        if g is not None)
+        if self.config.shadow_every and step % self.config.shadow_every == 0:
+            self.observe_shadow(x, y, grads)
         # (4) + (5) the optimizer's updates into the weights (not on a skipped step)
         if not found_inf:
             self.weights.step(grads)
         if self.scaler is not None:
             self.scaler.update(found_inf, step)
         return float(loss.detach()), found_inf
+
+    def observe_shadow(self, x, y, grads) -> None:
+        """Hand the recorder this step's weight gradients and those of its FP64 twin, per module."""
+        if self.shadow_model is None:
+            self.shadow_model = copy.deepcopy(self.model).double()
+        shadow_params = [param for _, param in _named_parameters(self.shadow_model)]
+        with torch.no_grad():
+            for (_, param), twin in zip(self.params, shadow_params):
+                twin.copy_(param)
+                twin.grad = None
+        loss = self.loss(self.shadow_model(x.double() if x.is_floating_point() else x), y)
+        loss.backward(torch.tensor(self.config.grad_scale, dtype=torch.float64))
+        exact = [torch.zeros_like(twin) if twin.grad is None else twin.grad for twin in shadow_params]
+        grads = [torch.zeros_like(param) if grad is None else grad for (_, param), grad in zip(self.params, grads)]
+        policy_grads, shadow_grads = _by_module(self.params, grads), _by_module(self.params, exact)
+        self.recorder.observe_shadow(policy_grads, shadow_grads, shadow_grads)
 
     def loss(self, logits, targets):
         """Mean cross-entropy in nats: per token for a language model (B, T, V), per example otherwise."""
@@ -301,7 +340,7 @@ class _Run:
             x = torch.from_numpy(self.data.x_test.astype(np.float32))
             y = torch.from_numpy(self.data.y_test)
         total_loss, correct = 0.0, 0
-        with torch.no_grad(), emulate(self.policy, model=self.model):
+        with torch.no_grad(), emulate(self.policy, model=self.model, accumulate=self.accumulate):
             for start in range(0, len(x), EVAL_BATCH):
                 logits = self.model(x[start:start + EVAL_BATCH])
                 targets = y[start:start + EVAL_BATCH]
@@ -325,7 +364,7 @@ class _Run:
         scaler = self.scaler
         return TrainResult(
             config=self.config.to_dict(), policy=self.policy.name, test_accuracy=accuracy, test_loss=test_loss,
-            final_loss=final_loss, weight_grad_underflow_fraction=None,
+            final_loss=final_loss,
             activation_grad_underflow_fraction=recorder.fraction("activation_grads", "underflow"),
             activation_underflow_fraction=recorder.fraction("activations", "underflow"),
             overflow_count=sum(recorder.total(kind, "overflow") for kind in ("activations", "activation_grads",
@@ -337,6 +376,7 @@ class _Run:
             diverged=diverged_step is not None, diverged_step=diverged_step,
             min_scale_hits=scaler.min_scale_hits if scaler is not None else 0,
             min_scale_step=scaler.min_scale_step if scaler is not None else None,
+            weight_grad_underflow_fraction=recorder.weight_grad_flushed_fraction,
             steps_run=steps_run, history=history, layers=layers, layer_history=recorder.layer_history,
             histograms=recorder.histograms, shadow=recorder.shadow)
 
@@ -347,10 +387,16 @@ def _named_parameters(model) -> list[tuple[str, "torch.nn.Parameter"]]:
     return [(name.rpartition(".")[0] or ROOT, param) for name, param in model.named_parameters()]
 
 
-def _unscaled(grad, param, scale: float):
-    """The FP32 gradient divided by the loss scale (in float64, rounded once); zeros where none flowed."""
-    if grad is None:
-        return torch.zeros_like(param)
-    if scale == 1.0:
+def _by_module(params, tensors) -> list[list[np.ndarray]]:
+    """``tensors`` (one per parameter) as numpy arrays grouped by module, modules in order of appearance."""
+    groups: dict[str, list] = {}
+    for (module, _), tensor in zip(params, tensors):
+        groups.setdefault(module, []).append(tensor.detach().numpy())
+    return list(groups.values())
+
+
+def _unscaled(grad, scale: float):
+    """The FP32 gradient divided by the loss scale (in float64, rounded once); None where none flowed."""
+    if grad is None or scale == 1.0:
         return grad
     return (grad.double() / scale).float()

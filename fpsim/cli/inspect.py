@@ -1,0 +1,121 @@
+"""Will a model train in FP16, BF16 or FP8, and with which loss scale?  Measure it on one FP32 step.
+
+Runs one forward and backward pass of a built-in model in plain FP32 torch on
+one batch of its data, then prints, per module and tensor kind (activations:
+the module's output; activation_grads: the gradient with respect to it;
+weight_grads: its parameters' gradients):
+
+  max|x|, min|x|>0     the largest and the smallest non-zero magnitude
+  uf / sub / of %      shares that each format would flush to zero, hold as
+                       subnormals (both of the non-zero values), or overflow
+  hr                   headroom: log2(format max / max|x|) in binades; negative
+                       means the largest value overflows
+
+and the window of loss scales 2^k that keeps every FP16 gradient finite with
+the least underflow (see fpsim.torch.inspect for the exact definitions).
+Needs PyTorch: pip install "fpsim[torch]".
+
+Examples:
+  fpsim inspect --model char-gpt
+  fpsim inspect --model cnn --formats fp16,e4m3 --plot cnn.png
+  fpsim inspect --model mlp --batch-size 256 --seed 1
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import UsageError
+
+MODELS = ("char-gpt", "cnn", "mlp")
+
+
+def configure(parser):
+    parser.add_argument("--model", required=True, choices=MODELS,
+                        help="char-gpt (nanoGPT-style decoder on the pydoc text), cnn (1-D conv net on "
+                             "MNIST-1D) or mlp (the numpy trainer's 64-128-128-128-10 MLP on digits)")
+    parser.add_argument("--formats", default="fp16,bf16,e4m3,e5m2",
+                        help="comma-separated formats to measure against (names, aliases or eXmY; "
+                             "default fp16,bf16,e4m3,e5m2)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples in the batch (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the batch (default 0)")
+    parser.add_argument("--plot", metavar="PATH", help="also write histograms of log2|x| per kind, with each "
+                                                       "format's flush, subnormal and overflow limits, to PATH")
+
+
+def run(args) -> int:
+    try:
+        from ..torch import inspect
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
+    if not formats:
+        raise UsageError("--formats needs at least one format, e.g. fp16,bf16")
+    model, inputs, loss_fn = build(args.model, args.batch_size, args.seed)
+    result = inspect(model, inputs, loss_fn=loss_fn, formats=formats)
+    print(f"{args.model}: one FP32 forward and backward, batch of {args.batch_size}, seed {args.seed}")
+    print(result.table())
+    if args.plot:
+        try:
+            result.plot(args.plot)
+        except OSError as error:
+            raise UsageError(f"cannot write --plot {args.plot}: {error.strerror or error}") from None
+        print(f"figure written to {args.plot}")
+    return 0
+
+
+def build(name: str, batch_size: int, seed: int):
+    """(model, inputs, loss_fn) of a built-in model, its weights and one batch of its data from ``seed``."""
+    import torch
+    from torch.nn import functional as F
+
+    from ..sim.data import load_data
+    from ..torch.models import get_model
+
+    rng = np.random.default_rng(seed)
+    if name == "mlp":
+        dataset = load_data("digits")
+        model = _torch_mlp(dataset.inputs, dataset.outputs, rng)
+    else:
+        spec = get_model(name)
+        dataset = load_data(spec.data)
+        config = spec.make_config(dataset)
+        model = spec.build(config, torch.Generator().manual_seed(seed))
+    if dataset.task == "language-model":
+        x, y = dataset.batch(rng, batch_size, config.block_size)
+        x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+        return model, x, lambda logits: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    rows = rng.choice(len(dataset.y_train), size=min(batch_size, len(dataset.y_train)), replace=False)
+    x = torch.from_numpy(dataset.x_train[rows].astype(np.float32))
+    y = torch.from_numpy(dataset.y_train[rows].astype(np.int64))
+    return model, x, lambda logits: F.cross_entropy(logits, y)
+
+
+def _torch_mlp(inputs: int, outputs: int, rng, hidden=(128, 128, 128)):
+    """The numpy trainer's MLP (``fpsim.engines.mlp.MLP``, its initial weights from ``rng``) as a torch module
+    whose Linear layers are ``layers.0``, ``layers.1``... as the numpy recorder names them."""
+    import torch
+    from torch import nn
+
+    from ..engines.mlp import MLP
+
+    sizes = (inputs, *hidden, outputs)
+    layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    with torch.no_grad():
+        for layer, (W, b) in zip(layers, MLP(sizes).init_weights(rng)):
+            layer.weight.copy_(torch.from_numpy(W.T))
+            layer.bias.copy_(torch.from_numpy(b))
+
+    class TorchMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x):
+            for layer in self.layers[:-1]:
+                x = torch.relu(layer(x))
+            return self.layers[-1](x)
+
+    return TorchMLP()
