@@ -52,6 +52,11 @@ pass (``queue_callback`` of the autograd engine).  Without ``model`` every
 backward rounding counts as an activation gradient and every path is
 ``"(outside)"``.
 
+An FP32 compute format changes no value; with a recorder it is observed
+all the same (the same tensors as a 16-bit format, rounded to FP32, which
+leaves float32 values as they are), so that an FP32 run records the values a
+narrower format would have to hold (their histograms, say).
+
 Rounding: in place, on the float32 output's memory (a CPU tensor and its
 ``numpy()`` view share it), by fpsim's own nearest-even kernel
 (``fpsim.numerics._kernels.round_nearest_array``, what ``fpsim.round`` runs for
@@ -144,6 +149,7 @@ class _EmulationMode(TorchDispatchMode):
         self.recorder = recorder
         self.exact = accumulate == "exact"
         self.low_everywhere = policy.placement == "low-precision"
+        self.skip_fp32 = recorder is None  # with a recorder FP32 is observed like any format (see the docstring)
         self.params = {}  # storage address -> parameter
         self._cast_params = {}  # storage address -> (version, rounded copy)
         self._stack = []  # module paths of the calls in progress (forward)
@@ -257,7 +263,11 @@ class _EmulationMode(TorchDispatchMode):
         address = tensor.untyped_storage().data_ptr()
         if address in self.params:
             return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
-        if fmt == FP32 or _tagged(tensor):
+        if _tagged(tensor):
+            return tensor
+        if fmt == FP32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
+            if not self.skip_fp32:
+                self._round(tensor, fmt, kind, path)
             return tensor
         # Autograd saves the tensor itself, not the copy: the backward pass finds the forward's copy here,
         # and a gradient that feeds several ops is rounded once.
@@ -301,7 +311,7 @@ class _EmulationMode(TorchDispatchMode):
         else:
             out = func(*args, **kwargs)
             low = _all_low(args)
-        if not low or fmt == FP32:
+        if not low or (fmt == FP32 and self.skip_fp32):
             return out
         outputs = (out,) if isinstance(out, torch.Tensor) else (out[:1] if first_only else out)
         for output in outputs:
@@ -369,6 +379,10 @@ def round_into(values: np.ndarray, out: np.ndarray, fmt: Format) -> None:
     nearest-even kernel, the one ``fpsim.round`` runs for them (on the one numba thread ``emulate``
     leaves: on a 524k-element tensor of a loaded 2-core machine, two threads took 14.6 ms, one 2.4 ms).
     """
+    if fmt == FP32 and values.dtype == np.float32:  # float32 values are FP32 values
+        if out is not values:
+            out[...] = values
+        return
     nearest = _nearest_args(fmt)
     if nearest is None or values.dtype != np.float32 or out.dtype != np.float32 or not (
             values.flags.c_contiguous and out.flags.c_contiguous):
