@@ -318,6 +318,10 @@ class _EmulationMode(TorchDispatchMode):
             if isinstance(output, torch.Tensor) and output.dtype in (torch.float32, torch.float64) and not (
                     mutates and output.untyped_storage().data_ptr() in self.params):
                 self._round(output, fmt, kind, path)
+        if first_only:  # the others (attention's log-sum-exp) stay FP32 into the backward pass, as on the hardware
+            for other in out[1:]:
+                if isinstance(other, torch.Tensor) and other.is_floating_point():
+                    setattr(other, _TAG, (FP32, other._version))
         if creates_node:
             self._remember_low_node(_next_sequence_nr() - 1)
         return out
