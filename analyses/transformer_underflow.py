@@ -213,8 +213,9 @@ def run(ctx):
                  "diverged": trained[p][i]["diverged"]}
                 for p in POLICIES for i, s in enumerate(seeds)]
     section.data("trained.csv", measured)
-    if any(v is None for values in bpc.values() for v in values):
-        raise RuntimeError("a char-gpt run left no finite validation loss; see trained.csv")
+    diverged = [p for p in POLICIES if None in bpc[p]]
+    if diverged:  # the comparison needs every policy's score on every seed
+        raise RuntimeError(f"{', '.join(diverged)} left no finite validation loss on some seed (trained.csv)")
     tests = {p: paired_comparison(bpc[p], bpc["fp32"]) for p in POLICIES[1:]}
     tests["fp16-mixed vs fp16-amp"] = paired_comparison(bpc["fp16-mixed"], bpc["fp16-amp"])
     table = []
