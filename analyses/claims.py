@@ -10,7 +10,7 @@ from fpsim.report import memory, roofline, sources
 from fpsim.sim.data import load_data
 from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, accuracy, grid_config, grid_steps,
                                       pow2_label, range_and_precision, run_trainings)
-from fpsim.report.plots import memory_figure, roofline_figure
+from fpsim.report.plots import memory_figure, roofline_figure, seed_scatter
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 
@@ -187,17 +187,7 @@ def claim_accuracy(section, ctx, seeds):
                                           "paired_tests": tests, "small_grad_scale": seeds["small_grad_scale"],
                                           "fp16-amp_accuracy_at_small_grad_scale": seeds["amp_small"]})
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    rng = np.random.default_rng(0)
-    for i, p in enumerate(SEED_POLICIES):
-        values = 100 * np.array(acc[p])
-        left.plot(i + rng.uniform(-0.12, 0.12, n), values, "o", alpha=0.5)
-        ci = mean_ci(values)
-        left.errorbar(i + 0.3, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
-                      color="k", capsize=4)
-    left.set_xticks(range(len(SEED_POLICIES)))
-    left.set_xticklabels(SEED_POLICIES)
-    left.set_ylabel("test accuracy (%)")
-    left.set_title(f"{n} seeds per policy; black: mean and 95% CI")
+    seed_scatter(left, {p: 100 * np.array(acc[p]) for p in SEED_POLICIES}, "test accuracy (%)")
     for i, p in enumerate(SEED_POLICIES[1:]):
         d = 100 * (np.array(acc[p]) - np.array(acc["fp32"]))
         right.plot(seeds["seeds"], d, "o-" if i == 0 else "s--", alpha=0.7,

@@ -13,7 +13,7 @@ from fpsim.report import sources
 from fpsim.report.experiments import (FORCED_LRS, FORCED_POLICIES, bits_per_character, forced_configs,
                                       forced_steps, forward_overflows, gpt_config, gpt_steps, histogram_steps,
                                       max_binade, modules_by_kind, run_trainings)
-from fpsim.report.plots import shade_zones
+from fpsim.report.plots import legend_entries, shade_zones
 from fpsim.report.runner import analysis_main, new_section
 
 ORDER = 36
@@ -70,12 +70,7 @@ def run(ctx):
         ax.set_title(label)
         ax.set_xlabel("training step")
     axes[0].set_ylabel("log2 of the largest |x| (upper edge of its binade)")
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = legend_entries(axes)
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, bbox_to_anchor=(0.5, -0.16))
     fig.suptitle(f"char-gpt, FP32 training at the default learning rate: the largest values against FP16's max "
                  f"65504 (red: overflow above 2^{FP16_TOP:.2f})", fontsize=11)

@@ -12,7 +12,7 @@ import fpsim
 from fpsim.report.experiments import (GPT_TRAINING, bits_per_character, gpt_batch, gpt_config, gpt_steps,
                                       histogram_of, histogram_steps, model_seeds, modules_by_kind, run_trainings,
                                       share_after_scaling, share_below)
-from fpsim.report.plots import Zones, shade_zones
+from fpsim.report.plots import Zones, legend_entries, seed_scatter, shade_zones
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.sources import MICIKEVICIUS
 from fpsim.report.stats import mean_ci, paired_comparison
@@ -70,12 +70,7 @@ def histogram_figure(result, stages):
     bf16 = Zones.of(fpsim.BF16).flush_below
     fig.suptitle(f"char-gpt, FP32 training, gradients as they are (no multiplier): FP16 zones shaded; BF16 rounds to "
                  f"0 only at or below 2^{bf16:.0f}, far off this axis", fontsize=11)
-    handles, labels = [], []
-    for ax in axes.flat:  # the legend of every stage and zone, wherever it was drawn first
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    handles, labels = legend_entries(axes)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     return fig
@@ -141,11 +136,7 @@ def run(ctx):
         ax.set_xlabel("training step")
         ax.set_yscale("symlog", linthresh=0.01)
     axes[0].set_ylabel("% of non-zero values (symlog)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    for h, lab in zip(*axes[1].get_legend_handles_labels()):
-        if lab not in labels:
-            handles.append(h)
-            labels.append(lab)
+    handles, labels = legend_entries(axes)
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     section.figure(fig, "flushed_by_module.png",
@@ -235,16 +226,7 @@ def run(ctx):
                                  "paired differences against FP32 with their 95% t intervals; flushed: the share of "
                                  "non-zero activation-gradient values the run rounded to zero, over the run.")
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    rng = np.random.default_rng(0)
-    for i, p in enumerate(POLICIES):
-        left.plot(i + rng.uniform(-0.12, 0.12, len(seeds)), bpc[p], "o", alpha=0.6)
-        ci = mean_ci(bpc[p])
-        left.errorbar(i + 0.3, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
-                      color="k", capsize=4)
-    left.set_xticks(range(len(POLICIES)))
-    left.set_xticklabels(POLICIES)
-    left.set_ylabel("validation loss (bits per character)")
-    left.set_title(f"{len(seeds)} seeds per policy; black: mean and 95% CI")
+    seed_scatter(left, bpc, "validation loss (bits per character)")
     names = [*POLICIES[1:], "fp16-mixed vs fp16-amp"]
     for i, name in enumerate(names):
         t = tests[name]
