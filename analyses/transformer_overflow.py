@@ -12,7 +12,7 @@ import fpsim
 from fpsim.report import sources
 from fpsim.report.experiments import (FORCED_LRS, FORCED_POLICIES, bits_per_character, forced_configs,
                                       forced_steps, forward_overflows, gpt_config, gpt_steps, histogram_steps,
-                                      max_binade, modules_by_kind, run_trainings)
+                                      kind_colour, max_binade, modules_by_kind, run_trainings)
 from fpsim.report.plots import legend_entries, shade_zones
 from fpsim.report.runner import analysis_main, new_section
 
@@ -65,7 +65,7 @@ def run(ctx):
                           and r["placement"] == placement]
                 if picked:
                     ax.plot([r["step"] for r in picked], [r["max |x| below 2^"] for r in picked], style,
-                            label=f"{module_kind}, {placement}")
+                            color=kind_colour(module_kind), label=f"{module_kind}, {placement}")
         ax.set_ylim(-12, 18)
         ax.set_title(label)
         ax.set_xlabel("training step")

@@ -10,8 +10,8 @@ import numpy as np
 
 import fpsim
 from fpsim.report.experiments import (GPT_TRAINING, bits_per_character, gpt_batch, gpt_config, gpt_steps,
-                                      histogram_of, histogram_steps, model_seeds, modules_by_kind, run_trainings,
-                                      share_after_scaling, share_below)
+                                      histogram_of, histogram_steps, kind_colour, model_seeds, modules_by_kind,
+                                      run_trainings, share_after_scaling, share_below)
 from fpsim.report.plots import Zones, legend_entries, seed_scatter, shade_zones
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.sources import MICIKEVICIUS
@@ -131,7 +131,7 @@ def run(ctx):
                           and r["placement"] == placement]
                 if picked:
                     ax.plot([r["step"] for r in picked], [100 * r["lost in FP16"] for r in picked], style,
-                            label=f"{module_kind}, {placement}")
+                            color=kind_colour(module_kind), label=f"{module_kind}, {placement}")
         ax.set_title(f"{label}: share FP16 rounds to 0 (|g| < 2^{FP16_LOST})")
         ax.set_xlabel("training step")
         ax.set_yscale("symlog", linthresh=0.01)

@@ -261,6 +261,13 @@ MODULE_KINDS = ("embedding", "attention", "MLP", "LayerNorm", "head", "residual 
 """What each module path of char-gpt is (``module_kind``): the kinds the transformer analyses group by."""
 
 
+def kind_colour(kind: str) -> str:
+    """One colour per module kind (MODULE_KINDS), the same in every figure."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](MODULE_KINDS.index(kind))
+
+
 def module_kind(path: str) -> str:
     """The kind of char-gpt module ``path`` names: embedding (wte, wpe), attention (attn and its c_attn,
     c_proj), MLP (mlp and its c_fc, gelu, c_proj), LayerNorm (ln_1, ln_2, ln_f), head (lm_head); the ops
