@@ -367,3 +367,22 @@ def test_the_commit_line_ignores_changes_to_the_report_folder_only(tmp_path):
     assert _git_commit(None, checkout=tmp_path).endswith("with uncommitted changes")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert _git_commit(tmp_path / "reports", checkout=tmp_path).endswith("with uncommitted changes")
+
+
+def test_module_kinds_and_largest_binade_of_the_transformer_analyses():
+    from fpsim.report.experiments import max_binade, module_kind, modules_by_kind
+
+    assert [module_kind(p) for p in ("transformer.wte", "transformer.h.0.attn.c_attn", "transformer.h.1.attn",
+                                     "transformer.h.0.mlp.gelu", "transformer.h.0.ln_2", "transformer.ln_f",
+                                     "lm_head", "transformer.h.0", "model", "(outside)")] == \
+        ["embedding", "attention", "attention", "MLP", "LayerNorm", "LayerNorm", "head", "residual stream",
+         "residual stream", "loss"]
+    result = {"histograms": [
+        {"kind": "activations", "module": "lm_head", "step": 0, "min_exponent": -3, "counts": [1, 0, 2]},
+        {"kind": "activations", "module": "transformer.h.0.ln_1", "step": 5, "min_exponent": 4, "counts": [7]},
+        {"kind": "weight_grads", "module": "lm_head", "step": 0, "min_exponent": -20, "counts": []}]}
+    assert max_binade(result, "activations") == 4
+    assert max_binade(result, "activations", step=0) == -1
+    assert max_binade(result, "activations", module="lm_head") == -1
+    assert max_binade(result, "weight_grads") is None
+    assert modules_by_kind(result) == {"LayerNorm": ["transformer.h.0.ln_1"], "head": ["lm_head"]}
