@@ -1,6 +1,6 @@
 """Speed of fpsim.matmul against a plain float32 numpy matmul of the same shapes, in one run, as ratios.
 
-Operands: standard normal float32 matrices (seed 0).  Cases (issue 3, section 5):
+Operands: standard normal float32 matrices (seed 0).  Cases:
 inputs FP16, output FP16, accumulation FP32 or FP16 in sequential order; also
 BF16 inputs with FP32 accumulation (the training simulator's usual case), and
 the FP16-accumulation case in the other orders and in mode "up" (the generic,

@@ -5,7 +5,7 @@ Model: the default MLP (digits, 64-128-128-128-10, batch 64, SGD), recorder on
 difference between a run of ``--long`` steps and one of ``--short`` steps,
 divided by the difference, so set-up, data loading and the test evaluation
 cancel.  Presets are timed in turns, ``--repeats`` rounds, and each keeps its
-best; the ratio is against fp32's best.  Target (issue 4, section 9): fp16-amp
+best; the ratio is against fp32's best.  Target: fp16-amp
 within 3x of fp32.  A plain float32 numpy step of the same model (BLAS, no
 emulation) is timed too, as the reference for what emulation costs.
 

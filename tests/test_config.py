@@ -60,7 +60,7 @@ def test_loss_scale_override_names_the_policy():
     ({"policy": "fp32", "model": "resnet"}, "unknown model 'resnet'"),
     ({"policy": "fp32", "model_options": {"n_layer": 2}}, "the MLP takes no model_options"),
     ({"policy": "fp32", "betas": 0.9}, "betas must be two numbers"),
-    ({"policy": "fp32", "momentum": 1.5}, r"momentum must be a number in \[0, 1\]"),
+    ({"policy": "fp32", "momentum": 1.5}, r"momentum must be a number in \[0, 1\)"),
     ({"policy": "fp32", "scaler": 5}, "scaler must be a dict"),
     ({"policy": "fp32", "scaler": {"init_scale": 8.0}}, "the policy does not scale the loss"),
     ({"policy": "fp16-amp", "scaler": {"growth_interval": 0}}, "scaler growth_interval must be an integer"),

@@ -12,6 +12,7 @@ from torch.nn import functional as F  # noqa: E402
 import fpsim  # noqa: E402
 from fpsim.sim.recorder import Recorder  # noqa: E402
 from fpsim.torch import emulate  # noqa: E402
+from fpsim.torch.emulate import _flash_attention  # noqa: E402
 from fpsim.torch.models import GPTConfig, build_gpt  # noqa: E402
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -173,6 +174,25 @@ def test_gradient_below_fp16_half_subnormal_flushes_and_is_counted_on_its_module
     assert weight_grad.item() == 3 * 2.0 ** -26 and torch.equal(x_grad, torch.full((3, 1), 2.0 ** -26))
 
 
+def test_attention_backward_is_the_kernel_on_the_emulated_forward_with_its_fp32_log_sum_exp():
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 16, 8, generator=generator).mul(3).bfloat16().float().requires_grad_()
+               for _ in range(3))
+    grad = torch.randn(2, 2, 16, 8, generator=generator).bfloat16().float()
+    with emulate("bf16-mixed"):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.backward(grad)
+    # the reference: flash attention's forward (probabilities rounded before P @ V), its output rounded once,
+    # then ATen's backward kernel reading the FP32 log-sum-exp, its outputs rounded once
+    expected_out, logsumexp = _flash_attention(q.detach(), k.detach(), v.detach(), True, None, fpsim.BF16)
+    expected_out = expected_out.bfloat16().float()
+    assert torch.equal(bits(out), bits(expected_out))
+    expected = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
+        grad, q.detach(), k.detach(), v.detach(), expected_out, logsumexp, 0.0, True)
+    for tensor, reference in zip((q, k, v), expected):
+        assert torch.equal(bits(tensor.grad), bits(reference.bfloat16().float()))
+
+
 # --- (d) exact accumulation ---------------------------------------------------------------------------
 FP16_ACCUMULATING = fpsim.Policy.from_dict({"preset": "fp16-mixed", "accumulate": "fp16"})
 
@@ -251,9 +271,22 @@ def test_low_precision_placement_rounds_softmax_and_layer_norm_too():
     for placement in ("autocast", "low-precision"):
         policy = fpsim.Policy.from_dict({"preset": "fp16-mixed", "placement": placement})
         with emulate(policy, model=model):
-            tiny_step(model)
+            loss, _ = tiny_step(model)
+            assert loss.item() == float(loss)  # ops returning Python values pass through
             softmax = torch.softmax(x, dim=-1)
         ln = outputs["ln"].detach()
         representable = [torch.equal(t, t.half().float()) for t in (softmax, ln)]
         assert representable == ([True, True] if placement == "low-precision" else [False, False]), placement
     hook.remove()
+    with pytest.raises(ValueError, match="placement must be one of autocast, low-precision"):
+        fpsim.Policy(placement="everywhere")
+
+
+def test_low_precision_placement_leaves_batch_norm_statistics_updated_in_place():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    policy = fpsim.Policy.from_dict({"preset": "fp16-mixed", "placement": "low-precision"})
+    with emulate(policy, model=model):
+        model(torch.randn(8, 4)).sum().backward()
+    assert model[1].num_batches_tracked.item() == 1
+    assert torch.count_nonzero(model[1].running_mean).item() == 3

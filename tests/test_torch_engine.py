@@ -10,41 +10,37 @@ torch = pytest.importorskip("torch")
 
 from fpsim.sim.data import load_data  # noqa: E402
 from fpsim.sim.loss_scaling import LossScaler  # noqa: E402
+from fpsim.sim.config import TrainConfig  # noqa: E402
 from fpsim.sim.policy import Policy  # noqa: E402
 from fpsim.torch import engine  # noqa: E402
-from fpsim.torch.models import MODELS, GPTConfig, build_gpt  # noqa: E402
+from fpsim.torch.models import MODELS, CNNConfig, GPTConfig, build_cnn, build_gpt  # noqa: E402
 
 TINY_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The attributes of a TrainConfig that the engine reads (a stand-in with small defaults)."""
+def Config(**options) -> TrainConfig:
+    """A TrainConfig for a tiny char-gpt run with Adam (options override)."""
+    defaults = {"policy": "fp32", "model": "char-gpt", "model_options": dict(TINY_GPT), "optimizer": "adam",
+                "lr": 1e-3, "steps": 4, "batch_size": 4, "record_every": 0, "shadow_every": 0}
+    return TrainConfig(**{**defaults, **options})
 
-    policy: object = "fp32"
-    model: str = "char-gpt"
-    model_options: dict = dataclasses.field(default_factory=lambda: dict(TINY_GPT))
-    data: object = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    steps: int = 4
-    batch_size: int = 4
-    seed: int = 0
-    grad_scale: float = 1.0
-    histograms: bool = False
-    histogram_steps: object = None
-    scaler: object = None
-    momentum: float = 0.9
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    record_every: int = 0
-    shadow_every: int = 0
 
-    def __post_init__(self):
-        object.__setattr__(self, "policy", Policy.coerce(self.policy))
-
-    def to_dict(self):
-        return {**dataclasses.asdict(self), "policy": self.policy.to_dict()}
+def test_models_have_their_documented_shapes_and_a_seeded_initialisation():
+    state = torch.random.get_rng_state()
+    config = GPTConfig(vocab_size=11, **TINY_GPT)
+    gpt = build_gpt(config, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is not used
+    assert gpt(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 11)
+    assert gpt.lm_head.weight is gpt.transformer.wte.weight  # tied, one parameter
+    assert [name for name, _ in gpt.named_parameters()].count("transformer.wte.weight") == 1
+    assert _weights(gpt) == _weights(build_gpt(config, torch.Generator().manual_seed(3)))
+    assert abs(float(gpt.transformer.h[0].mlp.c_fc.weight.detach().std()) - 0.02) < 0.002
+    assert float(gpt.transformer.h[0].mlp.c_proj.weight.detach().std()) < 0.016  # 0.02 / sqrt(2 n_layer)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        gpt(torch.zeros(1, TINY_GPT["block_size"] + 1, dtype=torch.long))
+    cnn = build_cnn(CNNConfig(), torch.Generator().manual_seed(0))
+    assert cnn(torch.zeros(4, 40)).shape == (4, 10) and CNNConfig().out_length == 5
+    assert sum(p.numel() for p in cnn.parameters()) == 12_106  # as its docstring says
 
 
 def _weights(model) -> dict:
@@ -135,6 +131,9 @@ def test_an_overflowing_loss_scale_skips_steps_and_backs_off():
     assert skipped[0] and result.skipped_steps == sum(skipped) >= 1
     assert [record["loss_scale"] for record in result.history][:2] == [2.0 ** 40, 2.0 ** 39]
     assert not result.diverged
+    constant = engine.train(Config(policy="fp16-mixed", loss_scale=2.0 ** 40, steps=2), progress=False)
+    assert constant.skipped_steps == 2 and constant.final_loss_scale == 2.0 ** 40 and not constant.diverged
+    assert constant.history[0]["updated"] == 0  # a skipped step changes no weight
 
 
 def test_pure_bf16_loses_tiny_updates_and_stochastic_rounding_loses_fewer():
@@ -175,14 +174,27 @@ def test_round_optimizer_state_rounds_the_moments_only():
     ({"model_options": {"n_layers": 2}}, "unknown model option"),
     ({"model_options": {"vocab_size": 7}}, "set by the data"),
     ({"data": "digits"}, "language-model data set"),
-    ({"optimizer": "lion"}, "unknown optimizer"),
-    ({"model": "resnet"}, "unknown model"),
     ({"model": "cnn", "model_options": {}, "data": "digits", "batch_size": 5000}, "exceeds the 1437 training"),
     ({"policy": {"preset": "fp32", "params": "fp64"}}, "float32 cannot hold"),
 ])
 def test_bad_configs_say_what_to_change(change, message):
     with pytest.raises(ValueError, match=message):
         engine.train(dataclasses.replace(Config(steps=1), **change), progress=False)
+
+
+def _tiny_classifier(width=8):
+    return torch.nn.Sequential(torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Linear(width, 10))
+
+
+def test_a_model_factory_trains_seeded_and_leaves_torch_global_generator_alone():
+    config = Config(model=_tiny_classifier, model_options={"width": 16}, data="digits", steps=3, batch_size=8)
+    state = torch.random.get_rng_state()
+    (first, first_model), (second, second_model) = engine.train_model(config), engine.train_model(config)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert _weights(first_model) == _weights(second_model) and first.history == second.history
+    assert first_model[0].weight.shape == (16, 64) and 0 <= first.test_accuracy <= 1
+    with pytest.raises(ValueError, match="needs data="):
+        engine.train(Config(model=_tiny_classifier, model_options={}, steps=1), progress=False)
 
 
 def test_the_cnn_learns_its_data_above_chance():

@@ -1,10 +1,12 @@
-"""The training simulator: what the policies must show (issue section 8), determinism, recording, bad input.
+"""The training simulator: the effects each policy must show (lost updates in pure BF16 and their recovery by
+stochastic rounding and Kahan summation; FP16 gradient underflow and its recovery by loss scaling or BF16; a loss
+scale's underflow and overflow edges; divergence), determinism, recording, bad input.
 
 The phenomena are checked on the digits data with smaller runs than the
 defaults (two hidden layers of 64 instead of three of 128, 300 to 600 steps
 instead of 1500) so that the whole file stays within its time budget; each
-test's docstring says what it runs.  The full-size runs of the issue are
-behind ``@pytest.mark.slow``.
+test's docstring says what it runs.  The same checks on the default model and
+step count are behind ``@pytest.mark.slow``.
 """
 
 import json
@@ -35,7 +37,7 @@ def _max_exponent(result, step, kinds=("activation_grads", "weight_grads"), laye
                if h["step"] == step and h["kind"] in kinds and (layers is None or h["layer"] in layers))
 
 
-# --- section 8: what the defaults must show -----------------------------------------
+# --- the effects each policy must show --------------------------------------------
 
 
 def test_pure_bf16_loses_small_updates_and_sr_and_kahan_recover_them():
@@ -319,12 +321,12 @@ def test_cli_bad_flags_exit_2(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-# --- the issue's full-size runs (slow) -----------------------------------------------
+# --- the same effects at full size (slow) -------------------------------------------
 
 
 @pytest.mark.slow
 def test_full_size_bf16_lost_updates():
-    """The issue's configuration: hidden (128, 128, 128), 1500 SGD steps at lr 0.003, batch 64."""
+    """The default model and length: hidden (128, 128, 128), 1500 SGD steps at lr 0.003, batch 64."""
     runs = {name: train(name, lr=0.003, progress=False)
             for name in ("fp32", "fp16-pure", "bf16-pure", "bf16-mixed", "bf16-sr", "bf16-kahan")}
     assert runs["bf16-pure"].lost_update_fraction > 0.9 and runs["fp16-pure"].lost_update_fraction > 0.5

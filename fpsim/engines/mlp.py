@@ -12,9 +12,16 @@ and its bias ``b`` is (n_out,); ``z = x W + b``.  Layers are numbered 0..L-1
 from the input; the recorder attributes to layer i its output ``z_i``
 ("activations"), the gradient with respect to that output
 ("activation_grads") and its weight and bias gradients ("weight_grads").
+
+Nothing keeps state between calls: a forward pass returns what its backward
+pass reads (a ``ForwardPass``; a loss returns a ``LossPass``), and the backward
+pass takes it as an argument.  So a second forward pass (the FP64 shadow's, an
+evaluation) cannot change what the first one's backward pass sees.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,6 +104,31 @@ class Float64Compute(Compute):
         return np.asarray(values, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class ForwardPass:
+    """What one forward pass of an ``MLP`` computed and its backward pass reads."""
+
+    inputs: list
+    """x_i, the input of layer i, (B, n_in_i): the data for layer 0, then each hidden layer's ReLU output."""
+    weights: list
+    """W_i as layer i's products used it (the params-format cast for a policy), (n_in_i, n_out_i)."""
+    relu_masks: list
+    """z_i > 0 for each hidden layer i, (B, n_out_i): where its ReLU passes the gradient."""
+    output: np.ndarray
+    """z_{L-1}, the last layer's output (logits or predictions), (B, n_out), in the activations format."""
+
+
+@dataclass(frozen=True)
+class LossPass:
+    """A loss's value and what its backward pass reads."""
+
+    value: float
+    """L, rounded to the loss format."""
+    residual: np.ndarray
+    """In float64, (B, n_out): softmax(z) - onehot(label) for cross-entropy, y_hat - y for squared error;
+    dL/d(output) is this times a constant (1 / B, or 2 / (B * n_out))."""
+
+
 class Linear:
     """z = x W + b, with x in the activations format and W, b in the params format."""
 
@@ -104,35 +136,34 @@ class Linear:
         self.index, self.n_in, self.n_out = index, n_in, n_out
 
     def forward(self, compute: Compute, x, W, b):
-        self.x, self.W = x, W
+        """z = x W + b: the product accumulated in ``accumulate``, the bias added, rounded to activations."""
         z = compute.add(compute.matmul(x, W, compute.policy.activations, compute.policy.params), b)
         return compute.round(z, "activations", self.index)
 
-    def backward(self, compute: Compute, dz, input_grad: bool = True):
-        """Given dL/dz (gradients format): dL/dW = x^T dz, dL/db = 1^T dz, and dL/dx = dz W^T if asked."""
+    def backward(self, compute: Compute, x, W, dz, input_grad: bool = True):
+        """Given the forward pass's x and W and dL/dz (gradients format): dL/dW = x^T dz, dL/db = 1^T dz,
+        and dL/dx = dz W^T if asked."""
         policy = compute.policy
-        dW = compute.round(compute.matmul(self.x.T, dz, policy.activations, policy.gradients),
+        dW = compute.round(compute.matmul(x.T, dz, policy.activations, policy.gradients),
                            "weight_grads", self.index)
         ones = np.ones((1, dz.shape[0]), dtype=compute.dtype)  # the batch sum as a product: same accumulation
         db = compute.round(compute.matmul(ones, dz, policy.gradients, policy.gradients)[0],
                            "weight_grads", self.index)
         dx = None
         if input_grad:  # dL/dx is the previous layer's output gradient
-            dx = compute.round(compute.matmul(dz, self.W.T, policy.gradients, policy.params),
+            dx = compute.round(compute.matmul(dz, W.T, policy.gradients, policy.params),
                                "activation_grads", self.index - 1)
         return dx, dW, db
 
 
-class ReLU:
-    """a = max(z, 0), exact in any format (NaN stays NaN)."""
+def relu(z):
+    """a = max(z, 0), exact in any format (NaN stays NaN), and the mask z > 0 its backward pass needs."""
+    return np.maximum(z, 0), z > 0
 
-    def forward(self, z):
-        self.positive = z > 0
-        return np.maximum(z, 0)
 
-    def backward(self, da):
-        """dL/dz = dL/da where z > 0, else 0: exact."""
-        return np.where(self.positive, da, 0).astype(da.dtype, copy=False)
+def relu_backward(positive, da):
+    """dL/dz = dL/da where z > 0 (``positive``, from ``relu``), else 0: exact."""
+    return np.where(positive, da, 0).astype(da.dtype, copy=False)
 
 
 class SoftmaxCrossEntropy:
@@ -143,20 +174,19 @@ class SoftmaxCrossEntropy:
     FP32); a real FP32 softmax would differ from this in the last bits only.
     """
 
-    def forward(self, compute: Compute, logits, labels) -> float:
+    def forward(self, compute: Compute, logits, labels) -> LossPass:
         z = logits.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             z = z - z.max(axis=1, keepdims=True)
             log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        self.probs = np.exp(log_probs)
-        self.labels = labels
-        return float(round_to(-log_probs[np.arange(len(labels)), labels].mean(), compute.policy.loss))
+        rows = np.arange(len(labels))
+        residual = np.exp(log_probs)
+        residual[rows, labels] -= 1.0
+        return LossPass(float(round_to(-log_probs[rows, labels].mean(), compute.policy.loss)), residual)
 
-    def backward(self, compute: Compute, scale: float):
+    def backward(self, compute: Compute, loss: LossPass, scale: float):
         """d(scale * L)/dz = scale * (softmax(z) - onehot) / B, rounded to the loss format."""
-        grad = self.probs.copy()
-        grad[np.arange(len(self.labels)), self.labels] -= 1.0
-        return round_to(grad * (scale / len(self.labels)), compute.policy.loss)
+        return round_to(loss.residual * (scale / loss.residual.shape[0]), compute.policy.loss)
 
     @staticmethod
     def score(logits, labels) -> float:
@@ -168,15 +198,15 @@ class SoftmaxCrossEntropy:
 class MeanSquaredError:
     """L = mean over all elements of (y_hat - y)^2, computed in float64, rounded to the loss format."""
 
-    def forward(self, compute: Compute, predictions, targets) -> float:
+    def forward(self, compute: Compute, predictions, targets) -> LossPass:
         with np.errstate(invalid="ignore", over="ignore"):
-            self.residual = predictions.astype(np.float64) - targets
-            return float(round_to(np.mean(self.residual ** 2), compute.policy.loss))
+            residual = predictions.astype(np.float64) - targets
+            return LossPass(float(round_to(np.mean(residual ** 2), compute.policy.loss)), residual)
 
-    def backward(self, compute: Compute, scale: float):
+    def backward(self, compute: Compute, loss: LossPass, scale: float):
         """d(scale * L)/dy_hat = scale * 2 (y_hat - y) / (B * outputs), rounded to the loss format."""
         with np.errstate(invalid="ignore", over="ignore"):
-            return round_to(self.residual * (2.0 * scale / self.residual.size), compute.policy.loss)
+            return round_to(loss.residual * (2.0 * scale / loss.residual.size), compute.policy.loss)
 
     @staticmethod
     def score(predictions, targets):
@@ -188,8 +218,9 @@ class MLP:
     """Linear -> ReLU -> ... -> Linear, with a softmax cross-entropy or squared-error loss.
 
     ``sizes`` = (inputs, hidden..., outputs).  The model holds its layers'
-    structure and the values a backward pass needs; the weights are passed in
-    (the training step owns the master copy and its cast).
+    structure only; the weights are passed in (the training step owns the
+    master copy and its cast), and each forward pass returns the values its
+    backward pass needs.
     """
 
     def __init__(self, sizes, task: str = "classification"):
@@ -198,7 +229,6 @@ class MLP:
             raise ValueError(f"an MLP needs an input size, an output size and positive widths; got {sizes}")
         self.sizes = sizes
         self.layers = [Linear(i, n_in, n_out) for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))]
-        self.relus = [ReLU() for _ in self.layers[:-1]]
         self.loss = SoftmaxCrossEntropy() if task == "classification" else MeanSquaredError()
 
     def init_weights(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -206,21 +236,28 @@ class MLP:
         return [(rng.normal(0.0, np.sqrt(2.0 / layer.n_in), size=(layer.n_in, layer.n_out)), np.zeros(layer.n_out))
                 for layer in self.layers]
 
-    def forward(self, compute: Compute, x, weights):
-        """The network's output (logits or predictions) in the activations format."""
+    def forward(self, compute: Compute, x, weights) -> ForwardPass:
+        """The network on the batch ``x``: its output (logits or predictions, in the activations format)
+        and what the backward pass reads."""
+        inputs, masks = [], []
         a = x
         for layer, (W, b) in zip(self.layers, weights):
-            z = layer.forward(compute, a, W, b)
-            a = self.relus[layer.index].forward(z) if layer.index < len(self.relus) else z
-        return a
+            inputs.append(a)
+            a = layer.forward(compute, a, W, b)
+            if layer.index < len(self.layers) - 1:
+                a, positive = relu(a)
+                masks.append(positive)
+        return ForwardPass(inputs=inputs, weights=[W for W, _ in weights], relu_masks=masks, output=a)
 
-    def backward(self, compute: Compute, output_grad):
-        """Weight and bias gradients of every layer, from dL/d(output) (already in the gradients format)."""
+    def backward(self, compute: Compute, forward: ForwardPass, output_grad):
+        """Weight and bias gradients of every layer, from the forward pass and dL/d(output) (already in the
+        gradients format)."""
         grads = [None] * len(self.layers)
         dz = output_grad
         for layer in reversed(self.layers):
-            dx, dW, db = layer.backward(compute, dz, input_grad=layer.index > 0)
-            grads[layer.index] = (dW, db)
+            i = layer.index
+            dx, dW, db = layer.backward(compute, forward.inputs[i], forward.weights[i], dz, input_grad=i > 0)
+            grads[i] = (dW, db)
             if dx is not None:
-                dz = self.relus[layer.index - 1].backward(dx)
+                dz = relu_backward(forward.relu_masks[i - 1], dx)
         return grads

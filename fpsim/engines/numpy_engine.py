@@ -37,7 +37,7 @@ from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.recorder import Recorder, json_float
 from ..sim.result import FINAL_LOSS_STEPS, TrainResult
-from .mlp import MLP, Compute, Float64Compute, module_name
+from .mlp import MLP, Compute, Float64Compute, ForwardPass, LossPass, module_name
 
 EVAL_CHUNK = 1024
 """Rows per forward pass when evaluating the test set."""
@@ -99,17 +99,17 @@ class _Run:
         # (1) the weights as the products use them
         params = self.compute_weights()
         # (2) forward and backward in the compute formats, the loss scaled
-        output = model.forward(compute, x, params)
-        loss = model.loss.forward(compute, output, y)
-        output_grad = compute.round(model.loss.backward(compute, scale * self.grad_scale), "activation_grads",
+        forward = model.forward(compute, x, params)
+        loss = model.loss.forward(compute, forward.output, y)
+        output_grad = compute.round(model.loss.backward(compute, loss, scale * self.grad_scale), "activation_grads",
                                     len(model.layers) - 1)
-        grads = model.backward(compute, output_grad)
+        grads = model.backward(compute, forward, output_grad)
         # (3) to FP32, unscaled, checked
         grads = [[np.asarray(round_to(g.astype(np.float64) / scale, self.grad_format), dtype=self.grad_dtype)
                   for g in layer] for layer in grads]
         found_inf = self.scaler is not None and not all(np.isfinite(g).all() for layer in grads for g in layer)
         if shadow:
-            self.recorder.observe_shadow(grads, *self._shadow_gradients(index))
+            self.recorder.observe_shadow(grads, *self._shadow_gradients(index, forward, loss))
         # (4) learning rate and optimizer state, (5) applied to the stored weights
         if not found_inf:
             for i, layer in enumerate(grads):
@@ -117,7 +117,7 @@ class _Run:
                     self._apply(i, j, self.optimizer.update((i, j), grad))
         if self.scaler is not None:
             self.scaler.update(found_inf, step)
-        return loss, found_inf
+        return loss.value, found_inf
 
     def compute_weights(self):
         """Step (1): the master weights rounded to the params format, or the stored params as they are."""
@@ -173,34 +173,34 @@ class _Run:
             for start in range(0, n - batch_size + 1, batch_size):
                 yield order[start:start + batch_size]
 
-    def _shadow_gradients(self, index) -> tuple[list, list]:
-        """This step's weight gradients in FP64 arithmetic, twice (called after the policy's backward pass).
+    def _shadow_gradients(self, index, forward: ForwardPass, loss: LossPass) -> tuple[list, list]:
+        """This step's weight gradients in FP64 arithmetic, twice.
 
         First the backward pass alone, redone in FP64 through the policy's own
-        forward pass (its activations, ReLU masks and cast weights, still held
-        by the model): where it is non-zero and the policy's gradient is zero,
-        the backward pass lost the value to underflow.  Then the whole step from
-        the stored weights and the unrounded data: the reference of the
-        gradients' error, forward roundings included.
+        forward pass (``forward``, ``loss``: its activations, ReLU masks, cast
+        weights and loss residual): where it is non-zero and the policy's
+        gradient is zero, the backward pass lost the value to underflow.  Then
+        the whole step from the stored weights and the unrounded data: the
+        reference of the gradients' error, forward roundings included.
         """
         shadow = Float64Compute()
-        backward_only = self.model.backward(shadow, self.model.loss.backward(shadow, self.grad_scale))
+        backward_only = self.model.backward(shadow, forward, self.model.loss.backward(shadow, loss, self.grad_scale))
         return self._whole_step_in_float64(index, shadow), backward_only
 
     def _whole_step_in_float64(self, index, shadow) -> list:
         weights = [[w.astype(np.float64) for w in layer] for layer in self.weights]
-        output = self.model.forward(shadow, self.dataset.x_train[index], weights)
-        self.model.loss.forward(shadow, output, self.dataset.y_train[index])
-        return self.model.backward(shadow, self.model.loss.backward(shadow, self.grad_scale))
+        forward = self.model.forward(shadow, self.dataset.x_train[index], weights)
+        loss = self.model.loss.forward(shadow, forward.output, self.dataset.y_train[index])
+        return self.model.backward(shadow, forward, self.model.loss.backward(shadow, loss, self.grad_scale))
 
     def evaluate(self):
         """Test accuracy (None for a regression) and test loss, in the policy's forward formats."""
         compute = Compute(self.policy)
         params = self.compute_weights()
-        outputs = np.concatenate([self.model.forward(compute, self.x_test[i:i + EVAL_CHUNK], params)
+        outputs = np.concatenate([self.model.forward(compute, self.x_test[i:i + EVAL_CHUNK], params).output
                                   for i in range(0, len(self.x_test), EVAL_CHUNK)])
         loss = self.model.loss.forward(compute, outputs, self.dataset.y_test)
-        return self.model.loss.score(outputs, self.dataset.y_test), json_float(loss)
+        return self.model.loss.score(outputs, self.dataset.y_test), json_float(loss.value)
 
     def _result(self, config, steps_run, diverged_step) -> TrainResult:
         recorder, history = self.recorder, self.recorder.history

@@ -41,7 +41,7 @@ def one_thread():
 
     On a 2-core machine numba's thread pool costs more than it gains on small
     arrays, and contends with OpenBLAS's spinning threads right after a numpy
-    matmul (see ``fpsim.reductions.PARALLEL_MIN_WORK`` for measurements).
+    matmul (see ``fpsim.ops.reductions.PARALLEL_MIN_WORK``; ``benchmarks/bench_threads.py`` measures it).
     Results never depend on it: every kernel computes each output on its own.
     """
     previous = numba.get_num_threads()
@@ -260,7 +260,7 @@ def round_bits_array(bits_in, bits_out, random_key, total_bits, mant_in, bias_in
 
 @njit(cache=True, inline="always")
 def round_float64(x, params, mode, r63):
-    """Round a float64 scalar inside other kernels; ``params`` is ``KernelParams.as_tuple()`` for float64."""
+    """Round a float64 scalar inside other kernels; ``params`` is ``rounding.float64_params(fmt)``."""
     p, emin, quantum, max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals = params
     b = round_pattern(np.float64(x).view(np.int64), 64, 52, 1023, p, emin, quantum, max_bits, normal_bits,
                       nan_bits, fn_nan, saturate, subnormals, mode, r63)

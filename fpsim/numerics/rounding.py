@@ -83,20 +83,32 @@ def kernel_params(fmt: Format, dtype) -> KernelParams:
     return _PARAMS_CACHE[key]
 
 
-def _generator(rng) -> np.random.Generator:
-    if rng is None:
-        raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+def as_generator(rng) -> np.random.Generator | None:
+    """``rng`` as a numpy Generator: a Generator as it is, an int seed through ``np.random.default_rng``, None as None.
+
+    An operation converts its ``rng`` once, so that all its roundings draw from one stream
+    (distinct numbers, not the same seed restarted); ``random_key`` refuses None.
+    """
+    if rng is None or isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
 
 
 def random_key(rng) -> int:
     """One stream key in [0, 2^63) drawn from ``rng`` (a numpy Generator or an int seed); see ``_kernels.splitmix63``."""
-    return int(_generator(rng).integers(0, np.iinfo(np.int64).max, endpoint=True))
+    if rng is None:
+        raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
+    return int(as_generator(rng).integers(0, np.iinfo(np.int64).max, endpoint=True))
 
 
-def random_bits(rng, size: int) -> np.ndarray:
-    """``size`` uniform integers in [0, 2^63) from ``rng`` (a numpy Generator or an int seed)."""
-    return _generator(rng).integers(0, np.iinfo(np.int64).max, size=size, dtype=np.int64, endpoint=True)
+def stochastic_uniform(key: int, index: int) -> Fraction:
+    """The uniform number u in [0, 1) of position ``index`` in the stream ``key``: splitmix63(key, index) / 2^63.
+
+    It is the number the kernels draw for that rounding, as the exact Fraction that
+    ``fpsim.numerics.exact.round_exact(..., uniform=u)`` takes, so that the slow exact
+    paths round stochastically exactly as the kernels do.
+    """
+    return Fraction(int(_kernels.splitmix63(key, index)), 1 << 63)
 
 
 def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
@@ -180,6 +192,6 @@ def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, key):
             continue
         if isinstance(value, np.floating) and np.float64(value) == value:
             continue
-        uniform = Fraction(int(_kernels.splitmix63(key, i)), 1 << 63) if mode == "stochastic" else None
+        uniform = stochastic_uniform(key, i) if mode == "stochastic" else None
         exact = int(value) if isinstance(value, (int, np.integer)) else value
         out[i] = round_exact(exact, fmt, mode, saturate=saturate, uniform=uniform)

@@ -43,8 +43,8 @@ from ..numerics import _kernels
 from . import _reduction_kernels as kernels
 from ..numerics.exact import check_mode, floor_log2, round_exact, round_sum_exact
 from ..numerics.formats import FP64, Format, get_format, widen_ml_dtypes
-from .reductions import _generator, _products_exact_in
-from ..numerics.rounding import float64_params, random_key
+from .reductions import _products_exact_in
+from ..numerics.rounding import as_generator, float64_params, random_key, stochastic_uniform
 from ..numerics.rounding import round as round_to
 
 
@@ -88,7 +88,7 @@ def _quotients_fit(fmt: Format) -> bool:
 
 def _setup(fmt, mode, rng):
     fmt = get_format(fmt)
-    return fmt, check_mode(mode), _generator(rng)
+    return fmt, check_mode(mode), as_generator(rng)
 
 
 def add(a, b, fmt, mode: str = "nearest", *, rng=None):
@@ -178,7 +178,7 @@ def _exact_elementwise(operation, arrays, fmt, mode, key) -> np.ndarray:
     """``operation(*values, fmt, mode, uniform)`` for every element; floats in, float64 array out."""
     out = np.empty(arrays[0].size)
     for i, values in enumerate(zip(*(a.tolist() for a in arrays))):
-        uniform = Fraction(int(_kernels.splitmix63(key, i)), 1 << 63) if mode == "stochastic" else None
+        uniform = stochastic_uniform(key, i) if mode == "stochastic" else None
         out[i] = operation(*values, fmt, mode, uniform)
     return out
 

@@ -242,9 +242,9 @@ def _exact_sqrt(x: float) -> tuple[Fraction | Decimal | None, bool]:
     if not math.isfinite(x) or x < 0:
         return None, False
     value = Fraction(x)
-    num_root, den_root = math.isqrt(value.numerator), math.isqrt(value.denominator)
-    if num_root ** 2 == value.numerator and den_root ** 2 == value.denominator:
-        return Fraction(num_root, den_root), False
+    root = _rational_sqrt(value)
+    if root is not None:
+        return root, False
     with localcontext() as context:
         context.prec = 50
         return Decimal(value.numerator).sqrt() / Decimal(value.denominator).sqrt(), True
@@ -278,11 +278,17 @@ def _exact(node):
     x = args[0]
     if x < 0:
         raise ValueError("square root of a negative number")
-    if isinstance(x, Fraction):
-        num_root, den_root = math.isqrt(x.numerator), math.isqrt(x.denominator)
-        if num_root ** 2 == x.numerator and den_root ** 2 == x.denominator:
-            return Fraction(num_root, den_root)
-    return _as_decimal(x).sqrt()
+    root = _rational_sqrt(x) if isinstance(x, Fraction) else None
+    return root if root is not None else _as_decimal(x).sqrt()
+
+
+def _rational_sqrt(x: Fraction) -> Fraction | None:
+    """sqrt(x) for x >= 0 when it is rational, else None: a reduced fraction's square root is rational
+    exactly when its numerator and denominator are both perfect squares."""
+    num_root, den_root = math.isqrt(x.numerator), math.isqrt(x.denominator)
+    if num_root ** 2 == x.numerator and den_root ** 2 == x.denominator:
+        return Fraction(num_root, den_root)
+    return None
 
 
 def _as_decimal(x) -> Decimal:

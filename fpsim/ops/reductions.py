@@ -48,19 +48,17 @@ from ..numerics._kernels import threads_for
 from . import _reduction_kernels as kernels
 from ..numerics.exact import check_mode, round_exact, round_sum_exact
 from ..numerics.formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format, widen_ml_dtypes
-from ..numerics.rounding import float64_params, kernel_params, random_key
+from ..numerics.rounding import as_generator, float64_params, kernel_params, random_key, stochastic_uniform
 from ..numerics.rounding import round as round_to
 
 PARALLEL_MIN_WORK = 1 << 24
 """Products with fewer multiply-adds (M*K*N) than this run on one thread.
 
-Measured on the shared 2-core development machine: a (64x128)@(128x128)
-product (2^20, the training simulator's size) takes 0.8 ms with numba's thread
-pool and 0.9 ms on one thread when run alone, but 8 ms with the pool right after
-a numpy matmul (OpenBLAS's idle threads spin and the two pools contend) against
-1.0 ms on one thread.  A 256^3 product (2^24) with FP16 accumulation on an idle
-machine: 7.5-8.1 ms with the pool against 12.6-13.8 ms on one thread, so from
-that size on the pool pays for the risk of contention.
+On small products numba's thread pool costs more than it gains, and right
+after a numpy matmul OpenBLAS's idle threads spin and the two pools contend;
+on a 2-core machine the pool pays for that risk from about this size on.
+``benchmarks/bench_threads.py`` measures both sides (the training step's 2^20
+product and a 2^24 one, alone and after a numpy matmul).
 """
 
 
@@ -74,13 +72,6 @@ def parse_order(order: str, K: int) -> tuple[str, int]:
     if match and int(match[1]) >= 1:
         return "blocked", int(match[1])
     raise ValueError(f"unknown order {order!r}: use 'sequential', 'pairwise' or 'blocked:N' with N >= 1")
-
-
-def _generator(rng):
-    """One Generator for the whole call, so that the roundings draw distinct numbers from an int seed."""
-    if rng is None or isinstance(rng, np.random.Generator):
-        return rng
-    return np.random.default_rng(rng)
 
 
 def _array_format(array: np.ndarray) -> Format:
@@ -183,7 +174,7 @@ def matmul(A, B, *, inputs=None, accumulate=FP32, output=None, mode: str = "near
         raise ValueError(f"matmul needs 2-D arrays; got shapes {np.shape(A)} and {np.shape(B)}")
     if np.shape(A)[1] != np.shape(B)[0]:
         raise ValueError(f"matmul: inner dimensions differ: {np.shape(A)} @ {np.shape(B)}")
-    rng = _generator(rng)
+    rng = as_generator(rng)  # one stream for the whole call: the roundings draw distinct numbers
     if mode == "stochastic" and rng is None:
         raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
     with threads_for(np.shape(A)[0] * np.shape(A)[1] * np.shape(B)[1], PARALLEL_MIN_WORK):
@@ -245,8 +236,7 @@ def _accumulate_exact(a, b, accumulate, mode, kind, block, key):
     out = np.empty((M, N))
     for i in range(M):
         for j in range(N):
-            uniforms = (Fraction(int(_kernels.splitmix63(key, (i * N + j) * R + step)), 1 << 63)
-                        for step in range(R))
+            uniforms = (stochastic_uniform(key, (i * N + j) * R + step) for step in range(R))
             products = [_exact_product(a[i, k], b[k, j]) for k in range(K)]
             out[i, j] = _ordered_sum(products, accumulate, mode, kind, block, uniforms)
     return out

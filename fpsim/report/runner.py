@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .table import markdown_table
+
 ANALYSES_DIR = Path(__file__).resolve().parents[2] / "analyses"
 """Where the analysis scripts live: ``analyses/`` at the root of the repository."""
 
@@ -226,34 +228,6 @@ def new_section(ctx: Context, module_globals: dict, title: str) -> Section:
 
 
 # --- tables and files --------------------------------------------------------
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None, caption: str = "") -> str:
-    """Rows of dicts as a markdown table (columns: ``columns``, or every key in order of first appearance);
-    floats are written with ``format_number``."""
-    if not rows:
-        return f"{caption}\n\n(no rows)" if caption else "(no rows)"
-    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(format_number(c) for c in columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(format_number(row.get(c, "")) for c in columns) + " |")
-    table = "\n".join(lines)
-    return f"{caption}\n\n{table}" if caption else table
-
-
-def format_number(value) -> str:
-    """A cell: floats to 4 significant digits, whole units from 1000 up, scientific when tiny or huge."""
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, float):
-        if value != value:
-            return "nan"
-        if 1e3 <= abs(value) < 1e9:
-            return f"{value:.0f}"
-        if value == 0 or 1e-3 <= abs(value) < 1e3:
-            return f"{value:.4g}"
-        return f"{value:.3e}"
-    return str(value).replace("|", "\\|")
-
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     columns: list[str] = []

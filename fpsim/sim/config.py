@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import numbers
 from dataclasses import dataclass, field
 
+from .checks import integer, number_in, positive_number
 from .data import parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler
 from .policy import Policy
@@ -109,7 +109,7 @@ class TrainConfig:
         put("momentum", number_in("momentum", self.momentum, 0.0, 1.0))
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999); got {self.betas!r}")
-        put("betas", tuple(number_in("each of betas", b, 0.0, 1.0, closed=False) for b in self.betas))
+        put("betas", tuple(number_in("each of betas", b, 0.0, 1.0) for b in self.betas))
         for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0), ("record_every", 0),
                               ("shadow_every", 0)):
             put(name, integer(name, getattr(self, name), minimum))
@@ -160,35 +160,6 @@ class TrainConfig:
         if "policy" not in options:
             raise ValueError("a training configuration needs a 'policy'")
         return cls(**options)
-
-
-# --- validation helpers (also used by the optimizers and the loss scaler) -------------------------------
-
-def is_number(value) -> bool:
-    """A real, finite number that is not a bool (Python or numpy)."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def positive_number(name: str, value) -> float:
-    """``value`` as a float if it is a finite number > 0, else a ValueError naming ``name``."""
-    if not (is_number(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def number_in(name: str, value, low: float, high: float, *, closed: bool = True) -> float:
-    """``value`` as a float if it lies in [low, high] (``closed``) or [low, high), else a ValueError."""
-    if not (is_number(value) and low <= value and (value <= high if closed else value < high)):
-        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}{']' if closed else ')'}, got {value!r}")
-    return float(value)
-
-
-def integer(name: str, value, minimum: int) -> int:
-    """``value`` as an int if it is an integer (Python or numpy) >= ``minimum``, else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _model(model):

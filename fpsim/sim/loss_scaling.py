@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from .checks import is_finite_number
+
 SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale", "max_scale",
                   "hysteresis")
 """Settings of a dynamic ``LossScaler`` that a run's ``scaler=`` dict may give."""
@@ -46,9 +48,9 @@ class LossScaler:
                  max_scale: float | None = None, hysteresis: int = 1):
         _positive("init_scale", init_scale)
         if dynamic:
-            if not (_is_number(growth_factor) and growth_factor > 1):
+            if not (is_finite_number(growth_factor) and growth_factor > 1):
                 raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
-            if not (_is_number(backoff_factor) and 0 < backoff_factor < 1):
+            if not (is_finite_number(backoff_factor) and 0 < backoff_factor < 1):
                 raise ValueError(f"backoff_factor must be a number in (0, 1), got {backoff_factor!r}")
             for name, value in (("growth_interval", growth_interval), ("hysteresis", hysteresis)):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,10 +119,6 @@ class LossScaler:
         return cls(loss_scale, dynamic=False)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive(name, value):
-    if not (_is_number(value) and value > 0):
+    if not (is_finite_number(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")

@@ -16,12 +16,11 @@ it, Adam multiplies its epsilon by it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..numerics.formats import Format
 from ..numerics.rounding import round as round_to
+from .checks import is_finite_number
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 """Optimizer names ``make_optimizer`` understands."""
@@ -47,7 +46,7 @@ class Momentum:
     """
 
     def __init__(self, lr: float, *, grad_scale: float = 1.0, state_format: Format, momentum: float = 0.9):
-        if not (_is_number(momentum) and 0 <= momentum < 1):
+        if not (is_finite_number(momentum) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         self.step_size = lr / grad_scale
         self.momentum = float(momentum)
@@ -74,9 +73,9 @@ class Adam:
     def __init__(self, lr: float, *, grad_scale: float = 1.0, state_format: Format,
                  betas=(0.9, 0.999), eps: float = 1e-8):
         if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-                or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
+                or not all(is_finite_number(b) and 0 <= b < 1 for b in betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if not (_is_number(eps) and eps > 0):
+        if not (is_finite_number(eps) and eps > 0):
             raise ValueError(f"eps must be a positive number, got {eps!r}")
         self.lr = lr
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
@@ -107,9 +106,9 @@ def make_optimizer(name: str, lr: float, *, grad_scale: float = 1.0, state_forma
     classes = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
     if not isinstance(name, str) or name.lower() not in classes:
         raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
-    if not (_is_number(lr) and lr > 0):
+    if not (is_finite_number(lr) and lr > 0):
         raise ValueError(f"learning rate must be a positive finite number, got {lr!r}")
-    if not (_is_number(grad_scale) and grad_scale > 0):
+    if not (is_finite_number(grad_scale) and grad_scale > 0):
         raise ValueError(f"grad_scale must be a positive finite number, got {grad_scale!r}")
     accepted = {"sgd": (), "momentum": ("momentum",), "adam": ("betas", "eps")}[name.lower()]
     unknown = sorted(set(options) - set(accepted))
@@ -156,7 +155,3 @@ def apply_kahan_update(weights: np.ndarray, compensation: np.ndarray, update: np
     new_weights = round_to(weights.astype(np.float64) + pending, fmt)
     applied = new_weights.astype(np.float64) - weights
     return new_weights, round_to(pending - applied, fmt)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -22,10 +22,10 @@ and BF16 inputs; a policy with ``accumulate="fp16"`` is one field away.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from ..numerics.formats import BF16, FORMATS, FP16, FP32, Format, get_format
+from .checks import is_finite_number
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
@@ -79,8 +79,7 @@ class Policy:
             if scale != "dynamic":
                 raise ValueError(f"loss_scale must be None, a positive number or 'dynamic', got {scale!r}")
         elif scale is not None:
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
-                    math.isfinite(scale) and scale > 0):
+            if not (is_finite_number(scale) and scale > 0):
                 raise ValueError(f"loss_scale must be None, a positive finite number or 'dynamic', got {scale!r}")
             object.__setattr__(self, "loss_scale", float(scale))
         if self.update_rounding not in UPDATE_ROUNDINGS:

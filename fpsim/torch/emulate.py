@@ -15,10 +15,14 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
   (``policy.params`` for parameters and tensors that view them, else
   ``activations`` in the forward pass and ``gradients`` in the backward pass;
   an input already held in a low-precision format is used as it is), the
-  product computed in float32, the output rounded once;
+  product computed in float32, the output rounded once (the attention
+  backwards' FP32 log-sum-exp input excepted; CPU flash attention also
+  rounds its probabilities before P @ V, see ``_flash_attention``);
 * autocast's FP32 operations (softmax, layer_norm, exp, log, sums, losses):
   computed and returned in FP32 in the forward pass;
-* views and metadata: nothing done;
+* views and metadata: nothing done; operations that only move values (cat,
+  index_select, the backwards of slicing): nothing rounded, their output in a
+  low-precision format when all their inputs are;
 * every other operation: its output rounded to the tensor kind's format when
   all its floating inputs are held in a low-precision format, else FP32 (type
   promotion, as autocast runs them).  Which tensors are low precision is
@@ -26,7 +30,18 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
   tensor's version counter, so an in-place change outside the mode voids it).
 
 With ``placement="low-precision"`` every operation except views rounds its
-inputs (parameters included) and its outputs.
+inputs (parameters included; the model's buffers, such as batch norm's running
+statistics, stay FP32) and its outputs.
+
+The backward pass: autocast acts in the forward pass only; on the hardware a
+backward operation runs in the precision its tensors have, and autograd casts
+each incoming gradient to the dtype of the tensor it belongs to.  So the
+backward of an operation whose forward output was rounded (its autograd node's
+sequence number is remembered) rounds its inputs (the incoming gradient) and
+its outputs to ``gradients``; other backward operations follow the promotion
+rule.  A matrix product's forward input that was rounded into a copy keeps the
+copy on the tensor (``_fpsim_copy``, at its version), so the backward pass,
+which autograd hands the saved tensor itself, uses the same rounded values.
 
 Forward or backward: ``torch._C._current_autograd_node()`` is the autograd node
 the engine is running, None in the forward pass.  It is exact (the engine sets
@@ -61,9 +76,13 @@ Rounding: in place, on the float32 output's memory (a CPU tensor and its
 ``numpy()`` view share it), by fpsim's own nearest-even kernel
 (``fpsim.numerics._kernels.round_nearest_array``, what ``fpsim.round`` runs for
 these formats); strided tensors and other modes go through ``fpsim.round``.
-Numba's kernels run on one thread inside the context (torch's threads use the
-cores).  Cast weights are cached per parameter version, so a weight is rounded
-once per step for the forward and backward products.
+Numba's kernels run on torch's thread count inside the context (with numba's
+OpenMP layer the two share OpenMP's setting: any other count would change
+torch's).  Cast weights are cached per parameter version, so a weight is
+rounded once per step for the forward and backward products.  With a recorder,
+each backward rounding keeps its tensor and a copy of its values before and
+after until the end of the backward pass (about two more copies of the
+gradients); without one nothing is copied.
 
 ``accumulate="native"``: products are float32 BLAS on the rounded inputs
 (FP32 accumulation in the library's order: what FP16/BF16 tensor cores with an
@@ -94,7 +113,7 @@ from ..numerics.rounding import round as round_to
 from ..ops.reductions import matmul as fpsim_matmul
 from ..sim.policy import Policy
 from .placement import FP32 as FP32_OPS
-from .placement import MATMUL, VIEW, placement_of
+from .placement import MATMUL, MOVE, VIEW, placement_of
 
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
@@ -103,7 +122,7 @@ _COPY = "_fpsim_copy"
 _MAX_REMEMBERED = 1 << 16
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
-_FLASH_ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention")
+_CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _current_node = torch._C._current_autograd_node
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 
@@ -116,7 +135,8 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
     whose parameters are the weights (cast to ``policy.params`` at use; their
     gradients recorded as ``"weight_grads"``).  recorder: an
     ``fpsim.sim.recorder.Recorder`` (or anything with its ``rounded`` method) or
-    None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).
+    None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).  Run a step's forward and
+    backward passes inside the same ``with`` block: the backward pass reads what its forward recorded.
     """
     policy = Policy.coerce(policy)
     if accumulate not in ACCUMULATE_MODES:
@@ -127,8 +147,10 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     mode = _EmulationMode(policy, model, recorder, accumulate)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
+    # With numba's OpenMP threading layer a kernel launch sets OpenMP's thread count, which torch's
+    # operations then use: numba runs on torch's thread count, so that neither changes the other's.
+    threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     handles = mode.attach()
     try:
         with mode:
@@ -137,6 +159,8 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
         for handle in handles:
             handle.remove()
         numba.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads)
 
 
 class _EmulationMode(TorchDispatchMode):
@@ -151,6 +175,7 @@ class _EmulationMode(TorchDispatchMode):
         self.low_everywhere = policy.placement == "low-precision"
         self.skip_fp32 = recorder is None  # with a recorder FP32 is observed like any format (see the docstring)
         self.params = {}  # storage address -> parameter
+        self.buffers = set()  # storage addresses of the model's buffers (running statistics): left as they are
         self._cast_params = {}  # storage address -> (version, rounded copy)
         self._stack = []  # module paths of the calls in progress (forward)
         self._calls = []  # (first sequence nr, end sequence nr or None, path), in call order
@@ -169,6 +194,8 @@ class _EmulationMode(TorchDispatchMode):
             path = name or ROOT
             handles.append(module.register_forward_pre_hook(self._pre_hook(path)))
             handles.append(module.register_forward_hook(self._post_hook(), always_call=True))
+            for buffer in module.buffers(recurse=False):
+                self.buffers.add(buffer.untyped_storage().data_ptr())
             for parameter in module.parameters(recurse=False):
                 address = parameter.untyped_storage().data_ptr()
                 if address in self.params:  # a tied weight: named after its first owner
@@ -249,8 +276,8 @@ class _EmulationMode(TorchDispatchMode):
         parameter = self.params[address]
         cached = self._cast_params.get(address)
         if cached is None or cached[0] != parameter._version:
-            copy = parameter.detach().clone()
-            self._round(copy, self.policy.params, None, None)
+            copy = torch.empty_like(parameter)  # the parameter's strides: its views map onto the copy
+            self._round(copy, self.policy.params, None, None, source=parameter)
             cached = self._cast_params[address] = (parameter._version, copy)
         copy = cached[1]
         return copy.as_strided(tensor.size(), tensor.stride(),
@@ -263,6 +290,8 @@ class _EmulationMode(TorchDispatchMode):
         address = tensor.untyped_storage().data_ptr()
         if address in self.params:
             return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
+        if address in self.buffers:  # a copy would lose batch norm's in-place update of its statistics
+            return tensor
         if _tagged(tensor):
             return tensor
         if fmt == FP32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
@@ -282,14 +311,20 @@ class _EmulationMode(TorchDispatchMode):
     # --- the dispatch -------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        placement, first_only, mutates = placement_of(func)
+        placement, first_only, mutates, fp32_inputs = placement_of(func)
+        if placement == MOVE:
+            out = func(*args, **kwargs)
+            if _all_low(args):
+                fmt = _format_of(args)
+                for moved in tensors_of(out):
+                    setattr(moved, _TAG, (fmt, moved._version))
+            return out
         if placement == VIEW:
             out = func(*args, **kwargs)
             if args and isinstance(args[0], torch.Tensor) and _tagged(args[0]):
                 fmt = getattr(args[0], _TAG)[0]
-                for view in ((out,) if isinstance(out, torch.Tensor) else out):
-                    if isinstance(view, torch.Tensor):
-                        setattr(view, _TAG, (fmt, view._version))
+                for view in tensors_of(out):
+                    setattr(view, _TAG, (fmt, view._version))
             return out
         node = _current_node()
         if node is None:
@@ -304,24 +339,24 @@ class _EmulationMode(TorchDispatchMode):
             path = self._backward_path(node) if self.recorder is not None else None
         creates_node = node is None and torch.is_grad_enabled() and _any_requires_grad(args)
         if low:
-            args = tuple(_map_tensors(arg, self._round_input, fmt, kind, path) for arg in args)
-            out = self._matmul(func, args, kwargs) if self.exact and placement == MATMUL else func(*args, **kwargs)
-            if placement == MATMUL and fmt != FP32 and func._schema.name in _FLASH_ATTENTION:
-                self._round_attention_probabilities(args, kwargs, out[0], fmt)
+            args = tuple(arg if i in fp32_inputs else _map_tensors(arg, self._round_input, fmt, kind, path)
+                         for i, arg in enumerate(args))
+            if self.exact and placement == MATMUL:
+                out = self._matmul(func, args, kwargs)
+            elif func is _CPU_FLASH_ATTENTION and fmt != FP32 and _plain_attention(args, kwargs):
+                out = _flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt)
+            else:
+                out = func(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
             low = _all_low(args)
         if not low or (fmt == FP32 and self.skip_fp32):
             return out
-        outputs = (out,) if isinstance(out, torch.Tensor) else (out[:1] if first_only else out)
-        for output in outputs:
-            if isinstance(output, torch.Tensor) and output.dtype in (torch.float32, torch.float64) and not (
+        outputs = tensors_of(out)
+        for output in (outputs[:1] if first_only else outputs):
+            if output.dtype in (torch.float32, torch.float64) and not (
                     mutates and output.untyped_storage().data_ptr() in self.params):
                 self._round(output, fmt, kind, path)
-        if first_only:  # the others (attention's log-sum-exp) stay FP32 into the backward pass, as on the hardware
-            for other in out[1:]:
-                if isinstance(other, torch.Tensor) and other.is_floating_point():
-                    setattr(other, _TAG, (FP32, other._version))
         if creates_node:
             self._remember_low_node(_next_sequence_nr() - 1)
         return out
@@ -332,28 +367,6 @@ class _EmulationMode(TorchDispatchMode):
         self._low_nodes.add(sequence_nr)
         if len(self._low_nodes) > _MAX_REMEMBERED:
             self._low_nodes = {nr for nr in self._low_nodes if nr > sequence_nr - _MAX_REMEMBERED // 2}
-
-    @staticmethod
-    def _round_attention_probabilities(args, kwargs, out, fmt):
-        """Redo ``out`` as flash attention computes it: the probabilities rounded to ``fmt`` before P @ V.
-
-        FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T and the row max m and
-        row sum l of exp(S - m) in FP32, converts P = exp(S - m) to the inputs' format for the second
-        product, accumulates P V in FP32 and divides by l at the end.  This is that, for one key block
-        (the CPU kernel's blocks hold 512 keys; longer sequences rescale block by block).  The
-        log-sum-exp the backward pass needs stays the kernel's.
-        """
-        query, key, value, dropout_p, is_causal = (list(args) + [0.0, False])[:5]
-        if dropout_p or kwargs.get("attn_mask") is not None:
-            return
-        scale = kwargs.get("scale") or 1.0 / math.sqrt(query.shape[-1])
-        scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # (B, nh, T, S)
-        if is_causal:
-            scores.masked_fill_(_causal_mask(*scores.shape[-2:]), -math.inf)
-        probabilities = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-        total = probabilities.sum(dim=-1, keepdim=True)
-        round_into(probabilities.numpy(), probabilities.numpy(), fmt)
-        out.copy_(torch.matmul(probabilities, value) / total)
 
     def _matmul(self, func, args, kwargs):
         """mm / addmm / bmm / baddbmm through ``fpsim.matmul`` with the policy's accumulation format."""
@@ -380,8 +393,7 @@ def round_into(values: np.ndarray, out: np.ndarray, fmt: Format) -> None:
     """``out[...] = fpsim.round(values, fmt)`` without a temporary (``out`` may be ``values``).
 
     Float32 C-contiguous arrays and a format of fewer significant bits go straight to fpsim's
-    nearest-even kernel, the one ``fpsim.round`` runs for them (on the one numba thread ``emulate``
-    leaves: on a 524k-element tensor of a loaded 2-core machine, two threads took 14.6 ms, one 2.4 ms).
+    nearest-even kernel, the one ``fpsim.round`` runs for them, on as many threads as torch uses.
     """
     if fmt == FP32 and values.dtype == np.float32:  # float32 values are FP32 values
         if out is not values:
@@ -406,7 +418,37 @@ def _nearest_args(fmt: Format):
 
 @functools.lru_cache(maxsize=8)
 def _causal_mask(rows: int, columns: int) -> torch.Tensor:
-    return torch.ones(rows, columns, dtype=torch.bool).triu(1)
+    """0 on and below the diagonal, -inf above: added to the scores (one pass, cheaper than masked_fill)."""
+    return torch.full((rows, columns), -math.inf).triu(1)
+
+
+def _plain_attention(args, kwargs) -> bool:
+    """No dropout and no explicit mask: the cases ``_flash_attention`` computes."""
+    return not (len(args) > 3 and args[3]) and kwargs.get("attn_mask") is None
+
+
+def _flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
+    """(output, logsumexp) of ATen's CPU flash attention, its probabilities rounded to ``fmt`` before P @ V.
+
+    FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T, and the row max m and the
+    row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
+    product, accumulates P V in FP32 and divides by l at the end; this is that for one key block (the
+    CPU kernel's hold 512 keys; longer sequences rescale block by block).  The log-sum-exp m + log l,
+    which the backward kernel reads, is returned in the kernel's layout (B, nh, T) over (B, T, nh) memory.
+    """
+    scale = scale or 1.0 / math.sqrt(query.shape[-1])
+    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # (B, nh, T, S)
+    if is_causal:
+        scores.add_(_causal_mask(*scores.shape[-2:]))
+    top = scores.amax(dim=-1, keepdim=True)
+    probabilities = torch.exp_(scores.sub_(top))
+    total = probabilities.sum(dim=-1, keepdim=True)
+    round_into(probabilities.numpy(), probabilities.numpy(), fmt)
+    out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
+    B, heads, T = out.shape[:3]
+    logsumexp = torch.empty(B, T, heads).permute(0, 2, 1)
+    logsumexp.copy_((top + total.log()).squeeze(-1))
+    return out, logsumexp
 
 
 def _tagged(tensor: torch.Tensor) -> bool:
@@ -424,6 +466,24 @@ def _all_low(args) -> bool:
                 (dimensioned if tensor.dim() else scalars).append(tensor)
     inputs = dimensioned or scalars
     return bool(inputs) and all(_tagged(tensor) for tensor in inputs)
+
+
+def _format_of(args) -> Format:
+    """The format of the first tagged tensor among ``args``."""
+    for arg in args:
+        for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+            if isinstance(tensor, torch.Tensor) and _tagged(tensor):
+                return getattr(tensor, _TAG)[0]
+    raise ValueError("no tagged tensor")
+
+
+def tensors_of(out) -> tuple:
+    """The tensors an op returned (one, several, or none: ``item()``, ``equal`` return Python values)."""
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, (list, tuple)):
+        return tuple(t for t in out if isinstance(t, torch.Tensor))
+    return ()
 
 
 def _any_requires_grad(args) -> bool:

@@ -1,4 +1,10 @@
-"""The torch engine: ``train(config)`` trains a built-in torch model under a precision policy.
+"""The torch engine: ``train(config)`` trains a torch model under a precision policy.
+
+The model is a built-in one (``fpsim.torch.models.MODELS``: ``char-gpt``,
+``cnn``) or ``config.model(**config.model_options)`` for a factory, on a
+classification data set (cross-entropy on the logits (B, K)) or a text
+(next-character cross-entropy on the logits (B, T, V); the model says its
+context length as ``model.config.block_size``).
 
 One step is the mixed-precision recipe as nanoGPT's ``train.py`` writes it with
 ``torch.autocast`` and ``GradScaler``, the emulation standing in for autocast:
@@ -67,7 +73,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..engines.numpy_engine import FINAL_LOSS_STEPS, TrainResult
 from ..numerics._kernels import one_thread
 from ..numerics.formats import FP32
 from ..numerics.rounding import round as round_to
@@ -75,6 +80,7 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update
 from ..sim.recorder import Recorder, json_float
+from ..sim.result import FINAL_LOSS_STEPS, TrainResult
 from .emulate import ROOT, emulate
 from .models import get_model
 
@@ -92,20 +98,39 @@ def train(config, *, progress: bool = True) -> TrainResult:
 
 def train_model(config, *, progress: bool = False) -> tuple[TrainResult, "torch.nn.Module"]:
     """``train``, also returning the trained model (its parameters: the weights as stored)."""
-    spec = get_model(config.model)
-    policy = config.policy
+    policy = config.effective_policy
     _check_policy(policy)
+    init_seed, batch_seed, rounding_seed = np.random.SeedSequence(config.seed).spawn(3)
+    with _reproducible():
+        model, data = _build(config, torch.Generator().manual_seed(seed_of(init_seed)))
+        run = _Run(config, policy, model, data, np.random.default_rng(batch_seed),
+                   np.random.default_rng(rounding_seed))
+        return run.train(progress), model
+
+
+def _build(config, generator):
+    """The model (built-in, from ``MODELS``, or from a factory) and its data set."""
+    if callable(config.model):
+        if config.data is None:
+            raise ValueError("a model given as a factory needs data= (e.g. 'pydoc' for a character model, "
+                             "'mnist1d' for a classifier)")
+        data = load_data(config.data)
+        if data.task == "regression":
+            raise ValueError(f"the torch engine trains classifiers and language models; {data.name!r} is a "
+                             f"regression (train it with model='mlp')")
+        # A factory initialises from torch's global generator: seed it from the run, then restore it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator.initial_seed())
+            model = config.model(**config.model_options)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
+        return model.float(), data
+    spec = get_model(config.model)
     data = load_data(config.data if config.data is not None else spec.data)
     if data.task != spec.task:
         raise ValueError(f"model {config.model!r} needs a {spec.task} data set; {data.name!r} is a "
                          f"{data.task} data set")
-    model_config = spec.make_config(data, config.model_options)
-    init_seed, batch_seed, rounding_seed = np.random.SeedSequence(config.seed).spawn(3)
-    with _reproducible():
-        model = spec.build(model_config, torch.Generator().manual_seed(seed_of(init_seed)))
-        run = _Run(config, policy, spec, model, data, np.random.default_rng(batch_seed),
-                   np.random.default_rng(rounding_seed))
-        return run.train(progress), model
+    return spec.build(spec.make_config(data, config.model_options), generator), data
 
 
 def seed_of(sequence: np.random.SeedSequence) -> int:
@@ -229,8 +254,9 @@ class _Weights:
 class _Run:
     """The state of one run: model, data, weights and optimizer, scaler, recorder, random streams."""
 
-    def __init__(self, config, policy, spec, model, data, batch_rng, rounding_rng):
-        self.config, self.policy, self.spec, self.model, self.data = config, policy, spec, model, data
+    def __init__(self, config, policy, model, data, batch_rng, rounding_rng):
+        self.config, self.policy, self.model, self.data = config, policy, model, data
+        self.language_model = data.task == "language-model"
         self.batch_rng = batch_rng
         self.scaler = LossScaler.for_policy(policy.loss_scale, config.scaler)
         self.params = _named_parameters(model)
@@ -246,8 +272,11 @@ class _Run:
         self.shadow_model = None  # the float64 twin, made at the first shadow step
         # float32 BLAS accumulates in FP32; any other accumulation format needs fpsim.matmul's exact products
         self.accumulate = "native" if policy.accumulate == FP32 else "exact"
-        if spec.task == "language-model":
-            self.block_size = model.config.block_size
+        if self.language_model:
+            self.block_size = getattr(getattr(model, "config", None), "block_size", None)
+            if not isinstance(self.block_size, int):
+                raise ValueError("a language model must say its context length as model.config.block_size "
+                                 "(as nanoGPT's GPT does)")
         else:
             if config.batch_size > len(data.y_train):
                 raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.y_train)} training examples "
@@ -301,7 +330,7 @@ class _Run:
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
     def next_batch(self):
-        if self.spec.task == "language-model":
+        if self.language_model:
             x, y = self.data.batch(self.batch_rng, self.config.batch_size, self.block_size)
             return torch.from_numpy(x), torch.from_numpy(y)
         index = torch.from_numpy(next(self.batch_indices))
@@ -312,7 +341,7 @@ class _Run:
         from tqdm import tqdm
 
         diverged_step = None
-        bar = tqdm(range(self.config.steps), desc=f"{self.config.model} {self.policy.name}", disable=not progress,
+        bar = tqdm(range(self.config.steps), desc=self.policy.name, disable=not progress,
                    file=sys.stderr, leave=False)
         step = -1
         for step in bar:
@@ -334,7 +363,7 @@ class _Run:
     def evaluate(self) -> tuple[float | None, float | None]:
         """(accuracy, mean loss in nats) on the validation text or the test set, in the policy's forward
         formats; accuracy is None for a language model."""
-        if self.spec.task == "language-model":
+        if self.language_model:
             x, y = (torch.from_numpy(a) for a in self.data.validation_windows(self.block_size))
         else:
             x = torch.from_numpy(self.data.x_test.astype(np.float32))
@@ -347,7 +376,7 @@ class _Run:
                 total_loss += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                                     reduction="sum"))
                 correct += int((logits.argmax(-1) == targets).sum())
-        accuracy = None if self.spec.task == "language-model" else correct / y.numel()
+        accuracy = None if self.language_model else correct / y.numel()
         return accuracy, json_float(total_loss / y.numel())
 
     def _result(self, steps_run, diverged_step) -> TrainResult:

@@ -41,6 +41,7 @@ import torch
 
 from ..numerics.formats import FP16, Format, get_format
 from ..numerics.rounding import round as round_to
+from .emulate import tensors_of
 
 KINDS = ("activations", "activation_grads", "weight_grads")
 DEFAULT_FORMATS = ("fp16", "bf16", "e4m3", "e5m2")
@@ -139,7 +140,7 @@ def inspect(model, inputs, *, loss_fn=None, formats=DEFAULT_FORMATS) -> Inspecti
 
     def capture(path):
         def hook(module, args, output):
-            for tensor in _tensors(output):
+            for tensor in tensors_of(output):
                 if tensor.is_floating_point():
                     values.setdefault((path, "activations"), []).append(tensor.detach().float().clone())
                     if tensor.requires_grad:
@@ -231,11 +232,3 @@ def _share(count: int, total: int) -> float:
 
 def _number(value: float) -> str:
     return f"{value:.3g}" if value else "0"
-
-
-def _tensors(output):
-    if isinstance(output, torch.Tensor):
-        return (output,)
-    if isinstance(output, (list, tuple)):
-        return tuple(t for t in output if isinstance(t, torch.Tensor))
-    return ()

@@ -27,6 +27,10 @@ Classes (``PLACEMENTS``):
   run in the precision of the tensors they receive (see ``"promote"``).
 * ``"view"``: views and metadata (``view``, ``transpose``, ``permute``,
   ``detach``, ``expand``...): no arithmetic, nothing rounded.
+* ``"move"``: operations that only gather, concatenate or pad values (``cat``,
+  ``index_select``, the backwards of ``slice`` and ``select``): their output
+  holds the inputs' values (and zeros), so it is in a low-precision format
+  when all its inputs are, without rounding.
 * ``"promote"``: everything else (elementwise arithmetic, activations,
   embedding, copies, mean...).  As under autocast, the op runs in the widest
   precision of its floating inputs: its output is rounded to the tensor kind's
@@ -41,8 +45,8 @@ output, and the FP32 ops too.
 
 from __future__ import annotations
 
-MATMUL, FP32, VIEW, PROMOTE = "matmul", "fp32", "view", "promote"
-PLACEMENTS = (MATMUL, FP32, VIEW, PROMOTE)
+MATMUL, FP32, VIEW, MOVE, PROMOTE = "matmul", "fp32", "view", "move", "promote"
+PLACEMENTS = (MATMUL, FP32, VIEW, MOVE, PROMOTE)
 """The op classes, in the order of the module docstring."""
 
 _MATMUL_OPS = (
@@ -84,8 +88,14 @@ _VIEW_OPS = (
 """Views and metadata, plus copies and constant tensors: they move or create values without arithmetic,
 so rounding them would change nothing the next op does not round anyway."""
 
+_MOVE_OPS = (
+    "cat", "stack", "index_select", "gather", "index", "_unsafe_index", "slice_backward", "select_backward",
+    "slice_scatter", "select_scatter", "diagonal_backward", "constant_pad_nd", "flip", "roll", "repeat",
+)
+
 PLACEMENT: dict[str, str] = {
     **{name: MATMUL for name in _MATMUL_OPS},
+    **{name: MOVE for name in _MOVE_OPS},
     **{name: FP32 for name in _FP32_OPS},
     **{name: VIEW for name in _VIEW_OPS},
 }
@@ -98,16 +108,26 @@ FIRST_OUTPUT_ONLY = frozenset({
 })
 """Matrix-product ops whose other outputs (log-sum-exp, random seeds) stay FP32 on the hardware."""
 
+FP32_INPUTS = {
+    "_scaled_dot_product_flash_attention_for_cpu_backward": (5,),
+    "_scaled_dot_product_flash_attention_backward": (5,),
+    "_scaled_dot_product_cudnn_attention_backward": (5,),
+    "_scaled_dot_product_efficient_attention_backward": (6,),
+    "_scaled_dot_product_fused_attention_overrideable_backward": (6,),
+}
+"""Positions of the attention backwards' log-sum-exp input: FP32 on the hardware, never rounded."""
+
 _CACHE: dict = {}
 
 
-def placement_of(func) -> tuple[str, bool, bool]:
-    """(placement, first output only, mutates an argument) of an ATen ``OpOverload``, cached per overload."""
+def placement_of(func) -> tuple[str, bool, bool, tuple]:
+    """(placement, first output only, mutates an argument, FP32 input positions) of an ATen ``OpOverload``,
+    cached per overload."""
     found = _CACHE.get(func)
     if found is None:
         name = func._schema.name.split("::")[-1]
         # an in-place variant ("add_", "exp_") is placed as its out-of-place op
         placement = PLACEMENT.get(name) or PLACEMENT.get(name.rstrip("_"), PROMOTE)
-        found = (placement, name in FIRST_OUTPUT_ONLY, func._schema.is_mutable)
+        found = (placement, name in FIRST_OUTPUT_ONLY, func._schema.is_mutable, FP32_INPUTS.get(name, ()))
         _CACHE[func] = found
     return found

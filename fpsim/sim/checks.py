@@ -1,0 +1,37 @@
+"""Checks of the plain numbers a configuration holds (learning rates, scales, factors, counts).
+
+Each check returns the value in its canonical Python type (``float`` or ``int``)
+or raises a one-line ``ValueError`` that names the option and what it must be.
+Numpy scalars count as the numbers they hold.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def is_finite_number(value) -> bool:
+    """Whether ``value`` is a finite real number, Python or numpy (not a bool, not a string, not inf/NaN)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_number(name: str, value) -> float:
+    """``value`` as a float if it is a finite number > 0."""
+    if not (is_finite_number(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def number_in(name: str, value, low: float, high: float) -> float:
+    """``value`` as a float if it lies in [low, high)."""
+    if not (is_finite_number(value) and low <= value < high):
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}), got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value, minimum: int) -> int:
+    """``value`` as an int if it is an integer (Python or numpy) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
