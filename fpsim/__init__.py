@@ -2,9 +2,11 @@
 
 from .numerics.bits import decode, describe, encode, fields
 from .numerics.exact import ROUNDING_MODES, round_exact
-from .numerics.formats import BF16, E4M3, E5M2, FORMATS, FP16, FP32, FP64, TF32, Format, get_format
+from .numerics.formats import (BF16, E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FORMATS, FP16, FP32, FP64, TF32, Format,
+                               get_format)
 from .numerics.rounding import round
 from .ops.arithmetic import add, div, fma, mul, sqrt, sub
+from .ops.quantize import quantize
 from .ops.reductions import dot, matmul, sum
 from .sim.config import TrainConfig
 from .sim.policy import POLICIES, Policy

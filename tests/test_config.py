@@ -61,7 +61,6 @@ def test_loss_scale_override_names_the_policy():
     ({"policy": "fp32", "model_options": {"n_layer": 2}}, "the MLP takes no model_options"),
     ({"policy": "fp32", "betas": 0.9}, "betas must be two numbers"),
     ({"policy": "fp32", "momentum": 1.5}, r"momentum must be a number in \[0, 1\)"),
-    ({"policy": "fp32", "scaler": 5}, "scaler must be a dict"),
     ({"policy": "fp32", "scaler": {"init_scale": 8.0}}, "the policy does not scale the loss"),
     ({"policy": "fp16-amp", "scaler": {"growth_interval": 0}}, "scaler growth_interval must be an integer"),
     ({"policy": "fp32", "histogram_steps": [1]}, "histogram_steps needs histograms=True"),
@@ -69,6 +68,9 @@ def test_loss_scale_override_names_the_policy():
     ({"policy": "fp32", "loss_scale": "auto"}, "loss_scale must be a positive number or 'dynamic'"),
     ({"policy": "fp32", "data": "imagenet"}, "unknown data set 'imagenet'"),
     ({"policy": "fp32", "colour": "red"}, "unknown training option 'colour'"),
+    ({"policy": "fp32", "data": "pydoc"}, "'pydoc' is text"),
+    ({"policy": {"preset": "bf16-pure", "placement": "low-precision"}}, "placement='low-precision' is for the torch"),
+    ({"policy": "fp32", "steps": 10**7}, "steps must be at most"),
 ])
 def test_bad_options_are_one_line_errors_before_anything_runs(options, message):
     with pytest.raises(ValueError, match=message) as caught:
@@ -82,3 +84,10 @@ def test_a_result_records_its_config_and_reruns_from_it():
                                                   "batch_size": 16, "lr": 0.25}).to_dict()
     again = fpsim.train(**first.config, progress=False)
     assert again.to_dict() == first.to_dict()
+
+
+@pytest.mark.parametrize("model", ["mlp", "char-gpt"])
+def test_scaling_recipes_are_refused_by_the_engines_until_they_apply_them(model):
+    from fpsim.sim.policy import SCALED_POLICIES
+    with pytest.raises(ValueError, match="scaling recipes"):
+        TrainConfig(policy=SCALED_POLICIES["fp8-current"], model=model)

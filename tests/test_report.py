@@ -120,9 +120,7 @@ def test_failing_analysis_is_reported_and_others_still_run(tmp_path, monkeypatch
 def test_interrupted_run_leaves_the_previous_report_intact(tmp_path, monkeypatch):
     analyses = _write_analyses(tmp_path / "a", {"good": GOOD, "stop": INTERRUPTED})
     monkeypatch.setattr(report, "ANALYSES_DIR", analyses)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "REPORT.md").write_text("previous report\n")
+    out = _fake_report(tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):
         report.run_report(out, progress=False)
     assert (out / "REPORT.md").read_text() == "previous report\n"
@@ -134,11 +132,8 @@ def test_interrupted_run_leaves_the_previous_report_intact(tmp_path, monkeypatch
 def test_completed_run_replaces_the_report_and_only_keeps_other_sections(tmp_path, monkeypatch):
     other = GOOD.replace("Good analysis", "Other analysis").replace("42", "43")
     monkeypatch.setattr(report, "ANALYSES_DIR", _write_analyses(tmp_path / "a", {"good": GOOD, "other": other}))
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an older report")
+    out = _fake_report(tmp_path / "out")
     assert cli.main(["report", "--out", str(out), "--no-progress"]) == 0
-    assert not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]
     assert cli.main(["report", "--out", str(out), "--only", "good", "--no-progress"]) == 0
     text = (out / "REPORT.md").read_text()
@@ -149,9 +144,14 @@ def test_completed_run_replaces_the_report_and_only_keeps_other_sections(tmp_pat
 def _previous_report(tmp_path, monkeypatch) -> Path:
     """A folder with one analysis (GOOD) and ``out`` holding a previous report."""
     monkeypatch.setattr(report, "ANALYSES_DIR", _write_analyses(tmp_path / "a", {"good": GOOD}))
-    out = tmp_path / "out"
+    return _fake_report(tmp_path / "out")
+
+
+def _fake_report(out: Path) -> Path:
+    """A folder holding a previous report: REPORT.md and its manifest."""
     out.mkdir()
     (out / "REPORT.md").write_text("previous report\n")
+    (out / "report.json").write_text(json.dumps({"analyses": [], "files": ["REPORT.md"]}))
     return out
 
 

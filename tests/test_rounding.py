@@ -86,7 +86,7 @@ def test_inputs_are_rounded_once_from_their_exact_value():
     assert list(fpsim.round(np.array([True, False]), "fp16")) == [1, 0]
 
 
-@pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["1.0"]), np.array([1.0], dtype=object), "1.0"])
+@pytest.mark.parametrize("bad", [np.array([1 + 2j]), np.array(["1.0"]), np.array([1.0, None], dtype=object), "1.0"])
 def test_non_numeric_input_raises_type_error(bad):
     with pytest.raises(TypeError, match="real numbers"):
         fpsim.round(bad, "fp16")
@@ -133,7 +133,7 @@ def test_float64_to_fp16_matches_numpy_single_rounding_next_to_midpoints():
 
 # ---- exact reference ---------------------------------------------------------------
 
-OTHER_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m2", "e6m9", "e8m7", "e11m20", "e2m0",
+OTHER_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m2", "e2m3", "e2m1", "e8m0", "e6m9", "e8m7", "e11m20", "e2m0",
                  Format("e4m3_ftz", 4, 3, subnormals=False), "e11m52"]
 
 
@@ -314,7 +314,7 @@ def test_huge_integers_overflow_without_scaling_them():
     assert fpsim.round(10**200000, "fp64") == math.inf
 
 
-NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e5m0", "e2m1", "e6m9", "e8m0",
+NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e5m0", "e2m1", "e3m2", "e2m3", "e6m9", "e8m0",
                         Format("fp16_ftz", 5, 10, subnormals=False),
                         Format("e4m3_ftz", 4, 3, subnormals=False, specials="fn"),
                         "e11m20", "e10m40fn", "e11m0", "e7m50"]
@@ -328,8 +328,8 @@ def general_kernel_nearest(values: np.ndarray, fmt: Format, saturate: bool) -> n
     int_dtype = np.uint32 if values.dtype == np.float32 else np.int64
     out = np.empty_like(values)
     _kernels.round_bits_array(values.view(int_dtype), out.view(int_dtype), 0, k.total_bits, k.mant_in, k.bias_in,
-                              k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, saturate,
-                              fmt.subnormals, _kernels.NEAREST)
+                              k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan,
+                              saturate or k.saturates, fmt.subnormals, k.unsigned, _kernels.NEAREST)
     return out
 
 

@@ -49,18 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.run(args)
-    except (UsageError, ValueError, TypeError) as error:
+        status = args.run(args)
+        sys.stdout.flush()  # a full disk shows here, as one line, not as a traceback at exit
+        return status
+    except BrokenPipeError:  # output piped into a reader that stopped (| head)
+        _drop_stdout()
+        return 0
+    except (UsageError, ValueError, TypeError, OSError, RecursionError) as error:
         if os.environ.get("FPSIM_DEBUG"):  # show the traceback when debugging fpsim itself
             raise
-        print(f"fpsim: error: {error}", file=sys.stderr)
+        if isinstance(error, RecursionError):
+            error = "the input is nested too deeply"
+        elif isinstance(error, OSError):  # a file system refusal (permissions, a full disk): the user's to fix
+            _drop_stdout()
+        print(f"fpsim: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into a reader that stopped (| head)
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print("fpsim: interrupted", file=sys.stderr)
         return 130
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that output still buffered is not flushed (and refused again) at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured in tests): nothing is flushed at exit
+        pass
 
 
 if __name__ == "__main__":

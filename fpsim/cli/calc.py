@@ -14,11 +14,11 @@ Examples:
   fpsim calc "1 + 2**-10" --format bf16 --mode stochastic --seed 3
 """
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from ..numerics.bits import anatomy
 from ..ops.calc import evaluate, show_number
-from ..numerics.exact import ROUNDING_MODES
+from ..numerics.exact import ROUNDING_MODES, WIDE, format_real
 
 
 def configure(parser):
@@ -35,9 +35,10 @@ def _error_text(error, exact) -> str:
     if error == 0:
         return "0 (exact)"
     if isinstance(exact, Decimal):  # an approximation of an irrational value: relative error near 0 means little
-        return f"~ {float(error):+.6g}"
-    relative = f", relative {float(error / exact):+.3g}" if exact != 0 else ""
-    return f"{float(error):+.6g}{relative}"
+        return f"~ {format_real(error)}"
+    with localcontext(WIDE):
+        relative = f", relative {format_real(error / exact, '+.3g')}" if exact != 0 else ""
+    return f"{format_real(error)}{relative}"
 
 
 def run(args) -> int:

@@ -7,7 +7,9 @@ transformer_overflow and claims_models on the transformer and the conv net, whic
 need torch: without it they are skipped and the report says so) and writes
 DIR/REPORT.md with its figures (PNG) and data (JSON, CSV), summary page first.
 The report is written into a temporary folder and moved into place at the end,
-so an interrupted run leaves the previous report intact.  An analysis that fails
+so an interrupted run (Ctrl-C, SIGTERM) leaves the previous report intact.  DIR
+must be new, empty or a previous report (its report.json lists its files): a
+file, a folder holding anything else, or the current folder is refused.  An analysis that fails
 is reported with its error, the others still run, and the exit status is 1.
 
 Examples:

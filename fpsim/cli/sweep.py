@@ -37,7 +37,15 @@ def configure(parser):
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
+MAX_WORKERS = 256
+"""Most local worker processes a sweep starts."""
+
+
 def run(args) -> int:
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be in 1..{MAX_WORKERS}, got {args.workers}")
+    if not 0 < args.connect_timeout <= 3600:  # also refuses nan
+        raise UsageError(f"--connect-timeout must be in (0, 3600] seconds, got {args.connect_timeout}")
     configs = expand_grid(read_grid(args.grid))
     for config in configs:  # refuse unknown options and policies before reaching for any worker
         config_key(config)

@@ -11,6 +11,11 @@ bf16-mixed, bf16-sr, bf16-kahan) or a JSON dict of Policy fields, e.g.
 ends with a summary table, and with --out writes the whole result (per-step
 history, per-layer counts, histograms) as JSON for later analysis.
 
+Exit status: 0 when the run trained; 3 when it did not (its status, shown in the
+table, is "diverged", "no updates" or "loss-scale floor"); 1 when --out could not
+be written at the end (the result is then kept in a file in the temporary folder,
+named in the output); 2 for a usage error.
+
 Examples:
   fpsim train --policy bf16-pure --lr 0.003 --steps 1500
   fpsim train --policy fp16-mixed --grad-scale 2**-20 --loss-scale 2**16 --out result.json
@@ -23,28 +28,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import tempfile
 
 from . import UsageError
+from ..numerics.exact import parse_real
 from ..report.table import text_table
 from ..sim.config import MODELS
+from ..sim.result import STATUSES
 
 
 def number(text: str) -> float:
-    """A float from '0.5', '1e-6', '2**-20' or '2^-20'."""
+    """A finite float from '0.5', '1e-6', '2**-20' or '2^-20' (UsageError saying what is wrong otherwise)."""
     value = text.strip()
-    for power in ("**", "^"):
-        if power in value:
-            base, _, exponent = value.partition(power)
-            try:
-                return float(base) ** float(exponent)
-            except (ValueError, OverflowError):
-                break
+    base, power, exponent = value.partition("**") if "**" in value else value.partition("^")
     try:
-        result = float(value)
-    except ValueError:
+        result = float(parse_real(base)) ** float(parse_real(exponent)) if power else float(parse_real(value))
+    except (ValueError, ZeroDivisionError):
         raise UsageError(f"not a number: {text!r} (use e.g. 0.05, 1e-6 or 2**-20)") from None
-    if not math.isfinite(result):
-        raise UsageError(f"not a finite number: {text!r}")
+    except OverflowError:
+        raise UsageError(f"{text!r} is beyond the range of float64 (magnitudes up to about 1.8e308)") from None
+    if isinstance(result, complex) or math.isnan(result) or "inf" in value.lower():
+        raise UsageError(f"not a finite real number: {text!r}")
+    if math.isinf(result):  # a Decimal beyond 2^65536 converts to inf without an OverflowError
+        raise UsageError(f"{text!r} is beyond the range of float64 (magnitudes up to about 1.8e308)")
+    if result == 0 and (parse_real(base) if power else parse_real(value)) != 0:
+        raise UsageError(f"{text!r} is below the range of float64: it would be 0")
     return result
 
 
@@ -84,6 +93,8 @@ def _json_or_name(flag: str, text: str):
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise UsageError(f"{flag} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise UsageError(f"{flag} is nested too deeply: give a flat dict") from None
     return text
 
 
@@ -100,8 +111,8 @@ def run(args) -> int:
     loss_scale = None
     if args.loss_scale is not None:
         loss_scale = "dynamic" if args.loss_scale.strip() == "dynamic" else number(args.loss_scale)
-    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise UsageError(f"--out: folder {os.path.dirname(os.path.abspath(args.out))!r} does not exist")
+    if args.out:
+        _check_writable(args.out)
     options = {}
     if args.model_options is not None:
         options["model_options"] = _json_or_name("--model-options", args.model_options)
@@ -114,9 +125,37 @@ def run(args) -> int:
                    loss_scale=loss_scale, momentum=args.momentum)
     rows = [{"measure": name, "value": "-" if value is None else value} for name, value in result.summary().items()]
     print(text_table(rows))
-    if result.diverged:
-        print(f"diverged at step {result.diverged_step}: the loss or the weights became inf/NaN")
+    if result.status != "ok":
+        where = f" at step {result.diverged_step}" if result.diverged else ""
+        print(f"{result.status}{where}: {STATUSES[result.status]}")
+    status = 0 if result.status == "ok" else 3
     if args.out:
-        result.save(args.out)
-        print(f"wrote {args.out}")
-    return 0
+        try:
+            result.save(args.out)
+            print(f"wrote {args.out}")
+        except OSError as error:
+            kept = _keep(result)
+            print(f"fpsim: could not write {args.out} ({error.strerror or error}); the result is in {kept}",
+                  file=sys.stderr)
+            return 1
+    return status
+
+
+def _check_writable(path: str) -> None:
+    """Refuse, before training, an --out that cannot be written: a folder, a missing or read-only folder."""
+    absolute = os.path.abspath(os.path.expanduser(path))
+    folder = os.path.dirname(absolute)
+    if os.path.isdir(absolute):
+        raise UsageError(f"--out {path} is a folder: give a file name, e.g. {os.path.join(path, 'result.json')}")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--out: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(absolute) and not os.access(absolute, os.W_OK)):
+        raise UsageError(f"--out {path} cannot be written (permission denied)")
+
+
+def _keep(result) -> str:
+    """Save ``result`` in a new file of the temporary folder; its path."""
+    handle, path = tempfile.mkstemp(prefix="fpsim-train-", suffix=".json")
+    os.close(handle)
+    result.save(path)
+    return path

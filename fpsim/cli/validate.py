@@ -17,6 +17,10 @@ from ..report.table import text_table
 from ..numerics.validation import exhaustive_float32, run_validation
 
 
+MAX_INPUTS = 10**9
+"""Most random inputs: about 30 GB of arrays."""
+
+
 def configure(parser):
     parser.add_argument("--inputs", type=int, default=10_000_000, help="float32 inputs (default 10 million)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -26,8 +30,8 @@ def configure(parser):
 
 
 def run(args) -> int:
-    if args.inputs < 1000:
-        raise ValueError("--inputs must be at least 1000")
+    if not 1000 <= args.inputs <= MAX_INPUTS:
+        raise ValueError(f"--inputs must be at least 1000 and at most {MAX_INPUTS} (each takes about 30 bytes)")
     start = time.perf_counter()
     rows = run_validation(args.inputs, args.seed, progress=args.progress)
     print(text_table(rows))

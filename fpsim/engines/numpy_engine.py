@@ -23,9 +23,6 @@ it takes at most ``steps`` steps.
 
 from __future__ import annotations
 
-import math
-import sys
-
 import numpy as np
 
 from ..numerics._kernels import one_thread
@@ -36,11 +33,15 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.recorder import Recorder, json_float
-from ..sim.result import FINAL_LOSS_STEPS, TrainResult
+from ..sim.loop import run_steps
+from ..sim.result import TrainResult, result_of_run
 from .mlp import MLP, Compute, Float64Compute, ForwardPass, LossPass, module_name
 
 EVAL_CHUNK = 1024
 """Rows per forward pass when evaluating the test set."""
+
+MAX_PARAMETERS = 1 << 26
+"""Most weights a model may have (about 67 million; each is stored several times: master, params, optimizer)."""
 
 
 def train_mlp(config: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -55,12 +56,17 @@ def train_mlp(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     dataset = load_data(config.data)
     if config.batch_size > len(dataset.y_train):
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.y_train)} training examples")
+    widths = (dataset.inputs, *config.hidden, dataset.outputs)
+    if sum(a * b for a, b in zip(widths, widths[1:])) > MAX_PARAMETERS:
+        raise ValueError(f"a model of widths {'-'.join(map(str, widths))} has more than {MAX_PARAMETERS} weights: "
+                         "choose smaller hidden layers")
     modules = [module_name(i) for i in range(len(config.hidden) + 1)]
     run = _Run(policy, dataset, config.hidden, optimizer_state, loss_scaler, config.grad_scale, config.seed,
                Recorder(modules, histogram_steps=config.histogram_steps or (), record_every=config.record_every))
     # A step's products are small (batch 64 by a few hundred): on a busy 2-core machine a
     # step took 4-5x longer with two threads than with one (benchmarks/bench_train_step.py).
-    with one_thread():
+    # inf/NaN are counted by the recorder and reported (divergence, skipped steps): numpy need not warn of them
+    with one_thread(), np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         return run.train(config.steps, config.batch_size, config.shadow_every, config.to_dict(), progress)
 
 
@@ -144,34 +150,12 @@ class _Run:
 
     # --- the loop ------------------------------------------------------------
     def train(self, steps, batch_size, shadow_every, config, progress) -> TrainResult:
-        from tqdm import tqdm
-        diverged_step = None
-        batches = self._batches(batch_size)
-        bar = tqdm(range(steps), desc=self.policy.name, disable=not progress, file=sys.stderr, leave=False)
-        step = -1
-        for step in bar:
-            self.recorder.start_step(step)
-            scale = self.scaler.scale if self.scaler is not None else 1.0
-            loss, skipped = self.train_step(step, next(batches), shadow=shadow_every and step % shadow_every == 0)
-            self.recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
-            weights_finite = all(np.isfinite(w).all() for layer in self.weights for w in layer)
-            scaler_can_back_off = self.scaler is not None and self.scaler.dynamic and scale > self.scaler.min_scale
-            if (not math.isfinite(loss) and not scaler_can_back_off) or not weights_finite:
-                diverged_step = step
-                break
-            if progress and step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
-        bar.close()
-        self.recorder.finish()
-        return self._result(config, step + 1, diverged_step)
-
-    def _batches(self, batch_size):
-        """Batch indices: each epoch a fresh permutation, cut into full batches (the remainder is dropped)."""
-        n = len(self.dataset.y_train)
-        while True:
-            order = self.batch_rng.permutation(n)
-            for start in range(0, n - batch_size + 1, batch_size):
-                yield order[start:start + batch_size]
+        batches = self.dataset.batches(self.batch_rng, batch_size)
+        steps_run, diverged_step = run_steps(
+            steps, lambda step: self.train_step(step, next(batches), shadow=shadow_every and step % shadow_every == 0),
+            lambda: all(np.isfinite(w).all() for layer in self.weights for w in layer),
+            self.recorder, self.scaler, desc=self.policy.name, progress=progress)
+        return self._result(config, steps_run, diverged_step)
 
     def _shadow_gradients(self, index, forward: ForwardPass, loss: LossPass) -> tuple[list, list]:
         """This step's weight gradients in FP64 arithmetic, twice.
@@ -203,27 +187,9 @@ class _Run:
         return self.model.loss.score(outputs, self.dataset.y_test), json_float(loss.value)
 
     def _result(self, config, steps_run, diverged_step) -> TrainResult:
-        recorder, history = self.recorder, self.recorder.history
         accuracy, test_loss = self.evaluate()
-        kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
-        final_loss = (float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None)
-        layers = recorder.layer_summaries()
+        layers = self.recorder.layer_summaries()
         for summary, layer in zip(layers, self.model.layers):
             summary["shape"] = [layer.n_in, layer.n_out]
-        return TrainResult(
-            config=config, policy=self.policy.name, test_accuracy=accuracy, test_loss=test_loss,
-            final_loss=final_loss,
-            weight_grad_underflow_fraction=recorder.weight_grad_flushed_fraction,
-            activation_grad_underflow_fraction=recorder.fraction("activation_grads", "underflow"),
-            activation_underflow_fraction=recorder.fraction("activations", "underflow"),
-            overflow_count=sum(recorder.total(kind, "overflow") for kind in ("activations", "activation_grads",
-                                                                             "weight_grads", "updates")),
-            lost_update_fraction=recorder.lost_update_fraction,
-            lost_update_magnitude_fraction=recorder.lost_update_magnitude_fraction,
-            skipped_steps=sum(1 for r in history if r["skipped"]),
-            final_loss_scale=self.scaler.scale if self.scaler is not None else 1.0,
-            diverged=diverged_step is not None, diverged_step=diverged_step,
-            min_scale_hits=self.scaler.min_scale_hits if self.scaler is not None else 0,
-            min_scale_step=self.scaler.min_scale_step if self.scaler is not None else None,
-            steps_run=steps_run, history=history, layers=layers, layer_history=recorder.layer_history,
-            histograms=recorder.histograms, shadow=recorder.shadow)
+        return result_of_run(config, self.policy.name, self.recorder, self.scaler, steps_run=steps_run,
+                             diverged_step=diverged_step, test_accuracy=accuracy, test_loss=test_loss, layers=layers)

@@ -65,7 +65,7 @@ def _overflows_to_infinity(mode, negative):
 
 @njit(cache=True, inline="always")
 def round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quantum, max_bits,
-                         normal_bits, fn_nan, saturate, subnormals, mode, r63):
+                         normal_bits, fn_nan, saturate, subnormals, unsigned, mode, r63):
     """Round one magnitude given as bits of the input layout; returns (bits, is_nan).
 
     ``mag`` is |x|'s bit pattern (sign cleared) in a layout with ``mant_in``
@@ -74,6 +74,8 @@ def round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quant
     ``max_bits`` and ``normal_bits`` are the patterns of 2^(emin-p+1), of the
     target's max and of its smallest normal, in the input layout.  ``r63`` is a
     uniform random integer in [0, 2^63) used by stochastic rounding only.
+    Without subnormals a result below the smallest normal flushes to zero, or
+    becomes the smallest normal in an ``unsigned`` format, which has no zero.
     """
     if mag >= inf_in:
         if mag > inf_in:
@@ -128,7 +130,7 @@ def round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quant
             return max_bits, False
         return inf_in, fn_nan
     if not subnormals and result < normal_bits:
-        return 0, False
+        return (normal_bits if unsigned else 0), False
     return result, False
 
 
@@ -154,20 +156,24 @@ def normal_increment(sig, negative, k, mode, r63):
 
 @njit(cache=True, inline="always")
 def round_pattern(b, total_bits, mant_in, bias_in, p, emin, quantum, max_bits, normal_bits, nan_bits,
-                  fn_nan, saturate, subnormals, mode, r63):
+                  fn_nan, saturate, subnormals, unsigned, mode, r63):
     """Round one value given by its bit pattern ``b`` (int64) in a float32 or float64 layout.
 
     Inputs whose result is a normal value of the target (``normal_bits <= |x| <=
     max_bits``) take the branch-free path: add the mode's increment to the
     pattern and clear the ``k = mant_in + 1 - p`` bits below the target's last
     one.  Everything else (subnormal results, overflow, zeros, inf, NaN) goes
-    through ``round_magnitude_bits``.
+    through ``round_magnitude_bits``.  An ``unsigned`` format (E8M0) has no zero
+    and no negative numbers: they give NaN.
     """
     magnitude_mask = (1 << (total_bits - 1)) - 1
     mag = b & magnitude_mask
     negative = ((b >> (total_bits - 1)) & 1) == 1
+    if unsigned and (negative or mag == 0):
+        return nan_bits
     k_normal = mant_in + 1 - p
-    if k_normal > 0 and normal_bits <= mag <= max_bits:
+    # max(..., 1 << mant_in): E8M0's smallest normal, 2^-127, is a float32 subnormal, without the implicit bit
+    if k_normal > 0 and max(normal_bits, 1 << mant_in) <= mag <= max_bits:
         # The tie-breaking parity is bit k of the significand: OR in the implicit bit, which
         # matters when k = mant_in (a target with p = 1).
         increment = normal_increment(mag | (1 << mant_in), negative, k_normal, mode, r63)
@@ -175,7 +181,8 @@ def round_pattern(b, total_bits, mant_in, bias_in, p, emin, quantum, max_bits, n
     else:
         inf_in = ((1 << (total_bits - 1 - mant_in)) - 1) << mant_in
         mag, is_nan = round_magnitude_bits(mag, negative, mant_in, bias_in, inf_in, p, emin, quantum,
-                                           max_bits, normal_bits, fn_nan, saturate, subnormals, mode, r63)
+                                           max_bits, normal_bits, fn_nan, saturate, subnormals, unsigned, mode,
+                                           r63)
         if is_nan:
             return nan_bits
     return mag | (b & ~magnitude_mask)
@@ -200,17 +207,20 @@ def round_nearest_branchless(x, nearest):
     so that loops over it vectorise.
 
     ``nearest`` is ``KernelParams.nearest_args``: (total_bits, mant_in, k, shifter, normal_bits,
-    max_bits, inf_bits, overflow_bits, nan_bits, flush), patterns in the input layout.
+    max_bits, inf_bits, overflow_bits, nan_bits, flush, unsigned), patterns in the input layout.
     Normal results: as in ``round_pattern``, add ``normal_increment`` (2^(k-1) - 1 plus the last
     kept bit, implicit bit included) to the pattern and clear its k low bits; the carry moves
     into the exponent as the value moves into the next binade.  Results below 2^emin (``normal_bits``):
     (|x| + shifter) - shifter with shifter = 1.5 * 2^(emin - p + 1 + mant_in), whose ulp in
     the input type is the format's subnormal spacing, so the hardware addition rounds |x| to
     that spacing, ties to even, and the subtraction is exact; ``flush`` clears such results
-    (no subnormals).  Above ``max_bits`` the result is ``overflow_bits`` (inf; NaN in a
-    format without infinities; max with saturation); NaN in, or NaN out, gives ``nan_bits``.
+    (no subnormals), or makes them the smallest normal in an ``unsigned`` format.  Above
+    ``max_bits`` the result is ``overflow_bits`` (inf; NaN in a format without infinities;
+    max with saturation); NaN in, or NaN out, gives ``nan_bits``, and so do zeros and
+    negative numbers in an ``unsigned`` format.
     """
-    total_bits, mant_in, k, shifter, normal_bits, max_bits, inf_bits, overflow_bits, nan_bits, flush = nearest
+    total_bits, mant_in, k, shifter, normal_bits, max_bits, inf_bits, overflow_bits, nan_bits, flush, unsigned = \
+        nearest
     bits = float_bits(x)
     magnitude_mask = (np.int64(1) << (total_bits - 1)) - 1
     mag = bits & magnitude_mask
@@ -218,10 +228,12 @@ def round_nearest_branchless(x, nearest):
     normal = (mag + normal_increment(mag | (np.int64(1) << mant_in), False, k, NEAREST, 0)) & ~low_mask
     tiny = float_bits((abs(x) + shifter) - shifter)
     if flush and tiny < normal_bits:
-        tiny = 0
-    result = normal if mag >= normal_bits else tiny
+        tiny = normal_bits if unsigned else 0
+    result = normal if mag >= max(normal_bits, np.int64(1) << mant_in) else tiny  # as in round_pattern
     result = overflow_bits if result > max_bits else result
-    return nan_bits if (mag > inf_bits or result > inf_bits) else result | (bits & ~magnitude_mask)
+    # bits <= 0: +0 or (float64) a negative number; bits > magnitude_mask: (float32) a negative number
+    not_unsigned = unsigned and (bits <= 0 or bits > magnitude_mask)
+    return nan_bits if (mag > inf_bits or result > inf_bits or not_unsigned) else result | (bits & ~magnitude_mask)
 
 
 @njit(cache=True, parallel=True)
@@ -247,21 +259,21 @@ def splitmix63(key, index):
 
 @njit(cache=True, parallel=True)
 def round_bits_array(bits_in, bits_out, random_key, total_bits, mant_in, bias_in, p, emin, quantum,
-                     max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, mode):
+                     max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, unsigned, mode):
     """Round every element of ``bits_in`` (an int view of float32 or float64 data) into ``bits_out``.
 
     Stochastic rounding draws element i's number as ``splitmix63(random_key, i)``.
     """
     for i in prange(bits_in.shape[0]):
         bits_out[i] = round_pattern(np.int64(bits_in[i]), total_bits, mant_in, bias_in, p, emin, quantum,
-                                    max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, mode,
-                                    splitmix63(random_key, i) if mode == STOCHASTIC else 0)
+                                    max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, unsigned,
+                                    mode, splitmix63(random_key, i) if mode == STOCHASTIC else 0)
 
 
 @njit(cache=True, inline="always")
 def round_float64(x, params, mode, r63):
     """Round a float64 scalar inside other kernels; ``params`` is ``rounding.float64_params(fmt)``."""
-    p, emin, quantum, max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals = params
+    p, emin, quantum, max_bits, normal_bits, nan_bits, fn_nan, saturate, subnormals, unsigned = params
     b = round_pattern(np.float64(x).view(np.int64), 64, 52, 1023, p, emin, quantum, max_bits, normal_bits,
-                      nan_bits, fn_nan, saturate, subnormals, mode, r63)
+                      nan_bits, fn_nan, saturate, subnormals, unsigned, mode, r63)
     return np.int64(b).view(np.float64)

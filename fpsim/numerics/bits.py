@@ -5,25 +5,30 @@ A code of a format with E exponent and M mantissa bits is
 ``(-1)^sign * 2^(biased_exponent - bias) * (1 + mantissa / 2^M)`` for a normal
 code, ``(-1)^sign * 2^emin * (mantissa / 2^M)`` for biased exponent 0, and a
 special (inf / NaN) at the all-ones exponent as the format's ``specials`` say.
+The unsigned E8M0 (``specials="fnu"``) has no sign bit and its biased exponent 0 is
+the normal 2^-127.
 """
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
 
-from .exact import parse_real
+from .exact import WIDE, format_real, parse_real
 from .formats import Format, get_format
 from .rounding import round as round_to_format
 
 
 def _nan_fields(fmt: Format) -> tuple[int, int]:
-    """(biased exponent, mantissa) of the canonical NaN: quiet NaN for "ieee", all ones for "fn"."""
+    """(biased exponent, mantissa) of the canonical NaN: quiet NaN for "ieee", all ones for "fn" and "fnu"."""
     top = (1 << fmt.exponent_bits) - 1
-    if fmt.specials == "fn":
+    if fmt.specials in ("fn", "fnu"):
         return top, (1 << fmt.mantissa_bits) - 1
+    if fmt.specials == "finite":
+        raise ValueError(f"{fmt.name} has no NaN code: every code of a 'finite' format is a number")
     if fmt.mantissa_bits == 0:
         raise ValueError(f"{fmt.name} has no NaN code: an 'ieee' format with 0 mantissa bits holds only +-inf "
                          "at the all-ones exponent")
@@ -34,7 +39,7 @@ def fields(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     """Round ``x`` to ``fmt`` and return (sign, biased exponent, mantissa) as int64 arrays (scalars for a scalar)."""
     fmt = get_format(fmt)
     values = np.asarray(round_to_format(x, fmt, mode, saturate=saturate, rng=rng), dtype=np.float64)
-    sign = np.signbit(values).astype(np.int64)
+    sign = np.signbit(values).astype(np.int64) if fmt.signed else np.zeros(values.shape, np.int64)
     magnitude = np.abs(values)
     fraction, exponent = np.frexp(magnitude)  # magnitude = fraction * 2^exponent, 0.5 <= fraction < 1
     normal = magnitude >= fmt.smallest_normal
@@ -89,16 +94,16 @@ def decode(codes, fmt):
     codes64 = array.astype(np.uint64)
     mantissa = (codes64 & np.uint64((1 << fmt.mantissa_bits) - 1)).astype(np.float64)
     biased = ((codes64 >> np.uint64(fmt.mantissa_bits)) & np.uint64((1 << fmt.exponent_bits) - 1)).astype(np.int64)
-    negative = (codes64 >> np.uint64(fmt.bits - 1)) == 1
+    negative = ((codes64 >> np.uint64(fmt.bits - 1)) == 1) & fmt.signed
     with np.errstate(over="ignore"):  # the all-ones exponent of 11-bit formats; replaced by inf/NaN below
         normal = np.ldexp(mantissa + (1 << fmt.mantissa_bits), biased - fmt.bias - fmt.mantissa_bits)
     # without subnormals, codes with biased exponent 0 read as zero (as flush-to-zero hardware reads them)
     subnormal = np.ldexp(mantissa, fmt.emin - fmt.mantissa_bits) if fmt.subnormals else np.zeros_like(mantissa)
-    values = np.where(biased == 0, subnormal, normal)
+    values = normal if fmt.specials == "fnu" else np.where(biased == 0, subnormal, normal)
     top = biased == (1 << fmt.exponent_bits) - 1
     if fmt.specials == "ieee":
         values = np.where(top, np.where(mantissa == 0, np.inf, np.nan), values)
-    else:
+    elif fmt.has_nan:
         values = np.where(top & (mantissa == (1 << fmt.mantissa_bits) - 1), np.nan, values)
     values = np.where(negative, -values, values)
     return values[()] if values.ndim == 0 else values
@@ -126,7 +131,7 @@ def anatomy(value, fmt) -> str:
     sign, biased, mantissa = (int(f) for f in fields(value, fmt))
     stored = float(decode(_join(fmt, sign, biased, mantissa), fmt))
     mantissa_text = format(mantissa, f"0{fmt.mantissa_bits}b") if fmt.mantissa_bits else ""
-    bits = f"{sign} | {biased:0{fmt.exponent_bits}b} | {mantissa_text}".rstrip()
+    bits = f"{sign} | " * fmt.signed + f"{biased:0{fmt.exponent_bits}b} | {mantissa_text}".rstrip()
     kind = classify(stored, fmt)
     if kind == "normal":
         meaning = f"normal, 2^{biased - fmt.bias} x 1.{mantissa_text}b"
@@ -156,7 +161,7 @@ def describe(x, fmt, mode: str = "nearest", *, rng=None) -> str:
 
 def _rounding_error(x, value: float, shown: str) -> str:
     """How far the stored ``value`` is from the input ``x`` (shown as ``shown``), exactly when both are finite."""
-    if isinstance(x, Fraction):
+    if isinstance(x, (Decimal, Fraction)):  # a Decimal is beyond 2^+-BINADE_LIMIT (parse_real): never expanded
         exact_input = x
     elif math.isfinite(x):
         exact_input = Fraction(*x.as_integer_ratio()) if hasattr(x, "as_integer_ratio") else Fraction(x)
@@ -165,8 +170,13 @@ def _rounding_error(x, value: float, shown: str) -> str:
         return "exact" if same else f"from {shown}"
     if not math.isfinite(value):
         return f"from {shown}"
-    error = Fraction(value) - exact_input
+    if isinstance(exact_input, Decimal):
+        error = WIDE.subtract(Decimal(value), exact_input)
+        relative = WIDE.divide(error, exact_input)
+    else:
+        error = Fraction(value) - exact_input
+        relative = error / exact_input if exact_input else None
     if error == 0:
         return "exact"
-    relative = f", relative {float(error / exact_input):+.3g}" if exact_input else ""
-    return f"error {float(error):+.6g} from {shown}{relative}"
+    relative = f", relative {format_real(relative, '+.3g')}" if relative is not None else ""
+    return f"error {format_real(error)} from {shown}{relative}"

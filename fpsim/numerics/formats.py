@@ -17,12 +17,19 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-SPECIALS = ("ieee", "fn")
+SPECIALS = ("ieee", "fn", "finite", "fnu")
 """How the all-ones exponent is used.
 
 ``"ieee"``: +-inf (mantissa 0) and NaN (any other mantissa), as IEEE 754.
 ``"fn"``: finite values only, no infinities; NaN is the single all-ones code
 (exponent and mantissa), as OCP FP8 E4M3 ("fn" = finite, NaN).
+``"finite"``: every code is a finite value, no infinities and no NaN, as the OCP
+Microscaling (MX v1.0) FP6 and FP4 elements E3M2, E2M3, E2M1: a value beyond ``max``
+saturates to +-max (there is nothing else to give, as ml_dtypes' ``float6_e3m2fn``).
+``"fnu"``: unsigned powers of two, as the MX scale E8M0 (ml_dtypes' ``float8_e8m0fnu``):
+no sign bit, no zero, no subnormals; biased exponent 0 is the binade 2^-bias and the
+all-ones code is NaN.  Zero, negative numbers and overflows give NaN; positive values
+below 2^-bias give 2^-bias, the nearest value there is.  Needs ``mantissa_bits=0``.
 """
 
 
@@ -39,7 +46,8 @@ class Format:
     subnormals: bool = True
     """Whether values below ``smallest_normal`` can be subnormal; if False they flush to signed zero."""
     specials: str = "ieee"
-    """Use of the all-ones exponent: ``"ieee"`` (inf and NaN) or ``"fn"`` (finite, one NaN code)."""
+    """Use of the all-ones exponent: ``"ieee"`` (inf and NaN), ``"fn"`` (finite, one NaN code),
+    ``"finite"`` (no inf, no NaN) or ``"fnu"`` (unsigned exponent-only scale); see ``SPECIALS``."""
 
     def __post_init__(self):
         for field_name in ("exponent_bits", "mantissa_bits"):
@@ -60,12 +68,23 @@ class Format:
             raise ValueError("an 'fn' format with 11 exponent bits keeps finite values in the binade "
                              "[2^1024, 2^1025), beyond float64's range: use at most 10 exponent bits "
                              "with specials='fn', or mantissa_bits=0")
+        if self.specials == "finite" and self.exponent_bits == 11:
+            raise ValueError("a 'finite' format with 11 exponent bits has values at 2^1024 and above, beyond "
+                             "float64's range: use at most 10 exponent bits with specials='finite'")
+        if self.specials == "fnu" and (self.mantissa_bits != 0 or self.subnormals):
+            raise ValueError("specials='fnu' is an exponent-only scale format without zero or subnormals: "
+                             "use mantissa_bits=0 and subnormals=False")
 
     # --- encoding layout -------------------------------------------------
     @property
+    def signed(self) -> bool:
+        """Whether codes have a sign bit (all but the unsigned ``"fnu"`` formats)."""
+        return self.specials != "fnu"
+
+    @property
     def bits(self) -> int:
-        """Total storage bits: 1 + E + M."""
-        return 1 + self.exponent_bits + self.mantissa_bits
+        """Total storage bits: 1 + E + M (E + M without a sign bit)."""
+        return int(self.signed) + self.exponent_bits + self.mantissa_bits
 
     @property
     def bias(self) -> int:
@@ -81,13 +100,13 @@ class Format:
     def _top_binade_is_finite(self) -> bool:
         # An "fn" format keeps finite values at the all-ones exponent, except the
         # all-ones mantissa (NaN); with M = 0 that binade holds nothing but NaN.
-        return self.specials == "fn" and self.mantissa_bits > 0
+        return (self.specials == "fn" and self.mantissa_bits > 0) or self.specials == "finite"
 
     # --- range -----------------------------------------------------------
     @property
     def emin(self) -> int:
-        """Exponent of the smallest normal number: 1 - bias."""
-        return 1 - self.bias
+        """Exponent of the smallest normal number: 1 - bias (-bias for "fnu", whose exponent field 0 is a binade)."""
+        return -self.bias if self.specials == "fnu" else 1 - self.bias
 
     @property
     def emax(self) -> int:
@@ -97,8 +116,8 @@ class Format:
 
     @property
     def max_significand(self) -> int:
-        """Integer significand of ``max`` in units of 2^(emax - M): 2^(M+1) - 1, or 2^(M+1) - 2 for "fn"."""
-        return (1 << self.precision) - (2 if self._top_binade_is_finite else 1)
+        """Integer significand of ``max`` in units of 2^(emax - M): 2^(M+1) - 1, or 2^(M+1) - 2 for "fn" (NaN)."""
+        return (1 << self.precision) - (2 if self._top_binade_is_finite and self.specials == "fn" else 1)
 
     @property
     def max(self) -> float:
@@ -124,6 +143,11 @@ class Format:
     def has_infinity(self) -> bool:
         """Whether +-inf are values of the format (only for ``"ieee"``)."""
         return self.specials == "ieee"
+
+    @property
+    def has_nan(self) -> bool:
+        """Whether the format has a NaN code (not "finite"; not "ieee" with M = 0, whose top binade is +-inf only)."""
+        return self.specials in ("fn", "fnu") or (self.specials == "ieee" and self.mantissa_bits > 0)
 
     @property
     def decimal_digits(self) -> float:
@@ -166,8 +190,12 @@ FP16 = Format("fp16", 5, 10)
 BF16 = Format("bf16", 8, 7)
 E4M3 = Format("e4m3", 4, 3, specials="fn")
 E5M2 = Format("e5m2", 5, 2)
+E3M2 = Format("e3m2", 3, 2, specials="finite")
+E2M3 = Format("e2m3", 2, 3, specials="finite")
+E2M1 = Format("e2m1", 2, 1, specials="finite")
+E8M0 = Format("e8m0", 8, 0, subnormals=False, specials="fnu")
 
-FORMATS: dict[str, Format] = {f.name: f for f in (FP32, TF32, FP16, BF16, E4M3, E5M2, FP64)}
+FORMATS: dict[str, Format] = {f.name: f for f in (FP32, TF32, FP16, BF16, E4M3, E5M2, E3M2, E2M3, E2M1, E8M0, FP64)}
 """The built-in formats by canonical name."""
 
 ALIASES: dict[str, Format] = {
@@ -178,6 +206,8 @@ ALIASES: dict[str, Format] = {
     "float64": FP64, "double": FP64, "binary64": FP64,
     "fp8_e4m3": E4M3, "float8_e4m3fn": E4M3,
     "fp8_e5m2": E5M2, "float8_e5m2": E5M2,
+    "fp6_e3m2": E3M2, "float6_e3m2fn": E3M2, "fp6_e2m3": E2M3, "float6_e2m3fn": E2M3,
+    "fp4_e2m1": E2M1, "float4_e2m1fn": E2M1, "ue8m0": E8M0, "float8_e8m0fnu": E8M0,
 }
 
 HARDWARE_DTYPES: dict[str, np.dtype] = {
@@ -187,8 +217,14 @@ HARDWARE_DTYPES: dict[str, np.dtype] = {
     "bf16": np.dtype(ml_dtypes.bfloat16),
     "e4m3": np.dtype(ml_dtypes.float8_e4m3fn),
     "e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "e3m2": np.dtype(ml_dtypes.float6_e3m2fn),
+    "e2m3": np.dtype(ml_dtypes.float6_e2m3fn),
+    "e2m1": np.dtype(ml_dtypes.float4_e2m1fn),
+    "e8m0": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
-"""numpy / ml_dtypes dtype whose bit layout equals the built-in format's."""
+"""numpy / ml_dtypes dtype whose bit layout equals the built-in format's.
+
+ml_dtypes converts NaN to -0 in the formats without NaN (E3M2, E2M3, E2M1); fpsim keeps NaN."""
 
 
 def widen_ml_dtypes(array: np.ndarray) -> np.ndarray:
@@ -209,9 +245,10 @@ def get_format(spec) -> Format:
     """Return the Format named by ``spec``.
 
     Accepts a Format; a name or alias (case-insensitive, see ``ALIASES``); an
-    ``"eXmY"`` string such as ``"e6m9"`` (``"eXmYfn"`` for the finite-NaN variant);
-    or a dtype (``np.float16``, ``np.float32``, ``np.float64``, ``ml_dtypes.bfloat16``,
-    ``ml_dtypes.float8_e4m3fn``, ``ml_dtypes.float8_e5m2``).
+    ``"eXmY"`` string such as ``"e6m9"`` (``"eXmYfn"`` for the finite-NaN variant;
+    the built-in names come first: ``"e4m3"``, ``"e3m2"``, ``"e2m3"``, ``"e2m1"`` and
+    ``"e8m0"`` are the OCP formats); or a dtype of ``HARDWARE_DTYPES`` (``np.float16``,
+    ``np.float32``, ``np.float64``, ``ml_dtypes.bfloat16``, ``ml_dtypes.float8_e4m3fn``, ...).
     """
     if isinstance(spec, Format):
         return spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -33,6 +34,9 @@ class KernelParams:
     fn_nan: bool
     float_type: type
     subnormals: bool
+    unsigned: bool
+    saturates: bool
+    """The format has neither inf nor NaN ("finite"): an overflow always gives +-max."""
 
     @classmethod
     def of(cls, fmt: Format, dtype) -> "KernelParams":
@@ -48,7 +52,8 @@ class KernelParams:
                    quantum=bits_of(math.ldexp(1.0, fmt.emin - fmt.mantissa_bits)),
                    max_bits=bits_of(fmt.max), normal_bits=bits_of(fmt.smallest_normal),
                    nan_bits=bits_of(np.nan), fn_nan=not fmt.has_infinity, float_type=dtype.type,
-                   subnormals=fmt.subnormals)
+                   subnormals=fmt.subnormals, unsigned=not fmt.signed,
+                   saturates=not (fmt.has_infinity or fmt.has_nan))
 
     @property
     def dropped_bits(self) -> int:
@@ -58,18 +63,18 @@ class KernelParams:
     def nearest_args(self, saturate: bool = False) -> tuple:
         """The ``nearest`` tuple of ``fpsim._kernels.round_nearest_branchless`` (needs ``dropped_bits >= 1``)."""
         inf_bits = ((1 << (self.total_bits - 1 - self.mant_in)) - 1) << self.mant_in
-        overflow_bits = self.max_bits if saturate else (self.nan_bits if self.fn_nan else inf_bits)
+        overflow_bits = self.max_bits if saturate or self.saturates else (self.nan_bits if self.fn_nan else inf_bits)
         shifter = self.float_type(math.ldexp(1.5, self.emin - self.p + 1 + self.mant_in))
         return (self.total_bits, self.mant_in, self.dropped_bits, shifter, self.normal_bits, self.max_bits,
-                inf_bits, overflow_bits, self.nan_bits, not self.subnormals)
+                inf_bits, overflow_bits, self.nan_bits, not self.subnormals, self.unsigned)
 
 
 def float64_params(fmt, saturate: bool = False) -> tuple:
     """The ``params`` tuple that ``fpsim._kernels.round_float64`` takes, for rounding float64 scalars to ``fmt``."""
     fmt = get_format(fmt)
     k = kernel_params(fmt, np.float64)
-    return (k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, bool(saturate),
-            bool(fmt.subnormals))
+    return (k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, bool(saturate or k.saturates),
+            bool(fmt.subnormals), k.unsigned)
 
 
 _PARAMS_CACHE: dict[tuple[Format, str], KernelParams] = {}
@@ -117,9 +122,12 @@ def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
     Returns the array and, where some elements cannot be held exactly (integers
     beyond 2^53, long doubles), an object array of those exact inputs (else None).
     """
-    if (isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT) or isinstance(x, Fraction):
+    if (isinstance(x, int) and not isinstance(x, bool) and abs(x) > _EXACT_INT_LIMIT) or \
+            isinstance(x, (Fraction, Decimal)):
         return np.array(float("nan")), np.array(x, dtype=object)
     array = widen_ml_dtypes(np.asarray(x))
+    if array.dtype == object:  # a list holding ints beyond int64, Fractions or Decimals
+        return _python_numbers(array)
     if not array.dtype.isnative:  # big-endian data: the kernels read native bit patterns
         array = array.astype(array.dtype.newbyteorder("="))
     kind = array.dtype.kind
@@ -139,18 +147,33 @@ def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
     raise TypeError(f"fpsim.round cannot read dtype {array.dtype}")
 
 
+def _python_numbers(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An object array of Python numbers as float64 (NaN where float64 cannot hold one) and the exact inputs."""
+    exact = array.reshape(-1)
+    floats = np.full(exact.shape, np.nan)
+    for i, value in enumerate(exact):
+        if not isinstance(value, (int, float, Fraction, Decimal, np.integer, np.floating)):
+            raise TypeError(f"fpsim.round needs real numbers; got {type(value).__name__} {value!r:.40}")
+        if isinstance(value, (float, np.floating)) or \
+                (isinstance(value, (int, np.integer)) and abs(int(value)) <= _EXACT_INT_LIMIT):
+            floats[i] = value
+    return floats.reshape(array.shape), array
+
+
 def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     """Round ``x`` to the values of ``fmt``, once, from the exact value of each input.
 
     Parameters
     ----------
     x : array_like or scalar of real numbers (float16/32/64, long double, the ml_dtypes
-        formats, ints of any size, bools), or one ``fractions.Fraction``.
+        formats, ints of any size, bools, ``fractions.Fraction``, ``decimal.Decimal``), lists of them included.
     fmt : anything ``fpsim.get_format`` accepts (a Format, ``"bf16"``, ``"e6m9"``, a dtype).
     mode : one of ``fpsim.ROUNDING_MODES``: "nearest" (ties to even), "nearest_away",
         "toward_zero", "up" (toward +inf), "down" (toward -inf) or "stochastic".
     saturate : map overflows and infinities to +-max instead of inf (or NaN in an
-        "fn" format without infinities, as ml_dtypes does).
+        "fn" format without infinities, as ml_dtypes does).  A format with neither inf
+        nor NaN (``specials="finite"``: E3M2, E2M3, E2M1) always saturates, as ml_dtypes
+        does; NaN stays NaN there (ml_dtypes gives -0), so that a simulation never hides one.
     rng : numpy Generator or int seed for ``mode="stochastic"``; the same seed gives
         the same bits.
 
@@ -159,7 +182,8 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     follows IEEE 754: nearest modes give inf, toward_zero gives max, up/down give
     inf on the side they point to and max on the other.  NaN stays NaN and zeros
     keep their sign; with ``fmt.subnormals`` False, results below
-    ``smallest_normal`` flush to signed zero.
+    ``smallest_normal`` flush to signed zero.  The unsigned E8M0 (``specials="fnu"``)
+    gives NaN for zeros and negative numbers and 2^-127 for anything smaller.
     """
     fmt = get_format(fmt)
     mode = check_mode(mode)
@@ -178,7 +202,8 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
             _kernels.round_bits_array(
                 flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
                 params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
-                params.nan_bits, params.fn_nan, saturate, fmt.subnormals, _kernels.MODE_CODES[mode])
+                params.nan_bits, params.fn_nan, saturate or params.saturates, fmt.subnormals, params.unsigned,
+                _kernels.MODE_CODES[mode])
     if exact_inputs is not None:
         _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, key)
     out = out.reshape(array.shape)
@@ -190,7 +215,7 @@ def _round_exact_inputs(out, exact_inputs, fmt, mode, saturate, key):
     for i, value in enumerate(exact_inputs):
         if isinstance(value, (int, np.integer)) and abs(int(value)) <= _EXACT_INT_LIMIT:
             continue
-        if isinstance(value, np.floating) and np.float64(value) == value:
+        if isinstance(value, (float, np.floating)) and np.float64(value) == value:
             continue
         uniform = stochastic_uniform(key, i) if mode == "stochastic" else None
         exact = int(value) if isinstance(value, (int, np.integer)) else value

@@ -3,5 +3,7 @@
 ``arithmetic``: ``+ - * / sqrt fma``, each rounded once from the exact result.
 ``reductions`` (with ``_reduction_kernels``): ``dot``, ``sum`` and ``matmul``
 with an input, accumulation and output format and a stated order.  ``calc``:
-an expression evaluated step by step in a format.  Builds on ``fpsim.numerics``.
+an expression evaluated step by step in a format.  ``quantize`` (with
+``_quantize_kernels``): scaled quantization per tensor, row or block (FP8, MX,
+NVFP4).  Builds on ``fpsim.numerics``.
 """

@@ -14,7 +14,10 @@ exact and is not a step.
 from __future__ import annotations
 
 import ast
+import io
 import math
+import re
+import tokenize
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -22,17 +25,19 @@ from fractions import Fraction
 import numpy as np
 
 from . import arithmetic
-from ..numerics.exact import check_mode, floor_log2, round_exact
+from ..numerics.exact import BINADE_LIMIT, WIDE, check_mode, decimal_value, parse_real, round_exact
 from ..numerics.formats import Format, get_format
 
 MAX_POWER = 4096
 """Largest |exponent| accepted in a power of literals (2**-1074 needs 1074)."""
 
-MAX_BINADES = 1 << 16
-"""Literals must lie within 2^-MAX_BINADES .. 2^MAX_BINADES in magnitude (1e999 is fine and rounds to inf)."""
+MAX_POWER_BITS = 1 << 20
+"""A power of literals is computed exactly when that takes at most this many bits, else to 50 digits if that
+places it beyond every format's range (where its digits do not matter), else refused."""
 
 _OPERATORS = {ast.Add: ("+", "add"), ast.Sub: ("-", "sub"), ast.Mult: ("*", "mul"), ast.Div: ("/", "div")}
 _FUNCTIONS = {"sqrt": 1, "fma": 3}
+_PLACEHOLDER = re.compile(r"\b_(\d+)\b")  # the name a number literal stands as in the parsed text
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class Step:
         if self.exact is None or not math.isfinite(self.rounded):
             return None
         rounded = Decimal(self.rounded) if isinstance(self.exact, Decimal) else Fraction(self.rounded)
-        return rounded - self.exact
+        with localcontext(WIDE):
+            return rounded - self.exact
 
 
 @dataclass(frozen=True)
@@ -74,16 +80,21 @@ class Evaluation:
 
 
 def parse(text: str) -> ast.expr:
-    """The checked syntax tree of ``text``; ValueError naming what is not allowed."""
+    """The checked syntax tree of ``text``; ValueError naming what is not allowed.
+
+    Number literals are read by ``parse_real`` (exactly, with work bounded by their
+    length), not by Python's parser: each stands in the tree as a name ``_N``
+    carrying its text (``literal_text``) and value (``exact_value``).
+    """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty expression: give something like '1 + 2**-9'")
-    source = text.strip()
     try:
+        source, numbers = _numbers_as_names(text.strip())
         tree = ast.parse(source, mode="eval").body
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, float):
-                # the digits as written: the float in the tree is already rounded to float64
-                node.exact_value = _bounded(Fraction(ast.get_source_segment(source, node).replace("_", "")))
+            if isinstance(node, ast.Name) and _PLACEHOLDER.fullmatch(node.id):
+                node.literal_text = numbers[int(node.id[1:])]
+                node.exact_value = _number(node.literal_text)
         _check(tree)
     except SyntaxError as error:
         raise ValueError(f"cannot parse {text!r}: {error.msg}") from None
@@ -92,22 +103,65 @@ def parse(text: str) -> ast.expr:
     return tree
 
 
-def _bounded(value: Fraction) -> Fraction:
-    """``value``, if zero or within 2^-MAX_BINADES .. 2^MAX_BINADES in magnitude; else ValueError."""
-    if value != 0 and abs(floor_log2(abs(value))) > MAX_BINADES:
-        raise _out_of_range("a literal")
-    return value
+def _numbers_as_names(source: str) -> tuple[str, list[str]]:
+    """``source`` with its number literals replaced by the names ``_0``, ``_1``, ... and their texts."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, IndentationError) as error:
+        raise SyntaxError(str(error.args[0])) from None
+    starts = [0]
+    for line in io.StringIO(source):
+        starts.append(starts[-1] + len(line))
+    numbers, pieces, position = [], [], 0
+    for token in tokens:
+        if token.type == tokenize.NAME and _PLACEHOLDER.fullmatch(token.string):
+            raise ValueError(f"unknown name {token.string!r}: use numbers, + - * /, sqrt(), fma() and powers of "
+                             "literals")
+        if token.type == tokenize.NUMBER:
+            begin, end = (starts[row - 1] + column for row, column in (token.start, token.end))
+            pieces += [source[position:begin], f"(_{len(numbers)})"]
+            numbers.append(token.string)
+            position = end
+    return "".join(pieces) + source[position:], numbers
 
 
-def _out_of_range(what: str) -> ValueError:
-    return ValueError(f"{what} out of range: magnitudes from 2^-{MAX_BINADES} to 2^{MAX_BINADES} are accepted")
+def _number(text: str) -> Fraction | Decimal:
+    """The exact value of a number literal (a Decimal when it lies beyond 2^+-BINADE_LIMIT)."""
+    if text[-1:] in "jJ":
+        raise ValueError(f"{text}: complex numbers are not allowed")
+    if text[:2].lower() in ("0x", "0o", "0b"):
+        if len(text) > BINADE_LIMIT // 8:
+            raise ValueError(f"{text[:20]}...: hexadecimal, octal and binary literals have at most "
+                             f"{BINADE_LIMIT // 8} digits")
+        return Fraction(int(text, 0))
+    value = parse_real(text)
+    return Fraction(0) if isinstance(value, float) else value  # an unsigned literal's float is +0
+
+
+def _source(node) -> str:
+    """``node`` as the user wrote it (its numbers as written)."""
+    texts = {n.id: n.literal_text for n in ast.walk(node) if hasattr(n, "literal_text")}
+    return _PLACEHOLDER.sub(lambda match: texts.get(match[0], match[0]), ast.unparse(node))
+
+
+def _chain(node) -> tuple[ast.expr, list[ast.BinOp]]:
+    """A left-nested chain ``a op b op c ...`` (as Python parses a flat sum): its first operand and its
+    operations in the order made, so that long flat sums are walked without recursion."""
+    links = []
+    while isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        links.append(node)
+        node = node.left
+    return node, links[::-1]
 
 
 def _check(node) -> None:
     if _is_literal(node):
         return
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        _check(node.left), _check(node.right)
+        first, links = _chain(node)
+        _check(first)
+        for link in links:
+            _check(link.right)
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
         raise ValueError("powers are allowed of literal numbers only, with an integer exponent, e.g. 2**-9")
     elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
@@ -120,14 +174,14 @@ def _check(node) -> None:
     elif isinstance(node, ast.Name):
         raise ValueError(f"unknown name {node.id!r}: use numbers, + - * /, sqrt(), fma() and powers of literals")
     else:
-        raise ValueError(f"not allowed in an expression: {ast.unparse(node)!r} "
+        raise ValueError(f"not allowed in an expression: {_source(node)!r} "
                          "(use numbers, + - * /, sqrt(), fma(), parentheses and powers of literals)")
 
 
 def _is_number(node) -> bool:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         return _is_number(node.operand)
-    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+    return hasattr(node, "exact_value")
 
 
 def _is_literal(node) -> bool:
@@ -137,26 +191,40 @@ def _is_literal(node) -> bool:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _is_number(node.left) \
             and _is_number(node.right):
         exponent = _literal_value(node.right)
-        if exponent.denominator != 1 or abs(exponent) > MAX_POWER:
-            raise ValueError(f"exponent {ast.unparse(node.right)} must be an integer of at most {MAX_POWER} "
+        if not isinstance(exponent, Fraction) or exponent.denominator != 1 or abs(exponent) > MAX_POWER:
+            raise ValueError(f"exponent {_source(node.right)} must be an integer of at most {MAX_POWER} "
                              "in magnitude")
         return True
     return False
 
 
-def _literal_value(node) -> Fraction:
-    """The exact value of a literal, from its source digits (0.1 is 1/10, not the nearest double)."""
+def _literal_value(node) -> Fraction | Decimal:
+    """The exact value of a literal, from its source digits (0.1 is 1/10, not the nearest double); a Decimal
+    for one beyond 2^+-BINADE_LIMIT (parse_real)."""
     if isinstance(node, ast.UnaryOp):
         value = _literal_value(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node.op, ast.UAdd):
+            return value
+        return value.copy_negate() if isinstance(value, Decimal) else -value
     if isinstance(node, ast.BinOp):
-        base, exponent = _literal_value(node.left), _literal_value(node.right)
-        if base == 0 and exponent < 0:
-            raise ValueError(f"{ast.unparse(node)}: zero to a negative power")
-        if base != 0 and (abs(floor_log2(abs(base))) + 1) * abs(exponent) > MAX_BINADES:
-            raise _out_of_range(f"{ast.unparse(node)}: a literal")
-        return base ** int(exponent)
-    return node.exact_value if isinstance(node.value, float) else _bounded(Fraction(node.value))
+        return _power(node, _literal_value(node.left), int(_literal_value(node.right)))
+    return node.exact_value
+
+
+def _power(node, base: Fraction | Decimal, exponent: int) -> Fraction | Decimal:
+    """base ** exponent: exactly when it takes at most ``MAX_POWER_BITS``, else (to 50 digits) only beyond
+    every format's range."""
+    if base == 0 and exponent < 0:
+        raise ValueError(f"{_source(node)}: zero to a negative power")
+    if isinstance(base, Fraction) and \
+            (base.numerator.bit_length() + base.denominator.bit_length()) * abs(exponent) <= MAX_POWER_BITS:
+        return base ** exponent
+    with localcontext(WIDE):
+        value = _as_decimal(base) ** exponent
+    if not isinstance(decimal_value(value), Decimal):
+        raise ValueError(f"{_source(node)}: too long to compute exactly (a power of at most "
+                         f"{MAX_POWER_BITS} bits is)")
+    return value
 
 
 def _is_negative_literal(node) -> bool:
@@ -181,8 +249,7 @@ def evaluate(text: str, fmt, mode: str = "nearest", *, rng=None) -> Evaluation:
     steps: list[Step] = []
     try:
         result = _evaluate(tree, fmt, mode, rng, steps)
-        with localcontext() as context:
-            context.prec = 50
+        with localcontext(WIDE):
             exact = _exact_value(tree)
     except RecursionError:
         raise ValueError("expression nested too deeply") from None
@@ -195,18 +262,21 @@ def _evaluate(node, fmt, mode, rng, steps) -> float:
         rounded = _round_literal(value, fmt, mode, rng)
         if value == 0 and _is_negative_literal(node):
             rounded = -0.0
-        steps.append(Step(ast.unparse(node), value, rounded))
+        steps.append(Step(_source(node), value, rounded))
         return rounded
     if isinstance(node, ast.UnaryOp):
         operand = _evaluate(node.operand, fmt, mode, rng, steps)
         return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp):
-        symbol, name = _OPERATORS[type(node.op)]
-        x = _evaluate(node.left, fmt, mode, rng, steps)
-        y = _evaluate(node.right, fmt, mode, rng, steps)
-        rounded = float(getattr(arithmetic, name)(x, y, fmt, mode, rng=rng))
-        steps.append(Step(f"{x!r} {symbol} {y!r}", _exact_operation(name, x, y), rounded))
-        return rounded
+        first, links = _chain(node)
+        x = _evaluate(first, fmt, mode, rng, steps)
+        for link in links:
+            symbol, name = _OPERATORS[type(link.op)]
+            y = _evaluate(link.right, fmt, mode, rng, steps)
+            rounded = float(getattr(arithmetic, name)(x, y, fmt, mode, rng=rng))
+            steps.append(Step(f"{x!r} {symbol} {y!r}", _exact_operation(name, x, y), rounded))
+            x = rounded
+        return x
     name = node.func.id
     args = [_evaluate(argument, fmt, mode, rng, steps) for argument in node.args]
     rounded = float(getattr(arithmetic, name)(*args, fmt, mode, rng=rng))
@@ -265,11 +335,15 @@ def _exact(node):
         value = _exact(node.operand)
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp):
-        x, y = _exact(node.left), _exact(node.right)
-        if isinstance(x, Decimal) != isinstance(y, Decimal):
-            x, y = _as_decimal(x), _as_decimal(y)
-        return {ast.Add: lambda: x + y, ast.Sub: lambda: x - y, ast.Mult: lambda: x * y,
-                ast.Div: lambda: x / y}[type(node.op)]()
+        first, links = _chain(node)
+        x = _exact(first)
+        for link in links:
+            y = _exact(link.right)
+            if isinstance(x, Decimal) != isinstance(y, Decimal):
+                x, y = _as_decimal(x), _as_decimal(y)
+            x = {ast.Add: lambda: x + y, ast.Sub: lambda: x - y, ast.Mult: lambda: x * y,
+                 ast.Div: lambda: x / y}[type(link.op)]()
+        return x
     args = [_exact(argument) for argument in node.args]
     if node.func.id == "fma":
         if any(isinstance(a, Decimal) for a in args):
@@ -312,17 +386,29 @@ def show_number(x) -> str:
 
 
 def _exact_decimal(x: Fraction, max_digits: int = 30) -> str | None:
-    """The finite decimal expansion of ``x`` if it has one of at most ``max_digits`` significant digits."""
-    denominator, twos, fives = x.denominator, 0, 0
-    while denominator % 2 == 0:
-        denominator, twos = denominator // 2, twos + 1
-    while denominator % 5 == 0:
-        denominator, fives = denominator // 5, fives + 1
-    if denominator != 1:
+    """The finite decimal expansion of ``x`` if it has one of at most ``max_digits`` significant digits
+    (found with a few big-integer divisions, whatever the size of ``x``)."""
+    if x == 0:
+        return "0"
+    twos, fives = _multiplicity(x.denominator, 2), _multiplicity(x.denominator, 5)
+    if x.denominator >> twos != 5 ** fives:
         return None
-    with localcontext() as context:
-        context.prec = int(x.numerator.bit_length() * math.log10(2)) + max(twos, fives) + 3
-        value = (Decimal(x.numerator) / Decimal(x.denominator)).normalize()
-    if len(value.as_tuple().digits) > max_digits:
+    places = max(twos, fives)
+    scaled = (abs(x.numerator) << (places - twos)) * 5 ** (places - fives)  # |x| * 10^places, an integer
+    zeros = min(_multiplicity(scaled, 2), _multiplicity(scaled, 5))
+    significand = scaled // 10 ** zeros
+    if significand >= 10 ** max_digits:
         return None
+    value = Decimal((int(x < 0), tuple(map(int, str(significand))), zeros - places))
     return f"{value:f}" if -30 < value.adjusted() < 30 else str(value)
+
+
+def _multiplicity(n: int, p: int) -> int:
+    """The largest k with p^k dividing n != 0, by repeated squaring of p."""
+    count = 0
+    while n % p == 0:
+        power, step = p, 1
+        while n % (power * power) == 0:
+            power, step = power * power, step * 2
+        n, count = n // power, count + step
+    return count

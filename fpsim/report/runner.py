@@ -364,44 +364,174 @@ def run_report(out="reports", *, quick: bool = False, only=None, progress: bool 
     """Run the analyses (all, or ``only``) and write ``out/REPORT.md``.
 
     Everything is written into a temporary folder beside ``out`` that replaces
-    ``out`` only when all analyses have run; an interruption removes the temporary
-    folder and leaves ``out`` as it was.  With ``only``, the other analyses'
-    sections of the previous report in ``out`` are carried over unchanged.
-    ``store``: a sweep store to reuse (default: a new one, dropped at the end).
+    ``out`` only when all analyses have run; an interruption (Ctrl-C, SIGTERM)
+    removes the temporary folder and leaves ``out`` as it was.  ``out`` must be new,
+    empty, or a report this function wrote (``check_output_folder``): nothing else
+    is ever replaced.  With ``only``, the other analyses' sections of the previous
+    report in ``out`` are carried over unchanged, and so is the previous section of
+    one that fails now.  ``store``: a sweep store to reuse (default: a new one,
+    dropped at the end).
     """
+    out = check_output_folder(out)
+    if store:
+        store = _check_store(Path(store), out)
     names = sorted(select_analyses(only, analyses_dir), key=lambda name: (_order(name, analyses_dir), name))
-    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_abandoned(out)
+    with _terminate_as_exit():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        try:
+            return _run_into(tmp, out, names, quick=quick, only=only, progress=progress, store=store,
+                             analyses_dir=analyses_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _run_into(tmp: Path, out: Path, names: list[str], *, quick, only, progress, store, analyses_dir) -> ReportResult:
+    """Run ``names`` into ``tmp``, write REPORT.md there and swap it into ``out``."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
     start = time.perf_counter()
+    shared_store = store or tmp / "runs.sqlite"
+    outcomes = []
+    pool = LazyPool()
     try:
-        shared_store = Path(store).resolve() if store else tmp / "runs.sqlite"
-        outcomes = []
-        pool = LazyPool()
-        try:
-            for index, name in enumerate(names, 1):
-                _say(progress, f"[{index}/{len(names)}] {name} ...")
-                ctx = Context(out=tmp / name, quick=quick, progress=progress, store=shared_store, pool=pool)
-                _, outcome = run_one(name, ctx, analyses_dir)
-                outcomes.append(outcome)
-                status = (f"skipped ({outcome.skipped})" if outcome.skipped else "done" if outcome.ok
-                          else f"FAILED ({outcome.error})")
-                _say(progress, f"[{index}/{len(names)}] {name} {status} in {outcome.seconds:.1f} s")
-        finally:
-            pool.close()
-        carried = _carry_over(out, tmp, names) if only else []
-        if not store and shared_store.exists():
-            shared_store.unlink()
-        seconds = time.perf_counter() - start
-        write_report_md(tmp, outcomes, carried, quick=quick, seconds=seconds, analyses_dir=analyses_dir, output=out)
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for index, name in enumerate(names, 1):
+            _say(progress, f"[{index}/{len(names)}] {name} ...")
+            ctx = Context(out=tmp / name, quick=quick, progress=progress, store=shared_store, pool=pool)
+            _, outcome = run_one(name, ctx, analyses_dir)
+            outcomes.append(outcome)
+            status = (f"skipped ({outcome.skipped})" if outcome.skipped else "done" if outcome.ok
+                      else f"FAILED ({outcome.error})")
+            _say(progress, f"[{index}/{len(names)}] {name} {status} in {outcome.seconds:.1f} s")
+    finally:
+        pool.close()
+    carried = _carry_over(out, tmp, names) if only else []
+    if only:
+        _keep_previous_sections(out, tmp, outcomes)
+    if not store and shared_store.exists():
+        shared_store.unlink()
+    seconds = time.perf_counter() - start
+    write_report_md(tmp, outcomes, carried, quick=quick, seconds=seconds, analyses_dir=analyses_dir, output=out)
+    _replace_folder(tmp, out)
     return ReportResult(out, outcomes, seconds)
+
+
+MANIFEST = "report.json"
+"""The file by which a report recognises a folder it wrote: it lists every file of the report (``files``)."""
+
+
+def check_output_folder(out) -> Path:
+    """``out`` resolved, if a report may be written there; else ValueError saying why, in one line.
+
+    The report replaces its folder whole, so the folder must be new, empty, or a
+    previous report holding only what its manifest (``report.json``) lists; it may
+    not be a file, nor the current folder or one that holds it.
+    """
+    if not str(out).strip():
+        raise ValueError("--out is empty: name the report's folder, e.g. --out reports")
+    folder = Path(out).resolve()
+    here = Path.cwd().resolve()
+    if folder == here or folder in here.parents:
+        raise ValueError(f"--out {out}: the report replaces its folder whole, and this one is the current folder "
+                         f"or holds it; choose a folder of its own, e.g. --out {Path(out) / 'report'}")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose a new folder or a previous report's")
+    if folder.is_dir():
+        foreign = _not_from_a_report(folder)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ValueError(f"--out {out} holds files a report did not write ({shown}); the report replaces "
+                             "its folder whole, so choose a new or empty folder, or a previous report's")
+    return folder
+
+
+def _not_from_a_report(folder: Path, most: int = 4) -> list[str]:
+    """Up to ``most`` paths in ``folder`` (relative to it) that a report did not write, by its manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if "files" in manifest:
+            written = set(manifest["files"]) | {MANIFEST}
+            written |= {parent.as_posix() for name in written for parent in Path(name).parents if parent != Path(".")}
+            ours = written.__contains__
+        else:  # a report from before the manifest listed its files: its top-level names
+            top = {MANIFEST, "REPORT.md"} | {o["name"] for o in manifest["analyses"]}
+            ours = lambda name: name.split("/")[0] in top  # noqa: E731
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        ours = lambda name: False  # noqa: E731
+    foreign = []
+    try:
+        for path in folder.rglob("*"):  # stops at the first few: a big foreign folder is not walked through
+            name = path.relative_to(folder).as_posix()
+            if not ours(name):
+                foreign.append(name)
+                if len(foreign) == most:
+                    break
+    except OSError as error:
+        foreign.append(f"(unreadable: {error.strerror})")
+    return foreign
+
+
+def _check_store(store: Path, out: Path) -> Path:
+    """``store`` resolved, if it lies outside ``out`` and is a usable sweep store (created if missing)."""
+    from ..runs.store import RunStore
+
+    store = store.expanduser().resolve()
+    if store == out or out in store.parents:
+        raise ValueError(f"--store {store} lies inside --out {out}, which the report replaces whole: "
+                         "keep the store outside it")
+    RunStore(store).close()
+    return store
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the temporary folders of reports into ``out`` whose process is gone (killed with SIGKILL)."""
+    for folder in out.parent.glob(f".{out.name}.partial-*-*"):
+        pid = folder.name[len(f".{out.name}.partial-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """Inside the block, SIGTERM raises SystemExit(143), so that the clean-up of an interrupt runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _keep_previous_sections(previous: Path, tmp: Path, outcomes: list[Outcome]) -> None:
+    """Put back the previous report's section of each analysis that failed now (and say so in its outcome)."""
+    meta = previous / MANIFEST
+    try:
+        good = {o["name"] for o in json.loads(meta.read_text())["analyses"] if o["ok"]}
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    for outcome in outcomes:
+        if not outcome.ok and outcome.name in good and (previous / outcome.name / "section.json").is_file():
+            shutil.rmtree(tmp / outcome.name)
+            shutil.copytree(previous / outcome.name, tmp / outcome.name)
+            outcome.error += " (the previous section is kept)"
 
 
 def _order(name: str, analyses_dir: Path | None = None) -> int:
@@ -520,8 +650,14 @@ def write_report_md(folder: Path, outcomes: list[Outcome], carried: list[str], *
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
             "command": "fpsim report" + (" --quick" if quick else ""),
             "analyses": [asdict(o) for o in all_outcomes], "carried_over": carried}
-    (folder / "report.json").write_text(json.dumps(meta, indent=1) + "\n")
+    md = _report_markdown(meta, all_outcomes, sections, carried, quick, seconds)
+    (folder / "REPORT.md").write_text(md)
+    meta["files"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    (folder / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
 
+
+def _report_markdown(meta, all_outcomes, sections, carried, quick, seconds) -> str:
+    """The text of REPORT.md."""
     md = io.StringIO()
     w = md.write
     w("# fpsim report: what the mixed-precision recipe claims, measured\n\n")
@@ -568,7 +704,7 @@ def write_report_md(folder: Path, outcomes: list[Outcome], carried: list[str], *
                 w(f"- **{v.claim}" + (f" ({v.model})" if v.model else "") + f": {v.verdict}.** {v.evidence.strip()}"
                   + (f" Sources: {v.sources.strip()}" if v.sources else "") + "\n")
             w("\n")
-    (folder / "REPORT.md").write_text(md.getvalue())
+    return md.getvalue()
 
 
 def summary_table(verdicts: list[Verdict], skipped=()) -> str:

@@ -12,7 +12,8 @@ failed run's ``"ExceptionType: message"`` (NULL when ok), and ``result`` is the
 
 Only the coordinating process writes, one transaction per finished run, so a
 sweep killed at any moment leaves every run it finished stored and nothing
-half-written.  A failed run is stored too, and replaced when it is rerun; a key
+half-written.  A store locked by another process is waited for, with backoff,
+for up to ``LOCK_PATIENCE`` seconds.  A failed run is stored too, and replaced when it is rerun; a key
 is never stored twice.  ``path=None`` gives an in-memory store (nothing kept).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 COLUMNS = ("key", "config", "status", "error", "result")
@@ -38,6 +40,26 @@ _UPSERT = """INSERT INTO runs (key, config, status, error, result) VALUES (?, ?,
     error = excluded.error, result = excluded.result"""
 
 
+LOCK_PATIENCE = 300.0
+"""Seconds a write waits, retrying with backoff, for a store that another process holds locked."""
+
+
+def _patiently(action, what: str):
+    """Run ``action()``, retrying with exponential backoff while the database is locked or busy."""
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            if waited >= LOCK_PATIENCE:
+                raise ValueError(f"{what}: the store stayed locked by another process for {waited:.0f} s") from None
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+
+
 class RunStore:
     """A sweep store opened for writing by the coordinating process (a context manager)."""
 
@@ -48,15 +70,18 @@ class RunStore:
         except sqlite3.Error as error:
             raise ValueError(f"cannot open the sweep store {self.path}: {error}") from None
         try:
-            _check_table(self._connection, self.path)
-            with self._connection:
-                self._connection.execute(_SCHEMA)
+            _patiently(self._create, f"cannot open the sweep store {self.path}")
         except sqlite3.Error as error:
             self._connection.close()
             raise ValueError(f"{self.path} is not a usable sweep store: {error}") from None
         except ValueError:
             self._connection.close()
             raise
+
+    def _create(self) -> None:
+        _check_table(self._connection, self.path)
+        with self._connection:
+            self._connection.execute(_SCHEMA)
 
     def finished(self, keys) -> dict[str, dict]:
         """The stored successful runs among ``keys``, as records by key.
@@ -65,15 +90,20 @@ class RunStore:
         are parsed (a result with its step history is about 0.7 kB per step).
         """
         wanted = set(keys)
-        rows = self._connection.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE status = 'ok'")
-        return {row[0]: _record(row) for row in rows if row[0] in wanted}
+        rows = _patiently(lambda: self._connection.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM runs WHERE status = 'ok'").fetchall(), f"cannot read {self.path}")
+        return {row[0]: _record(row, self.path) for row in rows if row[0] in wanted}
 
     def write(self, record: dict) -> None:
         """Store one finished run in its own transaction; ``record`` has the keys ``COLUMNS``."""
         result = None if record["result"] is None else json.dumps(record["result"])
-        with self._connection:
-            self._connection.execute(_UPSERT, (record["key"], json.dumps(record["config"], sort_keys=True),
-                                               record["status"], record["error"], result))
+        values = (record["key"], json.dumps(record["config"], sort_keys=True), record["status"], record["error"],
+                  result)
+
+        def upsert():
+            with self._connection:
+                self._connection.execute(_UPSERT, values)
+        _patiently(upsert, f"cannot store a finished run in {self.path}")
 
     def close(self) -> None:
         self._connection.close()
@@ -106,7 +136,7 @@ def load_sweep(store: str | os.PathLike) -> list[dict]:
             connection.close()
     except sqlite3.Error as error:
         raise ValueError(f"{path} is not a usable sweep store: {error}") from None
-    return [_record(row) for row in rows]
+    return [_record(row, path) for row in rows]
 
 
 def _check_table(connection: sqlite3.Connection, path) -> None:
@@ -116,7 +146,11 @@ def _check_table(connection: sqlite3.Connection, path) -> None:
         raise ValueError(f"{path} has a 'runs' table that is not a sweep store's (columns {', '.join(columns)})")
 
 
-def _record(row: tuple) -> dict:
+def _record(row: tuple, path) -> dict:
     key, config, status, error, result = row
-    return {"key": key, "config": json.loads(config), "status": status, "error": error,
-            "result": None if result is None else json.loads(result)}
+    try:
+        return {"key": key, "config": json.loads(config), "status": status, "error": error,
+                "result": None if result is None else json.loads(result)}
+    except (ValueError, TypeError) as problem:
+        raise ValueError(f"{path}: the stored run {str(key)[:16]} is corrupt ({type(problem).__name__}); "
+                         "delete that row or use another store") from None

@@ -43,6 +43,7 @@ import os
 import sys
 from collections.abc import Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm import tqdm
@@ -129,6 +130,10 @@ def read_grid(path: str | os.PathLike) -> dict:
         raise ValueError(f"cannot read grid {os.fspath(path)}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"malformed grid {os.fspath(path)}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"cannot read grid {os.fspath(path)}: not UTF-8 text (byte {error.start})") from None
+    except RecursionError:
+        raise ValueError(f"malformed grid {os.fspath(path)}: nested too deeply") from None
 
 
 def normalize_config(config: Mapping) -> dict:
@@ -208,11 +213,28 @@ def dask_client(address: str, *, timeout: float = 10.0):
         from dask.distributed import Client
     except ImportError:
         raise ModuleNotFoundError("Dask sweeps need the dask extra: pip install 'fpsim[dask]'") from None
+    _check_address(address)
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as error:
         raise ConnectionError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
                               f"({type(error).__name__})") from None
+
+
+def _check_address(address: str) -> None:
+    """Refuse what is not a scheduler address before a Client is made (a failed Client complains again on exit)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in backends:
+            raise ValueError(f"unknown protocol {scheme!r}")
+        if scheme in ("tcp", "tls") and not 0 < parse_host_port(location)[1] < 65536:
+            raise ValueError("the port lies in 1..65535")
+    except (ValueError, TypeError) as error:
+        raise ConnectionError(f"not a Dask scheduler address: {address!r} ({error}); use e.g. tcp://HOST:8786") \
+            from None
 
 
 def sweep(configs, *, store=None, executor=None, progress: bool = True) -> list[dict]:
@@ -244,33 +266,82 @@ def sweep(configs, *, store=None, executor=None, progress: bool = True) -> list[
     return [records[key] for key in keys]
 
 
+MAX_POOL_RESTARTS = 3
+"""How many times a sweep replaces a local process pool whose worker died (killed, out of memory) before it
+stores the runs that were in flight as failed."""
+
+
 def _run(missing: dict[str, dict], runs: RunStore, executor: Executor | None, progress: bool) -> dict[str, dict]:
-    """Run the ``missing`` configurations (by key) on ``executor``, storing each as it finishes."""
+    """Run the ``missing`` configurations (by key) on ``executor``, storing each as it finishes.
+
+    When a worker of a process pool dies, the pool breaks and every run in it
+    fails with ``BrokenProcessPool``: those runs are not failures of their own,
+    so a fresh pool of the same size runs them again (at most ``MAX_POOL_RESTARTS`` times).
+    """
     owned = executor is None
     if owned:
         executor = local_pool(min(os.cpu_count() or 1, len(missing)))
-    finished, failed = {}, 0
-    futures = {executor.submit(run_config, config): key for key, config in missing.items()}
+    finished, pending, restarts = {}, dict(missing), 0
     try:
-        with tqdm(total=len(futures), disable=not progress, desc="sweep", unit="run", file=sys.stderr) as bar:
-            for future in as_completed(futures):
-                key = futures[future]
-                outcome = _outcome(future)
-                record = {"key": key, "config": missing[key], "status": outcome["status"], "error": outcome["error"],
-                          "result": None if outcome["result"] is None else json.loads(outcome["result"])}
-                runs.write(record)
-                finished[key] = dict(record, reused=False)
-                failed += record["status"] == "failed"
-                if failed:
-                    bar.set_postfix(failed=failed, refresh=False)
-                bar.update()
+        with tqdm(total=len(missing), disable=not progress, desc="sweep", unit="run", file=sys.stderr) as bar:
+            while pending:
+                broken = _run_round(pending, runs, executor, finished, bar, give_up=restarts >= MAX_POOL_RESTARTS)
+                if not broken:
+                    break
+                restarts += 1
+                _discard_broken_pool(executor)
+                executor, owned = local_pool(getattr(executor, "_max_workers", None)), True
+    finally:
+        if owned:
+            # On an interrupt, do not wait for the runs in flight: what finished is stored.
+            executor.shutdown(wait=not pending, cancel_futures=True)
+    return finished
+
+
+def _discard_broken_pool(pool: Executor) -> None:
+    """Shut a broken process pool down and end its surviving workers.
+
+    A worker that outlived the one that died may be blocked writing its result
+    into a pipe nobody reads any more; the pool's manager thread joins it, and
+    so would the interpreter at exit: without this, the process would hang.
+    (Python 3.14 has ``ProcessPoolExecutor.kill_workers``; before it, the
+    workers are only reachable as ``_processes``.)
+    """
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+
+
+def _run_round(pending: dict, runs: RunStore, executor: Executor, finished: dict, bar, give_up: bool) -> bool:
+    """Submit ``pending`` and store each run as it finishes (removing it from ``pending``); True when the process
+    pool broke, leaving in ``pending`` the runs to retry (``give_up``: store them as failed instead)."""
+    broken = False
+    try:
+        futures = {executor.submit(run_config, config): key for key, config in pending.items()}
+    except BrokenProcessPool:
+        return True
+    try:
+        for future in as_completed(futures):
+            key = futures[future]
+            if isinstance(future.exception(), BrokenProcessPool) and not give_up:
+                broken = True
+                continue
+            outcome = _outcome(future)
+            record = {"key": key, "config": pending[key], "status": outcome["status"], "error": outcome["error"],
+                      "result": None if outcome["result"] is None else json.loads(outcome["result"])}
+            runs.write(record)
+            finished[key] = dict(record, reused=False)
+            del pending[key]
+            failed = sum(r["status"] == "failed" for r in finished.values())
+            if failed:
+                bar.set_postfix(failed=failed, refresh=False)
+            bar.update()
     finally:
         for future in futures:
             future.cancel()
-        if owned:
-            # On an interrupt, do not wait for the runs in flight: what finished is stored.
-            executor.shutdown(wait=len(finished) == len(futures), cancel_futures=True)
-    return finished
+    return broken
 
 
 def _outcome(future: Future) -> dict:

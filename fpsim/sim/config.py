@@ -25,7 +25,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from .checks import integer, number_in, positive_number
-from .data import parse_data_spec
+from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler
 from .policy import Policy
 
@@ -36,6 +36,9 @@ MODELS = {
 }
 """Built-in models: the engine that trains each (``numpy``: bit-exact, no torch needed; ``torch``: ``fpsim.torch``)
 and the data set it trains on by default.  ``model`` may also be a callable returning a ``torch.nn.Module``."""
+
+MAX_STEPS = 10**6
+"""Most steps a run may take: each step's record (about 0.7 kB) is kept in memory."""
 
 OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
 """Optimizer names each engine takes."""
@@ -99,6 +102,11 @@ class TrainConfig:
         if self.model == "mlp" and self.model_options:
             raise ValueError("the MLP takes no model_options: give its widths as hidden=(...)")
         put("data", _data(self.model, self.data))
+        if self.policy.scaling is not None:
+            raise ValueError("scaling recipes (FP8 / MX) are not applied by the training engines yet: "
+                             "quantize tensors with fpsim.quantize")
+        if self.engine == "numpy":
+            _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.hidden))
         optimizers = OPTIMIZERS[self.engine]
         if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
@@ -113,6 +121,8 @@ class TrainConfig:
         for name, minimum in (("steps", 1), ("batch_size", 1), ("seed", 0), ("record_every", 0),
                               ("shadow_every", 0)):
             put(name, integer(name, getattr(self, name), minimum))
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"steps must be at most {MAX_STEPS}, got {self.steps}")
         if not isinstance(self.histograms, bool):
             raise ValueError(f"histograms must be True or False, got {self.histograms!r}")
         put("histogram_steps", _histogram_steps(self.histograms, self.histogram_steps, self.steps))
@@ -171,6 +181,17 @@ def _model(model):
                      f"torch.nn.Module")
 
 
+def _numpy_engine_can_run(policy: Policy, data) -> None:
+    """Refuse what the MLP engine does not simulate, rather than ignore it."""
+    if policy.placement != "autocast":
+        raise ValueError(f"placement={policy.placement!r} is for the torch engine: the MLP rounds every product "
+                         "and layer output to the policy's formats and computes its loss in the loss format")
+    name = data if isinstance(data, str) else data["name"]
+    if name in TEXT_DATA_SETS:
+        raise ValueError(f"{name!r} is text, for a character model: use model='char-gpt', or give the MLP "
+                         "digits, mnist1d, mnist:PATH or teacher")
+
+
 def _data(model, data):
     if data is None:
         return MODELS[model]["data"] if isinstance(model, str) else None
@@ -215,7 +236,7 @@ def _scaler(scaler):
     if scaler is None or scaler == {}:
         return None
     if not isinstance(scaler, dict):
-        raise ValueError(f"scaler must be a dict of loss-scaler settings ({', '.join(SCALER_OPTIONS)}), "
+        raise TypeError(f"scaler must be a dict of loss-scaler settings ({', '.join(SCALER_OPTIONS)}), "
                          f"got {scaler!r}")
     out = {}
     for name, value in scaler.items():

@@ -37,6 +37,9 @@ import numpy as np
 DATA_SETS = ("digits", "mnist", "teacher", "mnist1d", "pydoc")
 """Names ``load_data`` understands."""
 
+TEXT_DATA_SETS = ("pydoc",)
+"""The data sets that are text (a ``TextDataset``, for character models); the others are (x, y) examples."""
+
 DIGITS_SPLIT_SEED = 0
 """Seed of the fixed digits train/test split: the same test set for every run and every training seed."""
 
@@ -160,6 +163,15 @@ def load_mnist(path) -> Dataset:
     if not os.path.isfile(path):
         raise ValueError(f"MNIST file not found: {path!r} (fpsim never downloads; give the path of a "
                          f"local mnist.npz with arrays {', '.join(MNIST_KEYS)})")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(6)
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {error.strerror}") from None
+    if not head.startswith(b"PK"):  # np.load would try a pickle, and blame pickling for a text file
+        kind = "a single .npy array" if head == b"\x93NUMPY" else "not a zip file"
+        raise ValueError(f"cannot read {path!r} as an .npz archive of arrays: it is {kind} (an .npz is a zip "
+                         f"of {', '.join(MNIST_KEYS)}, as numpy.savez writes it)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

@@ -16,6 +16,7 @@ scale, and hysteresis (back off only after ``hysteresis`` overflowing steps).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from .checks import is_finite_number
 
@@ -103,6 +104,9 @@ class LossScaler:
     @classmethod
     def for_policy(cls, loss_scale, options: dict | None = None) -> "LossScaler | None":
         """The scaler a policy's ``loss_scale`` asks for: None, constant, or dynamic with ``options``."""
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"scaler must be a dict of loss-scaler settings ({', '.join(SCALER_OPTIONS)}), "
+                            f"got {options!r}")
         options = dict(options or {})
         if loss_scale is None:
             if options:

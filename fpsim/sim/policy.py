@@ -24,11 +24,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..numerics.formats import BF16, FORMATS, FP16, FP32, Format, get_format
+from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, Format, get_format
 from .checks import is_finite_number
+from .scaling import Scaling
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
+
+SCALED_KINDS = ("params", "activations", "gradients")
+"""The tensor kinds a ``scaling`` recipe may cover."""
 
 OP_PLACEMENTS = ("autocast", "low-precision")
 """Which operations compute in the low-precision formats: ``"autocast"`` places them as ``torch.autocast``
@@ -66,6 +70,10 @@ class Policy:
     """Keep a compensation buffer (in the weights' format) that carries what each update's rounding lost."""
     placement: str = "autocast"
     """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
+    scaling: tuple | None = None
+    """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for kinds of
+    ``SCALED_KINDS``; given as a dict kind -> Scaling (or its dict).  None: no scaling.  Not yet
+    read by the engines."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -91,6 +99,12 @@ class Policy:
             raise ValueError(f"placement must be one of {', '.join(OP_PLACEMENTS)}, got {self.placement!r}")
         if self.kahan and self.update_rounding == "stochastic":
             raise ValueError("choose either a Kahan-compensated update or stochastic rounding, not both")
+        if self.scaling is not None:
+            given = dict(self.scaling)
+            unknown = sorted(set(given) - set(SCALED_KINDS))
+            if unknown:
+                raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use {', '.join(SCALED_KINDS)}")
+            object.__setattr__(self, "scaling", tuple((k, Scaling.coerce(given[k])) for k in SCALED_KINDS if k in given))
 
     @property
     def weights(self) -> Format:
@@ -145,6 +159,8 @@ class Policy:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             out[field.name] = _format_to_json(value) if isinstance(value, Format) else value
+        if self.scaling is not None:
+            out["scaling"] = {kind: scaling.to_dict() for kind, scaling in self.scaling}
         return out
 
     def describe(self) -> str:
@@ -153,7 +169,12 @@ class Policy:
         return (f"{self.name}: params {self.params}, activations {self.activations}, gradients {self.gradients}, "
                 f"accumulate {self.accumulate}, master {self.master or 'none'}, optimizer state "
                 f"{self.optimizer_state}, loss {self.loss}, loss scale {self.loss_scale or 'none'}, "
-                f"update {update}, placement {self.placement}")
+                f"update {update}, placement {self.placement}"
+                + "".join(f", {kind} scaling {_describe_scaling(scaling)}" for kind, scaling in self.scaling or ()))
+
+
+def _describe_scaling(scaling: Scaling) -> str:
+    return scaling.block if scaling.kind == "block" else scaling.kind
 
 
 def _format_to_json(fmt: Format):
@@ -186,4 +207,26 @@ state, no loss scaling.  ``fp16-amp``: fp16-mixed plus dynamic loss scaling
 (the full recipe).  ``bf16-sr``: bf16-pure with stochastically rounded updates.
 ``bf16-kahan``: bf16-pure with a Kahan-compensated update.  All accumulate in
 FP32 and compute the loss in FP32.
+"""
+
+
+def _scaled(name: str, forward: Format, backward: Format, scaling: Scaling) -> Policy:
+    """FP8 / MX compute (weights and activations in ``forward``, gradients in ``backward``), FP32 master and state."""
+    return Policy(name=name, params=forward, activations=forward, gradients=backward, accumulate=FP32, loss=FP32,
+                  master=FP32, optimizer_state=FP32, scaling={kind: scaling for kind in SCALED_KINDS})
+
+
+SCALED_POLICIES: dict[str, Policy] = {p.name: p for p in (
+    _scaled("fp8-current", E4M3, E5M2, Scaling("current")),
+    _scaled("fp8-delayed", E4M3, E5M2, Scaling.delayed()),
+    _scaled("mxfp8", E4M3, E4M3, Scaling.block_of("mxfp8_e4m3")),
+    _scaled("mxfp4", E2M1, E2M1, Scaling.block_of("mxfp4")),
+)}
+"""FP8 / MX recipes, kept out of ``POLICIES`` until the engines apply ``scaling``.
+
+``fp8-current``: torchao's TENSORWISE default (E4M3 weights and activations, E5M2
+gradients, scale = max / amax now).  ``fp8-delayed``: Transformer Engine's
+``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward), history
+1024, margin 0, amax "max".  ``mxfp8``: TE's ``MXFP8BlockScaling`` (E4M3 everywhere,
+blocks of 32, E8M0 floor scales).  ``mxfp4``: MXFP4 (E2M1) the same way.
 """

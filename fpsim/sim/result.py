@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 FINAL_LOSS_STEPS = 50
 """``final_loss`` is the mean training loss over this many last (non-skipped) steps."""
+
+STATUSES = {
+    "ok": "trained: some weights changed and nothing below happened",
+    "diverged": "a stored weight or the loss became inf/NaN and the run stopped (at diverged_step)",
+    "no updates": "no stored weight ever changed: every step was skipped, or every update was lost",
+    "loss-scale floor": "the dynamic loss scale overflowed at its floor (min_scale_hits), so those steps were skipped",
+}
+"""How a run ended (``TrainResult.status``); the first that applies, in this order, is given."""
+
+
+def run_status(*, diverged: bool, weights_changed: int, min_scale_hits: int) -> str:
+    """The ``STATUSES`` entry of a run: the first of diverged, no updates, loss-scale floor that applies, else ok."""
+    for status, applies in (("diverged", diverged), ("no updates", weights_changed == 0),
+                            ("loss-scale floor", min_scale_hits > 0)):
+        if applies:
+            return status
+    return "ok"
 
 
 @dataclass
@@ -55,6 +75,8 @@ class TrainResult:
     """The first of those, or None."""
     steps_run: int = 0
     """Steps executed (fewer than ``config["steps"]`` after a divergence)."""
+    status: str = "ok"
+    """How the run ended: one of ``STATUSES`` ("ok", "diverged", "no updates", "loss-scale floor")."""
     history: list = field(default_factory=list)
     """One dict per step: loss, loss_scale, skipped, and per kind the counts nonzero, underflow,
     subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude."""
@@ -85,9 +107,14 @@ class TrainResult:
         """Write the result as JSON to ``path`` (written to a temporary file, then moved into place)."""
         path = os.fspath(path)
         temporary = f"{path}.tmp{os.getpid()}"
-        with open(temporary, "w") as file:
-            json.dump(self.to_dict(), file, allow_nan=False)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "w") as file:
+                json.dump(self.to_dict(), file, allow_nan=False)
+            os.replace(temporary, path)
+        except BaseException:  # a full disk, an interrupt: leave no half-written file behind
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
 
     @classmethod
     def load(cls, path) -> "TrainResult":
@@ -97,10 +124,48 @@ class TrainResult:
 
     def summary(self) -> dict:
         """The headline numbers, for tables."""
-        return {"policy": self.policy, "test_accuracy": self.test_accuracy, "test_loss": self.test_loss,
+        return {"policy": self.policy, "status": self.status, "test_accuracy": self.test_accuracy,
+                "test_loss": self.test_loss,
                 "final_loss": self.final_loss,
                 "weight_grad_underflow": self.weight_grad_underflow_fraction,
                 "activation_grad_underflow": self.activation_grad_underflow_fraction,
                 "lost_updates": self.lost_update_fraction, "overflows": self.overflow_count,
                 "skipped_steps": self.skipped_steps, "final_loss_scale": self.final_loss_scale,
                 "diverged_step": self.diverged_step}
+
+
+def has_diverged(loss: float, weights_finite: bool, scaler, scale: float) -> bool:
+    """Whether a run must stop after a step: a stored weight became inf/NaN, or the loss is not finite and
+    lowering the loss scale is no longer possible (no scaler, a constant scale, or a dynamic one at its floor)."""
+    can_back_off = scaler is not None and scaler.dynamic and scale > scaler.min_scale
+    return not weights_finite or (not math.isfinite(loss) and not can_back_off)
+
+
+def result_of_run(config: dict, policy_name: str, recorder, scaler, *, steps_run: int, diverged_step: int | None,
+                  test_accuracy: float | None, test_loss: float | None, layers: list) -> TrainResult:
+    """The ``TrainResult`` of a finished run, from what its recorder and loss scaler saw (any engine).
+
+    ``layers``: the recorder's ``layer_summaries()`` with what the engine adds (shapes, parameter counts).
+    """
+    history = recorder.history
+    kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
+    final_loss = float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None
+    min_scale_hits = scaler.min_scale_hits if scaler is not None else 0
+    return TrainResult(
+        config=config, policy=policy_name, test_accuracy=test_accuracy, test_loss=test_loss, final_loss=final_loss,
+        weight_grad_underflow_fraction=recorder.weight_grad_flushed_fraction,
+        activation_grad_underflow_fraction=recorder.fraction("activation_grads", "underflow"),
+        activation_underflow_fraction=recorder.fraction("activations", "underflow"),
+        overflow_count=sum(recorder.total(kind, "overflow") for kind in ("activations", "activation_grads",
+                                                                         "weight_grads", "updates")),
+        lost_update_fraction=recorder.lost_update_fraction,
+        lost_update_magnitude_fraction=recorder.lost_update_magnitude_fraction,
+        skipped_steps=sum(1 for r in history if r["skipped"]),
+        final_loss_scale=scaler.scale if scaler is not None else 1.0,
+        diverged=diverged_step is not None, diverged_step=diverged_step,
+        min_scale_hits=min_scale_hits, min_scale_step=scaler.min_scale_step if scaler is not None else None,
+        steps_run=steps_run,
+        status=run_status(diverged=diverged_step is not None, min_scale_hits=min_scale_hits,
+                          weights_changed=sum(r["updated"] - r["lost_updates"] for r in history)),
+        history=history, layers=layers, layer_history=recorder.layer_history,
+        histograms=recorder.histograms, shadow=recorder.shadow)

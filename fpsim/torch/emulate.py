@@ -160,7 +160,6 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
             handle.remove()
         numba.set_num_threads(threads)
         torch.set_num_threads(torch_threads)
-        torch.set_num_threads(torch_threads)
 
 
 class _EmulationMode(TorchDispatchMode):

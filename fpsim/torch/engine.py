@@ -65,8 +65,6 @@ forward formats, unrecorded.
 from __future__ import annotations
 
 import copy
-import math
-import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -80,7 +78,8 @@ from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update
 from ..sim.recorder import Recorder, json_float
-from ..sim.result import FINAL_LOSS_STEPS, TrainResult
+from ..sim.loop import run_steps
+from ..sim.result import TrainResult, result_of_run
 from .emulate import ROOT, emulate
 from .models import get_model
 
@@ -338,27 +337,11 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------------
     def train(self, progress: bool) -> TrainResult:
-        from tqdm import tqdm
-
-        diverged_step = None
-        bar = tqdm(range(self.config.steps), desc=self.policy.name, disable=not progress,
-                   file=sys.stderr, leave=False)
-        step = -1
-        for step in bar:
-            self.recorder.start_step(step)
-            scale = self.scaler.scale if self.scaler is not None else 1.0
-            loss, skipped = self.train_step(step)
-            self.recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
-            weights_finite = all(bool(torch.isfinite(param).all()) for _, param in self.params)
-            scaler_can_back_off = self.scaler is not None and self.scaler.dynamic and scale > self.scaler.min_scale
-            if (not math.isfinite(loss) and not scaler_can_back_off) or not weights_finite:
-                diverged_step = step
-                break
-            if progress and step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
-        bar.close()
-        self.recorder.finish()
-        return self._result(step + 1, diverged_step)
+        steps_run, diverged_step = run_steps(
+            self.config.steps, self.train_step,
+            lambda: all(bool(torch.isfinite(param).all()) for _, param in self.params),
+            self.recorder, self.scaler, desc=self.policy.name, progress=progress)
+        return self._result(steps_run, diverged_step)
 
     def evaluate(self) -> tuple[float | None, float | None]:
         """(accuracy, mean loss in nats) on the validation text or the test set, in the policy's forward
@@ -380,34 +363,16 @@ class _Run:
         return accuracy, json_float(total_loss / y.numel())
 
     def _result(self, steps_run, diverged_step) -> TrainResult:
-        recorder, history = self.recorder, self.recorder.history
         accuracy, test_loss = self.evaluate()
-        kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
-        final_loss = float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None
-        layers = recorder.layer_summaries()
+        layers = self.recorder.layer_summaries()
         sizes = {}
         for module, param in self.params:
             sizes[module] = sizes.get(module, 0) + param.numel()
         for summary in layers:
             summary["parameters"] = sizes.get(summary["module"], 0)
-        scaler = self.scaler
-        return TrainResult(
-            config=self.config.to_dict(), policy=self.policy.name, test_accuracy=accuracy, test_loss=test_loss,
-            final_loss=final_loss,
-            activation_grad_underflow_fraction=recorder.fraction("activation_grads", "underflow"),
-            activation_underflow_fraction=recorder.fraction("activations", "underflow"),
-            overflow_count=sum(recorder.total(kind, "overflow") for kind in ("activations", "activation_grads",
-                                                                             "weight_grads", "updates")),
-            lost_update_fraction=recorder.lost_update_fraction,
-            lost_update_magnitude_fraction=recorder.lost_update_magnitude_fraction,
-            skipped_steps=sum(1 for r in history if r["skipped"]),
-            final_loss_scale=scaler.scale if scaler is not None else 1.0,
-            diverged=diverged_step is not None, diverged_step=diverged_step,
-            min_scale_hits=scaler.min_scale_hits if scaler is not None else 0,
-            min_scale_step=scaler.min_scale_step if scaler is not None else None,
-            weight_grad_underflow_fraction=recorder.weight_grad_flushed_fraction,
-            steps_run=steps_run, history=history, layers=layers, layer_history=recorder.layer_history,
-            histograms=recorder.histograms, shadow=recorder.shadow)
+        return result_of_run(self.config.to_dict(), self.policy.name, self.recorder, self.scaler,
+                             steps_run=steps_run, diverged_step=diverged_step, test_accuracy=accuracy,
+                             test_loss=test_loss, layers=layers)
 
 
 def _named_parameters(model) -> list[tuple[str, "torch.nn.Parameter"]]:

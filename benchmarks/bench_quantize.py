@@ -1,0 +1,60 @@
+"""Speed of fpsim.quantize's MX block scaling against the plain FP8 cast, in one run, on one thread.
+
+Input: ``--size`` float32 values of mixed magnitudes (log-uniform over 2^-30..2^20, random
+signs), in rows of 4096 (blocks of 32 along the rows).  Each timing is the best of
+``--repeats`` runs on one thread (``one_thread``), the rate in G values/s and the time as a
+multiple of the plain FP8 casts timed in the same run: ``fpsim.round(x, "e4m3")`` and
+ml_dtypes' float32 -> float8_e4m3fn -> float32 round trip.  The target (issue 14):
+MX block scaling at >= 0.5 G values/s on one thread.
+
+    python benchmarks/bench_quantize.py
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import ml_dtypes
+import numpy as np
+
+import fpsim
+from fpsim.numerics._kernels import one_thread
+from timing import best_time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1 << 24)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    size = args.size - args.size % 4096
+    x = np.ldexp(rng.uniform(1, 2, size), rng.integers(-30, 20, size)) * rng.choice([-1, 1], size)
+    x = x.astype(np.float32).reshape(-1, 4096)
+
+    cases = {
+        "fpsim.round e4m3 (plain cast)": lambda: fpsim.round(x, "e4m3"),
+        "ml_dtypes float8_e4m3fn round trip": lambda: x.astype(ml_dtypes.float8_e4m3fn).astype(np.float32),
+        "quantize mxfp8_e4m3 (floor)": lambda: fpsim.quantize(x, "mxfp8_e4m3"),
+        "quantize mxfp8_e4m3 (rceil)": lambda: fpsim.quantize(x, "mxfp8_e4m3", scale_rounding="rceil"),
+        "quantize mxfp8_e5m2 (floor)": lambda: fpsim.quantize(x, "mxfp8_e5m2"),
+        "quantize mxfp6_e3m2 (floor)": lambda: fpsim.quantize(x, "mxfp6_e3m2"),
+        "quantize mxfp4 (floor)": lambda: fpsim.quantize(x, "mxfp4"),
+        "quantize mxfp4 (ceil)": lambda: fpsim.quantize(x, "mxfp4", scale_rounding="ceil"),
+        "quantize e4m3 per tensor (fp32 scale)": lambda: fpsim.quantize(x, "e4m3"),
+        "quantize nvfp4": lambda: fpsim.quantize(x, "nvfp4"),
+    }
+    with one_thread():
+        seconds = {name: best_time(function, args.repeats) for name, function in cases.items()}
+    cast, native = seconds["fpsim.round e4m3 (plain cast)"], seconds["ml_dtypes float8_e4m3fn round trip"]
+    print(f"{x.size:,} float32 values, best of {args.repeats}, one thread")
+    print(f"{'case':40} {'G values/s':>10} {'x fpsim.round':>14} {'x ml_dtypes':>12}   (time / time of the cast)")
+    for name, t in seconds.items():
+        print(f"{name:40} {x.size / t / 1e9:10.3f} {t / cast:13.2f}x {t / native:11.2f}x")
+    mx = x.size / seconds["quantize mxfp8_e4m3 (floor)"] / 1e9
+    print(f"MX block scaling (mxfp8_e4m3): {mx:.3f} G values/s on one thread "
+          f"({'meets' if mx >= 0.5 else 'below'} the 0.5 G values/s target on this machine, now)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Numba kernels of ``fpsim.quantize``: the E8M0 scale rule and the fused power-of-two block quantizer.
+
+``mx_exponent`` is the one implementation of the E8M0 scale rules (the Fraction
+reference in ``fpsim.ops.quantize`` is the independent one).  ``quantize_pow2_blocks``
+does a whole power-of-two-scaled quantization in one pass per block: the block's
+amax from the magnitude bit patterns (integer max: NaN > inf > every finite
+pattern), its scale exponent, then x * 2^-e rounded by
+``_kernels.round_nearest_branchless`` and multiplied back by 2^e.  Both products
+are exact (see ``fpsim.ops.quantize``), so the only rounding is the element
+format's, as in the reference.
+
+The loops over a block's values run over unsigned indices: numba wraps negative
+indices, and that check, kept in a loop over a signed range offset by a block's
+start, stops LLVM from vectorizing 32-value loops (4x slower, measured).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+
+from ..numerics._kernels import float_bits, round_nearest_branchless
+
+FLOOR, CEIL, EVEN, RCEIL = range(4)
+SCALE_ROUNDING_CODES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL}
+NAN_EXPONENT = 128
+"""``mx_exponent``'s answer for a NaN scale (E8M0 code 0xFF)."""
+
+
+def layout(like):
+    """(mantissa bits, exponent bias, pattern of inf) of the float type of ``like`` (float32 or float64); numba only."""
+    raise NotImplementedError("layout is used inside numba kernels")
+
+
+@overload(layout, inline="always")
+def _layout(like):
+    if like == numba.types.float32:
+        return lambda like: (23, 127, np.int64(0x7F800000))
+    return lambda like: (52, 1023, np.int64(0x7FF0000000000000))
+
+
+def as_type_of(value, like):
+    """``value`` converted to the float type (float32 or float64) of ``like``; numba only."""
+    raise NotImplementedError("as_type_of is used inside numba kernels")
+
+
+@overload(as_type_of, inline="always")
+def _as_type_of(value, like):
+    if like == numba.types.float32:
+        return lambda value, like: np.float32(value)
+    return lambda value, like: np.float64(value)
+
+
+def float_of_bits(bits, like):
+    """The float of the type of ``like`` (float32 or float64) whose bit pattern is ``bits``; numba only."""
+    raise NotImplementedError("float_of_bits is used inside numba kernels")
+
+
+@overload(float_of_bits, inline="always")
+def _float_of_bits(bits, like):
+    if like == numba.types.float32:
+        return lambda bits, like: np.uint32(bits).view(np.float32)
+    return lambda bits, like: np.int64(bits).view(np.float64)
+
+
+@njit(cache=True, inline="always")
+def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
+    """The E8M0 scale exponent of a block whose largest magnitude has the bit pattern ``largest``; NAN_EXPONENT for NaN.
+
+    ``largest`` is in the layout of ``like`` (float32 or float64).  With A its value:
+    floor: floor(log2 A) - emax; ceil: ceil(log2 A) - emax; even: floor(log2 of A rounded
+    to ``mantissa_bits`` + 1 significant bits, ties away) - emax; rceil: ceil(log2 v) with
+    v = float32(float32(A) * reciprocal_max), ``reciprocal_max`` = float32(1 / max).
+    Below -127 the exponent is -127 (A = 0 included); above 127, or A inf / NaN, NaN.
+    The binade is read from the exponent field: exact for normal A, and a subnormal A
+    only reaches exponents below -127, which clamp.
+    """
+    mant_in, bias_in, inf_bits = layout(like)
+    if largest >= inf_bits:
+        return NAN_EXPONENT
+    if largest == 0:
+        return -127
+    if rounding == RCEIL:
+        v = np.float32(np.float32(float_of_bits(largest, like)) * reciprocal_max)
+        if not v <= np.float32(3.4028234663852886e38):
+            return NAN_EXPONENT
+        vbits = np.int64(np.float32(v).view(np.uint32))
+        if vbits < 0x00800000:  # a float32 subnormal v: up to 2^-127 gives 2^-127, above it 2^-126
+            e = -127 if vbits <= 0x00400000 else -126
+        else:
+            e = (vbits >> 23) - 127 + (1 if (vbits & 0x007FFFFF) != 0 else 0)
+    else:
+        if rounding == EVEN:  # round the significand to mantissa_bits, ties away; a carry moves the exponent
+            largest = largest + (np.int64(1) << (mant_in - 1 - mantissa_bits))
+        e = (largest >> mant_in) - bias_in - emax
+        if rounding == CEIL and (largest & ((np.int64(1) << mant_in) - 1)) != 0:
+            e += 1
+    if e < -127:
+        return -127
+    return NAN_EXPONENT if e > 127 else e
+
+
+@njit(cache=True)
+def mx_exponents(amax, rounding, emax, mantissa_bits, reciprocal_max):
+    """``mx_exponent`` of every element of the float64 array ``amax`` (an int64 array)."""
+    out = np.empty(amax.shape[0], dtype=np.int64)
+    for i in range(amax.shape[0]):
+        out[i] = mx_exponent(float_bits(amax[i]) & 0x7FFFFFFFFFFFFFFF, amax[i], rounding, emax, mantissa_bits,
+                             reciprocal_max)
+    return out
+
+
+@njit(cache=True, inline="always")
+def pow2(e, like):
+    """2^e (|e| <= 127: a float32, 2^-127 a subnormal one) in the type of ``like``; NaN for NAN_EXPONENT."""
+    bits = np.int64(0x7FF8000000000000) if e == NAN_EXPONENT else (np.int64(e) + 1023) << 52
+    return as_type_of(np.int64(bits).view(np.float64), like)
+
+
+@njit(cache=True, parallel=True)
+def quantize_pow2_blocks(x, out, exponents, block, rounding, emax, mantissa_bits, reciprocal_max, nearest):
+    """Quantize every block of ``block`` consecutive values in each row of ``x`` (2-D, float32 or float64).
+
+    The last block of a row may be shorter.  ``exponents`` (rows, blocks) receives each block's
+    scale exponent (``mx_exponent``); ``nearest`` is the element format's
+    ``KernelParams.nearest_args`` for ``x``'s dtype.  Three passes (amaxes, scales, values):
+    keeping the branchy scale code out of the loops over values lets those vectorize
+    (1.7x faster than one fused pass per block, measured).
+    """
+    rows, n = x.shape
+    blocks = exponents.shape[1]
+    flat_x, flat_out, flat_exponents = x.reshape(-1), out.reshape(-1), exponents.reshape(-1)
+    magnitude_mask = (np.int64(1) << (nearest[0] - 1)) - 1
+    for job in prange(rows * blocks):
+        start, stop = _block_range(job, blocks, block, n)
+        largest = np.int64(0)
+        for i in range(start, stop):
+            largest = max(largest, float_bits(flat_x[i]) & magnitude_mask)
+        flat_exponents[job] = largest
+    like = flat_x[0] if flat_x.shape[0] else x.dtype.type(0)
+    scales = np.empty(rows * blocks, dtype=x.dtype)
+    inverses = np.empty(rows * blocks, dtype=x.dtype)
+    for job in prange(rows * blocks):
+        e = mx_exponent(flat_exponents[job], like, rounding, emax, mantissa_bits, reciprocal_max)
+        flat_exponents[job] = e
+        scales[job] = pow2(e, like)
+        inverses[job] = pow2(-e if e != NAN_EXPONENT else e, like)
+    for job in prange(rows * blocks):
+        start, stop = _block_range(job, blocks, block, n)
+        scale, inverse = scales[job], inverses[job]
+        for i in range(start, stop):
+            flat_out[i] = float_of_bits(round_nearest_branchless(flat_x[i] * inverse, nearest), like) * scale
+
+
+@njit(cache=True, inline="always")
+def _block_range(job, blocks, block, n):
+    """Flat (start, stop) of block ``job`` of a row-major (rows, n) array, as unsigned integers (see the module doc)."""
+    r, b = job // blocks, job % blocks
+    return np.uint64(r * n + b * block), np.uint64(r * n + min(b * block + block, n))

@@ -1,0 +1,372 @@
+"""``fpsim.quantize``: scaled quantization (per tensor, per row, per block) to FP8, FP6 and FP4 formats.
+
+A *group* shares one scale: the whole tensor (``scaling="tensor"``), each row, i.e. every
+slice along ``axis`` (``"row"``), or each run of ``block_size`` consecutive values along
+``axis`` (``"block"``; a row's last block may be shorter, as if padded with zeros).  A is a
+group's largest magnitude, ``max`` and ``emax`` the element format's largest value and its
+exponent, q() the element format's rounding (``mode``; overflows saturate to +-max unless
+``saturate=False``), RN32() rounding to nearest FP32.  The result is the dequantized tensor.
+
+``scale_format="fp32"``: per-tensor or per-row *current scaling*, as torchao's TENSORWISE and
+ROWWISE recipes and Transformer Engine's Float8CurrentScaling compute it (torchao
+``float8/float8_utils.py: amax_to_scale``; TE ``Float8CurrentScaling``)::
+
+    s = RN32(max / A)            (A = 0: s = 1; saturates at FP32's max)
+    result = RN32(q(RN32(x * s)) / s)
+
+The operands are FP32 values: inputs are rounded to FP32 first, as the recipes cast to FP32.
+
+``scale_format="e8m0"``: a power-of-two scale X = 2^e per group, the OCP Microscaling
+Formats (MX) v1.0 specification, section 6.3, and torchao's ``ScaleCalculationMode``
+(``prototype/mx_formats``)::
+
+    "floor" (the spec):  e = floor(log2 A) - emax
+    "ceil":              e = ceil(log2 A) - emax
+    "even":              e = floor(log2 R(A)) - emax, R rounding A to the element's
+                         precision (its mantissa bits + 1), ties away from zero
+    "rceil":             e = ceil(log2 RN32(RN32(A) * RN32(1 / max)))   (cuBLAS's 1D block
+                         scaling, Blackwell's cvt.rp.ue8m0; A / X <= max, nothing saturates)
+    e < -127: e = -127 (an all-zero group too); e > 127, A inf or NaN: X = NaN, the group NaN
+    (as microxcaling and torchao; the spec's X = NaN means every element NaN)
+    result = q(x / X) * X        (exact but q: X is a power of two; in float32 results, q * X
+                                 can exceed FP32's max at the top of its range and gives inf)
+
+Floor can put A / X up to 2^(emax+1) > max (E4M3: up to 511), which saturates; the ceil
+variants do not (arXiv 2506.08027 reports floor diverging in training, ceil matching BF16).
+
+``scale_format="e4m3"``: NVFP4's two-level scaling (NVIDIA, "Introducing NVFP4 for efficient
+and accurate low-precision inference", 2025; Transformer Engine's NVFP4 recipe; torchao
+``nvfp4_tensor.py: nvfp4_quantize`` with a per-tensor scale), T the whole tensor's amax::
+
+    P = RN32(T / (448 * max))   (1 when that is below 2^-126: the tensor quantizes to ~0)
+    s = E4M3(clamp(RN32(RN32(A / max) / P), 2^-6, 448))     the stored block scale
+    d = RN32(P * s)
+    result = RN32(q(RN32(x / d)) * d)
+
+``return_scales=True`` also returns the scales: s for "fp32" (x ~ result's q / s, the recipes'
+``scale``), X for "e8m0", d for "e4m3" (x ~ q * X or q * d, torchao's ``get_hp_scales``);
+shaped like ``x`` with ``axis`` holding the groups (one for "row"), a 0-d array for "tensor".
+
+``quantize_reference`` computes the same with Python fractions and ``round_exact``, one
+number at a time; the tests hold the two against each other and against graphcore's gfloat.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from . import _quantize_kernels as kernels
+from .arithmetic import div, mul
+from ..numerics._kernels import threads_for
+from ..numerics.exact import DETERMINISTIC_MODES, check_mode, floor_log2, round_exact
+from ..numerics.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP32, FP64, Format, get_format
+from ..numerics.rounding import PARALLEL_MIN_ELEMENTS, _as_float_array, kernel_params
+from ..numerics.rounding import round as round_to
+
+SCALINGS = ("tensor", "row", "block")
+SCALE_FORMATS = ("fp32", "e8m0", "e4m3")
+SCALE_ROUNDINGS = tuple(kernels.SCALE_ROUNDING_CODES)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named block format: element format, block size, scale format (and its source)."""
+
+    element: Format
+    block_size: int
+    scale_format: str
+    source: str
+
+
+PRESETS: dict[str, Preset] = {
+    "mxfp8_e4m3": Preset(E4M3, 32, "e8m0", "OCP MX v1.0, table 1: MXFP8 (E4M3), k = 32, E8M0 scale"),
+    "mxfp8_e5m2": Preset(E5M2, 32, "e8m0", "OCP MX v1.0, table 1: MXFP8 (E5M2), k = 32, E8M0 scale"),
+    "mxfp6_e3m2": Preset(E3M2, 32, "e8m0", "OCP MX v1.0, table 1: MXFP6 (E3M2), k = 32, E8M0 scale"),
+    "mxfp6_e2m3": Preset(E2M3, 32, "e8m0", "OCP MX v1.0, table 1: MXFP6 (E2M3), k = 32, E8M0 scale"),
+    "mxfp4": Preset(E2M1, 32, "e8m0", "OCP MX v1.0, table 1: MXFP4 (E2M1), k = 32, E8M0 scale"),
+    "nvfp4": Preset(E2M1, 16, "e4m3", "NVIDIA NVFP4: E2M1, blocks of 16, E4M3 block scale, FP32 tensor scale"),
+}
+"""``fpsim.quantize``'s named formats: ``fpsim.quantize(x, "mxfp4")``."""
+
+
+@dataclass(frozen=True)
+class _Spec:
+    element: Format
+    scaling: str
+    block_size: int
+    scale_format: str
+    scale_rounding: str
+
+
+def _resolve(fmt, scaling, block_size, scale_format, scale_rounding) -> _Spec:
+    """The quantizer's settings: a preset's, overridden by those given; ValueError for anything unknown."""
+    if isinstance(fmt, str) and fmt.strip().lower() in PRESETS:
+        preset = PRESETS[fmt.strip().lower()]
+        element, defaults = preset.element, ("block", preset.block_size, preset.scale_format)
+    else:
+        try:
+            element = get_format(fmt)
+        except ValueError:
+            raise ValueError(f"unknown format {fmt!r}: use a preset ({', '.join(PRESETS)}) or an element "
+                             "format such as 'e4m3'") from None
+        defaults = ("tensor", 32, "fp32")
+    scaling = defaults[0] if scaling is None else scaling
+    block_size = defaults[1] if block_size is None else block_size
+    scale_format = defaults[2] if scale_format is None else scale_format
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+    if scale_format not in SCALE_FORMATS:
+        raise ValueError(f"unknown scale_format {scale_format!r}: use one of {', '.join(SCALE_FORMATS)}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if scale_rounding is not None and scale_format != "e8m0":
+        raise ValueError(f"scale_rounding applies to scale_format='e8m0' only (got scale_format={scale_format!r})")
+    scale_rounding = "floor" if scale_rounding is None else scale_rounding
+    if scale_rounding not in SCALE_ROUNDINGS:
+        raise ValueError(f"unknown scale_rounding {scale_rounding!r}: use one of {', '.join(SCALE_ROUNDINGS)}")
+    if not element.signed or element.precision >= 24 or not element.fits_float32:
+        raise ValueError(f"quantize needs a signed element format narrower than FP32, got {element.name}")
+    return _Spec(element, scaling, int(block_size), scale_format, scale_rounding)
+
+
+def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, int, tuple]:
+    """``array`` as 2-D rows whose consecutive runs of ``block`` values are the groups.
+
+    Returns (rows, block, groups per row, shape); ``shape`` is the shape of the rows before
+    flattening (``axis`` moved last), for putting results back.  An empty row is one
+    (all-zero) group, so that every row has a scale.
+    """
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if not -array.ndim <= axis < array.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array with {array.ndim} dimension(s)")
+    moved = np.moveaxis(array, axis, -1)
+    if spec.scaling == "tensor":
+        rows = moved.reshape(1, moved.size)
+        block = max(rows.shape[1], 1)
+    else:
+        rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
+        block = max(rows.shape[1], 1) if spec.scaling == "row" else spec.block_size
+    return np.ascontiguousarray(rows), block, max(-(-rows.shape[1] // block), 1), moved.shape
+
+
+def _restore(rows: np.ndarray, shape: tuple, axis: int, ndim: int) -> np.ndarray:
+    """Undo ``_rows``."""
+    values = rows.reshape(shape)
+    return np.moveaxis(values, -1, axis) if ndim else values.reshape(())
+
+
+def _scale_shape(scales: np.ndarray, spec: _Spec, shape: tuple, axis: int, ndim: int) -> np.ndarray:
+    """Per-group scales (rows, groups per row) shaped like the input with ``axis`` holding the groups."""
+    if spec.scaling == "tensor" or ndim == 0:
+        return scales.reshape(())
+    return np.moveaxis(scales.reshape(shape[:-1] + (scales.shape[1],)), -1, axis)
+
+
+def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: int | None = None,
+             scale_format: str | None = None, scale_rounding: str | None = None, saturate: bool = True,
+             return_scales: bool = False, mode: str = "nearest", rng=None):
+    """Quantize ``x`` with scales to the element format ``fmt`` and return the dequantized values.
+
+    Parameters
+    ----------
+    x : array_like of real numbers.
+    fmt : a preset (``PRESETS``: "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3",
+        "mxfp4", "nvfp4"), which sets the element format, ``scaling="block"``, the block size
+        and the scale format; or an element format (anything ``fpsim.get_format`` takes).
+    scaling : "tensor" (default for a format), "row" or "block" (default for a preset).
+    axis : the axis along which rows and blocks run (the reduction axis of a matmul).
+    block_size : values per block (default 32, or the preset's).
+    scale_format : "fp32" (default for a format), "e8m0" or "e4m3"; see the module docstring.
+    scale_rounding : for "e8m0": "floor" (the OCP spec, default), "ceil", "even" or "rceil".
+    saturate : overflowing elements become +-max (the MX and FP8 recipes); False lets them
+        become inf, or NaN in a format without infinities.
+    return_scales : also return the scales (see the module docstring for their meaning).
+    mode, rng : the element rounding, as in ``fpsim.round`` (the scales round as stated above).
+
+    Returns float32 values for float32 input, float64 otherwise (``fpsim.round``'s rule),
+    and, with ``return_scales``, a float64 array of the scales.  Deterministic: the same
+    input, settings and ``rng`` seed give the same bits.
+    """
+    spec = _resolve(fmt, scaling, block_size, scale_format, scale_rounding)
+    mode = check_mode(mode)
+    array, exact_inputs = _as_float_array(x)
+    if exact_inputs is not None:
+        raise ValueError("quantize reads float64 values: pass integers below 2^53 and no long doubles")
+    rows, block, groups, shape = _rows(array, spec, axis)
+    if spec.scale_format == "e8m0" and mode == "nearest":
+        out, scales = _pow2_fused(rows, block, groups, spec, saturate)
+    else:
+        out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng)
+    values = _restore(out.astype(array.dtype, copy=False), shape, axis, array.ndim)
+    if not return_scales:
+        return values
+    return values, _scale_shape(scales, spec, shape, axis, array.ndim)
+
+
+def _mx_arguments(spec: _Spec):
+    """(rounding code, emax, mantissa bits, float32(1 / max)) for ``_quantize_kernels.mx_exponent``."""
+    element = spec.element
+    return (kernels.SCALE_ROUNDING_CODES[spec.scale_rounding], element.emax, element.mantissa_bits,
+            np.float32(1.0 / element.max))
+
+
+def _pow2_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate: bool):
+    """E8M0 scaling in mode nearest: the numba kernel."""
+    exponents = np.empty((rows.shape[0], groups), dtype=np.int64)
+    out = np.empty_like(rows)
+    nearest = kernel_params(spec.element, rows.dtype).nearest_args(saturate)
+    with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
+        kernels.quantize_pow2_blocks(rows, out, exponents, block, *_mx_arguments(spec), nearest)
+    return out, _pow2_values(exponents)
+
+
+def _pow2_values(exponents: np.ndarray) -> np.ndarray:
+    """2.0^e as float64, NaN for ``NAN_EXPONENT``."""
+    return np.where(exponents == kernels.NAN_EXPONENT, np.nan, np.ldexp(1.0, exponents.clip(-127, 127)))
+
+
+def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, saturate: bool, mode: str, rng):
+    """Any scale format and mode, with numpy over (rows, groups, block) and fpsim's correctly rounded arithmetic."""
+    n = rows.shape[1]
+    padded = np.zeros((rows.shape[0], groups_per_row * block), dtype=np.float64)
+    padded[:, :n] = rows
+    groups = padded.reshape(rows.shape[0], groups_per_row, block)
+    amax = np.max(np.abs(groups), axis=-1, initial=0.0)
+    element = spec.element
+    if spec.scale_format == "e8m0":
+        scales = _pow2_values(kernels.mx_exponents(amax.reshape(-1), *_mx_arguments(spec)).reshape(amax.shape))
+        quantized = round_to(groups / scales[..., None], element, mode, saturate=saturate, rng=rng)
+        out = quantized * scales[..., None]
+    elif spec.scale_format == "fp32":
+        scales = np.where(amax == 0, 1.0, div(element.max, amax, FP32))
+        scales = np.where(np.isinf(scales), FP32.max, scales)  # a finite amax too small for FP32's range
+        scales = np.where(np.isfinite(amax), scales, np.nan)
+        scaled = mul(groups, scales[..., None], FP32)
+        out = div(round_to(scaled, element, mode, saturate=saturate, rng=rng), scales[..., None], FP32)
+    else:
+        tensor_amax = np.max(amax, initial=0.0)
+        tensor_scale = float(div(tensor_amax, E4M3.max * element.max, FP32)) if np.isfinite(tensor_amax) else np.nan
+        if tensor_scale < FP32.smallest_normal:
+            tensor_scale = 1.0
+        block_scales = round_to(np.clip(div(div(amax, element.max, FP32), tensor_scale, FP32),
+                                        E4M3.smallest_normal, E4M3.max), E4M3)
+        scales = mul(tensor_scale, block_scales, FP32)
+        scaled = div(groups, scales[..., None], FP32)
+        out = mul(round_to(scaled, element, mode, saturate=saturate, rng=rng), scales[..., None], FP32)
+    return np.asarray(out).reshape(rows.shape[0], -1)[:, :n], np.asarray(scales, dtype=np.float64)
+
+
+# ---- the exact reference -------------------------------------------------------------
+
+
+def quantize_reference(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: int | None = None,
+                       scale_format: str | None = None, scale_rounding: str | None = None,
+                       saturate: bool = True, mode: str = "nearest"):
+    """``quantize`` (with ``return_scales=True``) from exact rationals, one value at a time: the specification.
+
+    Each step of the module docstring's formulas is computed with ``fractions.Fraction``
+    and rounded with ``round_exact``; only the grouping of values is shared with
+    ``quantize``.  Deterministic modes only; slow: for tests on small arrays.
+    """
+    spec = _resolve(fmt, scaling, block_size, scale_format, scale_rounding)
+    if mode not in DETERMINISTIC_MODES:
+        raise ValueError(f"the reference takes a deterministic mode: {', '.join(DETERMINISTIC_MODES)}")
+    array = np.asarray(x)
+    result_format = FP32 if array.dtype == np.float32 else FP64
+    array = array.astype(np.float64)
+    rows, block, groups_per_row, shape = _rows(array, spec, axis)
+    out = np.empty(rows.shape, dtype=np.float64)
+    scales = np.empty((rows.shape[0], groups_per_row), dtype=np.float64)
+    tensor_amax = _amax([float(v) for v in rows.reshape(-1)])
+    for r in range(rows.shape[0]):
+        for g in range(groups_per_row):
+            values = [float(v) for v in rows[r, g * block:(g + 1) * block]]
+            scale, rounded = _reference_group(values, spec, saturate, mode, tensor_amax, result_format)
+            scales[r, g] = scale
+            out[r, g * block:(g + 1) * block] = rounded
+    return _restore(out, shape, axis, array.ndim), _scale_shape(scales, spec, shape, axis, array.ndim)
+
+
+def _amax(values: list[float]):
+    """The largest magnitude as a Fraction, or inf / NaN when one of ``values`` is."""
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    if any(math.isinf(v) for v in values):
+        return math.inf
+    return max((abs(Fraction(v)) for v in values), default=Fraction(0))
+
+
+def _rn32(value) -> Fraction | float:
+    """``value`` (a Fraction, or inf / NaN) rounded to nearest FP32; a Fraction unless not finite."""
+    rounded = round_exact(value, FP32)
+    return Fraction(rounded) if math.isfinite(rounded) else rounded
+
+
+def _reference_group(values, spec: _Spec, saturate: bool, mode: str, tensor_amax, result_format: Format):
+    """(scale, dequantized values) of one group; q * X is rounded to ``result_format`` (the input's precision)."""
+    element = spec.element
+    amax = _amax(values)
+
+    def q(v):
+        return round_exact(v, element, mode, saturate=saturate)
+
+    if spec.scale_format == "e8m0":
+        exponent = _reference_exponent(amax, spec)
+        if exponent is None:
+            return math.nan, [math.nan] * len(values)
+        scale = Fraction(2) ** exponent
+        return float(scale), [_signed(round_exact(_as_fraction(q(Fraction(v) / scale)) * scale, result_format), v)
+                              for v in values]
+    if not isinstance(amax, Fraction) or not isinstance(tensor_amax, Fraction):
+        return math.nan, [math.nan] * len(values)
+    if spec.scale_format == "fp32":
+        scale = Fraction(1) if amax == 0 else Fraction(round_exact(element.max / _rn32(amax), FP32, saturate=True))
+        return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(_rn32(Fraction(v)) * scale))) / scale), v)
+                              for v in values]
+    tensor_scale = _rn32(tensor_amax / (Fraction(E4M3.max) * Fraction(element.max)))
+    if tensor_scale < Fraction(FP32.smallest_normal):
+        tensor_scale = Fraction(1)
+    ratio = _rn32(_rn32(amax / Fraction(element.max)) / tensor_scale)
+    clamped = min(max(ratio, Fraction(E4M3.smallest_normal)), Fraction(E4M3.max))
+    scale = _rn32(tensor_scale * Fraction(round_exact(clamped, E4M3)))
+    return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(_rn32(Fraction(v)) / scale))) * scale), v)
+                          for v in values]
+
+
+def _signed(value, x: float) -> float:
+    """``value`` as a float; a zero takes the sign of the input ``x`` (the scales are positive, Fractions unsigned)."""
+    return math.copysign(0.0, x) if value == 0 else float(value)
+
+
+def _as_fraction(value: float):
+    """A rounded element as a Fraction; inf and NaN (an overflow without saturation) stay floats."""
+    return Fraction(value) if math.isfinite(value) else value
+
+
+def _reference_exponent(amax, spec: _Spec) -> int | None:
+    """The E8M0 exponent of a group (None for NaN), from the formulas in the module docstring."""
+    element = spec.element
+    if not isinstance(amax, Fraction):
+        return None
+    if amax == 0:
+        return -127
+    if spec.scale_rounding == "rceil":
+        v = _rn32(_rn32(amax) * _rn32(Fraction(1) / Fraction(element.max)))
+        if not isinstance(v, Fraction):
+            return None
+        exponent = floor_log2(v) + (v != Fraction(2) ** floor_log2(v)) if v > 0 else -127
+    else:
+        a = amax
+        if spec.scale_rounding == "even":
+            a = Fraction(round_exact(amax, Format("r", 11, element.mantissa_bits), "nearest_away"))
+        exponent = floor_log2(a) - element.emax
+        if spec.scale_rounding == "ceil" and a != Fraction(2) ** floor_log2(a):
+            exponent += 1
+    if exponent < -127:
+        return -127
+    return None if exponent > 127 else exponent
