@@ -8,8 +8,9 @@ from matplotlib.ticker import MaxNLocator
 import fpsim
 from fpsim.report import memory, roofline, sources
 from fpsim.sim.data import load_data
-from fpsim.report.experiments import accuracy, grid_config, grid_steps, pow2_label, range_and_precision, run_trainings
-from fpsim.report.plots import memory_figure, roofline_figure
+from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, accuracy, grid_config, grid_steps,
+                                      pow2_label, range_and_precision, run_trainings)
+from fpsim.report.plots import memory_figure, roofline_figure, seed_scatter
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 
@@ -144,7 +145,7 @@ def claim_recipe(section, ctx, seeds, trade):
     else:
         verdict, condition = "not supported by the evidence", ""
     section.verdict(
-        "(a) the recipe (FP16 compute, FP32 master weights, loss scaling) trains as well as FP32", verdict,
+        CLAIM_RECIPE, verdict,
         f"fp16-amp is at most {100 * max(gaps):.2f} points below FP32 over gradient multipliers "
         f"{', '.join(pow2_label(g) for g in trade['grad_scales'])} (seed 0); over {test['n']} seeds the mean "
         f"difference is {points(test['mean_difference'])} points (95% CI {points(test['low'])} to "
@@ -155,9 +156,9 @@ def claim_recipe(section, ctx, seeds, trade):
         f"Without loss scaling (fp16-mixed) FP16 falls up to {100 * max(mixed_gaps):.1f} points behind as gradients "
         f"shrink, and without master weights as well (fp16-pure) up to {100 * max(pure_gaps):.1f}; the cost of "
         f"dropping the master weights grows at small learning rates (master_weights).{condition} Scope: the digits "
-        f"MLP {'-'.join(map(str, MLP))}, SGD lr 0.05, {trade['steps']} steps; larger models and other optimizers "
-        "were not run.",
-        "this run (fpsim.train on digits).")
+        f"MLP {'-'.join(map(str, MLP))}, SGD lr 0.05, {trade['steps']} steps; the conv net and the transformer "
+        "(Adam) have their own rows (claims_models).",
+        "this run (fpsim.train on digits).", model="MLP", condition=condition.strip().removeprefix("Condition: "))
 
 
 def claim_accuracy(section, ctx, seeds):
@@ -186,17 +187,7 @@ def claim_accuracy(section, ctx, seeds):
                                           "paired_tests": tests, "small_grad_scale": seeds["small_grad_scale"],
                                           "fp16-amp_accuracy_at_small_grad_scale": seeds["amp_small"]})
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    rng = np.random.default_rng(0)
-    for i, p in enumerate(SEED_POLICIES):
-        values = 100 * np.array(acc[p])
-        left.plot(i + rng.uniform(-0.12, 0.12, n), values, "o", alpha=0.5)
-        ci = mean_ci(values)
-        left.errorbar(i + 0.3, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
-                      color="k", capsize=4)
-    left.set_xticks(range(len(SEED_POLICIES)))
-    left.set_xticklabels(SEED_POLICIES)
-    left.set_ylabel("test accuracy (%)")
-    left.set_title(f"{n} seeds per policy; black: mean and 95% CI")
+    seed_scatter(left, {p: 100 * np.array(acc[p]) for p in SEED_POLICIES}, "test accuracy (%)")
     for i, p in enumerate(SEED_POLICIES[1:]):
         d = 100 * (np.array(acc[p]) - np.array(acc["fp32"]))
         right.plot(seeds["seeds"], d, "o-" if i == 0 else "s--", alpha=0.7,
@@ -213,7 +204,7 @@ def claim_accuracy(section, ctx, seeds):
     t = tests["fp16-amp"]
     went_up = t["mean_difference"] > 0 and t["t_test_p"] < 0.05
     section.verdict(
-        "(e) FP16 mixed precision raises test accuracy (regularisation)",
+        CLAIM_ACCURACY,
         "holds" if went_up else "not supported by the evidence",
         f"Over {n} seeds fp16-amp differs from FP32 by {points(t['mean_difference'])} points on average (95% CI "
         f"{points(t['low'])} to {points(t['high'])}; paired t-test p = {t['t_test_p']:.2g}, Wilcoxon p = "
@@ -221,7 +212,7 @@ def claim_accuracy(section, ctx, seeds):
         f"The article's numbers come from one seed each, and its FP32-with-TF32 run scored "
         f"{sources.DISTILBERT_TF32_ACC.value}% against {sources.DISTILBERT_16MIXED_ACC.value}% for 16-mixed: a "
         "single-seed difference of that size says nothing about a regularising effect.",
-        f"this run; {sources.ARTICLE}.")
+        f"this run; {sources.ARTICLE}.", model="MLP")
 
 
 def claim_time(section, ctx):
@@ -435,7 +426,7 @@ def claim_bf16(section, ctx, trade):
     verdict = ("holds under conditions" if robust and precision_cost else "holds" if robust
                else "not supported by the evidence")
     section.verdict(
-        "(f) BF16's range is more robust than FP16's", verdict,
+        CLAIM_RANGE, verdict,
         f"Range: BF16 needs no loss scaling (within {100 * bf16_gap:.2f} points of FP32 down to gradients x "
         f"{pow2_label(min(scales))}; unscaled FP16 up to {100 * fp16_gap:.1f} points behind). Condition: FP32 master "
         f"weights (or stochastic rounding / Kahan), because with 8 significant bits pure BF16 loses "
@@ -443,7 +434,8 @@ def claim_bf16(section, ctx, trade):
         f"{lost['fp16-pure']['lost_update_fraction']:.0%} for FP16 (test accuracy "
         f"{100 * lost['bf16-pure']['test_accuracy']:.1f}% and {100 * lost['fp16-pure']['test_accuracy']:.1f}% against "
         f"FP32's {100 * lost['fp32']['test_accuracy']:.1f}% at that learning rate).",
-        "this run (bf16_range, master_weights): the digits MLP, SGD, seed 0.")
+        "this run (bf16_range, master_weights): the digits MLP, SGD, seed 0.", model="MLP",
+        condition="FP32 master weights (or stochastic rounding / Kahan)" if precision_cost else "")
 
 
 def run(ctx):

@@ -21,6 +21,9 @@ EXPECTED_FIGURES = {
     "master_weights": ["lost_vs_ratio.png", "lost_vs_lr.png", "training_curves.png"],
     "bf16_range": ["range_vs_precision.png"],
     "claims": ["recipe.png", "time_model.png", "training_memory.png", "accuracy_seeds.png"],
+    "transformer_underflow": ["histograms.png", "flushed_by_module.png", "loss_scale_window.png", "trained.png"],
+    "transformer_overflow": ["headroom.png", "forced.png"],
+    "claims_models": ["paired_differences.png"],
 }
 CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
 
@@ -57,6 +60,10 @@ def test_quick_report_has_every_section_and_figure(quick_report):
     for claim in CLAIMS:
         assert re.search(rf"^\| {re.escape(claim)} .* \| \*\*(holds|holds under conditions|not supported by the "
                          rf"evidence)\*\* \|", summary, re.M), claim
+    for claim in ("(a)", "(e)", "(f)"):  # an overall verdict, then one per model
+        assert re.search(rf"^\| {re.escape(claim)} [^|]* \| overall \| \*\*", summary, re.M), claim
+    for model in report.MODELS:
+        assert summary.count(f"| | {model} | **") == 3, model
     assert summary.count("![") >= 3
     assert not list(out.parent.glob(".reports.*")), "temporary folders left behind"
 
@@ -199,6 +206,78 @@ def test_an_interrupt_during_the_swap_waits_for_its_end(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+NEEDS_MISSING = """
+    ORDER = 4
+    NEEDS = ("fpsim_no_such_module",)
+    def run(ctx):
+        raise AssertionError("an analysis whose NEEDS are missing must not run")
+"""
+
+
+def test_an_analysis_whose_needs_are_missing_is_skipped_and_said_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "ANALYSES_DIR", _write_analyses(tmp_path / "a", {"good": GOOD,
+                                                                                  "optional": NEEDS_MISSING}))
+    out = tmp_path / "out"
+    assert cli.main(["report", "--out", str(out), "--no-progress"]) == 0
+    text = (out / "REPORT.md").read_text()
+    assert "the number is 42" in text
+    assert "**Skipped analyses:** optional (needs fpsim_no_such_module, which is not installed" in text
+    assert "| skipped: needs fpsim_no_such_module" in text
+    assert [a["skipped"] != "" for a in json.loads((out / "report.json").read_text())["analyses"]] == [False, True]
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+
+    class NoTorch:  # as if torch were not installed (sys.modules['torch'] = None would break scipy.stats' import)
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "torch":
+                raise ModuleNotFoundError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, NoTorch())
+    from fpsim.cli import main
+    raise SystemExit(main(sys.argv[1:]))
+""")
+
+
+def test_without_torch_the_torch_analyses_are_skipped_and_the_others_run(tmp_path):
+    """A report in a Python where torch cannot be imported: the numpy analyses run, the torch ones are skipped."""
+    import subprocess
+    import sys
+
+    root = Path(report.__file__).resolve().parents[2]
+    needs_torch = [name for name in report.available_analyses()
+                   if "torch" in getattr(report.load_analysis(name), "NEEDS", ())]
+    assert needs_torch, "no analysis declares NEEDS = ('torch',)"
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "report", "--quick", "--no-progress", "--out",
+                           str(tmp_path / "r"), "--only", "formats", *needs_torch],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    text = (tmp_path / "r" / "REPORT.md").read_text()
+    assert "## Formats: range and precision" in text
+    for name in needs_torch:
+        assert f"{name} (needs torch, which is not installed (pip install fpsim[torch]))" in text
+
+
+def test_the_overall_verdict_combines_the_models():
+    def v(model, verdict, condition=""):
+        return report.Verdict("(x) claim", verdict, "evidence", model=model, condition=condition)
+
+    assert report.overall_verdict([v("MLP", "holds"), v("conv net", "holds")], skipped=["claims_models"]) == (
+        "holds", "Holds on the MLP and conv net. Not judged on the transformer (skipped: claims_models).")
+    verdict, text = report.overall_verdict([v("MLP", "holds"), v("conv net", "not supported by the evidence"),
+                                            v("transformer", "holds under conditions", "master weights")])
+    assert verdict == "holds under conditions"
+    assert text == ("Holds on the MLP; holds under conditions on the transformer (master weights); "
+                    "not supported by the evidence on the conv net.")
+    assert report.overall_verdict([v("MLP", "not supported by the evidence"),
+                                   v("transformer", "not supported by the evidence")])[0] == \
+        "not supported by the evidence"
+    with pytest.raises(ValueError, match="model"):
+        v("resnet", "holds")
+
+
 def test_an_analysis_runs_on_its_own_as_a_script(tmp_path):
     import os
     import subprocess
@@ -288,3 +367,22 @@ def test_the_commit_line_ignores_changes_to_the_report_folder_only(tmp_path):
     assert _git_commit(None, checkout=tmp_path).endswith("with uncommitted changes")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert _git_commit(tmp_path / "reports", checkout=tmp_path).endswith("with uncommitted changes")
+
+
+def test_module_kinds_and_largest_binade_of_the_transformer_analyses():
+    from fpsim.report.experiments import max_binade, module_kind, modules_by_kind
+
+    assert [module_kind(p) for p in ("transformer.wte", "transformer.h.0.attn.c_attn", "transformer.h.1.attn",
+                                     "transformer.h.0.mlp.gelu", "transformer.h.0.ln_2", "transformer.ln_f",
+                                     "lm_head", "transformer.h.0", "model", "(outside)")] == \
+        ["embedding", "attention", "attention", "MLP", "LayerNorm", "LayerNorm", "head", "residual stream",
+         "residual stream", "loss"]
+    result = {"histograms": [
+        {"kind": "activations", "module": "lm_head", "step": 0, "min_exponent": -3, "counts": [1, 0, 2]},
+        {"kind": "activations", "module": "transformer.h.0.ln_1", "step": 5, "min_exponent": 4, "counts": [7]},
+        {"kind": "weight_grads", "module": "lm_head", "step": 0, "min_exponent": -20, "counts": []}]}
+    assert max_binade(result, "activations") == 4
+    assert max_binade(result, "activations", step=0) == -1
+    assert max_binade(result, "activations", module="lm_head") == -1
+    assert max_binade(result, "weight_grads") is None
+    assert modules_by_kind(result) == {"LayerNorm": ["transformer.h.0.ln_1"], "head": ["lm_head"]}

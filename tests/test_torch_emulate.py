@@ -80,9 +80,13 @@ def torch_cast(array, fmt_name):
 def test_fp32_policy_is_bit_identical_to_plain_torch():
     model = make_tiny()
     loss, grads = tiny_step(model)
-    with emulate("fp32", model=model, recorder=Checking()):
+    recorder = Checking()
+    with emulate("fp32", model=model, recorder=recorder):
         emulated_loss, emulated_grads = tiny_step(model)
     assert torch.equal(bits(loss), bits(emulated_loss))
+    # with a recorder FP32 is observed as a 16-bit format would be, every value left as it was
+    assert {kind for kind, *_ in recorder.calls} == {"activations", "activation_grads", "weight_grads"}
+    assert all(np.array_equal(before, after) for _, _, before, after, _ in recorder.calls)
     assert grads.keys() == emulated_grads.keys()
     for name in grads:
         assert torch.equal(bits(grads[name]), bits(emulated_grads[name])), name

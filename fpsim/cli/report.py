@@ -1,8 +1,10 @@
 """Run the analyses and write the report: where gradients underflow, why loss scaling and
 master weights work, BF16's range, and a verdict on every claim of the mixed-precision recipe.
 
-Runs each script in analyses/ (formats, gradient_underflow, loss_scaling,
-master_weights, bf16_range, rounding_validation, claims) and writes
+Runs each script in analyses/ (formats, rounding_validation, gradient_underflow,
+loss_scaling, master_weights, bf16_range and claims on the MLP; transformer_underflow,
+transformer_overflow and claims_models on the transformer and the conv net, which
+need torch: without it they are skipped and the report says so) and writes
 DIR/REPORT.md with its figures (PNG) and data (JSON, CSV), summary page first.
 The report is written into a temporary folder and moved into place at the end,
 so an interrupted run (Ctrl-C, SIGTERM) leaves the previous report intact.  DIR

@@ -41,15 +41,17 @@ def pow2_label(value: float) -> str:
 
 # --- histograms -------------------------------------------------------------------------------
 
-def histogram_of(result: dict, kind: str, layer: int | None = None, step: int | None = None):
-    """Summed histogram of ``kind`` over the chosen layer(s) and step(s): (exponents, counts, zeros).
+def histogram_of(result: dict, kind: str, layer: int | None = None, step: int | None = None, modules=None):
+    """Summed histogram of ``kind`` over the chosen layer(s) (or module paths ``modules``) and step(s):
+    (exponents, counts, zeros).
 
     ``exponents[i]`` is e for the bin 2^e <= |x| < 2^(e+1); the histograms were taken before rounding.
     """
     chosen = [h for h in result["histograms"] if h["kind"] == kind
-              and (layer is None or h["layer"] == layer) and (step is None or h["step"] == step)]
+              and (layer is None or h["layer"] == layer) and (step is None or h["step"] == step)
+              and (modules is None or h["module"] in modules)]
     if not chosen:
-        raise ValueError(f"no histogram of {kind} (layer {layer}, step {step}) in this result")
+        raise ValueError(f"no histogram of {kind} (layer {layer}, modules {modules}, step {step}) in this result")
     low = min(h["min_exponent"] for h in chosen)
     high = max(h["min_exponent"] + len(h["counts"]) for h in chosen)
     counts = np.zeros(max(high - low, 0), dtype=np.int64)
@@ -173,3 +175,141 @@ def range_and_precision(ctx) -> dict:
                       for c, r in zip(precision_configs, results[len(range_configs):])]
     return {"steps": grid_steps(ctx), "grad_scales": list(scales), "lrs": list(lrs),
             "range": range_rows, "precision": precision_rows}
+
+
+# --- the claims judged on every model --------------------------------------------------------------
+# The analyses that judge a claim on several models give their verdicts the same claim text, so that the
+# summary puts them in one row group (fpsim.report.runner.summary_table).
+
+CLAIM_RECIPE = "(a) the recipe (FP16 compute, FP32 master weights, loss scaling) trains as well as FP32"
+CLAIM_ACCURACY = "(e) FP16 mixed precision raises test accuracy (regularisation)"
+CLAIM_RANGE = "(f) BF16's range is more robust than FP16's"
+
+
+# --- the real models: char-gpt and the cnn (torch engine) ------------------------------------------
+# Every analysis of these models builds its runs here, so that the report's shared sweep store runs each
+# configuration once (transformer_underflow's policy comparison is claims_models' seed runs).
+
+GPT_OPTIONS = {"n_layer": 2, "n_head": 4, "n_embd": 32, "block_size": 32, "tie_weights": False}
+"""char-gpt in the full run: 2 pre-LayerNorm blocks of width 32, 4 heads, 32 characters of context,
+sized so that the report's 40-odd transformer runs fit its time budget on 2 cores.  The head has its own
+weight (GPT-2 ties it to the token embedding): the emulation recognises a weight gradient by the tensor
+its parameter receives, and a tied weight receives the sum of two, so the head's would be counted as an
+activation gradient."""
+GPT_QUICK_OPTIONS = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "tie_weights": False}
+GPT_TRAINING = {"optimizer": "adam", "lr": 3e-3}
+"""Adam at nanoGPT's small-model learning rate order (betas 0.9, 0.999; eps 1e-8), no weight decay."""
+CNN_TRAINING = {"optimizer": "adam", "lr": 1e-2}
+"""Adam at 1e-2: 84% test accuracy on MNIST-1D after 500 FP32 steps, 92% after 1500 (3e-3: 56%, 84%)."""
+
+
+def gpt_steps(ctx) -> int:
+    return ctx.pick(40, 400)
+
+
+def gpt_batch(ctx) -> int:
+    return ctx.pick(8, 32)
+
+
+def cnn_steps(ctx) -> int:
+    return ctx.pick(60, 800)
+
+
+def model_seeds(ctx) -> list[int]:
+    """Seeds of the multi-seed comparisons on the real models (each seed: initial weights and batch order)."""
+    return list(range(ctx.pick(2, 5)))
+
+
+def gpt_config(ctx, policy, seed: int = 0, **options) -> dict:
+    """A char-gpt run on the pydoc text (GPT_OPTIONS, GPT_TRAINING, ``gpt_steps`` steps of ``gpt_batch``
+    windows); ``options`` override or add TrainConfig fields."""
+    config = dict(policy=policy, model="char-gpt", model_options=ctx.pick(GPT_QUICK_OPTIONS, GPT_OPTIONS),
+                  steps=gpt_steps(ctx), batch_size=gpt_batch(ctx), seed=seed, **GPT_TRAINING)
+    return _dynamic_scaler(config | options)
+
+
+def cnn_config(ctx, policy, seed: int = 0, **options) -> dict:
+    """A cnn run on MNIST-1D (the model's defaults: 3 stride-2 convolutions of 32 channels), CNN_TRAINING,
+    batch 64, ``cnn_steps`` steps."""
+    config = dict(policy=policy, model="cnn", steps=cnn_steps(ctx), batch_size=64, seed=seed, **CNN_TRAINING)
+    return _dynamic_scaler(config | options)
+
+
+def _dynamic_scaler(config: dict) -> dict:
+    """A dynamic loss scale (fp16-amp) that grows after an eighth of the run's steps of clean steps, as the
+    MLP grid's does (``grid_growth_interval``: GradScaler's 2000 is longer than these runs)."""
+    if config["policy"] == "fp16-amp" and "scaler" not in config:
+        config["scaler"] = {"growth_interval": max(config["steps"] // 8, 1)}
+    return config
+
+
+def bits_per_character(result: dict) -> float | None:
+    """Validation loss of a char-gpt run in bits per character (its ``test_loss`` is in nats); None when
+    the run left no finite loss."""
+    return result["test_loss"] / math.log(2) if result["test_loss"] is not None else None
+
+
+def max_binade(result: dict, kind: str, module: str | None = None, step: int | None = None) -> int | None:
+    """The largest e with a recorded |x| in [2^e, 2^(e+1)) among the histograms of ``kind`` (one module and
+    step, or all); None when nothing non-zero was recorded."""
+    tops = [h["min_exponent"] + len(h["counts"]) - 1 for h in result["histograms"] if h["kind"] == kind
+            and h["counts"] and (module is None or h["module"] == module) and (step is None or h["step"] == step)]
+    return max(tops) if tops else None
+
+
+MODULE_KINDS = ("embedding", "attention", "MLP", "LayerNorm", "head", "residual stream", "loss")
+"""What each module path of char-gpt is (``module_kind``): the kinds the transformer analyses group by."""
+
+
+def kind_colour(kind: str) -> str:
+    """One colour per module kind (MODULE_KINDS), the same in every figure."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](MODULE_KINDS.index(kind))
+
+
+def module_kind(path: str) -> str:
+    """The kind of char-gpt module ``path`` names: embedding (wte, wpe), attention (attn and its c_attn,
+    c_proj), MLP (mlp and its c_fc, gelu, c_proj), LayerNorm (ln_1, ln_2, ln_f), head (lm_head); the ops
+    of a block or of the model itself (residual sums, embedding sum) are the residual stream, and the ops
+    outside the model's forward (the cross-entropy) the loss."""
+    last = path.split(".")
+    if last[-1] in ("wte", "wpe"):
+        return "embedding"
+    if "attn" in last:
+        return "attention"
+    if "mlp" in last:
+        return "MLP"
+    if last[-1].startswith("ln_"):
+        return "LayerNorm"
+    if last[-1] == "lm_head":
+        return "head"
+    if path == "(outside)":
+        return "loss"
+    return "residual stream"
+
+
+def modules_by_kind(result: dict) -> dict:
+    """{kind: [module paths]} of the modules in ``result``'s histograms, kinds in MODULE_KINDS order."""
+    paths = dict.fromkeys(h["module"] for h in result["histograms"])
+    grouped = {kind: [p for p in paths if module_kind(p) == kind] for kind in MODULE_KINDS}
+    return {kind: paths for kind, paths in grouped.items() if paths}
+
+
+FORCED_LRS = (3e-3, 0.1, 0.3, 1.0)
+"""Adam learning rates of transformer_overflow's forced condition: the default (3e-3), and 33x, 100x, 333x it."""
+FORCED_POLICIES = ("fp32", "fp16-amp", "bf16-mixed")
+
+
+def forced_steps(ctx) -> int:
+    return ctx.pick(40, 200)
+
+
+def forced_configs(ctx) -> list[dict]:
+    """char-gpt at each of FORCED_LRS in each of FORCED_POLICIES, seed 0, ``forced_steps`` steps."""
+    return [gpt_config(ctx, p, lr=lr, steps=forced_steps(ctx)) for lr in FORCED_LRS for p in FORCED_POLICIES]
+
+
+def forward_overflows(result: dict) -> int:
+    """Values that were finite before rounding to the activation format and inf/NaN after, over the run."""
+    return sum(h["overflow"]["activations"] for h in result["history"])

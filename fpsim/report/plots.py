@@ -170,3 +170,30 @@ def memory_figure(measured: list[dict], modelled: list[dict], ratio_curves: dict
     right.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def seed_scatter(ax, values_by_policy: dict, ylabel: str) -> None:
+    """One column of points per policy (one point per seed, jittered) with its mean and 95% t interval."""
+    from .stats import mean_ci
+
+    rng = np.random.default_rng(0)  # the jitter only; fixed so the figure is reproducible
+    for i, values in enumerate(values_by_policy.values()):
+        ax.plot(i + rng.uniform(-0.12, 0.12, len(values)), values, "o", alpha=0.5)
+        ci = mean_ci(values)
+        ax.errorbar(i + 0.3, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
+                    color="k", capsize=4)
+    ax.set_xticks(range(len(values_by_policy)))
+    ax.set_xticklabels(list(values_by_policy))
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{len(next(iter(values_by_policy.values())))} seeds per policy; black: mean and 95% CI")
+
+
+def legend_entries(axes) -> tuple[list, list]:
+    """The legend handles and labels of all ``axes``, each label once (for one legend of a whole figure)."""
+    handles, labels = [], []
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    return handles, labels

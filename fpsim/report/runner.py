@@ -1,7 +1,8 @@
 """The report: run the analyses in ``analyses/`` and assemble ``REPORT.md``.
 
 An analysis is a script ``analyses/NAME.py`` with an ``ORDER`` number (its place
-in the report), a docstring (the question it answers) and ``run(ctx) -> Section``.
+in the report), a docstring (the question it answers), ``run(ctx) -> Section`` and,
+when it needs an optional engine, ``NEEDS`` (module names, e.g. ``("torch",)``).
 It configures runs, calls the library, and records what it found in a
 :class:`Section`: what was run, text and tables, figures (PNG) and data (JSON,
 CSV), and for the claims, verdicts.  ``python analyses/NAME.py [--quick] [--out DIR]``
@@ -10,8 +11,10 @@ runs one on its own (``analysis_main``).
 ``run_report`` runs several into a temporary folder beside the output folder and
 renames it into place only at the end, so an interrupted run leaves the previous
 report intact.  An analysis that raises is reported as failed, with its error, and
-the others still run.  ``REPORT.md`` opens with a summary page: the verdict table
-and the figures the analyses mark as key.
+the others still run; one whose ``NEEDS`` cannot be imported is skipped, and
+``REPORT.md`` says which and why.  ``REPORT.md`` opens with a summary page: the
+verdict table (per claim, one verdict per model and an overall one) and the
+figures the analyses mark as key.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib
 import importlib.util
 import io
 import json
@@ -46,6 +50,12 @@ VERDICTS = ("holds", "holds under conditions", "not supported by the evidence")
 
 MAX_KEY_FIGURES = 4
 """How many key figures the summary page shows."""
+
+MODELS = ("MLP", "conv net", "transformer")
+"""The models a claim gets a verdict on (``Verdict.model``), in the summary's order."""
+
+INSTALL_HINTS = {"torch": "pip install fpsim[torch]"}
+"""How to install a module an analysis ``NEEDS``."""
 
 
 @dataclass
@@ -113,16 +123,25 @@ class Figure:
 
 @dataclass
 class Verdict:
-    """A verdict on one claim, with its evidence (markdown) and sources."""
+    """A verdict on one claim, with its evidence (markdown) and sources.
+
+    ``model``: the model the verdict is about (one of ``MODELS``), or "" for a claim judged
+    once (time, memory).  ``condition``: for "holds under conditions", the conditions in a
+    few words (the overall verdict lists them).
+    """
 
     claim: str
     verdict: str
     evidence: str
     sources: str = ""
+    model: str = ""
+    condition: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+        if self.model and self.model not in MODELS:
+            raise ValueError(f"a verdict's model must be one of {', '.join(MODELS)}, got {self.model!r}")
 
 
 @dataclass
@@ -174,8 +193,9 @@ class Section:
             raise ValueError(f"data files are .json or .csv, got {filename!r}")
         self.data_files.append(filename)
 
-    def verdict(self, claim: str, verdict: str, evidence: str, sources: str = "") -> None:
-        self.verdicts.append(Verdict(claim, verdict, evidence, sources))
+    def verdict(self, claim: str, verdict: str, evidence: str, sources: str = "", *, model: str = "",
+                condition: str = "") -> None:
+        self.verdicts.append(Verdict(claim, verdict, evidence, sources, model, condition))
 
     def markdown(self, directory: str = ".") -> str:
         """The section's markdown body, with figure paths relative to ``directory``."""
@@ -275,13 +295,38 @@ class Outcome:
     seconds: float
     error: str = ""
     """The exception's last line when it failed (the full traceback is in ``NAME/error.txt``)."""
+    skipped: str = ""
+    """Why it was not run (a module it ``NEEDS`` is missing); "" when it ran."""
+
+
+def missing_needs(module) -> str:
+    """Why ``module`` (an analysis) cannot run here: its ``NEEDS`` that do not import, with how to install
+    them; "" when all import."""
+    missing = []
+    for need in getattr(module, "NEEDS", ()):
+        try:
+            importlib.import_module(need)
+        except ImportError:
+            missing.append(need)
+    return "; ".join(f"needs {need}, which is not installed ({INSTALL_HINTS.get(need, f'pip install {need}')})"
+                     for need in missing)
 
 
 def run_one(name: str, ctx: Context, analyses_dir: Path | None = None) -> tuple[Section, Outcome]:
-    """Run one analysis into ``ctx.out``; an exception is caught and recorded (KeyboardInterrupt is not)."""
+    """Run one analysis into ``ctx.out``; an exception is caught and recorded (KeyboardInterrupt is not).
+
+    An analysis whose ``NEEDS`` do not import is not run: its section says why (``Outcome.skipped``).
+    """
     start = time.perf_counter()
     try:
         module = load_analysis(name, analyses_dir)
+        reason = missing_needs(module)
+        if reason:
+            section = Section(name=name, title=f"{name} (skipped)", out=ctx.out,
+                              question=(module.__doc__ or "").strip())
+            section.text(f"**Not run:** this analysis {reason}.")
+            section.save()
+            return section, Outcome(name, True, time.perf_counter() - start, skipped=reason)
         import matplotlib.pyplot as plt
 
         from .plots import FIGURE_STYLE
@@ -358,7 +403,8 @@ def _run_into(tmp: Path, out: Path, names: list[str], *, quick, only, progress, 
             ctx = Context(out=tmp / name, quick=quick, progress=progress, store=shared_store, pool=pool)
             _, outcome = run_one(name, ctx, analyses_dir)
             outcomes.append(outcome)
-            status = "done" if outcome.ok else f"FAILED ({outcome.error})"
+            status = (f"skipped ({outcome.skipped})" if outcome.skipped else "done" if outcome.ok
+                      else f"FAILED ({outcome.error})")
             _say(progress, f"[{index}/{len(names)}] {name} {status} in {outcome.seconds:.1f} s")
     finally:
         pool.close()
@@ -623,16 +669,16 @@ def _report_markdown(meta, all_outcomes, sections, carried, quick, seconds) -> s
     failed = [o for o in all_outcomes if not o.ok]
     if failed:
         w("**Failed analyses:** " + "; ".join(f"{o.name} ({o.error})" for o in failed) + ".\n\n")
+    skipped = [o for o in all_outcomes if o.skipped]
+    if skipped:
+        w("**Skipped analyses:** " + "; ".join(f"{o.name} ({o.skipped})" for o in skipped) + ".\n\n")
     if carried:
         w(f"Carried over unchanged from the previous report (not run now): {', '.join(carried)}.\n\n")
 
     w("## Summary\n\n")
-    verdicts = [(s, v) for s in sections.values() for v in s.verdicts]
+    verdicts = [v for s in sections.values() for v in s.verdicts]
     if verdicts:
-        w("| claim | verdict | evidence (details below) |\n| --- | --- | --- |\n")
-        for _, v in verdicts:
-            w(f"| {v.claim} | **{v.verdict}** | {_one_line(v.evidence)} |\n")
-        w("\n")
+        w(summary_table(verdicts, skipped=[o.name for o in skipped]) + "\n\n")
     else:
         w("No verdicts: the claims analysis was not run or failed.\n\n")
     key_figures = [(s, f) for s in sections.values() for f in s.figures if f.key][:MAX_KEY_FIGURES]
@@ -641,7 +687,7 @@ def _report_markdown(meta, all_outcomes, sections, carried, quick, seconds) -> s
 
     w("## Contents\n\n| analysis | status | time |\n| --- | --- | --- |\n")
     for o in all_outcomes:
-        status = "ok" if o.ok else "**failed**"
+        status = f"skipped: {o.skipped}" if o.skipped else "ok" if o.ok else "**failed**"
         if o.name in carried:
             status += " (previous report)"
         w(f"| [{sections[o.name].title}](#{_anchor(sections[o.name].title)}) | {status} | {_minutes(o.seconds)} |\n")
@@ -655,10 +701,66 @@ def _report_markdown(meta, all_outcomes, sections, carried, quick, seconds) -> s
         if section.verdicts:
             w("### Verdicts\n\n")
             for v in section.verdicts:
-                w(f"- **{v.claim}: {v.verdict}.** {v.evidence.strip()}"
+                w(f"- **{v.claim}" + (f" ({v.model})" if v.model else "") + f": {v.verdict}.** {v.evidence.strip()}"
                   + (f" Sources: {v.sources.strip()}" if v.sources else "") + "\n")
             w("\n")
     return md.getvalue()
+
+
+def summary_table(verdicts: list[Verdict], skipped=()) -> str:
+    """The summary's verdict table: one row per claim judged once; for a claim judged per model, an
+    overall row (``overall_verdict``) followed by one row per model.  ``skipped``: analyses not run, named
+    where a model has no verdict."""
+    by_claim: dict[str, list[Verdict]] = {}
+    for v in verdicts:
+        by_claim.setdefault(v.claim, []).append(v)
+    lines = ["| claim | model | verdict | evidence (details below) |", "| --- | --- | --- | --- |"]
+    for claim, group in by_claim.items():
+        per_model = sorted((v for v in group if v.model), key=lambda v: MODELS.index(v.model))
+        for v in group:
+            if not v.model:
+                lines.append(f"| {claim} | | **{v.verdict}** | {_one_line(v.evidence)} |")
+        if per_model:
+            verdict, evidence = overall_verdict(per_model, skipped)
+            lines.append(f"| {claim} | overall | **{verdict}** | {_one_line(evidence)} |")
+            lines += [f"| | {v.model} | **{v.verdict}** | {_one_line(v.evidence)} |" for v in per_model]
+    return "\n".join(lines)
+
+
+def overall_verdict(per_model: list[Verdict], skipped=()) -> tuple[str, str]:
+    """One verdict over the models' verdicts on a claim, and its conditions (markdown).
+
+    The same verdict on every model judged is the overall verdict; otherwise the claim
+    "holds under conditions" if it holds (or holds under conditions) on at least one model,
+    and the conditions name the models on which it does not, and each model's own
+    conditions.  Models without a verdict are named as not judged.
+    """
+    verdicts = {v.verdict for v in per_model}
+    if len(verdicts) == 1:
+        verdict = verdicts.pop()
+    elif verdicts & {"holds", "holds under conditions"}:
+        verdict = "holds under conditions"
+    else:
+        verdict = "not supported by the evidence"
+    parts = []
+    for kind in VERDICTS:
+        models = [v for v in per_model if v.verdict == kind]
+        if not models:
+            continue
+        if kind == "holds under conditions":
+            parts += [f"{kind} on the {v.model}" + (f" ({v.condition})" if v.condition else "") for v in models]
+        else:
+            parts.append(f"{kind} on the {_and([v.model for v in models])}")
+    text = "; ".join(parts) + "."
+    absent = [m for m in MODELS if m not in {v.model for v in per_model}]
+    if absent:
+        why = f" (skipped: {', '.join(skipped)})" if skipped else ""
+        text += f" Not judged on the {_and(absent)}{why}."
+    return verdict, text[0].upper() + text[1:]
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _one_line(text: str) -> str:
@@ -712,6 +814,9 @@ def analysis_main(module_globals: dict, argv=None) -> int:
         section, outcome = run_one(name, ctx, Path(module_globals["__file__"]).resolve().parent)
     finally:
         ctx.close()
+    if outcome.skipped:
+        print(f"{name}: skipped: it {outcome.skipped}", file=sys.stderr)
+        return 0
     if not outcome.ok:
         print(f"{name}: failed after {outcome.seconds:.1f} s: {outcome.error} (traceback in "
               f"{ctx.out / 'error.txt'})", file=sys.stderr)

@@ -46,3 +46,18 @@ FALCON_BF16_GB = Cited(14.50, "GB", "Falcon-7B inference memory, bf16", LITGPT)
 # --- optimizer memory -----------------------------------------------------------------------
 ADAM_MIXED_BYTES_PER_PARAM = Cited(16, "bytes/parameter", "mixed-precision Adam: FP16 parameters and gradients "
                                    "(2 + 2) plus FP32 master copy, momentum and variance (4 + 4 + 4)", ZERO)
+
+# --- FP16 overflow in real models (cited beside the transformer_overflow measurement) ---------------
+HF_T5_ISSUE = "huggingface/transformers issue 5651 (https://github.com/huggingface/transformers/issues/5651)"
+HF_T5_PR = "huggingface/transformers PR 10956 (https://github.com/huggingface/transformers/pull/10956)"
+HF_PEGASUS_ISSUE = "huggingface/transformers issue 12225 (https://github.com/huggingface/transformers/issues/12225)"
+BLOOM = ("The Technology Behind BLOOM Training, the BLOOM Megatron-DeepSpeed write-up "
+         "(https://huggingface.co/blog/bloom-megatron-deepspeed)")
+T5_FFN_OUTPUT = Cited(66246, "", "largest FFN output of T5 fine-tuned in FP16 (> 65504; the loss became NaN)",
+                      HF_T5_ISSUE)
+T5_HIDDEN_STATES = Cited(2.75e5, "", "largest |hidden state| of T5 in FP16 (range -2.77e5 to 2.75e5; a LayerNorm "
+                                     "variance of 6.9e8): \"trained in bfloat16 isn't going to work with float16\"",
+                         HF_T5_PR)
+PEGASUS_FC2 = Cited(6.06e4, "", "Pegasus fc2 output in FP16, next to FP16's 65504", HF_PEGASUS_ISSUE)
+BLOOM_FP16 = Cited(104, "B parameters", "BLOOM's 104B trial run in FP16, \"a complete failure\"; BLOOM was then "
+                                        "trained in BF16", BLOOM)

@@ -67,6 +67,11 @@ pass (``queue_callback`` of the autograd engine).  Without ``model`` every
 backward rounding counts as an activation gradient and every path is
 ``"(outside)"``.
 
+An FP32 compute format changes no value; with a recorder it is observed
+all the same (the same tensors as a 16-bit format, rounded to FP32, which
+leaves float32 values as they are), so that an FP32 run records the values a
+narrower format would have to hold (their histograms, say).
+
 Rounding: in place, on the float32 output's memory (a CPU tensor and its
 ``numpy()`` view share it), by fpsim's own nearest-even kernel
 (``fpsim.numerics._kernels.round_nearest_array``, what ``fpsim.round`` runs for
@@ -167,6 +172,7 @@ class _EmulationMode(TorchDispatchMode):
         self.recorder = recorder
         self.exact = accumulate == "exact"
         self.low_everywhere = policy.placement == "low-precision"
+        self.skip_fp32 = recorder is None  # with a recorder FP32 is observed like any format (see the docstring)
         self.params = {}  # storage address -> parameter
         self.buffers = set()  # storage addresses of the model's buffers (running statistics): left as they are
         self._cast_params = {}  # storage address -> (version, rounded copy)
@@ -285,7 +291,11 @@ class _EmulationMode(TorchDispatchMode):
             return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
         if address in self.buffers:  # a copy would lose batch norm's in-place update of its statistics
             return tensor
-        if fmt == FP32 or _tagged(tensor):
+        if _tagged(tensor):
+            return tensor
+        if fmt == FP32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
+            if not self.skip_fp32:
+                self._round(tensor, fmt, kind, path)
             return tensor
         # Autograd saves the tensor itself, not the copy: the backward pass finds the forward's copy here,
         # and a gradient that feeds several ops is rounded once.
@@ -339,7 +349,7 @@ class _EmulationMode(TorchDispatchMode):
         else:
             out = func(*args, **kwargs)
             low = _all_low(args)
-        if not low or fmt == FP32:
+        if not low or (fmt == FP32 and self.skip_fp32):
             return out
         outputs = tensors_of(out)
         for output in (outputs[:1] if first_only else outputs):
@@ -384,6 +394,10 @@ def round_into(values: np.ndarray, out: np.ndarray, fmt: Format) -> None:
     Float32 C-contiguous arrays and a format of fewer significant bits go straight to fpsim's
     nearest-even kernel, the one ``fpsim.round`` runs for them, on as many threads as torch uses.
     """
+    if fmt == FP32 and values.dtype == np.float32:  # float32 values are FP32 values
+        if out is not values:
+            out[...] = values
+        return
     nearest = _nearest_args(fmt)
     if nearest is None or values.dtype != np.float32 or out.dtype != np.float32 or not (
             values.flags.c_contiguous and out.flags.c_contiguous):

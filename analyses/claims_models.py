@@ -1,0 +1,219 @@
+"""Do claims (a) "the recipe trains as well as FP32", (e) "FP16 raises accuracy" and (f) "BF16's range is
+more robust" hold on real models? The conv net on MNIST-1D (test accuracy) and char-gpt on the pydoc text
+(validation bits per character), several seeds per policy, paired confidence intervals; and on the
+transformer with Adam, FP32 master weights against pure 16-bit weights and stochastic rounding."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, CNN_TRAINING, GPT_TRAINING,
+                                      accuracy, bits_per_character, cnn_config, cnn_steps, forced_configs,
+                                      forward_overflows, gpt_config, gpt_steps, model_seeds, run_trainings)
+from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.stats import mean_ci, paired_comparison
+
+ORDER = 95
+NEEDS = ("torch",)
+POLICIES = ("fp32", "fp16-mixed", "fp16-amp", "bf16-mixed")
+WEIGHTS = ("bf16-mixed", "bf16-pure", "bf16-sr", "fp16-pure")
+"""The transformer's weights: FP32 master copy (bf16-mixed), 16-bit only with updates rounded to nearest
+(bf16-pure, fp16-pure) or stochastically (bf16-sr)."""
+WITHIN_POINTS = 0.01
+"""The conv net: test accuracy within one point of FP32's counts as "as well as FP32" (as for the MLP)."""
+WITHIN_RELATIVE = 0.01
+"""The transformer: validation loss within 1% of FP32's counts as "as well as FP32"."""
+
+
+def score(model, result):
+    """The conv net's test accuracy (higher: better); the transformer's validation bits per character
+    (lower: better)."""
+    return accuracy(result) if model == "conv net" else bits_per_character(result)
+
+
+def better(model, test) -> bool:
+    """Whether ``test`` (a paired comparison a - b) says a is better than b at p < 0.05."""
+    sign = 1 if model == "conv net" else -1
+    return sign * test["mean_difference"] > 0 and test["t_test_p"] < 0.05
+
+
+def describe(test, unit, scale=1.0) -> str:
+    if test is None:
+        return "not compared (a run diverged: no finite validation loss)"
+    return (f"{scale * test['mean_difference']:+.3f} {unit} (95% CI {scale * test['low']:+.3f} to "
+            f"{scale * test['high']:+.3f}; paired t p = {test['t_test_p']:.2g}, Wilcoxon p = {test['wilcoxon_p']:.2g})")
+
+
+def run(ctx):
+    section = new_section(ctx, globals(), "Claims on real models: the conv net and the transformer")
+    seeds = model_seeds(ctx)
+    gpt = {p: [gpt_config(ctx, p, seed=s) for s in seeds] for p in dict.fromkeys(POLICIES + WEIGHTS)}
+    cnn = {p: [cnn_config(ctx, p, seed=s) for s in seeds] for p in POLICIES}
+    forced = forced_configs(ctx)
+    options = gpt["fp32"][0]["model_options"]
+    section.what_was_run(
+        f"fpsim.train, seeds {seeds[0]}..{seeds[-1]} for every policy (a seed fixes the initial weights and the "
+        f"batches, so policies are compared seed by seed). Conv net: the cnn (3 stride-2 convolutions of 32 "
+        f"channels, a linear head) on MNIST-1D, {CNN_TRAINING['optimizer']} lr {CNN_TRAINING['lr']:g}, batch 64, "
+        f"{cnn_steps(ctx)} steps, test accuracy; policies {', '.join(POLICIES)}. Transformer: char-gpt "
+        f"({options['n_layer']} blocks, width {options['n_embd']}, context {options['block_size']}) on the pydoc "
+        f"text, {GPT_TRAINING['optimizer']} lr {GPT_TRAINING['lr']:g}, batch {gpt['fp32'][0]['batch_size']}, "
+        f"{gpt_steps(ctx)} steps, validation bits per character; policies {', '.join(gpt)}. The forced-overflow "
+        "runs are transformer_overflow's.")
+    configs = [c for runs in (*gpt.values(), *cnn.values()) for c in runs] + forced
+    results = iter(run_trainings(ctx, configs))
+    scores = {"transformer": {p: [bits_per_character(next(results)) for _ in seeds] for p in gpt},
+              "conv net": {p: [accuracy(next(results)) for _ in seeds] for p in cnn}}
+    forced_results = [next(results) for _ in forced]
+
+    rows, tests = [], {}
+    for model, by_policy in scores.items():
+        for p, values in by_policy.items():
+            failed = sum(v is None for v in values)
+            if failed:  # a diverged run has no score: the policy is reported, not compared
+                rows.append({"model": model, "policy": p, "seeds": len(values),
+                             "diverged": f"{failed} of {len(values)} seeds (no finite validation loss)"})
+                continue
+            ci = mean_ci(values)
+            row = {"model": model, "policy": p, "seeds": len(values), "mean": ci["mean"], "95% CI low": ci["low"],
+                   "95% CI high": ci["high"]}
+            if p != "fp32" and None not in by_policy["fp32"]:
+                t = tests[(model, p)] = paired_comparison(values, by_policy["fp32"])
+                row.update({"minus fp32": t["mean_difference"], "diff CI low": t["low"], "diff CI high": t["high"],
+                            "paired t p": t["t_test_p"], "Wilcoxon p": t["wilcoxon_p"]})
+            rows.append(row)
+    section.table(rows, caption="Per model and policy: the mean score over seeds (conv net: test accuracy, "
+                                "a share; transformer: validation bits per character, lower is better) with its 95% "
+                                "t interval, and the paired difference against FP32.")
+    section.data("scores.json", {"seeds": seeds, "scores": scores, "summary": rows})
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
+    for ax, (model, by_policy) in zip(axes, scores.items()):
+        names = [p for p in by_policy if (model, p) in tests]
+        scale = 100 if model == "conv net" else 1
+        for i, p in enumerate(names):
+            t = tests[(model, p)]
+            ax.errorbar(i, scale * t["mean_difference"], yerr=[[scale * (t["mean_difference"] - t["low"])],
+                                                               [scale * (t["high"] - t["mean_difference"])]],
+                        fmt="o", capsize=5)
+        tolerance = WITHIN_POINTS * 100 if model == "conv net" else WITHIN_RELATIVE * np.mean(by_policy["fp32"])
+        ax.axhspan(-tolerance, tolerance, color="0.85", alpha=0.6, label=f"+-{tolerance:.3g}: as well as FP32")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel("test accuracy minus FP32's (points)" if model == "conv net"
+                      else "validation loss minus FP32's (bits per character)")
+        ax.set_title(f"{model}: paired difference against FP32, mean and 95% CI over {len(seeds)} seeds")
+        ax.legend(loc="best")
+    fig.tight_layout()
+    section.figure(fig, "paired_differences.png", f"Each policy against FP32 on the conv net (MNIST-1D, test "
+                                                  f"accuracy) and the transformer (char-gpt, validation loss), "
+                                                  f"{len(seeds)} seeds, paired.", key=True)
+
+    for model in scores:
+        recipe_verdict(section, model, scores[model], tests, len(seeds))
+    for model in scores:
+        accuracy_verdict(section, model, tests, len(seeds))
+    range_verdict(section, "conv net", scores["conv net"], tests, None)
+    range_verdict(section, "transformer", scores["transformer"], tests,
+                  [{"lr": c["lr"], "policy": c["policy"], "forward overflows": forward_overflows(r),
+                    "skipped": r["skipped_steps"], "bits/char": bits_per_character(r)}
+                   for c, r in zip(forced, forced_results)])
+    return section
+
+
+def _bits(row) -> str:
+    return "no finite loss" if row["bits/char"] is None else f"{row['bits/char']:.3f}"
+
+
+def tolerance_of(model, by_policy) -> float:
+    return WITHIN_POINTS if model == "conv net" else WITHIN_RELATIVE * float(np.mean(by_policy["fp32"]))
+
+
+def units(model):
+    return ("points", 100) if model == "conv net" else ("bits per character", 1)
+
+
+def recipe_verdict(section, model, by_policy, tests, n):
+    t = tests.get((model, "fp16-amp"))
+    tol = tolerance_of(model, by_policy)
+    unit, scale = units(model)
+    inside = t is not None and -tol <= t["low"] and t["high"] <= tol
+    section.verdict(
+        CLAIM_RECIPE, "holds" if inside else "not supported by the evidence",
+        f"{model}: fp16-amp minus FP32 over {n} seeds {describe(t, unit, scale)}; the CI "
+        + ("lies" if inside else "does not lie") + f" inside +-{scale * tol:.3g} {unit}"
+        + (" (it contains 0: too few seeds to show the two equal)" if t is not None and not inside
+           and t["low"] <= 0 <= t["high"] else "") + ".",
+        "this run (claims_models).", model=model)
+
+
+def accuracy_verdict(section, model, tests, n):
+    """Holds if the recipe (fp16-amp) beats FP32 at p < 0.05; under conditions if only FP16 without loss
+    scaling (fp16-mixed) does."""
+    amp, mixed = tests.get((model, "fp16-amp")), tests.get((model, "fp16-mixed"))
+    unit, scale = units(model)
+    up_amp = amp is not None and better(model, amp)
+    up_mixed = mixed is not None and better(model, mixed)
+    verdict = "holds" if up_amp else "holds under conditions" if up_mixed else "not supported by the evidence"
+    section.verdict(
+        CLAIM_ACCURACY, verdict,
+        f"{model}: fp16-amp minus FP32 over {n} seeds {describe(amp, unit, scale)}"
+        + (" (lower loss is better)" if model == "transformer" else "")
+        + (": better at p < 0.05" if up_amp else ": no significant gain")
+        + f"; fp16-mixed (no loss scaling) minus FP32 {describe(mixed, unit, scale)}"
+        + (": better at p < 0.05 (with 5 seeds the exact Wilcoxon p cannot go below 0.0625)." if up_mixed
+           else "."),
+        "this run (claims_models).", model=model,
+        condition=f"FP16 without loss scaling on the {model} ({scale * mixed['mean_difference']:+.2f} {unit})"
+        if up_mixed and not up_amp else "")
+
+
+def range_verdict(section, model, by_policy, tests, forced):
+    tol = tolerance_of(model, by_policy)
+    unit, scale = units(model)
+    mixed, bf16 = tests.get((model, "fp16-mixed")), tests.get((model, "bf16-mixed"))
+    worse_sign = -1 if model == "conv net" else 1
+    fp16_hurt = mixed is None or worse_sign * mixed["low"] > tol  # diverged, or the whole CI worse than tolerance
+    bf16_fine = bf16 is not None and -tol <= bf16["low"] and bf16["high"] <= tol
+    evidence = (f"{model}: without loss scaling fp16-mixed minus FP32 {describe(mixed, unit, scale)}, bf16-mixed "
+                f"minus FP32 {describe(bf16, unit, scale)}.")
+    conditions = []
+    if forced:
+        overflow = [r for r in forced if r["policy"] == "fp16-amp" and r["forward overflows"]]
+        if overflow:
+            first = overflow[0]
+            b = next(r for r in forced if r["policy"] == "bf16-mixed" and r["lr"] == first["lr"])
+            f = next(r for r in forced if r["policy"] == "fp32" and r["lr"] == first["lr"])
+            default = next(r for r in forced if r["policy"] == "fp32" and r["lr"] == min(c["lr"] for c in forced))
+            # BF16 trains through the condition if it ends within 10% of FP32 at the default learning rate
+            trains = None not in (b["bits/char"], default["bits/char"]) and b["bits/char"] <= 1.1 * default["bits/char"]
+            evidence += (f" Forced condition (transformer_overflow): at Adam lr {first['lr']:g} FP16's forward pass "
+                         f"overflowed {first['forward overflows']} values ({first['skipped']} skipped steps), "
+                         f"BF16's {b['forward overflows']}; BF16 ended at {_bits(b)} bits per character, FP32 at "
+                         f"{_bits(f)} (FP32 at the default rate: {_bits(default)})"
+                         + ("." if trains else ": BF16 stayed finite but did not train, so its range bought no "
+                                               "training there."))
+            if not b["forward overflows"] and trains:
+                conditions.append(f"values beyond 65504 (forced here: Adam lr {first['lr']:g})")
+        else:
+            evidence += " No forced learning rate made FP16's forward pass overflow (transformer_overflow)."
+        pure = tests.get((model, "bf16-pure"))
+        sr = tests.get((model, "bf16-sr"))
+        evidence += (f" Precision: without master weights bf16-pure minus FP32 {describe(pure, unit, scale)}, "
+                     f"bf16-sr (stochastic rounding) {describe(sr, unit, scale)}, fp16-pure "
+                     f"{describe(tests.get((model, 'fp16-pure')), unit, scale)}.")
+        if pure is None or pure["low"] > tol:
+            conditions.append("FP32 master weights or stochastic rounding (pure BF16 trains worse)")
+    if fp16_hurt and bf16_fine:
+        conditions.insert(0, "gradients small enough to underflow FP16 without scaling")
+    shows = fp16_hurt and bf16_fine or any("65504" in c for c in conditions)
+    verdict = ("holds under conditions" if shows and conditions else "holds" if shows
+               else "not supported by the evidence")
+    if not shows:
+        evidence += " FP16's range sufficed here: BF16's larger range made no measurable difference."
+    section.verdict(CLAIM_RANGE, verdict, evidence, "this run (claims_models, transformer_overflow).", model=model,
+                    condition="; ".join(conditions))
+
+
+if __name__ == "__main__":
+    raise SystemExit(analysis_main(globals()))
