@@ -91,3 +91,14 @@ def test_scaling_recipes_are_refused_by_the_engines_until_they_apply_them(model)
     from fpsim.sim.policy import SCALED_POLICIES
     with pytest.raises(ValueError, match="scaling recipes"):
         TrainConfig(policy=SCALED_POLICIES["fp8-current"], model=model)
+
+
+def test_a_torch_model_without_torch_is_one_line_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from fpsim import engines
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(engines.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "torch" else real_find_spec(name, *args))
+    with pytest.raises(ValueError, match=r'torch engine, which needs PyTorch: pip install "fpsim\[torch\]"'):
+        fpsim.train("fp32", model="cnn", steps=1, progress=False)

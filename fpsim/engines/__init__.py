@@ -8,6 +8,8 @@ and its accumulation emulated; no torch needed) or ``fpsim.torch.engine`` (any
 
 from __future__ import annotations
 
+import importlib.util
+
 from ..sim.config import TrainConfig
 from ..sim.result import TrainResult
 
@@ -31,5 +33,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if config.engine == "numpy":
         from .numpy_engine import train_mlp
         return train_mlp(config, progress=progress)
-    from ..torch.engine import train as train_torch  # one line naming the extra when torch is missing
+    if importlib.util.find_spec("torch") is None:
+        raise ValueError(f"model {config.to_dict()['model']!r} runs on the torch engine, which needs PyTorch: "
+                         'pip install "fpsim[torch]"')
+    from ..torch.engine import train as train_torch
     return train_torch(config, progress=progress)
