@@ -215,3 +215,12 @@ def test_fp64_shadow_sees_fp16_flush_the_small_weight_gradients():
     assert max(max(record["relative_error"]) for record in fp32.shadow) < 1e-5  # float32 against float64
     assert fp16.weight_grad_underflow_fraction > 0.5  # gradients 2^-16 times smaller: most below FP16's range
     assert amp.weight_grad_underflow_fraction < 0.01  # the loss scale 2^16 brings them back
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"model_options": {"n_layer": 10**8}}, "GPTConfig of about .* weights is beyond"),
+    ({"batch_size": 10**8}, "characters a step may take"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        engine.train(TrainConfig(policy="fp32", model="char-gpt", steps=1, **options), progress=False)

@@ -28,7 +28,7 @@ import numpy as np
 from ..numerics._kernels import one_thread
 from ..numerics.formats import FP32, FP64
 from ..numerics.rounding import round as round_to
-from ..sim.config import TrainConfig
+from ..sim.config import MAX_PARAMETERS, TrainConfig
 from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
@@ -40,8 +40,6 @@ from .mlp import MLP, Compute, Float64Compute, ForwardPass, LossPass, module_nam
 EVAL_CHUNK = 1024
 """Rows per forward pass when evaluating the test set."""
 
-MAX_PARAMETERS = 1 << 26
-"""Most weights a model may have (about 67 million; each is stored several times: master, params, optimizer)."""
 
 
 def train_mlp(config: TrainConfig, *, progress: bool = True) -> TrainResult:

@@ -40,6 +40,12 @@ and the data set it trains on by default.  ``model`` may also be a callable retu
 MAX_STEPS = 10**6
 """Most steps a run may take: each step's record (about 0.7 kB) is kept in memory."""
 
+MAX_PARAMETERS = 1 << 26
+"""Most weights a model may have (about 67 million; each is stored several times: master, params, optimizer)."""
+
+MAX_BATCH_VALUES = 1 << 20
+"""Most input values (examples x features, or windows x characters) one batch may hold: activations scale with it."""
+
 OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
 """Optimizer names each engine takes."""
 

@@ -74,6 +74,7 @@ from torch.nn import functional as F
 from ..numerics._kernels import one_thread
 from ..numerics.formats import FP32
 from ..numerics.rounding import round as round_to
+from ..sim.config import MAX_BATCH_VALUES
 from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
 from ..sim.optimizers import apply_kahan_update, apply_update
@@ -276,6 +277,9 @@ class _Run:
             if not isinstance(self.block_size, int):
                 raise ValueError("a language model must say its context length as model.config.block_size "
                                  "(as nanoGPT's GPT does)")
+            if config.batch_size * self.block_size > MAX_BATCH_VALUES:
+                raise ValueError(f"batch_size {config.batch_size} of {self.block_size} characters is beyond the "
+                                 f"{MAX_BATCH_VALUES} characters a step may take: choose a smaller batch_size")
         else:
             if config.batch_size > len(data.y_train):
                 raise ValueError(f"batch_size {config.batch_size} exceeds the {len(data.y_train)} training examples "

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..sim.config import MAX_PARAMETERS
+
 INIT_STD = 0.02
 """Standard deviation of the normal initialisation of every weight matrix and embedding (GPT-2's, nanoGPT's)."""
 
@@ -58,6 +60,7 @@ class GPTConfig:
             _check_positive_int(f"GPTConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        _check_size("GPTConfig", (self.vocab_size + self.block_size + 12 * self.n_layer * self.n_embd) * self.n_embd)
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
@@ -173,6 +176,8 @@ class CNNConfig:
             _check_positive_int(f"CNNConfig.{name}", getattr(self, name))
         if self.kernel_size % 2 == 0:
             raise ValueError(f"CNNConfig.kernel_size must be odd, got {self.kernel_size}")
+        _check_size("CNNConfig", self.n_conv * self.channels ** 2 * self.kernel_size
+                    + self.channels * self.length * self.classes)
         if self.classes < 2:
             raise ValueError(f"CNNConfig.classes must be at least 2, got {self.classes}")
 
@@ -305,6 +310,13 @@ def get_model(name: str) -> ModelSpec:
     if isinstance(name, str) and name.strip().lower() in MODELS:
         return MODELS[name.strip().lower()]
     raise ValueError(f"unknown model {name!r}: use one of mlp, {', '.join(MODELS)}")
+
+
+def _check_size(name: str, parameters: int) -> None:
+    """Refuse, before anything is built, a model of more than ``MAX_PARAMETERS`` weights (its leading terms)."""
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(f"a {name} of about {parameters:.3g} weights is beyond the {MAX_PARAMETERS} fpsim trains: "
+                         "choose fewer or narrower layers")
 
 
 def _check_positive_int(name, value):
