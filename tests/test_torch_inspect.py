@@ -91,3 +91,10 @@ def test_import_fpsim_never_imports_torch_and_fpsim_torch_says_what_to_install()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == 'fpsim\'s torch engine needs PyTorch: pip install "fpsim[torch]"'
+
+
+def test_a_bad_plot_path_is_refused_before_the_model_runs(tmp_path, capsys):
+    from fpsim.cli import main
+    assert main(["inspect", "--model", "cnn", "--plot", str(tmp_path / "missing" / "x.png")]) == 2
+    captured = capsys.readouterr()
+    assert "give a file in an existing folder" in captured.err and "module" not in captured.out

@@ -23,6 +23,8 @@ Examples:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import UsageError
@@ -53,6 +55,8 @@ def run(args) -> int:
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     if not formats:
         raise UsageError("--formats needs at least one format, e.g. fp16,bf16")
+    if args.plot and (os.path.isdir(args.plot) or not os.path.isdir(os.path.dirname(os.path.abspath(args.plot)))):
+        raise UsageError(f"--plot {args.plot}: give a file in an existing folder, e.g. char-gpt.png")
     model, inputs, loss_fn = build(args.model, args.batch_size, args.seed)
     result = inspect(model, inputs, loss_fn=loss_fn, formats=formats)
     print(f"{args.model}: one FP32 forward and backward, batch of {args.batch_size}, seed {args.seed}")
