@@ -9,7 +9,7 @@ from .ops.arithmetic import add, div, fma, mul, sqrt, sub
 from .ops.quantize import quantize
 from .ops.reductions import dot, matmul, sum
 from .sim.config import TrainConfig
-from .sim.policy import POLICIES, Policy
+from .sim.policy import POLICIES, SCALED_POLICIES, Policy
 from .sim.result import TrainResult
 from .engines import train
 from .runs.sweep import load_sweep, sweep

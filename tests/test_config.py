@@ -86,13 +86,6 @@ def test_a_result_records_its_config_and_reruns_from_it():
     assert again.to_dict() == first.to_dict()
 
 
-@pytest.mark.parametrize("model", ["mlp", "char-gpt"])
-def test_scaling_recipes_are_refused_by_the_engines_until_they_apply_them(model):
-    from fpsim.sim.policy import SCALED_POLICIES
-    with pytest.raises(ValueError, match="scaling recipes"):
-        TrainConfig(policy=SCALED_POLICIES["fp8-current"], model=model)
-
-
 def test_a_torch_model_without_torch_is_one_line_naming_the_extra(monkeypatch):
     import importlib.util
 

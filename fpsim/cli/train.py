@@ -6,8 +6,11 @@ the text of Python's documentation; --model cnn: a small conv net), which needs
 the extra: pip install "fpsim[torch]".
 
 The policy is a preset (fp32, fp16-pure, fp16-mixed, fp16-amp, bf16-pure,
-bf16-mixed, bf16-sr, bf16-kahan) or a JSON dict of Policy fields, e.g.
-'{"preset": "fp16-mixed", "loss_scale": 1024}'.  The run shows a progress bar,
+bf16-mixed, bf16-sr, bf16-kahan), an FP8 / MX recipe (fp8-unscaled, fp8-current,
+fp8-delayed, fp8-rowwise, mxfp8, mxfp6, mxfp4, nvfp4: the products' operands
+quantized with per-tensor, per-row or block scales, everything else FP32) or a
+JSON dict of Policy fields, e.g. '{"preset": "fp16-mixed", "loss_scale": 1024}'.
+The run shows a progress bar,
 ends with a summary table, and with --out writes the whole result (per-step
 history, per-layer counts, histograms) as JSON for later analysis.
 
@@ -21,6 +24,7 @@ Examples:
   fpsim train --policy fp16-mixed --grad-scale 2**-20 --loss-scale 2**16 --out result.json
   fpsim train --policy fp16-amp --data mnist:~/data/mnist.npz --hidden 256,256 --optimizer adam --lr 1e-3
   fpsim train --model char-gpt --policy bf16-mixed --optimizer adam --lr 1e-3 --steps 300
+  fpsim train --model char-gpt --policy fp8-delayed --optimizer adam --lr 3e-3 --steps 300
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from . import UsageError
 from ..numerics.exact import parse_real
 from ..report.table import text_table
 from ..sim.config import MODELS
+from ..sim.policy import POLICIES, SCALED_POLICIES
 from ..sim.result import STATUSES
 
 
@@ -59,7 +64,10 @@ def number(text: str) -> float:
 
 def configure(parser):
     parser.add_argument("--policy", required=True,
-                        help="preset name (see fpsim.POLICIES) or a JSON dict of Policy fields")
+                        help=f"a preset: {', '.join(POLICIES)}; FP8 / MX: {', '.join(SCALED_POLICIES)} "
+                             "(only the products' operands quantized); or a JSON dict of Policy fields, e.g. "
+                             "'{\"preset\": \"mxfp8\", \"scaling\": {\"gradients\": {\"kind\": \"block\", "
+                             "\"block\": \"mxfp8_e4m3\", \"scale_rounding\": \"ceil\"}}}'")
     parser.add_argument("--model", default="mlp", choices=list(MODELS),
                         help="mlp (default, numpy engine), char-gpt or cnn (torch engine)")
     parser.add_argument("--model-options", default=None,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..numerics.formats import FP64, Format
+from ..numerics.formats import FP32, FP64
 from ..sim.policy import Policy
 from ..ops.reductions import matmul
 from ..numerics.rounding import round as round_to
@@ -39,12 +39,16 @@ class Compute:
     """A policy's arithmetic: products accumulated in ``accumulate``, tensors rounded to their formats.
 
     ``recorder`` (optional) observes every rounding; without one (evaluation,
-    the FP64 shadow) nothing is counted.
+    the FP64 shadow) nothing is counted.  ``casts``: under a policy with a
+    scaling recipe (FP8 / MX), the run's ``fpsim.sim.scaling.ScaledCasts``: each
+    product then casts its operands with it and its output stays in the
+    accumulation format (``fpsim.sim.policy``).
     """
 
-    def __init__(self, policy: Policy, recorder=None):
+    def __init__(self, policy: Policy, recorder=None, casts=None):
         self.policy = policy
         self.recorder = recorder
+        self.casts = casts
         self.formats = {"activations": policy.activations, "activation_grads": policy.gradients,
                         "weight_grads": policy.gradients}
         fits = all(f.fits_float32 for f in (policy.params, policy.activations, policy.gradients,
@@ -52,23 +56,42 @@ class Compute:
         self.dtype = np.dtype(np.float32 if fits else np.float64)
         """Container of every compute tensor: float32 when all the formats' values are float32s."""
 
-    def matmul(self, a: np.ndarray, b: np.ndarray, a_format: Format, b_format: Format) -> np.ndarray:
-        """a @ b, each partial sum rounded to the policy's ``accumulate`` format (sequential order).
+    def matmul(self, a: np.ndarray, b: np.ndarray, a_kind: str, b_kind: str, layer: int) -> np.ndarray:
+        """a @ b in layer ``layer``, each partial sum rounded to the policy's ``accumulate`` format (sequential order).
 
-        ``a_format`` and ``b_format`` say what the operands already are; when they
-        agree they are passed as ``inputs`` (a no-op rounding) so that ``fpsim.matmul``
-        can pick its fastest exact kernel for them.
+        ``a_kind`` and ``b_kind`` ("params", "activations", "gradients") name the operands.  Without
+        scaling they are already in those kinds' formats; when the formats agree they are passed as
+        ``inputs`` (a no-op rounding) so that ``fpsim.matmul`` can pick its fastest exact kernel for
+        them.  Under a scaling recipe each is cast by ``casts``, blocks along the reduction axis
+        (a's rows, b's columns).
         """
-        inputs = a_format if a_format == b_format else None
-        product = matmul(a, b, inputs=inputs, accumulate=self.policy.accumulate)
-        return product.astype(self.dtype, copy=False)
+        if self.casts is not None:
+            module = module_name(layer)
+            a, b = self.casts.cast(a, a_kind, module, axis=-1), self.casts.cast(b, b_kind, module, axis=0)
+            inputs = FP32  # dequantized operands are float32 values
+        else:
+            a_format, b_format = getattr(self.policy, a_kind), getattr(self.policy, b_kind)
+            inputs = a_format if a_format == b_format else None
+        return self._product(a, b, inputs)
+
+    def column_sum(self, dz: np.ndarray) -> np.ndarray:
+        """1^T dz (a bias gradient) as a product, with the same accumulation; ``dz`` is never cast (the recipes
+        take the bias gradient from the unquantized gradient)."""
+        ones = np.ones((1, dz.shape[0]), dtype=self.dtype)
+        return self._product(ones, dz, FP32 if self.casts is not None else self.policy.gradients)[0]
+
+    def _product(self, a, b, inputs):
+        return matmul(a, b, inputs=inputs, accumulate=self.policy.accumulate).astype(self.dtype, copy=False)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """a + b (broadcasting) rounded once to the ``accumulate`` format, as a fused bias epilogue does."""
         return round_to(np.add(a, b, dtype=np.float64), self.policy.accumulate).astype(self.dtype, copy=False)
 
     def round(self, values: np.ndarray, kind: str, layer: int) -> np.ndarray:
-        """``values`` rounded to nearest into the format of ``kind``; the recorder sees both."""
+        """``values`` rounded to nearest into the format of ``kind``; the recorder sees both.  Under a scaling
+        recipe a product's output stays in the accumulation format, unrecorded (its casts are recorded)."""
+        if self.casts is not None:
+            return round_to(values, self.policy.accumulate).astype(self.dtype, copy=False)
         fmt = self.formats[kind]
         rounded = round_to(values, fmt).astype(self.dtype, copy=False)
         if self.recorder is not None:
@@ -94,8 +117,11 @@ class Float64Compute(Compute):
     def __init__(self):
         super().__init__(FP64_POLICY)
 
-    def matmul(self, a, b, a_format=None, b_format=None):
+    def matmul(self, a, b, a_kind=None, b_kind=None, layer=None):
         return np.matmul(a.astype(np.float64), b.astype(np.float64))
+
+    def column_sum(self, dz):
+        return dz.astype(np.float64).sum(axis=0)
 
     def add(self, a, b):
         return np.add(a, b, dtype=np.float64)
@@ -137,21 +163,18 @@ class Linear:
 
     def forward(self, compute: Compute, x, W, b):
         """z = x W + b: the product accumulated in ``accumulate``, the bias added, rounded to activations."""
-        z = compute.add(compute.matmul(x, W, compute.policy.activations, compute.policy.params), b)
+        z = compute.add(compute.matmul(x, W, "activations", "params", self.index), b)
         return compute.round(z, "activations", self.index)
 
     def backward(self, compute: Compute, x, W, dz, input_grad: bool = True):
         """Given the forward pass's x and W and dL/dz (gradients format): dL/dW = x^T dz, dL/db = 1^T dz,
         and dL/dx = dz W^T if asked."""
-        policy = compute.policy
-        dW = compute.round(compute.matmul(x.T, dz, policy.activations, policy.gradients),
+        dW = compute.round(compute.matmul(x.T, dz, "activations", "gradients", self.index),
                            "weight_grads", self.index)
-        ones = np.ones((1, dz.shape[0]), dtype=compute.dtype)  # the batch sum as a product: same accumulation
-        db = compute.round(compute.matmul(ones, dz, policy.gradients, policy.gradients)[0],
-                           "weight_grads", self.index)
+        db = compute.round(compute.column_sum(dz), "weight_grads", self.index)
         dx = None
         if input_grad:  # dL/dx is the previous layer's output gradient
-            dx = compute.round(compute.matmul(dz, W.T, policy.gradients, policy.params),
+            dx = compute.round(compute.matmul(dz, W.T, "gradients", "params", self.index),
                                "activation_grads", self.index - 1)
         return dx, dW, db
 

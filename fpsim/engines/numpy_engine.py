@@ -31,6 +31,7 @@ from ..numerics.rounding import round as round_to
 from ..sim.config import MAX_PARAMETERS, TrainConfig
 from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
+from ..sim.scaling import ScaledCasts
 from ..sim.optimizers import apply_kahan_update, apply_update, make_optimizer
 from ..sim.recorder import Recorder, json_float
 from ..sim.loop import run_steps
@@ -75,7 +76,10 @@ class _Run:
         self.policy, self.dataset, self.optimizer, self.scaler = policy, dataset, optimizer, scaler
         self.grad_scale, self.recorder = grad_scale, recorder
         self.model = MLP((dataset.inputs, *hidden, dataset.outputs), dataset.task)
-        self.compute = Compute(policy, recorder)
+        # Under a scaling recipe (FP8 / MX) the products cast their operands through one ScaledCasts,
+        # whose delayed scalers the training steps update and the evaluation reads.
+        self.casts = ScaledCasts(policy, recorder) if policy.scaling is not None else None
+        self.compute = Compute(policy, recorder, self.casts)
         init_rng, self.batch_rng, self.rounding_rng = (np.random.default_rng(s)
                                                        for s in np.random.SeedSequence(seed).spawn(3))
         store = policy.weights
@@ -84,9 +88,11 @@ class _Run:
                         for layer in self.model.init_weights(init_rng)]
         self.compensation = ([[np.zeros_like(w) for w in layer] for layer in self.weights]
                              if policy.kahan else None)
-        # The data are rounded to the activations format once (inputs are data, not computed values).
-        self.x_train = round_to(dataset.x_train, policy.activations).astype(self.compute.dtype)
-        self.x_test = round_to(dataset.x_test, policy.activations).astype(self.compute.dtype)
+        # The data are rounded to the activations format once (inputs are data, not computed values);
+        # under a scaling recipe to FP32, the first product casting them.
+        data_format = FP32 if self.casts is not None else policy.activations
+        self.x_train = round_to(dataset.x_train, data_format).astype(self.compute.dtype)
+        self.x_test = round_to(dataset.x_test, data_format).astype(self.compute.dtype)
         self.grad_format = FP32 if policy.gradients.fits_float32 else FP64
         self.grad_dtype = np.float32 if self.grad_format is FP32 else np.float64
 
@@ -121,11 +127,14 @@ class _Run:
                     self._apply(i, j, self.optimizer.update((i, j), grad))
         if self.scaler is not None:
             self.scaler.update(found_inf, step)
+        if self.casts is not None:
+            self.casts.end_step()
         return loss.value, found_inf
 
     def compute_weights(self):
-        """Step (1): the master weights rounded to the params format, or the stored params as they are."""
-        if self.policy.master is None:
+        """Step (1): the master weights rounded to the params format, or the stored params as they are (also
+        under a scaling recipe, whose products cast the master weights themselves)."""
+        if self.policy.master is None or self.casts is not None:
             return self.weights
         return [[np.asarray(round_to(w, self.policy.params), dtype=self.compute.dtype) for w in layer]
                 for layer in self.weights]
@@ -177,7 +186,7 @@ class _Run:
 
     def evaluate(self):
         """Test accuracy (None for a regression) and test loss, in the policy's forward formats."""
-        compute = Compute(self.policy)
+        compute = Compute(self.policy, casts=self.casts and self.casts.for_evaluation())
         params = self.compute_weights()
         outputs = np.concatenate([self.model.forward(compute, self.x_test[i:i + EVAL_CHUNK], params).output
                                   for i in range(0, len(self.x_test), EVAL_CHUNK)])

@@ -14,6 +14,10 @@ ROWWISE recipes and Transformer Engine's Float8CurrentScaling compute it (torcha
     s = RN32(max / A)            (A = 0: s = 1; saturates at FP32's max)
     result = RN32(q(RN32(x * s)) / s)
 
+or, with ``scale=s`` given (per-tensor *delayed scaling*, Transformer Engine's
+``DelayedScaling``: s comes from the amaxes of earlier steps, ``fpsim.sim.scaling``), the
+same with that s, whatever A is now: values above max / s saturate.
+
 The operands are FP32 values: inputs are rounded to FP32 first, as the recipes cast to FP32.
 
 ``scale_format="e8m0"``: a power-of-two scale X = 2^e per group, the OCP Microscaling
@@ -169,7 +173,7 @@ def _scale_shape(scales: np.ndarray, spec: _Spec, shape: tuple, axis: int, ndim:
 
 def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: int | None = None,
              scale_format: str | None = None, scale_rounding: str | None = None, saturate: bool = True,
-             return_scales: bool = False, mode: str = "nearest", rng=None):
+             return_scales: bool = False, mode: str = "nearest", rng=None, scale: float | None = None):
     """Quantize ``x`` with scales to the element format ``fmt`` and return the dequantized values.
 
     Parameters
@@ -187,12 +191,15 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
         become inf, or NaN in a format without infinities.
     return_scales : also return the scales (see the module docstring for their meaning).
     mode, rng : the element rounding, as in ``fpsim.round`` (the scales round as stated above).
+    scale : a given per-tensor FP32 scale s (a positive FP32 number) instead of max / A: delayed
+        scaling; only with ``scaling="tensor"`` and ``scale_format="fp32"``.
 
     Returns float32 values for float32 input, float64 otherwise (``fpsim.round``'s rule),
     and, with ``return_scales``, a float64 array of the scales.  Deterministic: the same
     input, settings and ``rng`` seed give the same bits.
     """
     spec = _resolve(fmt, scaling, block_size, scale_format, scale_rounding)
+    scale = _given_scale(scale, spec)
     mode = check_mode(mode)
     array, exact_inputs = _as_float_array(x)
     if exact_inputs is not None:
@@ -201,11 +208,23 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
     if spec.scale_format == "e8m0" and mode == "nearest":
         out, scales = _pow2_fused(rows, block, groups, spec, saturate)
     else:
-        out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng)
+        out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng, scale)
     values = _restore(out.astype(array.dtype, copy=False), shape, axis, array.ndim)
     if not return_scales:
         return values
     return values, _scale_shape(scales, spec, shape, axis, array.ndim)
+
+
+def _given_scale(scale, spec: _Spec) -> float | None:
+    """A delayed scale checked: a positive FP32 number, for per-tensor FP32 scaling only."""
+    if scale is None:
+        return None
+    if spec.scaling != "tensor" or spec.scale_format != "fp32":
+        raise ValueError("a given scale= is a per-tensor FP32 scale: use scaling='tensor' and scale_format='fp32'")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(scale) and scale > 0) or float(np.float32(scale)) != float(scale):
+        raise ValueError(f"scale must be a positive finite FP32 number, got {scale!r}")
+    return float(scale)
 
 
 def _mx_arguments(spec: _Spec):
@@ -230,7 +249,8 @@ def _pow2_values(exponents: np.ndarray) -> np.ndarray:
     return np.where(exponents == kernels.NAN_EXPONENT, np.nan, np.ldexp(1.0, exponents.clip(-127, 127)))
 
 
-def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, saturate: bool, mode: str, rng):
+def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, saturate: bool, mode: str, rng,
+             scale: float | None = None):
     """Any scale format and mode, with numpy over (rows, groups, block) and fpsim's correctly rounded arithmetic."""
     n = rows.shape[1]
     padded = np.zeros((rows.shape[0], groups_per_row * block), dtype=np.float64)
@@ -243,9 +263,12 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
         quantized = round_to(groups / scales[..., None], element, mode, saturate=saturate, rng=rng)
         out = quantized * scales[..., None]
     elif spec.scale_format == "fp32":
-        scales = np.where(amax == 0, 1.0, div(element.max, amax, FP32))
-        scales = np.where(np.isinf(scales), FP32.max, scales)  # a finite amax too small for FP32's range
-        scales = np.where(np.isfinite(amax), scales, np.nan)
+        if scale is not None:
+            scales = np.full(amax.shape, scale)
+        else:
+            scales = np.where(amax == 0, 1.0, div(element.max, amax, FP32))
+            scales = np.where(np.isinf(scales), FP32.max, scales)  # a finite amax too small for FP32's range
+            scales = np.where(np.isfinite(amax), scales, np.nan)
         scaled = mul(groups, scales[..., None], FP32)
         out = div(round_to(scaled, element, mode, saturate=saturate, rng=rng), scales[..., None], FP32)
     else:
@@ -266,7 +289,7 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
 
 def quantize_reference(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: int | None = None,
                        scale_format: str | None = None, scale_rounding: str | None = None,
-                       saturate: bool = True, mode: str = "nearest"):
+                       saturate: bool = True, mode: str = "nearest", scale: float | None = None):
     """``quantize`` (with ``return_scales=True``) from exact rationals, one value at a time: the specification.
 
     Each step of the module docstring's formulas is computed with ``fractions.Fraction``
@@ -274,6 +297,7 @@ def quantize_reference(x, fmt, *, scaling: str | None = None, axis: int = -1, bl
     ``quantize``.  Deterministic modes only; slow: for tests on small arrays.
     """
     spec = _resolve(fmt, scaling, block_size, scale_format, scale_rounding)
+    scale = _given_scale(scale, spec)
     if mode not in DETERMINISTIC_MODES:
         raise ValueError(f"the reference takes a deterministic mode: {', '.join(DETERMINISTIC_MODES)}")
     array = np.asarray(x)
@@ -286,8 +310,8 @@ def quantize_reference(x, fmt, *, scaling: str | None = None, axis: int = -1, bl
     for r in range(rows.shape[0]):
         for g in range(groups_per_row):
             values = [float(v) for v in rows[r, g * block:(g + 1) * block]]
-            scale, rounded = _reference_group(values, spec, saturate, mode, tensor_amax, result_format)
-            scales[r, g] = scale
+            group_scale, rounded = _reference_group(values, spec, saturate, mode, tensor_amax, result_format, scale)
+            scales[r, g] = group_scale
             out[r, g * block:(g + 1) * block] = rounded
     return _restore(out, shape, axis, array.ndim), _scale_shape(scales, spec, shape, axis, array.ndim)
 
@@ -307,8 +331,10 @@ def _rn32(value) -> Fraction | float:
     return Fraction(rounded) if math.isfinite(rounded) else rounded
 
 
-def _reference_group(values, spec: _Spec, saturate: bool, mode: str, tensor_amax, result_format: Format):
-    """(scale, dequantized values) of one group; q * X is rounded to ``result_format`` (the input's precision)."""
+def _reference_group(values, spec: _Spec, saturate: bool, mode: str, tensor_amax, result_format: Format,
+                     given_scale: float | None = None):
+    """(scale, dequantized values) of one group; q * X is rounded to ``result_format`` (the input's precision);
+    ``given_scale``: the FP32 scale of delayed scaling."""
     element = spec.element
     amax = _amax(values)
 
@@ -322,12 +348,16 @@ def _reference_group(values, spec: _Spec, saturate: bool, mode: str, tensor_amax
         scale = Fraction(2) ** exponent
         return float(scale), [_signed(round_exact(_as_fraction(q(Fraction(v) / scale)) * scale, result_format), v)
                               for v in values]
-    if not isinstance(amax, Fraction) or not isinstance(tensor_amax, Fraction):
+    if given_scale is None and not (isinstance(amax, Fraction) and isinstance(tensor_amax, Fraction)):
         return math.nan, [math.nan] * len(values)
     if spec.scale_format == "fp32":
-        scale = Fraction(1) if amax == 0 else Fraction(round_exact(element.max / _rn32(amax), FP32, saturate=True))
-        return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(_rn32(Fraction(v)) * scale))) / scale), v)
-                              for v in values]
+        if given_scale is not None:
+            scale = Fraction(given_scale)
+        else:
+            scale = Fraction(1) if amax == 0 else Fraction(round_exact(element.max / _rn32(amax), FP32, saturate=True))
+        # (with a given scale an inf or NaN input goes through q as it is)
+        return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(_rn32(Fraction(v)) * scale) if math.isfinite(v)
+                                                           else v)) / scale), v) for v in values]
     tensor_scale = _rn32(tensor_amax / (Fraction(E4M3.max) * Fraction(element.max)))
     if tensor_scale < Fraction(FP32.smallest_normal):
         tensor_scale = Fraction(1)

@@ -108,9 +108,6 @@ class TrainConfig:
         if self.model == "mlp" and self.model_options:
             raise ValueError("the MLP takes no model_options: give its widths as hidden=(...)")
         put("data", _data(self.model, self.data))
-        if self.policy.scaling is not None:
-            raise ValueError("scaling recipes (FP8 / MX) are not applied by the training engines yet: "
-                             "quantize tensors with fpsim.quantize")
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.hidden))

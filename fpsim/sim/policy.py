@@ -17,6 +17,17 @@ One step (see ``fpsim.training``) reads it like this:
 
 Every preset accumulates matrix products in FP32, as tensor cores do with FP16
 and BF16 inputs; a policy with ``accumulate="fp16"`` is one field away.
+
+A policy with a ``scaling`` recipe (FP8 / MX training, ``SCALED_POLICIES``) reads
+step 2 as the FP8 recipes run it (torchao's ``Float8Linear``, Transformer Engine's
+``fp8_autocast``, both over an FP32 model): only the operands of the matrix
+products (linear layers and convolutions, forward and backward) are quantized,
+the weights as ``params``, the activations entering a product as ``activations``
+and the gradients entering one as ``gradients``, each scaled by its recipe
+(``fpsim.sim.scaling.ScaledCasts``); the products' outputs and every other
+operation (attention included, which both libraries leave in high precision by
+default) stay in FP32.  Scaling ``none`` is that placement without scales: plain
+FP8 casts.
 """
 
 from __future__ import annotations
@@ -26,13 +37,11 @@ from dataclasses import dataclass
 
 from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, Format, get_format
 from .checks import is_finite_number
-from .scaling import Scaling
+from ..ops.quantize import PRESETS
+from .scaling import SCALED_KINDS, Scaling
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
-
-SCALED_KINDS = ("params", "activations", "gradients")
-"""The tensor kinds a ``scaling`` recipe may cover."""
 
 OP_PLACEMENTS = ("autocast", "low-precision")
 """Which operations compute in the low-precision formats: ``"autocast"`` places them as ``torch.autocast``
@@ -72,8 +81,9 @@ class Policy:
     """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
     scaling: tuple | None = None
     """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for kinds of
-    ``SCALED_KINDS``; given as a dict kind -> Scaling (or its dict).  None: no scaling.  Not yet
-    read by the engines."""
+    ``SCALED_KINDS`` (a kind left out is cast unscaled); given as a dict kind -> Scaling (or its dict).
+    None: no scaling, the 16-bit recipe above.  With a recipe only the products' operands are
+    quantized (see the module docstring)."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -105,6 +115,14 @@ class Policy:
             if unknown:
                 raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use {', '.join(SCALED_KINDS)}")
             object.__setattr__(self, "scaling", tuple((k, Scaling.coerce(given[k])) for k in SCALED_KINDS if k in given))
+            for kind, scaling in self.scaling:
+                if scaling.kind == "block" and PRESETS[scaling.block].element != getattr(self, kind):
+                    raise ValueError(f"{kind} are in {getattr(self, kind).name} but their block scaling "
+                                     f"{scaling.block} has {PRESETS[scaling.block].element.name} elements: "
+                                     f"make them agree")
+            if self.placement != "autocast" or self.master is None:
+                raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
+                                 "placement='autocast' and master weights (master='fp32')")
 
     @property
     def weights(self) -> Format:
@@ -113,10 +131,11 @@ class Policy:
 
     @classmethod
     def preset(cls, name: str) -> "Policy":
-        """The named preset (``fpsim.POLICIES`` lists them)."""
-        if isinstance(name, str) and name.strip().lower() in POLICIES:
-            return POLICIES[name.strip().lower()]
-        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+        """The named preset (``fpsim.POLICIES`` and the FP8 / MX ``SCALED_POLICIES`` list them)."""
+        presets = {**POLICIES, **SCALED_POLICIES}
+        if isinstance(name, str) and name.strip().lower() in presets:
+            return presets[name.strip().lower()]
+        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(presets)}")
 
     @classmethod
     def coerce(cls, spec) -> "Policy":
@@ -169,7 +188,8 @@ class Policy:
         return (f"{self.name}: params {self.params}, activations {self.activations}, gradients {self.gradients}, "
                 f"accumulate {self.accumulate}, master {self.master or 'none'}, optimizer state "
                 f"{self.optimizer_state}, loss {self.loss}, loss scale {self.loss_scale or 'none'}, "
-                f"update {update}, placement {self.placement}"
+                f"update {update}, placement "
+                + ("products' operands only (FP8 recipe)" if self.scaling else self.placement)
                 + "".join(f", {kind} scaling {_describe_scaling(scaling)}" for kind, scaling in self.scaling or ()))
 
 
@@ -210,23 +230,42 @@ FP32 and compute the loss in FP32.
 """
 
 
-def _scaled(name: str, forward: Format, backward: Format, scaling: Scaling) -> Policy:
-    """FP8 / MX compute (weights and activations in ``forward``, gradients in ``backward``), FP32 master and state."""
+def _scaled(name: str, forward: Format, backward: Format, scaling: Scaling,
+            backward_scaling: Scaling | None = None) -> Policy:
+    """FP8 / MX compute (weights and activations in ``forward`` with ``scaling``, gradients in ``backward`` with
+    ``backward_scaling``, by default the same), FP32 master weights and optimizer state."""
     return Policy(name=name, params=forward, activations=forward, gradients=backward, accumulate=FP32, loss=FP32,
-                  master=FP32, optimizer_state=FP32, scaling={kind: scaling for kind in SCALED_KINDS})
+                  master=FP32, optimizer_state=FP32,
+                  scaling={"params": scaling, "activations": scaling, "gradients": backward_scaling or scaling})
+
+
+def _block(name: str, forward: str, backward: str) -> Policy:
+    """Block scaling with ``fpsim.quantize`` presets: ``forward`` for weights and activations, ``backward`` for
+    gradients."""
+    return _scaled(name, PRESETS[forward].element, PRESETS[backward].element, Scaling.block_of(forward),
+                   Scaling.block_of(backward))
 
 
 SCALED_POLICIES: dict[str, Policy] = {p.name: p for p in (
+    _scaled("fp8-unscaled", E4M3, E5M2, Scaling("none")),
     _scaled("fp8-current", E4M3, E5M2, Scaling("current")),
     _scaled("fp8-delayed", E4M3, E5M2, Scaling.delayed()),
-    _scaled("mxfp8", E4M3, E4M3, Scaling.block_of("mxfp8_e4m3")),
-    _scaled("mxfp4", E2M1, E2M1, Scaling.block_of("mxfp4")),
+    _scaled("fp8-rowwise", E4M3, E4M3, Scaling("row")),
+    _block("mxfp8", "mxfp8_e4m3", "mxfp8_e4m3"),
+    _block("mxfp6", "mxfp6_e2m3", "mxfp6_e3m2"),
+    _block("mxfp4", "mxfp4", "mxfp4"),
+    _block("nvfp4", "nvfp4", "nvfp4"),
 )}
-"""FP8 / MX recipes, kept out of ``POLICIES`` until the engines apply ``scaling``.
+"""FP8 / MX recipes (products' operands only, FP32 master weights and optimizer state; see the module docstring).
 
+``fp8-unscaled``: plain saturating casts, E4M3 forward and E5M2 backward, no scale.
 ``fp8-current``: torchao's TENSORWISE default (E4M3 weights and activations, E5M2
 gradients, scale = max / amax now).  ``fp8-delayed``: Transformer Engine's
 ``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward), history
-1024, margin 0, amax "max".  ``mxfp8``: TE's ``MXFP8BlockScaling`` (E4M3 everywhere,
-blocks of 32, E8M0 floor scales).  ``mxfp4``: MXFP4 (E2M1) the same way.
+1024, margin 0, amax "max".  ``fp8-rowwise``: torchao's ROWWISE (E4M3, one current
+scale per row along the reduction axis).  ``mxfp8``: TE's ``MXFP8BlockScaling`` (E4M3
+everywhere, blocks of 32, E8M0 floor scales).  ``mxfp6``: MXFP6 with E2M3 (precision)
+forward and E3M2 (range) backward, the split the FP8 recipes make between E4M3 and
+E5M2.  ``mxfp4``: MXFP4 (E2M1) everywhere.  ``nvfp4``: NVFP4 (E2M1, blocks of 16,
+E4M3 block scales, an FP32 tensor scale) everywhere.
 """

@@ -27,6 +27,12 @@ zero.  That last count sees an underflow wherever it happened: a
 weight gradient computed from activation gradients that were already flushed
 is zero before its own rounding, so the per-rounding count cannot see it.
 
+Under an FP8 / MX scaling recipe (``fpsim.sim.scaling.ScaledCasts``) a product's operands
+are recorded in the scaled domain (the values the element format holds), and
+``Recorder.scaled`` keeps, per step, module and operand kind ("params",
+"activations", "gradients"), the values cast, those that saturated at the format's
+max, and the range of log2 of the scales (``scaling``: one trace per module and kind).
+
 Counting is a few vectorised numpy passes per tensor; histograms are taken
 only at the requested steps.  Every count is stored under its name
 (``STAT_INDEX``), never by position, so the order of ``STATS`` is free to change.
@@ -84,6 +90,8 @@ class Recorder:
         self._counts = np.zeros_like(self._totals)
         self._updates = np.zeros_like(self._update_totals)
         self._histogram_now = False
+        self._scaled_now: dict = {}
+        self._scale_traces: dict = {}
         for module in modules:
             self.index(module)
 
@@ -125,6 +133,16 @@ class Recorder:
             counts[STAT_INDEX[stat]] += value
         if self._histogram_now:
             self._histogram(kind, module, before)
+
+    def scaled(self, kind: str, module: str, values: int, saturated: int, log2_scales) -> None:
+        """Observe a scaled cast of ``values`` values of operand ``kind`` in ``module``: ``saturated`` of them
+        beyond the element format's max, ``log2_scales`` (lowest, highest) log2 of the unit X (None: no
+        finite scale)."""
+        entry = self._scaled_now.setdefault((kind, module), [0, 0, math.inf, -math.inf])
+        entry[0] += values
+        entry[1] += saturated
+        if log2_scales is not None:
+            entry[2], entry[3] = min(entry[2], log2_scales[0]), max(entry[3], log2_scales[1])
 
     def updated(self, module: str, before: np.ndarray, after: np.ndarray, update: np.ndarray, fmt) -> None:
         """Observe a weight update of ``module``: stored values ``before`` and ``after`` (format ``fmt``), update ``update``.
@@ -191,6 +209,17 @@ class Recorder:
         record["lost_updates"] = int(update_totals["lost"])
         record["update_magnitude"] = float(update_totals["update_magnitude"])
         record["lost_update_magnitude"] = float(update_totals["lost_magnitude"])
+        if self._scaled_now:
+            record["saturated"] = {}
+            for (kind, module), (values, saturated, low, high) in self._scaled_now.items():
+                record["saturated"][kind] = record["saturated"].get(kind, 0) + saturated
+                trace = self._scale_traces.setdefault((kind, module), {
+                    "kind": kind, "module": module, "steps": [], "values": [], "saturated": [],
+                    "log2_scale_min": [], "log2_scale_max": []})
+                for name, value in (("steps", self.step), ("values", values), ("saturated", saturated),
+                                    ("log2_scale_min", json_float(low)), ("log2_scale_max", json_float(high))):
+                    trace[name].append(value)
+            self._scaled_now = {}
         self.history.append(record)
         if self._histogram_now:
             self._scales[self.step] = loss_scale
@@ -244,6 +273,12 @@ class Recorder:
                 summary[stat] = float(value) if "magnitude" in stat else int(value)
             out.append(summary)
         return out
+
+    @property
+    def scaling(self) -> list[dict]:
+        """Per (operand kind, module) cast under a scaling recipe, in the order first seen: ``steps``, and per
+        step the ``values`` cast, those ``saturated``, ``log2_scale_min`` and ``log2_scale_max`` of X."""
+        return list(self._scale_traces.values())
 
     # --- internals -----------------------------------------------------------
     @property

@@ -79,7 +79,8 @@ class TrainResult:
     """How the run ended: one of ``STATUSES`` ("ok", "diverged", "no updates", "loss-scale floor")."""
     history: list = field(default_factory=list)
     """One dict per step: loss, loss_scale, skipped, and per kind the counts nonzero, underflow,
-    subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude."""
+    subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude; under a
+    scaling recipe also ``saturated`` per operand kind."""
     layers: list = field(default_factory=list)
     """Per module: its path, shape and run totals of every count (see ``fpsim.sim.recorder``)."""
     layer_history: dict = field(default_factory=dict)
@@ -88,6 +89,9 @@ class TrainResult:
     """Histograms of log2|value| before rounding, per requested step, kind and layer."""
     shadow: list = field(default_factory=list)
     """On sampled steps: per layer, ||g - g64|| / ||g64|| against an FP64 shadow of the same step."""
+    scaling: list = field(default_factory=list)
+    """Under an FP8 / MX scaling recipe: per operand kind and module, the saturated values and the scales'
+    range per step (``fpsim.sim.recorder.Recorder.scaling``); empty otherwise."""
 
     def to_dict(self) -> dict:
         """The result as plain JSON data."""
@@ -131,7 +135,12 @@ class TrainResult:
                 "activation_grad_underflow": self.activation_grad_underflow_fraction,
                 "lost_updates": self.lost_update_fraction, "overflows": self.overflow_count,
                 "skipped_steps": self.skipped_steps, "final_loss_scale": self.final_loss_scale,
-                "diverged_step": self.diverged_step}
+                "diverged_step": self.diverged_step, "saturated": self.saturated_count}
+
+    @property
+    def saturated_count(self) -> int:
+        """Values that saturated at their element format's max in the casts of a scaling recipe (0 without one)."""
+        return sum(sum(trace["saturated"]) for trace in self.scaling)
 
 
 def has_diverged(loss: float, weights_finite: bool, scaler, scale: float) -> bool:
@@ -168,4 +177,4 @@ def result_of_run(config: dict, policy_name: str, recorder, scaler, *, steps_run
         status=run_status(diverged=diverged_step is not None, min_scale_hits=min_scale_hits,
                           weights_changed=sum(r["updated"] - r["lost_updates"] for r in history)),
         history=history, layers=layers, layer_history=recorder.layer_history,
-        histograms=recorder.histograms, shadow=recorder.shadow)
+        histograms=recorder.histograms, shadow=recorder.shadow, scaling=recorder.scaling)

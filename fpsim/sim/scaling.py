@@ -27,18 +27,29 @@ the earlier steps', oldest first), once per step after the casts:
 
 The scale starts at 1, so a step's tensors are cast with the scale computed after the
 step before (the lag that makes delayed scaling overflow after a jump in magnitude).
+
+``ScaledCasts`` applies a policy's recipes in a training step, for both engines: it is
+the one place where a product's operand is scaled, rounded to its element format
+(saturating at its max, as every recipe's cast does) and scaled back, and where the
+recorder is told what that did.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..numerics.formats import FP32, get_format
+from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
-from ..ops.quantize import PRESETS, SCALE_ROUNDINGS
+from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, quantize
+
+SCALED_KINDS = ("params", "activations", "gradients")
+"""The tensor kinds a ``scaling`` recipe may cover: the operands of a matrix product (each the name of the
+policy field giving its element format)."""
 
 SCALING_KINDS = ("none", "current", "delayed", "row", "block")
 AMAX_COMPUTE = ("max", "most_recent")
@@ -141,3 +152,106 @@ class DelayedScaler:
         self.history[0] = 0
         return self.scale
 
+
+
+RECORDED_KIND = {"activations": "activations", "gradients": "activation_grads"}
+"""The recorder's kind for a scaled operand (a product's gradient operand is an activation gradient); the
+weights' casts are counted in the scale traces only (``Recorder.scaled``)."""
+
+
+class ScaledCasts:
+    """A run's scaled casts: the policy's recipe per tensor kind and the delayed scalers' state.
+
+    ``cast(values, kind, module, axis)`` is what a product does to an operand of ``kind``
+    ("params", "activations" or "gradients") under the policy's ``scaling``: with X the
+    value of one unit of the element format after scaling (X = 1 / s for a per-tensor or
+    per-row FP32 scale s, the block scale for block formats, 1 for ``none``), the
+    operand becomes X * q(x / X), q rounding to the kind's format with saturation.
+    Rows and blocks run along ``axis``, the product's reduction axis.  Delayed scalers
+    are kept per (kind, module): a module's weights, input activations and output
+    gradients each have their amax history, as in Transformer Engine.
+
+    With a recorder, each cast is recorded in the scaled domain: ``Recorder.rounded``
+    sees x / X before and q after (so underflow, subnormals and histograms are counted
+    against the element format itself), and ``Recorder.scaled`` the values that
+    saturated (``count_saturated``) and the range of log2 X.  ``end_step()`` after each
+    training step updates the delayed scales; ``learning=False`` (evaluation) uses them
+    without recording amaxes.
+    """
+
+    def __init__(self, policy, recorder=None):
+        recipes = dict(policy.scaling or ())
+        self.recipes = {kind: recipes.get(kind, Scaling()) for kind in SCALED_KINDS}
+        self.formats = {kind: getattr(policy, kind) for kind in SCALED_KINDS}  # the policy's field of that name
+        self.recorder = recorder
+        self.learning = True
+        self._delayed: dict[tuple[str, str], DelayedScaler] = {}
+
+    def cast(self, values: np.ndarray, kind: str, module: str, axis: int = -1) -> np.ndarray:
+        """``values`` quantized as an operand of ``kind`` in ``module`` and dequantized (float32 in, float32 out)."""
+        recipe, fmt = self.recipes[kind], self.formats[kind]
+        if recipe.kind == "none":
+            out, unit = round_to(values, fmt, saturate=True), np.float64(1.0)
+        elif recipe.kind == "delayed":
+            scaler = self._delayed_scaler(kind, module, fmt)
+            out, unit = quantize(values, fmt, scale=float(scaler.scale)), 1.0 / np.float64(scaler.scale)
+            if self.learning:
+                scaler.record(np.max(np.abs(values), initial=0.0))
+        elif recipe.kind == "block":
+            preset = PRESETS[recipe.block]
+            rounding = recipe.scale_rounding if preset.scale_format == "e8m0" else None
+            out, unit = quantize(values, recipe.block, axis=axis, scale_rounding=rounding, return_scales=True)
+            unit = _per_value(unit, values.shape, axis, preset.block_size)
+        else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
+            out, scales = quantize(values, fmt, scaling="tensor" if recipe.kind == "current" else "row", axis=axis,
+                                   return_scales=True)
+            unit = 1.0 / scales
+        out = np.asarray(out, dtype=values.dtype)
+        if self.recorder is not None:
+            self._observe(kind, module, values, out, np.asarray(unit, dtype=np.float64), fmt)
+        return out
+
+    def for_evaluation(self) -> "ScaledCasts":
+        """The same recipes and delayed scales, read without recording (amaxes or counts)."""
+        view = copy.copy(self)
+        view.recorder, view.learning = None, False
+        return view
+
+    def end_step(self) -> None:
+        """After a training step: each delayed scaler's new scale from its amax history."""
+        for scaler in self._delayed.values():
+            scaler.update()
+
+    def _delayed_scaler(self, kind, module, fmt) -> DelayedScaler:
+        scaler = self._delayed.get((kind, module))
+        if scaler is None:
+            scaler = self._delayed[(kind, module)] = DelayedScaler(self.recipes[kind], fmt)
+        return scaler
+
+    def _observe(self, kind, module, values, out, unit, fmt) -> None:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            before = values.astype(np.float64) / unit
+            after = out.astype(np.float64) / unit
+            logs = np.log2(unit[np.isfinite(unit) & (unit > 0)])
+        saturated = count_saturated(before, fmt)
+        if kind in RECORDED_KIND:
+            self.recorder.rounded(RECORDED_KIND[kind], module, before, after, fmt)
+        self.recorder.scaled(kind, module, values.size, saturated,
+                             (float(logs.min()), float(logs.max())) if logs.size else None)
+
+
+def count_saturated(values: np.ndarray, fmt) -> int:
+    """How many of ``values`` round to nearest beyond ``fmt``'s max (to inf or NaN without saturation): those
+    above max + ulp(max) / 2, and at that midpoint when max's significand is odd (ties to even go up)."""
+    midpoint = fmt.max + math.ldexp(0.5, fmt.emax - fmt.mantissa_bits)
+    magnitude = np.abs(values)
+    beyond = magnitude >= midpoint if fmt.max_significand % 2 else magnitude > midpoint
+    return int(np.count_nonzero(beyond))
+
+
+def _per_value(scales: np.ndarray, shape: tuple, axis: int, block: int) -> np.ndarray:
+    """Block scales (``axis`` holding the blocks) repeated over each block's values, to ``shape``."""
+    if scales.ndim == 0:
+        return scales
+    repeated = np.repeat(scales, block, axis=axis)
+    return np.take(repeated, np.arange(shape[axis]), axis=axis)

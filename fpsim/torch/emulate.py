@@ -29,6 +29,16 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
   tracked by a tag on the tensor (``_fpsim_format``: the format and the
   tensor's version counter, so an in-place change outside the mode voids it).
 
+Under a policy with a scaling recipe (FP8 / MX: ``fpsim.sim.policy``) the mode
+does something simpler: the operands of the products listed in
+``placement.SCALED_OPERANDS`` (mm, addmm, bmm, baddbmm, convolution, forward and
+backward) are cast by the run's ``fpsim.sim.scaling.ScaledCasts`` (weights as
+``params``, forward operands as ``activations``, the incoming gradients of the
+backward products as ``gradients``; a forward operand that the backward pass
+reads again, the saved input of a linear layer, is cast again as an activation,
+along the axis that product reduces); every output and every other operation
+stays FP32.  The recipes' scales are keyed by (operand kind, module path).
+
 With ``placement="low-precision"`` every operation except views rounds its
 inputs (parameters included; the model's buffers, such as batch norm's running
 statistics, stay FP32) and its outputs.
@@ -112,8 +122,9 @@ from ..numerics.rounding import kernel_params
 from ..numerics.rounding import round as round_to
 from ..ops.reductions import matmul as fpsim_matmul
 from ..sim.policy import Policy
+from ..sim.scaling import ScaledCasts
 from .placement import FP32 as FP32_OPS
-from .placement import MATMUL, MOVE, VIEW, placement_of
+from .placement import MATMUL, MOVE, SCALED_OPERANDS, VIEW, placement_of
 
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
@@ -128,17 +139,23 @@ _next_sequence_nr = torch._C._autograd._get_sequence_nr
 
 
 @contextmanager
-def emulate(policy, *, model=None, recorder=None, accumulate="native"):
+def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=None):
     """Every ATen op run inside follows ``policy`` (an ``fpsim.Policy``, a preset name or a dict).
 
     model: an ``nn.Module`` whose module paths name the recorder's entries and
     whose parameters are the weights (cast to ``policy.params`` at use; their
     gradients recorded as ``"weight_grads"``).  recorder: an
     ``fpsim.sim.recorder.Recorder`` (or anything with its ``rounded`` method) or
-    None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).  Run a step's forward and
-    backward passes inside the same ``with`` block: the backward pass reads what its forward recorded.
+    None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).  casts: for a policy with a
+    scaling recipe, the run's ``ScaledCasts`` (its delayed scalers live across steps; by default a new
+    one, recording to ``recorder``).  Run a step's forward and backward passes inside the same ``with``
+    block: the backward pass reads what its forward recorded.
     """
     policy = Policy.coerce(policy)
+    if policy.scaling is not None and casts is None:
+        casts = ScaledCasts(policy, recorder)
+    if policy.scaling is not None and accumulate != "native":
+        raise ValueError("a scaling recipe's products accumulate in FP32: use accumulate='native'")
     if accumulate not in ACCUMULATE_MODES:
         raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE_MODES)}, got {accumulate!r}")
     if accumulate == "native" and policy.accumulate != FP32:
@@ -146,7 +163,7 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
                          f"in FP32, use accumulate='exact'")
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-    mode = _EmulationMode(policy, model, recorder, accumulate)
+    mode = _EmulationMode(policy, model, recorder, accumulate, casts if policy.scaling is not None else None)
     # With numba's OpenMP threading layer a kernel launch sets OpenMP's thread count, which torch's
     # operations then use: numba runs on torch's thread count, so that neither changes the other's.
     threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
@@ -165,9 +182,11 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native"):
 class _EmulationMode(TorchDispatchMode):
     """The dispatch mode behind ``emulate``; one instance per ``with`` block."""
 
-    def __init__(self, policy: Policy, model, recorder, accumulate: str):
+    def __init__(self, policy: Policy, model, recorder, accumulate: str, casts=None):
         super().__init__()
         self.policy = policy
+        self.casts = casts
+        self._forward_operands = {}  # storage address -> the forward operand itself (held until the mode ends)
         self.model = model
         self.recorder = recorder
         self.exact = accumulate == "exact"
@@ -310,6 +329,8 @@ class _EmulationMode(TorchDispatchMode):
     # --- the dispatch -------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.casts is not None:
+            return self._scaled_dispatch(func, args, kwargs)
         placement, first_only, mutates, fp32_inputs = placement_of(func)
         if placement == MOVE:
             out = func(*args, **kwargs)
@@ -359,6 +380,40 @@ class _EmulationMode(TorchDispatchMode):
         if creates_node:
             self._remember_low_node(_next_sequence_nr() - 1)
         return out
+
+    def _scaled_dispatch(self, func, args, kwargs):
+        """Under a scaling recipe: a listed product's operands cast by ``casts``, everything else in FP32."""
+        operands = SCALED_OPERANDS.get(func._schema.name.split("::")[-1])
+        if operands is None:
+            return func(*args, **kwargs)
+        node = _current_node()
+        if node is None:
+            path = self._stack[-1] if self._stack else OUTSIDE
+        else:
+            path = self._backward_path(node)
+        args = list(args)
+        for index, axis in operands.items():
+            args[index] = self._scaled_operand(args[index], axis, node is not None, path)
+        return func(*args, **kwargs)
+
+    def _scaled_operand(self, tensor, axis: int, backward: bool, path: str):
+        """``tensor`` cast as an operand of the product at ``path``: weights as params; in the backward pass, a
+        saved forward operand as an activation and anything else as a gradient."""
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+            return tensor
+        address = tensor.untyped_storage().data_ptr()
+        if address in self.buffers:
+            return tensor
+        if address in self.params:
+            kind = "params"
+        elif not backward:
+            kind = "activations"
+            if torch.is_grad_enabled():  # held, so that no gradient can take its memory before the mode ends
+                self._forward_operands[address] = tensor
+        else:
+            kind = "activations" if address in self._forward_operands else "gradients"
+        values = tensor.detach().numpy()
+        return torch.from_numpy(self.casts.cast(values, kind, path, axis=axis % values.ndim))
 
     def _remember_low_node(self, sequence_nr: int) -> None:
         """The autograd node just created computes in low precision: in the backward pass its incoming

@@ -81,6 +81,7 @@ from ..sim.optimizers import apply_kahan_update, apply_update
 from ..sim.recorder import Recorder, json_float
 from ..sim.loop import run_steps
 from ..sim.result import TrainResult, result_of_run
+from ..sim.scaling import ScaledCasts
 from .emulate import ROOT, emulate
 from .models import get_model
 
@@ -269,6 +270,8 @@ class _Run:
                                   momentum=config.momentum, betas=config.betas, eps=config.eps)
 
         self.weights = _Weights(policy, self.params, make, self.recorder, rounding_rng)
+        # FP8 / MX recipes: one ScaledCasts for the run (its delayed scalers' amax histories span the steps)
+        self.casts = ScaledCasts(policy, self.recorder) if policy.scaling is not None else None
         self.shadow_model = None  # the float64 twin, made at the first shadow step
         # float32 BLAS accumulates in FP32; any other accumulation format needs fpsim.matmul's exact products
         self.accumulate = "native" if policy.accumulate == FP32 else "exact"
@@ -296,9 +299,12 @@ class _Run:
         for _, param in self.params:
             param.grad = None
         # (1) + (2): forward and backward under the policy, the backward pass started at S * grad_scale
-        with emulate(self.policy, model=self.model, recorder=self.recorder, accumulate=self.accumulate):
+        with emulate(self.policy, model=self.model, recorder=self.recorder, accumulate=self.accumulate,
+                     casts=self.casts):
             loss = self.loss(self.model(x), y)
             loss.backward(torch.tensor(scale * self.config.grad_scale, dtype=loss.dtype))
+        if self.casts is not None:
+            self.casts.end_step()
         # (3) gradients to FP32, unscaled, checked
         grads = [_unscaled(param.grad, scale) for _, param in self.params]
         found_inf = self.scaler is not None and not all(bool(torch.isfinite(g).all()) for g in grads
@@ -356,7 +362,8 @@ class _Run:
             x = torch.from_numpy(self.data.x_test.astype(np.float32))
             y = torch.from_numpy(self.data.y_test)
         total_loss, correct = 0.0, 0
-        with torch.no_grad(), emulate(self.policy, model=self.model, accumulate=self.accumulate):
+        casts = self.casts.for_evaluation() if self.casts is not None else None
+        with torch.no_grad(), emulate(self.policy, model=self.model, accumulate=self.accumulate, casts=casts):
             for start in range(0, len(x), EVAL_BATCH):
                 logits = self.model(x[start:start + EVAL_BATCH])
                 targets = y[start:start + EVAL_BATCH]

@@ -117,6 +117,16 @@ FP32_INPUTS = {
 }
 """Positions of the attention backwards' log-sum-exp input: FP32 on the hardware, never rounded."""
 
+SCALED_OPERANDS: dict[str, dict[int, int]] = {
+    "mm": {0: -1, 1: -2}, "addmm": {1: -1, 2: -2}, "bmm": {0: -1, 1: -2}, "baddbmm": {1: -1, 2: -2},
+    "convolution": {0: 1, 1: 1}, "convolution_backward": {0: 1, 1: 1, 2: 1},
+}
+"""Under an FP8 / MX scaling recipe, the products whose operands are quantized: ATen operator name ->
+{argument position: the axis along which its rows or blocks run}.  For matrix products that is the
+reduction axis (a's last, b's second to last); for convolutions the channel axis (the reduction runs over
+channels and the kernel window; blocks run along the channels).  Attention is not listed: torchao's and
+Transformer Engine's FP8 recipes leave it in high precision by default."""
+
 _CACHE: dict = {}
 
 
