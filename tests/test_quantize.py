@@ -114,6 +114,8 @@ SETTINGS = [dict(fmt=p, scale_rounding=r) for p in ("mxfp8_e4m3", "mxfp6_e3m2", 
     dict(fmt="e4m3", scaling="tensor", scale_format="e8m0", scale_rounding="ceil"),
     dict(fmt="e5m2", scaling="row", scale_format="e8m0", scale_rounding="rceil"),
     dict(fmt="mxfp4", block_size=12), dict(fmt="bf16", scaling="block", block_size=8),
+    dict(fmt="e4m3", scale=float(np.float32(0.3))), dict(fmt="e5m2", scale=2.0**-20),
+    dict(fmt="e4m3", scale=2.0**20),  # delayed scaling's given scales: most values saturate or flush
 ]
 
 
@@ -133,6 +135,14 @@ def test_matches_the_exact_reference(kwargs):
             assert ours.dtype == dtype
             assert np.count_nonzero(~same_bits(ours, reference)) == 0, (dtype, mode)
             assert np.count_nonzero(~same_bits(scales, reference_scales)) == 0, (dtype, mode)
+
+
+def test_a_given_scale_takes_inf_and_nan_elementwise():
+    x = np.array([np.inf, -np.inf, np.nan, 1.0, 1e30], dtype=np.float32)
+    ours = fpsim.quantize(x, "e4m3", scale=2.0)
+    reference, _ = quantize_reference(x, "e4m3", scale=2.0)
+    assert np.count_nonzero(~same_bits(ours, reference)) == 0
+    assert ours[3] == 1.0 and ours[4] == 224.0 and ours[0] == 224.0 and np.isnan(ours[2])  # saturated at 448 / 2
 
 
 def test_without_saturation_overflows_follow_the_element_format():
@@ -212,6 +222,9 @@ def test_scale_shapes_follow_the_axis():
     (dict(fmt="mxfp4", axis=2), "axis 2 is out of range"),
     (dict(fmt="e8m0"), "signed element format narrower than FP32"),
     (dict(fmt="mxfp4", mode="banker"), "unknown rounding mode"),
+    (dict(fmt="mxfp4", scale=1.0), "a given scale= is a per-tensor FP32 scale"),
+    (dict(fmt="e4m3", scale=0.1), "scale must be a positive finite FP32 number"),
+    (dict(fmt="e4m3", scale=-1.0), "scale must be a positive finite FP32 number"),
 ])
 def test_bad_input_raises_one_line_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
