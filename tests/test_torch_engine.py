@@ -224,3 +224,17 @@ def test_fp64_shadow_sees_fp16_flush_the_small_weight_gradients():
 def test_absurd_sizes_are_refused_before_anything_is_built(options, message):
     with pytest.raises(ValueError, match=message):
         engine.train(TrainConfig(policy="fp32", model="char-gpt", steps=1, **options), progress=False)
+
+
+def test_the_first_run_in_a_process_gives_the_bits_of_the_runs_after_it():
+    """numba's thread pool, started during the first run, once changed torch's thread count for that run."""
+    import subprocess
+    import sys
+
+    script = ("import fpsim\n"
+              "options = dict(model='char-gpt', model_options={'n_layer': 1, 'n_head': 2, 'n_embd': 32, "
+              "'block_size': 16}, optimizer='adam', lr=3e-3, steps=4, batch_size=8, shadow_every=0, progress=False)\n"
+              "first, second = (fpsim.train('bf16-mixed', **options) for _ in range(2))\n"
+              "print(first.to_dict() == second.to_dict())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "True", done.stderr[-2000:]

@@ -269,8 +269,12 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
             scales = np.where(amax == 0, 1.0, div(element.max, amax, FP32))
             scales = np.where(np.isinf(scales), FP32.max, scales)  # a finite amax too small for FP32's range
             scales = np.where(np.isfinite(amax), scales, np.nan)
-        scaled = mul(groups, scales[..., None], FP32)
-        out = div(round_to(scaled, element, mode, saturate=saturate, rng=rng), scales[..., None], FP32)
+        # RN32(x * s) and RN32(q / s) as float32 arithmetic: IEEE float32 multiply, divide and the cast from
+        # float64 round to nearest even, the FP32 rounding of the formulas (and 10x faster than fpsim.mul/div)
+        scales32 = scales.astype(np.float32)[..., None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = groups.astype(np.float32) * scales32
+            out = np.asarray(round_to(scaled, element, mode, saturate=saturate, rng=rng), dtype=np.float32) / scales32
     else:
         tensor_amax = np.max(amax, initial=0.0)
         tensor_scale = float(div(tensor_amax, E4M3.max * element.max, FP32)) if np.isfinite(tensor_amax) else np.nan

@@ -148,14 +148,19 @@ def _reproducible():
     ``torch.use_deterministic_algorithms`` is not needed: it would only fill new
     tensors with NaN and import torch's compiler stack (seconds) on first use.
     Two runs are compared bit for bit in the tests.
+
+    numba's thread pool is started first (``one_thread`` asks numba for its thread
+    count, which starts it): with its OpenMP layer, starting it sets OpenMP's thread
+    count, which torch's operations use, so started later it would give the first run
+    in a process more torch threads than the runs after it, and other bits.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with one_thread():
+    with one_thread():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
             yield
-    finally:
-        torch.set_num_threads(threads)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _check_policy(policy) -> None:
