@@ -269,12 +269,7 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
             scales = np.where(amax == 0, 1.0, div(element.max, amax, FP32))
             scales = np.where(np.isinf(scales), FP32.max, scales)  # a finite amax too small for FP32's range
             scales = np.where(np.isfinite(amax), scales, np.nan)
-        # RN32(x * s) and RN32(q / s) as float32 arithmetic: IEEE float32 multiply, divide and the cast from
-        # float64 round to nearest even, the FP32 rounding of the formulas (and 10x faster than fpsim.mul/div)
-        scales32 = scales.astype(np.float32)[..., None]
-        with np.errstate(over="ignore", invalid="ignore"):
-            scaled = groups.astype(np.float32) * scales32
-            out = np.asarray(round_to(scaled, element, mode, saturate=saturate, rng=rng), dtype=np.float32) / scales32
+        out = _scaled_in_float32(groups, scales, np.multiply, np.divide, element, mode, saturate, rng)
     else:
         tensor_amax = np.max(amax, initial=0.0)
         tensor_scale = float(div(tensor_amax, E4M3.max * element.max, FP32)) if np.isfinite(tensor_amax) else np.nan
@@ -283,9 +278,19 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
         block_scales = round_to(np.clip(div(div(amax, element.max, FP32), tensor_scale, FP32),
                                         E4M3.smallest_normal, E4M3.max), E4M3)
         scales = mul(tensor_scale, block_scales, FP32)
-        scaled = div(groups, scales[..., None], FP32)
-        out = mul(round_to(scaled, element, mode, saturate=saturate, rng=rng), scales[..., None], FP32)
+        out = _scaled_in_float32(groups, scales, np.divide, np.multiply, element, mode, saturate, rng)
     return np.asarray(out).reshape(rows.shape[0], -1)[:, :n], np.asarray(scales, dtype=np.float64)
+
+
+def _scaled_in_float32(groups, scales, apply, undo, element, mode, saturate, rng) -> np.ndarray:
+    """RN32(undo(q(RN32(apply(RN32(x), s))), s)) for FP32 scales s, one per group: in float32 arithmetic, whose
+    IEEE multiply, divide and cast from float64 are the FP32 roundings of the formulas (10x faster than
+    fpsim.mul / fpsim.div on float64 arrays)."""
+    scales32 = np.asarray(scales, dtype=np.float32)[..., None]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scaled = apply(groups.astype(np.float32), scales32)
+        return undo(np.asarray(round_to(scaled, element, mode, saturate=saturate, rng=rng), dtype=np.float32),
+                    scales32)
 
 
 # ---- the exact reference -------------------------------------------------------------

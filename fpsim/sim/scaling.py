@@ -190,6 +190,7 @@ class ScaledCasts:
     def cast(self, values: np.ndarray, kind: str, module: str, axis: int = -1) -> np.ndarray:
         """``values`` quantized as an operand of ``kind`` in ``module`` and dequantized (float32 in, float32 out)."""
         recipe, fmt = self.recipes[kind], self.formats[kind]
+        block = None  # values per scale along ``axis`` when the scales are per block
         if recipe.kind == "none":
             out, unit = round_to(values, fmt, saturate=True), np.float64(1.0)
         elif recipe.kind == "delayed":
@@ -201,14 +202,14 @@ class ScaledCasts:
             preset = PRESETS[recipe.block]
             rounding = recipe.scale_rounding if preset.scale_format == "e8m0" else None
             out, unit = quantize(values, recipe.block, axis=axis, scale_rounding=rounding, return_scales=True)
-            unit = _per_value(unit, values.shape, axis, preset.block_size)
+            block = preset.block_size
         else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
             out, scales = quantize(values, fmt, scaling="tensor" if recipe.kind == "current" else "row", axis=axis,
                                    return_scales=True)
             unit = 1.0 / scales
         out = np.asarray(out, dtype=values.dtype)
         if self.recorder is not None:
-            self._observe(kind, module, values, out, np.asarray(unit, dtype=np.float64), fmt)
+            self._observe(kind, module, values, out, np.asarray(unit, dtype=np.float64), axis, block, fmt)
         return out
 
     def for_evaluation(self) -> "ScaledCasts":
@@ -228,16 +229,17 @@ class ScaledCasts:
             scaler = self._delayed[(kind, module)] = DelayedScaler(self.recipes[kind], fmt)
         return scaler
 
-    def _observe(self, kind, module, values, out, unit, fmt) -> None:
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            before = values.astype(np.float64) / unit
-            after = out.astype(np.float64) / unit
-            logs = np.log2(unit[np.isfinite(unit) & (unit > 0)])
-        saturated = count_saturated(before, fmt)
+    def _observe(self, kind, module, values, out, unit, axis, block, fmt) -> None:
+        """Record a cast in the scaled domain (x / X, q), in float32: exact for power-of-two scales, and for
+        the FP32 scales of current and delayed scaling within an ulp (the counts are what is kept)."""
+        finite = unit[np.isfinite(unit) & (unit > 0)]
+        log2_range = (math.log2(finite.min()), math.log2(finite.max())) if finite.size else None
+        per_value = (unit if block is None else _per_value(unit, values.shape, axis, block)).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
+            before, after = values / per_value, out / per_value
         if kind in RECORDED_KIND:
             self.recorder.rounded(RECORDED_KIND[kind], module, before, after, fmt)
-        self.recorder.scaled(kind, module, values.size, saturated,
-                             (float(logs.min()), float(logs.max())) if logs.size else None)
+        self.recorder.scaled(kind, module, values.size, count_saturated(before, fmt), log2_range)
 
 
 def count_saturated(values: np.ndarray, fmt) -> int:
@@ -251,7 +253,7 @@ def count_saturated(values: np.ndarray, fmt) -> int:
 
 def _per_value(scales: np.ndarray, shape: tuple, axis: int, block: int) -> np.ndarray:
     """Block scales (``axis`` holding the blocks) repeated over each block's values, to ``shape``."""
-    if scales.ndim == 0:
-        return scales
     repeated = np.repeat(scales, block, axis=axis)
-    return np.take(repeated, np.arange(shape[axis]), axis=axis)
+    if repeated.shape[axis] == shape[axis]:
+        return repeated
+    return np.take(repeated, np.arange(shape[axis]), axis=axis)  # a short last block
