@@ -24,8 +24,9 @@ EXPECTED_FIGURES = {
     "transformer_underflow": ["histograms.png", "flushed_by_module.png", "loss_scale_window.png", "trained.png"],
     "transformer_overflow": ["headroom.png", "forced.png"],
     "claims_models": ["paired_differences.png"],
+    "fp8": ["unscaled.png", "delayed_lag.png", "against_bf16.png"],
 }
-CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
+CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)"]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +61,10 @@ def test_quick_report_has_every_section_and_figure(quick_report):
     for claim in CLAIMS:
         assert re.search(rf"^\| {re.escape(claim)} .* \| \*\*(holds|holds under conditions|not supported by the "
                          rf"evidence)\*\* \|", summary, re.M), claim
-    for claim in ("(a)", "(e)", "(f)"):  # an overall verdict, then one per model
+    for claim in ("(a)", "(e)", "(f)", "(g)", "(h)"):  # an overall verdict, then one per model
         assert re.search(rf"^\| {re.escape(claim)} [^|]* \| overall \| \*\*", summary, re.M), claim
     for model in report.MODELS:
-        assert summary.count(f"| | {model} | **") == 3, model
+        assert summary.count(f"| | {model} | **") == 5, model
     assert summary.count("![") >= 3
     assert not list(out.parent.glob(".reports.*")), "temporary folders left behind"
 

@@ -1,9 +1,9 @@
 """Run the analyses and write the report: where gradients underflow, why loss scaling and
-master weights work, BF16's range, and a verdict on every claim of the mixed-precision recipe.
+master weights work, BF16's range, FP8 and MX scaling, and a verdict on every claim.
 
 Runs each script in analyses/ (formats, rounding_validation, gradient_underflow,
 loss_scaling, master_weights, bf16_range and claims on the MLP; transformer_underflow,
-transformer_overflow and claims_models on the transformer and the conv net, which
+transformer_overflow, claims_models and fp8 on the transformer and the conv net, which
 need torch: without it they are skipped and the report says so) and writes
 DIR/REPORT.md with its figures (PNG) and data (JSON, CSV), summary page first.
 The report is written into a temporary folder and moved into place at the end,
@@ -13,8 +13,8 @@ file, a folder holding anything else, or the current folder is refused.  An anal
 is reported with its error, the others still run, and the exit status is 1.
 
 Examples:
-  fpsim report                          the full report into reports/ (about 10 minutes on 2 cores)
-  fpsim report --quick --out /tmp/r     a small-budget run (under a minute)
+  fpsim report                          the full report into reports/ (under an hour on 2 cores)
+  fpsim report --quick --out /tmp/r     a small-budget run (a few minutes)
   fpsim report --only formats claims    these analyses; the others' sections are kept from DIR
 """
 

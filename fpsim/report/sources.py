@@ -61,3 +61,14 @@ T5_HIDDEN_STATES = Cited(2.75e5, "", "largest |hidden state| of T5 in FP16 (rang
 PEGASUS_FC2 = Cited(6.06e4, "", "Pegasus fc2 output in FP16, next to FP16's 65504", HF_PEGASUS_ISSUE)
 BLOOM_FP16 = Cited(104, "B parameters", "BLOOM's 104B trial run in FP16, \"a complete failure\"; BLOOM was then "
                                         "trained in BF16", BLOOM)
+
+# --- FP8 and MX training (cited beside the fp8 measurements) --------------------------------------
+TORCHAO_DELAYED_REMOVED = ("pytorch/ao PR 1753, \"delete delayed scaling from torchao.float8\" (2025-02-21), after "
+                           "issue 1680: \"lack of real world use cases for delayed/static scaling (dynamic scaling is "
+                           "required for higher accuracy)\" (https://github.com/pytorch/ao/pull/1753)")
+MXFP8_RECIPES = ("Mishra, Stosic, Layton 2025, Recipes for Pre-training LLMs with MXFP8 (arXiv 2506.08027): the OCP "
+                 "specification's rounding of the scale \"can lead to divergence when pre-training an LLM\"; "
+                 "rounding it up (round-to-infinity) pre-trains an 8B model on 15T tokens in MXFP8")
+TE_DELAYED_SCALING = ("NVIDIA Transformer Engine, recipe.DelayedScaling (amax_history_len 1024, margin 0, "
+                      "amax_compute_algo \"max\"; transformer_engine/common/recipe/delayed_scaling.cu)")
+OCP_MX = "Open Compute Project, OCP Microscaling Formats (MX) Specification v1.0, sections 5 and 6.3"

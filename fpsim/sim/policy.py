@@ -113,8 +113,10 @@ class Policy:
             given = dict(self.scaling)
             unknown = sorted(set(given) - set(SCALED_KINDS))
             if unknown:
-                raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use {', '.join(SCALED_KINDS)}")
-            object.__setattr__(self, "scaling", tuple((k, Scaling.coerce(given[k])) for k in SCALED_KINDS if k in given))
+                raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use "
+                                 f"{', '.join(SCALED_KINDS)}")
+            object.__setattr__(self, "scaling",
+                               tuple((k, Scaling.coerce(given[k])) for k in SCALED_KINDS if k in given))
             for kind, scaling in self.scaling:
                 if scaling.kind == "block" and PRESETS[scaling.block].element != getattr(self, kind):
                     raise ValueError(f"{kind} are in {getattr(self, kind).name} but their block scaling "

@@ -1,0 +1,389 @@
+"""FP8 and MX training on the real models: what breaks in FP8 without scaling and where, whether delayed
+scaling's lagging scale saturates where current scaling does not, how MXFP8, MXFP6, MXFP4 and NVFP4 block
+scaling train against BF16 (several seeds, paired), and whether the MX spec's floor-rounded scales hurt the
+gradients; verdicts on "delayed scaling is not needed" and "floor-rounded MX scales diverge"."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fpsim.report import sources
+from fpsim.report.experiments import (CLAIM_DELAYED, CLAIM_MX_FLOOR, accuracy, bits_per_character, cnn_config,
+                                      cnn_steps, gpt_config, gpt_steps, grid_config, grid_steps, run_trainings)
+from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.stats import mean_ci, paired_comparison
+from fpsim.sim.policy import SCALED_POLICIES
+from fpsim.sim.recorder import Recorder
+from fpsim.sim.scaling import ScaledCasts, Scaling
+
+ORDER = 97
+NEEDS = ("torch",)
+BASELINE = "bf16-mixed"
+ROUNDED_UP = "gradient scales rounded up"
+CLAIMED = ["fp8-current", "fp8-delayed", "mxfp8", "mxfp8 " + ROUNDED_UP]
+"""The policies the two claims are judged on, run on every model."""
+MODELS = {
+    "MLP": CLAIMED,
+    "conv net": CLAIMED + ["mxfp4", "nvfp4"],
+    "transformer": CLAIMED + ["mxfp6", "mxfp4", "mxfp4 " + ROUNDED_UP, "nvfp4"],
+}
+"""Per model, the FP8 / MX policies compared with BF16, each with every seed (``--quick``: CLAIMED only)."""
+WITHIN = {"MLP": 0.01, "conv net": 0.01, "transformer": 0.01}
+""""As well as": within 1 point of accuracy (MLP, conv net) or 1% of the bits per character (transformer)."""
+JUMP = (20, 40, 60)
+"""The scripted amax sequence: steps at amplitude 1, then 64 (a jump), then 1/64 (a drop)."""
+
+
+def policy(name: str):
+    """A preset name, or "mxfpN gradient scales rounded up": the preset with its gradients' E8M0 scales rounded
+    up (``rceil``, ceil(log2(amax / max)), the round-to-infinity of arXiv 2506.08027) instead of the spec's
+    floor; the weights and activations keep the spec's floor."""
+    preset, _, variant = name.partition(" ")
+    if not variant:
+        return preset
+    scaling = dict(SCALED_POLICIES[preset].scaling)
+    scaling["gradients"] = Scaling.block_of(scaling["gradients"].block, "rceil")
+    return {"preset": preset, "name": name, "scaling": {kind: s.to_dict() for kind, s in scaling.items()}}
+
+
+def config(ctx, model, name, seed):
+    if model == "MLP":
+        return grid_config(ctx, policy(name), 1.0, seed=seed)
+    if model == "conv net":
+        return cnn_config(ctx, policy(name), seed=seed)
+    return gpt_config(ctx, policy(name), seed=seed)
+
+
+def score(model, result):
+    """Test accuracy (MLP, conv net; higher is better), validation bits per character (transformer; lower is
+    better); None for a run without a finite loss."""
+    if result["status"] == "diverged" or result["test_loss"] is None:
+        return None
+    return bits_per_character(result) if model == "transformer" else accuracy(result)
+
+
+def gain(model, test) -> float:
+    """A paired difference (a - b) turned into how much better a is (positive: a better)."""
+    return -test["mean_difference"] if model == "transformer" else test["mean_difference"]
+
+
+def unit(model) -> tuple[str, float]:
+    return ("bits per character", 1.0) if model == "transformer" else ("points", 100.0)
+
+
+def describe(model, test) -> str:
+    name, scale = unit(model)
+    return (f"{scale * test['mean_difference']:+.3f} {name}{' (negative: better)' if model == 'transformer' else ''}"
+            f" (95% CI {scale * test['low']:+.3f} to {scale * test['high']:+.3f}, paired t p = {test['t_test_p']:.2g})")
+
+
+def run(ctx):
+    section = new_section(ctx, globals(), "FP8 and MX training: scaling recipes on the real models")
+    seeds = list(range(ctx.pick(2, 3)))
+    plan = {model: {name: [config(ctx, model, name, s) for s in seeds]
+                    for name in [BASELINE, *ctx.pick(CLAIMED, names)]} for model, names in MODELS.items()}
+    unscaled = {"conv net": cnn_config(ctx, "fp8-unscaled"), "transformer": gpt_config(ctx, "fp8-unscaled")}
+    gpt = plan["transformer"][BASELINE][0]
+    section.what_was_run(
+        f"fpsim.train with seeds {', '.join(map(str, seeds))} (a seed fixes the initial weights and the batches: "
+        f"policies are compared seed by seed). MLP: the digits MLP, SGD lr 0.05, {grid_steps(ctx)} steps, test "
+        f"accuracy (the bit-exact numpy engine). Conv net: the cnn on MNIST-1D, Adam lr 1e-2, batch 64, "
+        f"{cnn_steps(ctx)} steps, test accuracy. Transformer: char-gpt ({gpt['model_options']['n_layer']} blocks, "
+        f"width {gpt['model_options']['n_embd']}) on the pydoc text, Adam lr 3e-3, batch {gpt['batch_size']}, "
+        f"{gpt_steps(ctx)} steps, validation bits per character. Every FP8 / MX policy quantizes the operands of "
+        "the matrix products and convolutions (weights, their input activations, the incoming gradients), with "
+        "FP32 master weights and optimizer state; the products' outputs, attention and every other op stay FP32 "
+        "(the placement of torchao's Float8Linear and Transformer Engine over an FP32 model). fp8-current: E4M3 "
+        "forward, E5M2 gradients, per-tensor scale = max / amax now; fp8-delayed: the same with Transformer "
+        "Engine's amax history (1024 steps, margin 0, max); mxfp8 / mxfp6 / mxfp4: blocks of 32 with E8M0 scales "
+        "rounded down as the OCP spec says (mxfp6: E2M3 forward, E3M2 gradients); nvfp4: E2M1 in blocks of 16 "
+        "with E4M3 block scales and an FP32 tensor scale; \"gradient scales rounded up\": the gradients' E8M0 "
+        "scales rounded up instead (rceil). BF16 baseline: bf16-mixed (autocast placement, FP32 master "
+        "weights). FP8 without scaling: fp8-unscaled (plain saturating E4M3 / E5M2 casts), seed 0.")
+    configs = [c for runs in plan.values() for group in runs.values() for c in group] + list(unscaled.values())
+    results = iter(run_trainings(ctx, configs))
+    runs = {model: {name: [next(results) for _ in seeds] for name in names} for model, names in plan.items()}
+    unscaled_runs = {model: next(results) for model in unscaled}
+
+    without_scaling(section, unscaled_runs, runs)
+    delayed_against_current(section, runs, seeds)
+    tests = against_bf16(section, runs, seeds)
+    delayed_verdicts(section, runs, tests, seeds)
+    floor_verdicts(section, runs, tests, seeds)
+    return section
+
+
+# --- FP8 without scaling --------------------------------------------------------------------------------
+
+def _shares(result) -> dict:
+    """Per module: the share of its activation-gradient and activation operands flushed to zero, and of all
+    its operands saturated."""
+    saturated = {}
+    for trace in result["scaling"]:
+        entry = saturated.setdefault(trace["module"], [0, 0])
+        entry[0] += sum(trace["saturated"])
+        entry[1] += sum(trace["values"])
+    out = {}
+    for layer in result["layers"]:
+        if layer["module"] not in saturated:
+            continue
+        grads, acts = layer["activation_grads"], layer["activations"]
+        out[layer["module"]] = {
+            "gradients flushed": grads["underflow"] / grads["nonzero"] if grads["nonzero"] else 0.0,
+            "activations flushed": acts["underflow"] / acts["nonzero"] if acts["nonzero"] else 0.0,
+            "saturated": saturated[layer["module"]][0] / max(saturated[layer["module"]][1], 1)}
+    return out
+
+
+def without_scaling(section, unscaled_runs, runs):
+    rows = []
+    fig, axes = plt.subplots(1, len(unscaled_runs), figsize=(14, 4.4))
+    for ax, (model, result) in zip(axes, unscaled_runs.items()):
+        plain, current = _shares(result), _shares(runs[model]["fp8-current"][0])
+        modules = list(plain)
+        for name, shares in (("fp8-unscaled", plain), ("fp8-current", current)):
+            rows += [{"model": model, "policy": name, "module": m, **shares[m]} for m in modules]
+        x = np.arange(len(modules))
+        for offset, (name, shares, colour) in enumerate((("no scaling (fp8-unscaled)", plain, "tab:red"),
+                                                         ("current scaling (fp8-current)", current, "tab:blue"))):
+            ax.bar(x + 0.4 * offset - 0.2, [100 * shares[m]["gradients flushed"] for m in modules], 0.4,
+                   color=colour, label=name)
+        ax.set_xticks(x)
+        ax.set_xticklabels(modules, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("incoming gradients flushed to zero (%)")
+        ax.set_title(f"{model}: E5M2 gradient operands, seed 0, whole run")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    section.figure(fig, "unscaled.png", "FP8 without scaling: the share of each product's incoming-gradient "
+                                        "operand (E5M2) flushed to zero, with no scale and with per-tensor current "
+                                        "scaling, on the conv net and char-gpt (seed 0, every step).", key=True)
+    section.table(rows, caption="Per module, over the whole run (seed 0): shares of the operands flushed to zero "
+                                "(incoming gradients in E5M2, activations in E4M3) and of all operands saturated at "
+                                "the format's max.")
+    section.data("unscaled.csv", rows)
+    texts = []
+    for model, result in unscaled_runs.items():
+        worst = max(_shares(result).items(), key=lambda item: item[1]["gradients flushed"])
+        current = runs[model]["fp8-current"][0]
+        texts.append(
+            f"on the {model}, FP8 without scaling flushed {100 * result['activation_grad_underflow_fraction']:.1f}% "
+            f"of the non-zero incoming gradients (worst: {worst[0]}, {100 * worst[1]['gradients flushed']:.1f}%), "
+            f"current scaling {100 * current['activation_grad_underflow_fraction']:.2f}%; its "
+            + (f"validation loss was {bits_per_character(result):.3f} bits per character against "
+               f"{bits_per_character(current):.3f} with current scaling" if model == "transformer" else
+               f"test accuracy was {100 * accuracy(result):.1f}% against {100 * accuracy(current):.1f}% with current "
+               "scaling"))
+    section.text("**FP8 without scaling.** " + "; ".join(texts) + ". E5M2's smallest subnormal is 2^-16: the "
+                 "gradients of these models lie largely below it, which is why every FP8 recipe scales them.")
+
+
+# --- delayed against current scaling ---------------------------------------------------------------------
+
+def scripted_jump() -> list[dict]:
+    """A tensor of 4096 standard normal values times an amplitude that jumps from 1 to 64 and drops to 1/64
+    (``JUMP``), cast by current and by delayed scaling (E4M3, the fp8 presets' recipes) each step: the shares
+    saturated and flushed, and log2 of the scale's unit X."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in ("fp8-current", "fp8-delayed"):
+        recorder = Recorder()
+        casts = ScaledCasts(SCALED_POLICIES[name], recorder)
+        for step in range(JUMP[-1]):
+            amplitude = 1.0 if step < JUMP[0] else 64.0 if step < JUMP[1] else 1 / 64
+            values = (rng.standard_normal(4096) * amplitude).astype(np.float32)
+            recorder.start_step(step)
+            casts.cast(values, "activations", "x")
+            record = recorder.end_step(loss=0.0, loss_scale=1.0, skipped=False)
+            casts.end_step()
+            rows.append({"policy": name, "step": step, "amplitude": amplitude,
+                         "saturated": record["saturated"]["activations"] / values.size,
+                         "flushed": record["underflow"]["activations"] / values.size,
+                         "log2 X": recorder.scaling[0]["log2_scale_min"][-1]})
+    return rows
+
+
+def delayed_against_current(section, runs, seeds):
+    jump = scripted_jump()
+    section.data("scripted_jump.csv", jump)
+    gpt_delayed = runs["transformer"]["fp8-delayed"][0]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
+    for name, style in (("fp8-current", "-"), ("fp8-delayed", "--")):
+        rows = [r for r in jump if r["policy"] == name]
+        axes[0].plot([r["step"] for r in rows], [100 * r["saturated"] for r in rows], style, color="tab:red",
+                     label=f"{name}: saturated at 448")
+        axes[0].plot([r["step"] for r in rows], [100 * r["flushed"] for r in rows], style, color="tab:blue",
+                     label=f"{name}: flushed to 0")
+    for edge in JUMP[:-1]:
+        axes[0].axvline(edge, color="0.6", lw=0.8)
+    axes[0].set_xlabel("step (amplitude 1, then x64 at step 20, then x1/64 at step 40)")
+    axes[0].set_ylabel("share of the tensor's values (%)")
+    axes[0].set_title("A scripted jump in magnitude: 4096 normal values cast to E4M3")
+    axes[0].legend(fontsize=8)
+    history = gpt_delayed["history"]
+    for kind, colour in (("activations", "tab:orange"), ("gradients", "tab:green"), ("params", "tab:purple")):
+        axes[1].plot([h["step"] for h in history], [h.get("saturated", {}).get(kind, 0) for h in history],
+                     color=colour, label=f"fp8-delayed: {kind}")
+    current_total = sum(sum(h.get("saturated", {}).values()) for h in runs["transformer"]["fp8-current"][0]["history"])
+    axes[1].set_yscale("symlog", linthresh=1)
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("operand values saturated in the step")
+    axes[1].set_title(f"char-gpt, seed 0: delayed scaling saturates (current scaling: {current_total} values)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    section.figure(fig, "delayed_lag.png", "Left: the lag of delayed scaling after a jump in magnitude, on a "
+                                           "scripted tensor (Transformer Engine's rule, history 1024, max); right: "
+                                           "the values that delayed scaling saturated in each training step of "
+                                           "char-gpt (seed 0).", key=True)
+    after_jump = [r for r in jump if r["policy"] == "fp8-delayed" and r["step"] == JUMP[0]][0]
+    after_drop = [r for r in jump if r["policy"] == "fp8-delayed" and r["step"] == JUMP[1] + 5][0]
+    current_drop = [r for r in jump if r["policy"] == "fp8-current" and r["step"] == JUMP[1] + 5][0]
+    rows = []
+    for model, by_policy in runs.items():
+        for name in ("fp8-current", "fp8-delayed"):
+            saturated = [sum(sum(h.get("saturated", {}).values()) for h in r["history"]) for r in by_policy[name]]
+            cast = [sum(sum(t["values"]) for t in r["scaling"]) for r in by_policy[name]]
+            rows.append({"model": model, "policy": name, "seeds": len(seeds),
+                         "saturated values (all seeds)": sum(saturated),
+                         "share of the operands": sum(saturated) / max(sum(cast), 1),
+                         "gradients flushed (mean over seeds)":
+                             float(np.mean([r["activation_grad_underflow_fraction"] for r in by_policy[name]]))})
+    section.table(rows, caption="Current against delayed scaling over every step of every seed: operand values "
+                                "saturated at the element format's max, and the share of the incoming gradients "
+                                "flushed to zero.")
+    section.data("delayed.csv", rows)
+    section.text(
+        f"**The lag.** On the scripted tensor, delayed scaling casts the step of the jump with the scale of the "
+        f"steps before: {100 * after_jump['saturated']:.1f}% of the values saturate at 448 there (current scaling: "
+        f"none). After the drop its history still holds the large amax (the window is 1024 steps), so five steps "
+        f"later it flushes {100 * after_drop['flushed']:.1f}% of the values to zero where current scaling flushes "
+        f"{100 * current_drop['flushed']:.1f}%. In training the same lag shows wherever a tensor's amax grows "
+        f"from step to step (and at step 0, cast with the initial scale 1), as the table counts.")
+
+
+# --- block formats against BF16 ---------------------------------------------------------------------------
+
+def against_bf16(section, runs, seeds) -> dict:
+    rows, tests = [], {}
+    for model, by_policy in runs.items():
+        scores = {name: [score(model, r) for r in results] for name, results in by_policy.items()}
+        base = scores[BASELINE]
+        for name, values in scores.items():
+            statuses = [r["status"] for r in by_policy[name]]
+            row = {"model": model, "policy": name, "seeds": len(values),
+                   "statuses": ", ".join(sorted(set(statuses)))}
+            if None in values:
+                row["diverged"] = f"{values.count(None)} of {len(values)} seeds (no finite loss)"
+                rows.append(row)
+                continue
+            ci = mean_ci(values)
+            row.update({"mean": ci["mean"], "95% CI low": ci["low"], "95% CI high": ci["high"]})
+            if name != BASELINE and None not in base:
+                t = tests[(model, name)] = paired_comparison(values, base)
+                row.update({"minus bf16-mixed": t["mean_difference"], "diff CI low": t["low"],
+                            "diff CI high": t["high"], "paired t p": t["t_test_p"]})
+            rows.append(row)
+    section.table(rows, caption="Per model and policy: the mean score over seeds (MLP and conv net: test accuracy, "
+                                "a share; transformer: validation bits per character, lower is better) with its 95% "
+                                "t interval, and the paired difference against bf16-mixed.")
+    section.data("scores.csv", rows)
+    fig, axes = plt.subplots(1, len(runs), figsize=(15, 4.8))
+    for ax, (model, by_policy) in zip(axes, runs.items()):
+        name_unit, scale = unit(model)
+        names = [n for n in by_policy if (model, n) in tests]
+        for i, name in enumerate(names):
+            t = tests[(model, name)]
+            ax.errorbar(i, scale * t["mean_difference"], yerr=[[scale * (t["mean_difference"] - t["low"])],
+                                                               [scale * (t["high"] - t["mean_difference"])]],
+                        fmt="o", capsize=4, color="tab:red" if "rounded up" in name else "tab:blue")
+        base = [score(model, r) for r in by_policy[BASELINE]]
+        tolerance = scale * WITHIN[model] * (float(np.mean(base)) if model == "transformer" else 1.0)
+        ax.axhspan(-tolerance, tolerance, color="0.85", alpha=0.6, label=f"+-{tolerance:.3g}: as well as BF16")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace(" " + ROUNDED_UP, "\n(grad. scales up)") for n in names], rotation=40,
+                           ha="right", fontsize=7)
+        ax.set_ylabel(f"minus bf16-mixed's ({name_unit})")
+        ax.set_title(f"{model}: paired difference, mean and 95% CI, {len(seeds)} seeds", fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    section.figure(fig, "against_bf16.png", "Each FP8 / MX policy against bf16-mixed on the three models, paired "
+                                            "by seed (red: the MX gradient scales rounded up). Policies whose runs "
+                                            "diverged are left out (see the table).", key=True)
+    return tests
+
+
+def _within(model, runs, test) -> bool:
+    base = [score(model, r) for r in runs[model][BASELINE]]
+    tolerance = WITHIN[model] * (float(np.mean(base)) if model == "transformer" else 1.0)
+    return -tolerance <= test["low"] and test["high"] <= tolerance
+
+
+# --- the verdicts -----------------------------------------------------------------------------------------
+
+def delayed_verdicts(section, runs, tests, seeds):
+    """(g) holds on a model when delayed minus current lies within the tolerance; not supported when delayed
+    trains significantly better, or the interval is too wide to tell."""
+    for model, by_policy in runs.items():
+        current = [score(model, r) for r in by_policy["fp8-current"]]
+        delayed = [score(model, r) for r in by_policy["fp8-delayed"]]
+        if None in current or None in delayed:
+            section.verdict(CLAIM_DELAYED, "not supported by the evidence",
+                            f"{model}: a run diverged (current: {current.count(None)}, delayed: {delayed.count(None)} "
+                            f"of {len(seeds)} seeds).", sources.TORCHAO_DELAYED_REMOVED, model=model)
+            continue
+        t = paired_comparison(delayed, current)
+        inside = _within(model, runs, t)
+        delayed_better = gain(model, t) > 0 and t["t_test_p"] < 0.05
+        saturated = sum(sum(sum(h.get("saturated", {}).values()) for h in r["history"])
+                        for r in by_policy["fp8-delayed"])
+        section.verdict(
+            CLAIM_DELAYED, "holds" if inside and not delayed_better else "not supported by the evidence",
+            f"{model}: fp8-delayed minus fp8-current over {len(seeds)} seeds {describe(model, t)}; the interval "
+            + ("lies" if inside else "does not lie") + " within the tolerance"
+            + (" (delayed scaling trains better)" if delayed_better else "")
+            + f". Delayed scaling saturated {saturated} operand values over those runs, current scaling none.",
+            sources.TORCHAO_DELAYED_REMOVED, model=model)
+
+
+def floor_verdicts(section, runs, tests, seeds):
+    """(h) holds when the spec's floor makes a run diverge or train significantly worse than rounding the
+    gradient scales up, while rounding up stays within the tolerance of BF16; under conditions when that
+    happens only with 4-bit elements; otherwise not supported at this scale."""
+    for model, by_policy in runs.items():
+        findings, worse = [], {}
+        for preset in ("mxfp8", "mxfp4"):
+            up = f"{preset} {ROUNDED_UP}"
+            if up not in by_policy:
+                continue
+            floor_scores = [score(model, r) for r in by_policy[preset]]
+            up_scores = [score(model, r) for r in by_policy[up]]
+            saturated = [sum(h.get("saturated", {}).get("gradients", 0) for h in r["history"])
+                         for r in by_policy[preset]]
+            cast = [sum(sum(t["values"]) for t in r["scaling"] if t["kind"] == "gradients") for r in by_policy[preset]]
+            share = f"{100 * sum(saturated) / max(sum(cast), 1):.3f}% of the gradient operands saturated under floor"
+            if None in floor_scores and None not in up_scores:
+                worse[preset] = True
+                findings.append(f"{preset}: floor diverged in {floor_scores.count(None)} of {len(seeds)} seeds, "
+                                f"rounding up in none ({share})")
+                continue
+            if None in floor_scores or None in up_scores:
+                worse[preset] = False
+                findings.append(f"{preset}: runs diverged with both roundings ({share})")
+                continue
+            t = paired_comparison(up_scores, floor_scores)
+            up_vs_bf16 = tests.get((model, up))
+            matches = up_vs_bf16 is not None and _within(model, runs, up_vs_bf16)
+            worse[preset] = gain(model, t) > 0 and t["t_test_p"] < 0.05 and matches
+            findings.append(f"{preset}: rounded up minus floor {describe(model, t)}, {share}; rounded up "
+                            + ("within" if matches else "not within") + " the tolerance of BF16")
+        if worse.get("mxfp8"):
+            verdict, condition = "holds", ""
+        elif worse.get("mxfp4"):
+            verdict, condition = "holds under conditions", "with 4-bit (E2M1) elements, not with MXFP8"
+        else:
+            verdict, condition = "not supported by the evidence", ""
+        section.verdict(CLAIM_MX_FLOOR, verdict, f"{model}, {len(seeds)} seeds: " + "; ".join(findings) + ".",
+                        sources.MXFP8_RECIPES, model=model, condition=condition)
+
+
+if __name__ == "__main__":
+    raise SystemExit(analysis_main(globals()))
