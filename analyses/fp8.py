@@ -8,7 +8,7 @@ import numpy as np
 
 from fpsim.report import sources
 from fpsim.report.experiments import (CLAIM_DELAYED, CLAIM_MX_FLOOR, accuracy, bits_per_character, cnn_config,
-                                      cnn_steps, gpt_config, gpt_steps, grid_config, grid_steps, run_trainings)
+                                      cnn_steps, gpt_config, gpt_steps, run_trainings)
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 from fpsim.sim.policy import SCALED_POLICIES
@@ -22,13 +22,14 @@ ROUNDED_UP = "gradient scales rounded up"
 CLAIMED = ["fp8-current", "fp8-delayed", "mxfp8", "mxfp8 " + ROUNDED_UP]
 """The policies the two claims are judged on, run on every model."""
 MODELS = {
-    "MLP": CLAIMED,
     "conv net": CLAIMED + ["mxfp4", "nvfp4"],
     "transformer": CLAIMED + ["mxfp6", "mxfp4", "mxfp4 " + ROUNDED_UP, "nvfp4"],
 }
-"""Per model, the FP8 / MX policies compared with BF16, each with every seed (``--quick``: CLAIMED only)."""
-WITHIN = {"MLP": 0.01, "conv net": 0.01, "transformer": 0.01}
-""""As well as": within 1 point of accuracy (MLP, conv net) or 1% of the bits per character (transformer)."""
+"""Per model, the FP8 / MX policies compared with BF16, each with every seed (``--quick``: CLAIMED only).  The
+MLP runs the same recipes bit-exactly (tests/test_scaled_training.py), but its 800-step runs with exact FP32
+accumulation cost more than this section's budget allows, and its digits accuracy saturates near 97%."""
+WITHIN = {"conv net": 0.01, "transformer": 0.01}
+""""As well as": within 1 point of accuracy (conv net) or 1% of the bits per character (transformer)."""
 JUMP = (20, 40, 60)
 """The scripted amax sequence: steps at amplitude 1, then 64 (a jump), then 1/64 (a drop)."""
 
@@ -46,15 +47,13 @@ def policy(name: str):
 
 
 def config(ctx, model, name, seed):
-    if model == "MLP":
-        return grid_config(ctx, policy(name), 1.0, seed=seed)
     if model == "conv net":
         return cnn_config(ctx, policy(name), seed=seed)
     return gpt_config(ctx, policy(name), seed=seed)
 
 
 def score(model, result):
-    """Test accuracy (MLP, conv net; higher is better), validation bits per character (transformer; lower is
+    """Test accuracy (conv net; higher is better), validation bits per character (transformer; lower is
     better); None for a run without a finite loss."""
     if result["status"] == "diverged" or result["test_loss"] is None:
         return None
@@ -85,8 +84,7 @@ def run(ctx):
     gpt = plan["transformer"][BASELINE][0]
     section.what_was_run(
         f"fpsim.train with seeds {', '.join(map(str, seeds))} (a seed fixes the initial weights and the batches: "
-        f"policies are compared seed by seed). MLP: the digits MLP, SGD lr 0.05, {grid_steps(ctx)} steps, test "
-        f"accuracy (the bit-exact numpy engine). Conv net: the cnn on MNIST-1D, Adam lr 1e-2, batch 64, "
+        f"policies are compared seed by seed). Conv net: the cnn on MNIST-1D, Adam lr 1e-2, batch 64, "
         f"{cnn_steps(ctx)} steps, test accuracy. Transformer: char-gpt ({gpt['model_options']['n_layer']} blocks, "
         f"width {gpt['model_options']['n_embd']}) on the pydoc text, Adam lr 3e-3, batch {gpt['batch_size']}, "
         f"{gpt_steps(ctx)} steps, validation bits per character. Every FP8 / MX policy quantizes the operands of "
@@ -98,7 +96,9 @@ def run(ctx):
         "rounded down as the OCP spec says (mxfp6: E2M3 forward, E3M2 gradients); nvfp4: E2M1 in blocks of 16 "
         "with E4M3 block scales and an FP32 tensor scale; \"gradient scales rounded up\": the gradients' E8M0 "
         "scales rounded up instead (rceil). BF16 baseline: bf16-mixed (autocast placement, FP32 master "
-        "weights). FP8 without scaling: fp8-unscaled (plain saturating E4M3 / E5M2 casts), seed 0.")
+        "weights). FP8 without scaling: fp8-unscaled (plain saturating E4M3 / E5M2 casts), seed 0. The MLP is not "
+        "judged here (its exact-accumulation runs cost more than this section's budget; the tests run the same "
+        "recipes on it).")
     configs = [c for runs in plan.values() for group in runs.values() for c in group] + list(unscaled.values())
     results = iter(run_trainings(ctx, configs))
     runs = {model: {name: [next(results) for _ in seeds] for name in names} for model, names in plan.items()}
@@ -281,7 +281,7 @@ def against_bf16(section, runs, seeds) -> dict:
                 row.update({"minus bf16-mixed": t["mean_difference"], "diff CI low": t["low"],
                             "diff CI high": t["high"], "paired t p": t["t_test_p"]})
             rows.append(row)
-    section.table(rows, caption="Per model and policy: the mean score over seeds (MLP and conv net: test accuracy, "
+    section.table(rows, caption="Per model and policy: the mean score over seeds (conv net: test accuracy, "
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against bf16-mixed.")
     section.data("scores.csv", rows)

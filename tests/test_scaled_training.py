@@ -99,6 +99,8 @@ def test_every_scaled_preset_trains_the_mlp_and_a_run_is_bit_identical_to_its_re
     ({"placement": "low-precision"}, "keep placement='autocast'"),
     ({"master": None}, "master weights"),
     ({"gradients": "e4m3"}, "make them agree"),
+    ({"scaling": 5}, "scaling must be a dict of tensor kind"),
+    ({"scaling": "current"}, "scaling must be a dict of tensor kind"),
 ])
 def test_scaled_policies_refuse_what_the_recipes_do_not_mean(change, message):
     with pytest.raises(ValueError, match=message):

@@ -110,7 +110,11 @@ class Policy:
         if self.kahan and self.update_rounding == "stochastic":
             raise ValueError("choose either a Kahan-compensated update or stochastic rounding, not both")
         if self.scaling is not None:
-            given = dict(self.scaling)
+            try:
+                given = dict(self.scaling)
+            except (TypeError, ValueError):
+                raise ValueError(f"scaling must be a dict of tensor kind ({', '.join(SCALED_KINDS)}) -> recipe, "
+                                 f"e.g. {{'gradients': 'current'}}; got {self.scaling!r}") from None
             unknown = sorted(set(given) - set(SCALED_KINDS))
             if unknown:
                 raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use "
