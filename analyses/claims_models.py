@@ -189,9 +189,11 @@ def range_verdict(section, model, by_policy, tests, forced):
             evidence += (f" Forced condition (transformer_overflow): with the residual stream carried {stream} times "
                          f"larger, FP16's forward pass overflowed {amp['forward overflows']} values ({amp['skipped']} "
                          "skipped steps" + (f", diverged at step {amp['diverged']}" if amp["diverged"] is not None
-                                            else "") + f"; it ended at {_bits(amp)}), BF16's {b['forward overflows']}; BF16 "
-                         f"ended at {_bits(b)} bits per character, FP32 at {_bits(f)}"
-                         + ("." if trains else ": BF16 did not train as FP32 did there either."))
+                                            else "") + ("; no finite loss" if amp["bits/char"] is None
+                                                        else f"; {_bits(amp)} bits per character")
+                         + f"), BF16's {b['forward overflows']}; BF16 ended at {_bits(b)} bits per character, FP32 at "
+                         f"{_bits(f)}" + (": BF16 trained through what stopped FP16." if trains
+                                          else ": BF16 did not train as FP32 did there either."))
             if not b["forward overflows"] and trains:
                 conditions.append(f"values beyond 65504 (forced here: the residual stream carried {stream} times "
                                   "larger, as T5's grew)")

@@ -30,6 +30,10 @@ SCALE_LABEL = pow2_label(FORCED_STREAM_SCALE)
 SCALED = f"residual stream x {SCALE_LABEL}"
 NO_NORM = f"no LayerNorm, Adam lr {NO_NORM_LR:g}"
 DEFAULT = "default model"
+POLICY_STYLE = {"fp32": {"color": "tab:blue", "lw": 2.5, "alpha": 0.5},
+                "fp16-amp": {"color": "tab:orange", "lw": 1.0},
+                "bf16-mixed": {"color": "tab:green", "lw": 1.0, "ls": "--"}}
+CONDITION_COLOUR = {SCALED: "tab:blue", NO_NORM: "tab:purple", DEFAULT: "0.4"}
 
 
 def headroom_rows(result, placement) -> list[dict]:
@@ -60,9 +64,9 @@ def run(ctx):
         f"FP32 training at lr {histogram_configs[1]['lr']:g}, {steps} steps, seed 0, histograms of log2 |value| at "
         f"steps {stages}, observed where autocast runs ops in 16 bits and at every op. Forced conditions, seed 0, "
         f"{steps} steps: {SCALED} (GPTConfig.stream_scale, the default training otherwise) in "
-        f"{', '.join(FORCED_POLICIES)}, fp16-amp with its dynamic loss scale (a step with inf/NaN gradients is "
-        f"skipped); {NO_NORM} in FP32; FP32's values observed where autocast runs ops in 16 bits, at steps "
-        f"{forced_histogram_steps(ctx)}.")
+        f"{', '.join(FORCED_POLICIES)} (fp16-amp with its dynamic loss scale: a step with inf/NaN gradients is "
+        f"skipped); {NO_NORM} (GPTConfig.norm \"none\") in FP32; FP32's values observed where autocast runs ops "
+        f"in 16 bits, at steps {forced_histogram_steps(ctx)}.")
     results = run_trainings(ctx, histogram_configs + forced + [no_norm])
     rows = headroom_rows(results[0], "every op") + headroom_rows(results[1], "autocast")
     section.data("headroom.csv", rows)
@@ -114,11 +118,15 @@ def run(ctx):
 
 def forced_row(condition, config, result) -> dict:
     top = max_binade(result, "activations") if result["histograms"] else None
+    first = first_forward_overflow(result)
     return {"condition": condition, "policy": config["policy"],
             "largest |x| below 2^": None if top is None else top + 1,
             "forward values overflowing": forward_overflows(result),
-            "first step with a forward overflow": first_forward_overflow(result),
-            "skipped steps": result["skipped_steps"], "diverged at step": result["diverged_step"],
+            "first step with a forward overflow": first,
+            "skipped steps": result["skipped_steps"],
+            "skipped steps after the first overflow": None if first is None else sum(
+                h["skipped"] for h in result["history"] if h["step"] >= first),
+            "diverged at step": result["diverged_step"],
             "final loss scale": result["final_loss_scale"], "validation bits/char": bits_per_character(result)}
 
 
@@ -127,27 +135,33 @@ def forced_figure(section, conditions):
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.6))
     for name, config, result in conditions:
         history = result["history"]
+        steps_run = [h["step"] for h in history]
+        loss = [h["loss"] if h["loss"] is not None else np.nan for h in history]
         if name == SCALED:
-            loss = [h["loss"] if h["loss"] is not None else np.nan for h in history]
-            line, = left.plot([h["step"] for h in history], loss, label=config["policy"], alpha=0.8)
+            colour = POLICY_STYLE[config["policy"]]["color"]
+            left.plot(steps_run, loss, label=config["policy"], **POLICY_STYLE[config["policy"]])
             bad = [h["step"] for h in history if h["overflow"]["activations"]]
             if bad:
-                left.plot(bad, [6.7] * len(bad), "|", color=line.get_color(), ms=12,
+                left.plot(bad, [6.7] * len(bad), "|", color=colour, ms=12,
                           label=f"{config['policy']}: step with a forward overflow")
+                right.axvline(bad[0], color=colour, ls=":",
+                              label=f"{config['policy']}: first forward overflow (step {bad[0]})")
+            if result["diverged_step"] is not None:
+                left.plot(steps_run[-1], 6.2, "x", color=colour, ms=9,
+                          label=f"{config['policy']}: diverged (step {result['diverged_step']})")
         elif name == DEFAULT:
-            left.plot([h["step"] for h in history], [h["loss"] for h in history], color="0.5", lw=0.8, ls="--",
-                      label="fp32, default stream (scale 1)")
+            left.plot(steps_run, loss, color="0.3", lw=0.8, ls=":", label="fp32, default stream (scale 1)")
         if result["histograms"]:
             stages = histogram_steps(result)
             right.plot(stages, [max_binade(result, "activations", step=s) + 1 for s in stages], "o-",
-                       label=f"fp32, {name}")
+                       color=CONDITION_COLOUR[name], label=f"fp32, {name}")
     left.set_ylim(0, 7)
     left.set_xlabel("training step")
     left.set_ylabel("training loss (nats per character; gaps: inf/NaN)")
     left.set_title(f"{SCALED}: training loss")
-    left.legend(fontsize=8, loc="center right")
-    shade_zones(right, fpsim.FP16, vertical=False)
-    right.axhline(FP16_TOP, color="r", lw=0.8)
+    left.legend(fontsize=8, loc="lower left")
+    shade_zones(right, fpsim.FP16, vertical=False, label=False)
+    right.axhline(FP16_TOP, color="r", lw=0.8, label="FP16's largest finite value 65504 (red: overflow)")
     right.set_ylim(-8, 22)
     right.set_xlabel("training step")
     right.set_ylabel("log2 of the largest |x| FP16 would hold (binade's upper edge)")
@@ -156,8 +170,8 @@ def forced_figure(section, conditions):
     fig.tight_layout()
     section.figure(fig, "forced.png", f"char-gpt with its residual stream carried {SCALE_LABEL} times larger "
                                       "(a forced condition): left, the training loss of FP32, fp16-amp and "
-                                      "bf16-mixed, ticks where FP16's forward pass overflowed, the default model's "
-                                      "FP32 loss dashed; right, the largest value FP16 would have to hold in FP32 "
+                                      "bf16-mixed, ticks where FP16's forward pass overflowed, a cross where it "
+                                      "diverged, the default model's FP32 loss dotted; right, the largest value FP16 would have to hold in FP32 "
                                       "training, per condition, against FP16's overflow zone.")
 
 
@@ -165,21 +179,29 @@ def forced_text(rows) -> str:
     by = {(r["condition"], r["policy"]): r for r in rows}
     fp32, amp, bf16 = (by[(SCALED, p)] for p in FORCED_POLICIES)
     default, no_norm = by[(DEFAULT, "fp32")], by[(NO_NORM, "fp32")]
-    text = (f"Removing the LayerNorms ({NO_NORM}) does not bring FP16 near its limit: FP32's largest value stayed "
+    t5 = sources.T5_HIDDEN_STATES.value
+    text = (f"Removing the LayerNorms ({NO_NORM}) did not bring FP16 near its limit: FP32's largest value stayed "
             f"below 2^{no_norm['largest |x| below 2^']} ({_bpc(no_norm)} bits per character). The change needed "
             f"was the scale of the residual stream: carried {SCALE_LABEL} times larger (GPTConfig.stream_scale; a "
             "forced setting, not the default behaviour; the pre-LayerNorm model computes the same function at any "
-            "scale), its values lie where T5's did: FP32's largest value autocast rounds to 16 bits was below "
-            f"2^{fp32['largest |x| below 2^']} over training, against FP16's 65504 (just below 2^16). ")
+            "scale), FP32's largest value that autocast rounds to 16 bits was below "
+            f"2^{fp32['largest |x| below 2^']} over training (T5's hidden states: "
+            f"{t5:,.0f}, 2^{math.log2(t5):.1f}), against "
+            "FP16's 65504 (just below 2^16). ")
     if amp["forward values overflowing"]:
         text += (f"fp16-amp's forward pass overflowed {amp['forward values overflowing']} values, first at step "
-                 f"{amp['first step with a forward overflow']} (the branch outputs grow as the model learns); the "
-                 f"dynamic loss scale skipped {amp['skipped steps']} steps, backing off to "
-                 f"{amp['final loss scale']:g}, which cannot help a forward overflow"
+                 f"{amp['first step with a forward overflow']} (the branch outputs grow as the model learns); from "
+                 f"then on its dynamic loss scale skipped {amp['skipped steps after the first overflow']} steps"
+                 + (f" ({amp['skipped steps']} in all)" if amp["skipped steps"] != amp["skipped steps after the first "
+                                                                                      "overflow"] else "")
+                 + f", backing off to {amp['final loss scale']:g}, which cannot help an "
+                 "overflow in the forward pass"
                  + (f", and the run diverged at step {amp['diverged at step']}" if amp["diverged at step"] is not None
-                    else "") + f": validation {_bpc(amp)} bits per character. bf16-mixed under the same condition "
-                 f"overflowed {bf16['forward values overflowing']} values and ended at {_bpc(bf16)} bits per "
-                 f"character, FP32 at {_bpc(fp32)} (FP32 at the default scale: {_bpc(default)}): BF16 trains through "
+                    else "") + f" (validation: {_bpc(amp)}"
+                 + (" bits per character" if amp["validation bits/char"] is not None else "")
+                 + "). bf16-mixed under the same condition overflowed "
+                 f"{bf16['forward values overflowing']} values and ended at {_bpc(bf16)} bits per character, FP32 at "
+                 f"{_bpc(fp32)} (FP32 with the default stream: {_bpc(default)}): BF16 trains through "
                  "what stops FP16. ")
     else:
         text += ("Even so, fp16-amp's forward pass did not overflow in this run: no forward overflow was found on "
