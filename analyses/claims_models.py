@@ -6,9 +6,10 @@ transformer with Adam, FP32 master weights against pure 16-bit weights and stoch
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, CNN_TRAINING, GPT_TRAINING,
-                                      accuracy, bits_per_character, cnn_config, cnn_steps, forced_configs,
-                                      forward_overflows, gpt_config, gpt_steps, model_seeds, run_trainings)
+from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, CNN_TRAINING, FORCED_STREAM_SCALE,
+                                      GPT_TRAINING, accuracy, bits_per_character, cnn_config, cnn_steps,
+                                      forced_configs, forward_overflows, gpt_config, gpt_steps, model_seeds,
+                                      pow2_label, run_trainings)
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 
@@ -115,8 +116,8 @@ def run(ctx):
         accuracy_verdict(section, model, tests, len(seeds))
     range_verdict(section, "conv net", scores["conv net"], tests, None)
     range_verdict(section, "transformer", scores["transformer"], tests,
-                  [{"lr": c["lr"], "policy": c["policy"], "forward overflows": forward_overflows(r),
-                    "skipped": r["skipped_steps"], "bits/char": bits_per_character(r)}
+                  [{"policy": c["policy"], "forward overflows": forward_overflows(r), "skipped": r["skipped_steps"],
+                    "diverged": r["diverged_step"], "bits/char": bits_per_character(r)}
                    for c, r in zip(forced, forced_results)])
     return section
 
@@ -179,24 +180,26 @@ def range_verdict(section, model, by_policy, tests, forced):
                 f"minus FP32 {describe(bf16, unit, scale)}.")
     conditions = []
     if forced:
-        overflow = [r for r in forced if r["policy"] == "fp16-amp" and r["forward overflows"]]
-        if overflow:
-            first = overflow[0]
-            b = next(r for r in forced if r["policy"] == "bf16-mixed" and r["lr"] == first["lr"])
-            f = next(r for r in forced if r["policy"] == "fp32" and r["lr"] == first["lr"])
-            default = next(r for r in forced if r["policy"] == "fp32" and r["lr"] == min(c["lr"] for c in forced))
-            # BF16 trains through the condition if it ends within 10% of FP32 at the default learning rate
-            trains = None not in (b["bits/char"], default["bits/char"]) and b["bits/char"] <= 1.1 * default["bits/char"]
-            evidence += (f" Forced condition (transformer_overflow): at Adam lr {first['lr']:g} FP16's forward pass "
-                         f"overflowed {first['forward overflows']} values ({first['skipped']} skipped steps), "
-                         f"BF16's {b['forward overflows']}; BF16 ended at {_bits(b)} bits per character, FP32 at "
-                         f"{_bits(f)} (FP32 at the default rate: {_bits(default)})"
-                         + ("." if trains else ": BF16 stayed finite but did not train, so its range bought no "
-                                               "training there."))
+        by_name = {r["policy"]: r for r in forced}
+        amp, b, f = by_name["fp16-amp"], by_name["bf16-mixed"], by_name["fp32"]
+        stream = pow2_label(FORCED_STREAM_SCALE)
+        if amp["forward overflows"]:
+            # BF16 trains through the condition if it ends within the tolerance of FP32 under the same condition
+            trains = None not in (b["bits/char"], f["bits/char"]) and abs(b["bits/char"] - f["bits/char"]) <= tol
+            evidence += (f" Forced condition (transformer_overflow): with the residual stream carried {stream} times "
+                         f"larger, FP16's forward pass overflowed {amp['forward overflows']} values ({amp['skipped']} "
+                         "skipped steps" + (f", diverged at step {amp['diverged']}" if amp["diverged"] is not None
+                                            else "") + ("; no finite loss" if amp["bits/char"] is None
+                                                        else f"; {_bits(amp)} bits per character")
+                         + f"), BF16's {b['forward overflows']}; BF16 ended at {_bits(b)} bits per character, FP32 at "
+                         f"{_bits(f)}" + (": BF16 trained through what stopped FP16." if trains
+                                          else ": BF16 did not train as FP32 did there either."))
             if not b["forward overflows"] and trains:
-                conditions.append(f"values beyond 65504 (forced here: Adam lr {first['lr']:g})")
+                conditions.append(f"values beyond 65504 (forced here: the residual stream carried {stream} times "
+                                  "larger, as T5's grew)")
         else:
-            evidence += " No forced learning rate made FP16's forward pass overflow (transformer_overflow)."
+            evidence += (f" Even with the residual stream carried {stream} times larger FP16's forward pass did not "
+                         "overflow (transformer_overflow).")
         pure = tests.get((model, "bf16-pure"))
         sr = tests.get((model, "bf16-sr"))
         evidence += (f" Precision: without master weights bf16-pure minus FP32 {describe(pure, unit, scale)}, "

@@ -298,18 +298,31 @@ def modules_by_kind(result: dict) -> dict:
     return {kind: paths for kind, paths in grouped.items() if paths}
 
 
-FORCED_LRS = (3e-3, 0.1, 0.3, 1.0)
-"""Adam learning rates of transformer_overflow's forced condition: the default (3e-3), and 33x, 100x, 333x it."""
+FORCED_STREAM_SCALE = 2.0 ** 16
+"""transformer_overflow's forced condition: char-gpt's residual stream carried 2^16 times larger
+(``GPTConfig.stream_scale``: the embeddings and every branch output multiplied by it), so that its values lie
+where T5's hidden states did (up to 2.75e5, about 2^18).  The pre-LayerNorm model computes the same function at
+any scale, and is trained as by default (GPT_TRAINING, ``gpt_steps``)."""
 FORCED_POLICIES = ("fp32", "fp16-amp", "bf16-mixed")
 
 
-def forced_steps(ctx) -> int:
-    return ctx.pick(40, 200)
+def forced_histogram_steps(ctx) -> list[int]:
+    """Steps at which transformer_overflow's FP32 runs record histograms of their values (their largest |x|)."""
+    return sorted({int(s) for s in np.linspace(0, gpt_steps(ctx) - 1, ctx.pick(5, 21))})
 
 
 def forced_configs(ctx) -> list[dict]:
-    """char-gpt at each of FORCED_LRS in each of FORCED_POLICIES, seed 0, ``forced_steps`` steps."""
-    return [gpt_config(ctx, p, lr=lr, steps=forced_steps(ctx)) for lr in FORCED_LRS for p in FORCED_POLICIES]
+    """char-gpt with its stream at FORCED_STREAM_SCALE in each of FORCED_POLICIES, seed 0, trained as by
+    default; the FP32 run records histograms at ``forced_histogram_steps``."""
+    options = ctx.pick(GPT_QUICK_OPTIONS, GPT_OPTIONS) | {"stream_scale": FORCED_STREAM_SCALE}
+    configs = [gpt_config(ctx, p, model_options=options) for p in FORCED_POLICIES]
+    configs[0].update(histograms=True, histogram_steps=forced_histogram_steps(ctx))
+    return configs
+
+
+def first_forward_overflow(result: dict) -> int | None:
+    """The first step whose forward pass overflowed (a value finite before rounding, inf after); None if none."""
+    return next((h["step"] for h in result["history"] if h["overflow"]["activations"]), None)
 
 
 def forward_overflows(result: dict) -> int:

@@ -54,6 +54,19 @@ class GPTConfig:
     """Biases in the Linear layers and LayerNorms (nanoGPT's option; GPT-2 has them)."""
     tie_weights: bool = True
     """The output head shares its weight with the token embedding (weight tying, as in GPT-2 and nanoGPT)."""
+    norm: str = "pre"
+    """Where the LayerNorms are (``NORMS``).  ``"pre"``: before each branch, x + attn(ln(x)), and once before
+    the head (GPT-2, nanoGPT, T5 with its RMSNorm): the branches see normalised inputs while the residual stream
+    itself is never normalised.  ``"none"``: no LayerNorm at all, x + attn(x), x + mlp(x) and the head on the raw
+    stream, so that every product sees the stream as it grows (normalisation-free transformers, ReZero's and
+    T-Fixup's, train so with their own initialisation; here it stays nanoGPT's)."""
+    stream_scale: float = 1.0
+    """A constant s that multiplies the embeddings and each branch's output before it joins the residual stream,
+    so that the stream is carried s times larger: x = s (wte + wpe), then x + s attn(ln(x)), x + s mlp(ln(x)).
+    With ``norm="pre"`` the model computes the same function for every s (each LayerNorm divides s out, up to its
+    eps) and its weights receive the same gradients; only the range the values occupy moves, by log2(s)
+    binades.  A large s stands for a stream grown large over a long training, as T5's hidden states reached
+    2.75e5 (a forced condition: 1, the default, is GPT-2's and nanoGPT's model, with no multiplication)."""
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -64,6 +77,25 @@ class GPTConfig:
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if (isinstance(self.stream_scale, bool) or not isinstance(self.stream_scale, (int, float))
+                or not 0 < self.stream_scale < math.inf):
+            raise ValueError(f"GPTConfig.stream_scale must be a positive finite number, got {self.stream_scale!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"GPTConfig.norm must be one of {', '.join(map(repr, NORMS))}, got {self.norm!r}")
+
+
+NORMS = ("pre", "none")
+"""The choices of ``GPTConfig.norm``: pre-LayerNorm blocks, or no LayerNorm (an unnormalised residual stream)."""
+
+
+def layer_norm(config: GPTConfig) -> nn.Module:
+    """A LayerNorm over the width, or an identity when ``config.norm`` is ``"none"``."""
+    return nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "pre" else nn.Identity()
+
+
+def scaled(x, scale: float):
+    """``scale * x``; ``x`` itself when ``scale`` is 1, so that the default model runs no extra op."""
+    return x if scale == 1 else scale * x
 
 
 class CausalSelfAttention(nn.Module):
@@ -102,22 +134,24 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """A pre-LayerNorm transformer block: x + s attn(ln(x)), then x + s mlp(ln(x)) (ln the identity without
+    norms, s the config's ``stream_scale``)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.stream_scale = config.stream_scale
+        self.ln_1 = layer_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = layer_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = x + scaled(self.attn(self.ln_1(x)), self.stream_scale)
+        return x + scaled(self.mlp(self.ln_2(x)), self.stream_scale)
 
 
 class GPT(nn.Module):
-    """Token and position embeddings, ``n_layer`` blocks, a final LayerNorm and the output head.
+    """Token and position embeddings, ``n_layer`` blocks, a final LayerNorm (``norm="pre"``) and the output head.
 
     ``forward(idx)`` takes token indices (B, T) with T <= block_size and returns
     the logits (B, T, vocab_size) of the next token at every position.  With
@@ -132,7 +166,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=layer_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
@@ -143,7 +177,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
         pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = scaled(self.transformer.wte(idx) + self.transformer.wpe(pos), self.config.stream_scale)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)  # (B, T, C)
         x = self.transformer.ln_f(x)
