@@ -285,7 +285,7 @@ def against_bf16(section, runs, seeds) -> dict:
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against bf16-mixed.")
     section.data("scores.csv", rows)
-    fig, axes = plt.subplots(1, len(runs), figsize=(15, 4.8))
+    fig, axes = plt.subplots(1, len(runs), figsize=(14, 4.8))
     for ax, (model, by_policy) in zip(axes, runs.items()):
         name_unit, scale = unit(model)
         names = [n for n in by_policy if (model, n) in tests]
@@ -305,9 +305,9 @@ def against_bf16(section, runs, seeds) -> dict:
         ax.set_title(f"{model}: paired difference, mean and 95% CI, {len(seeds)} seeds", fontsize=10)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    section.figure(fig, "against_bf16.png", "Each FP8 / MX policy against bf16-mixed on the three models, paired "
-                                            "by seed (red: the MX gradient scales rounded up). Policies whose runs "
-                                            "diverged are left out (see the table).", key=True)
+    section.figure(fig, "against_bf16.png", "Each FP8 / MX policy against bf16-mixed on the conv net and the "
+                                            "transformer, paired by seed (red: the MX gradient scales rounded up). "
+                                            "Policies whose runs diverged are left out (see the table).", key=True)
     return tests
 
 
