@@ -272,8 +272,8 @@ def _round_nearest_float32(x, nearest):
     increment = i32(i32(low_mask >> i32(1)) + i32(i32(i32(mag | i32(0x00800000)) >> k) & i32(1)))
     normal = i32(i32(mag + increment) & i32(~low_mask))
     tiny = i32(np.float32(np.float32(abs(x) + shifter) - shifter).view(np.int32))
-    if flush and tiny < i32(normal_bits):
-        tiny = i32(normal_bits) if unsigned else i32(0)
+    # a select, not a branch, on flush: LLVM did not take that branch out of quantize_pow2_blocks' loop
+    tiny = i32(normal_bits if unsigned else 0) if tiny < i32(normal_bits if flush else 0) else tiny
     result = normal if mag >= i32(max(normal_bits, 1 << 23)) else tiny
     result = i32(overflow_bits) if result > i32(max_bits) else result
     nan = max(mag, result) > i32(inf_bits)
