@@ -200,6 +200,18 @@ def _float_bits(x):
     return lambda x: np.float64(x).view(np.int64)
 
 
+def is_float32(x):
+    """Whether ``x`` is a float32 scalar, as a constant of the compiled code; numba only."""
+    raise NotImplementedError("is_float32 is used inside numba kernels")
+
+
+@overload(is_float32, inline="always")
+def _is_float32(x):
+    answer = x == numba.types.float32
+    return lambda x: answer
+
+
+@njit(cache=True, inline="always")
 def round_nearest_branchless(x, nearest):
     """The bit pattern of ``x`` (float32 or float64) rounded to nearest, ties to even: ``round_pattern``'s
     result in mode "nearest" for a target with fewer significand bits than the input, with selects only,
@@ -218,16 +230,13 @@ def round_nearest_branchless(x, nearest):
     max with saturation); NaN in, or NaN out, gives ``nan_bits``, and so do zeros and
     negative numbers in an ``unsigned`` format.
 
-    A float32 ``x`` takes ``_round_nearest_float32``, the same steps in 32-bit integers; numba only.
+    A float32 ``x`` takes ``_round_nearest_float32``, the same steps in 32-bit integers.
     """
-    raise NotImplementedError("round_nearest_branchless is used inside numba kernels")
-
-
-@overload(round_nearest_branchless, inline="always")
-def _round_nearest_branchless(x, nearest):
-    if x == numba.types.float32:
-        return lambda x, nearest: _round_nearest_float32(x, nearest)
-    return lambda x, nearest: _round_nearest_int64(x, nearest)
+    # a branch on a constant, which LLVM removes; an @overload choosing the implementation by type, inlined
+    # twice in one kernel (matmul_blocked_nearest), makes numba warn (NumbaIRAssumptionWarning)
+    if is_float32(x):
+        return np.int64(_round_nearest_float32(x, nearest))
+    return _round_nearest_int64(x, nearest)
 
 
 @njit(cache=True, inline="always")
