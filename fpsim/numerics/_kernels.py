@@ -265,11 +265,12 @@ def _round_nearest_float32(x, nearest):
 
     Twice the SIMD lanes of the int64 steps (AVX2 has 8 int32 lanes, and no one-instruction
     64-bit max or unsigned compare): ``round_nearest_array`` on 2^24 float32 values, one thread,
-    runs 1.6-1.9x faster (measured; ``fpsim.round`` with its allocation 1.4-1.6x).  The patterns of a float32 magnitude are below 2^31, so signed compares order
-    them; the one sum that can pass 2^31, ``mag + increment`` of a NaN, wraps and is then
-    replaced by ``nan_bits``.  Numba widens int32 arithmetic to int64; each step is cut back
-    with ``np.int32(...)`` so that LLVM narrows the vector code, and the shift count is masked
-    to 5 bits (k <= 23) so that the shift narrows too.
+    runs 1.6-1.9x faster (measured; ``fpsim.round`` with its allocation 1.4-1.6x).  The
+    patterns of a float32 magnitude are below 2^31, so signed compares order them; the one sum
+    that can pass 2^31, ``mag + increment`` of a NaN, wraps and is then replaced by ``nan_bits``.
+    Numba widens int32 arithmetic to int64; each step is cut back with ``np.int32(...)`` so that
+    LLVM narrows the vector code, and the shift count is masked to 5 bits (k <= 23) so that the
+    shift narrows too.
     """
     _, _, k, shifter, normal_bits, max_bits, inf_bits, overflow_bits, nan_bits, flush, unsigned = nearest
     i32 = np.int32

@@ -66,7 +66,8 @@ def _float_of_bits(bits, like):
 
 
 def magnitude_bits(x):
-    """The bit pattern of |x| for a float32 (a uint32: its max vectorizes 8 wide) or a float64 (an int64); numba only."""
+    """The bit pattern of |x|: a uint32 for a float32 (so that a max over them vectorizes 8 wide), an int64 for a
+    float64; numba only."""
     raise NotImplementedError("magnitude_bits is used inside numba kernels")
 
 
