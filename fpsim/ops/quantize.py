@@ -235,13 +235,13 @@ def _mx_arguments(spec: _Spec):
 
 
 def _pow2_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate: bool):
-    """E8M0 scaling in mode nearest: the numba kernel."""
-    exponents = np.empty((rows.shape[0], groups), dtype=np.int64)
+    """E8M0 scaling in mode nearest: the numba kernel, which also writes the scales."""
+    scales = np.empty((rows.shape[0], groups), dtype=np.float64)
     out = np.empty_like(rows)
     nearest = kernel_params(spec.element, rows.dtype).nearest_args(saturate)
     with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
-        kernels.quantize_pow2_blocks(rows, out, exponents, block, *_mx_arguments(spec), nearest)
-    return out, _pow2_values(exponents)
+        kernels.quantize_pow2_blocks(rows, out, scales, block, *_mx_arguments(spec), nearest)
+    return out, scales
 
 
 def _pow2_values(exponents: np.ndarray) -> np.ndarray:
