@@ -176,8 +176,10 @@ def without_scaling(section, unscaled_runs, runs):
                f"{bits_per_character(current):.3f} with current scaling" if model == "transformer" else
                f"test accuracy was {100 * accuracy(result):.1f}% against {100 * accuracy(current):.1f}% with current "
                "scaling"))
-    section.text("**FP8 without scaling.** " + "; ".join(texts) + ". E5M2's smallest subnormal is 2^-16: the "
-                 "gradients of these models lie largely below it, which is why every FP8 recipe scales them.")
+    joined = "; ".join(texts)
+    section.text("**FP8 without scaling.** " + joined[0].upper() + joined[1:] + ". E5M2's smallest subnormal is "
+                 "2^-16, and these shares of the models' gradients lie below half of it: every FP8 recipe scales "
+                 "them for that reason.")
 
 
 # --- delayed against current scaling ---------------------------------------------------------------------
@@ -392,7 +394,8 @@ def floor_verdicts(section, runs, tests):
             matches = up_test is not None and _within(model, runs, up_test)
             up_better = gain(model, t) > 0 and t["t_test_p"] < 0.05
             findings.append(f"{preset} over {n} seeds: rounded up minus floor {describe(model, t)}, "
-                            + ("rounding up better at p < 0.05" if up_better else "rounding up not better")
+                            + ("rounding up better at p < 0.05" if up_better else
+                               "rounding up worse at p < 0.05" if t["t_test_p"] < 0.05 else "no significant difference")
                             + f"; {share}; no run diverged; rounded up minus BF16 "
                             + (describe(model, up_test) if up_test is not None else "not compared")
                             + (", within" if matches else ", not within")
