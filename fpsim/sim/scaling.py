@@ -153,7 +153,6 @@ class DelayedScaler:
         return self.scale
 
 
-
 RECORDED_KIND = {"activations": "activations", "gradients": "activation_grads"}
 """The recorder's kind for a scaled operand (a product's gradient operand is an activation gradient); the
 weights' casts are counted in the scale traces only (``Recorder.scaled``)."""
