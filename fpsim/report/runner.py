@@ -623,14 +623,7 @@ def _signals_deferred():
         for number, handler in previous.items():
             signal.signal(number, handler)
         for number in caught:
-            # A Python handler is called here and now: raise_signal would leave it pending until the next
-            # check of the interpreter, which may fall in a finalizer run by the garbage collector, where a
-            # KeyboardInterrupt is printed and dropped (what made the swap test fail once in a while).
-            handler = previous[number]
-            if callable(handler):
-                handler(number, None)
-            else:
-                signal.raise_signal(number)
+            signal.raise_signal(number)
 
 
 # --- REPORT.md ---------------------------------------------------------------------
