@@ -190,7 +190,17 @@ def test_a_failed_restore_says_where_the_previous_report_is(tmp_path, monkeypatc
     assert str(aside) in str(raised.value) and (aside / "REPORT.md").read_text() == "previous report\n"
 
 
-def test_an_interrupt_during_the_swap_waits_for_its_end(tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler for the test, whatever the process inherited: a shell starts a background
+    job with SIGINT ignored, and Python then installs no handler of its own (a CI run started with & failed
+    the swap test for that reason)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_during_the_swap_waits_for_its_end(tmp_path, monkeypatch, python_sigint_handler):
     """Ctrl-C just after the old report is renamed aside: the new one still moves in, then the interrupt is raised."""
     out = _previous_report(tmp_path, monkeypatch)
     real_rename = os.rename
