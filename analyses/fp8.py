@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fpsim.report import sources
-from fpsim.report.experiments import (CLAIM_DELAYED, CLAIM_MX_FLOOR, accuracy, bits_per_character, cnn_config,
-                                      cnn_steps, gpt_config, gpt_steps, model_seeds, run_trainings)
+from fpsim.report.experiments import (CLAIM_DELAYED, CLAIM_MX_FLOOR, CNN_TRAINING, GPT_TRAINING, accuracy,
+                                      bits_per_character, cnn_config, cnn_steps, gpt_config, gpt_steps, model_seeds,
+                                      run_trainings)
 from fpsim.report.runner import analysis_main, new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 from fpsim.sim.policy import SCALED_POLICIES
@@ -87,13 +88,14 @@ def run(ctx):
         f"fpsim.train with seeds 0..{claimed_seeds[-1]} for bf16-mixed and the policies the claims are judged on "
         f"({', '.join(CLAIMED)}), 0..{seeds[-1]} for the others (a seed fixes the initial weights and the "
         f"batches: policies are compared seed by seed, each against bf16-mixed on its own seeds). Conv net: the "
-        f"cnn on MNIST-1D, Adam lr 1e-2, batch 64, "
-        f"{cnn_steps(ctx)} steps, test accuracy. Transformer: char-gpt ({gpt['model_options']['n_layer']} blocks, "
-        f"width {gpt['model_options']['n_embd']}) on the pydoc text, Adam lr 3e-3, batch {gpt['batch_size']}, "
+        f"cnn on MNIST-1D, Adam lr {CNN_TRAINING['lr']:g}, batch 64, {cnn_steps(ctx)} steps, test accuracy. "
+        f"Transformer: char-gpt ({gpt['model_options']['n_layer']} blocks, width {gpt['model_options']['n_embd']}) "
+        f"on the pydoc text, Adam lr {GPT_TRAINING['lr']:g}, batch {gpt['batch_size']}, "
         f"{gpt_steps(ctx)} steps, validation bits per character. Every FP8 / MX policy quantizes the operands of "
         "the matrix products and convolutions (weights, their input activations, the incoming gradients), with "
         "FP32 master weights and optimizer state; the products' outputs, attention and every other op stay FP32 "
-        "(the placement of torchao's Float8Linear and Transformer Engine over an FP32 model). fp8-current: E4M3 "
+        "(the placement of torchao's Float8Linear and Transformer Engine over an FP32 model); a product's rows and "
+        "blocks run along its reduction axis, a convolution's along the channels. fp8-current: E4M3 "
         "forward, E5M2 gradients, per-tensor scale = max / amax now; fp8-delayed: the same with Transformer "
         "Engine's amax history (1024 steps, margin 0, max); mxfp8 / mxfp6 / mxfp4: blocks of 32 with E8M0 scales "
         "rounded down as the OCP spec says (mxfp6: E2M3 forward, E3M2 gradients); nvfp4: E2M1 in blocks of 16 "
