@@ -124,7 +124,7 @@ from ..ops.reductions import matmul as fpsim_matmul
 from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from .placement import FP32 as FP32_OPS
-from .placement import MATMUL, MOVE, SCALED_OPERANDS, VIEW, placement_of
+from .placement import MATMUL, MOVE, VIEW, placement_of, scaled_operands_of
 
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
@@ -383,7 +383,7 @@ class _EmulationMode(TorchDispatchMode):
 
     def _scaled_dispatch(self, func, args, kwargs):
         """Under a scaling recipe: a listed product's operands cast by ``casts``, everything else in FP32."""
-        operands = SCALED_OPERANDS.get(func._schema.name.split("::")[-1])
+        operands = scaled_operands_of(func)
         if operands is None:
             return func(*args, **kwargs)
         node = _current_node()

@@ -141,3 +141,16 @@ def placement_of(func) -> tuple[str, bool, bool, tuple]:
         found = (placement, name in FIRST_OUTPUT_ONLY, func._schema.is_mutable, FP32_INPUTS.get(name, ()))
         _CACHE[func] = found
     return found
+
+
+_SCALED_CACHE: dict = {}
+
+
+def scaled_operands_of(func) -> dict[int, int] | None:
+    """``SCALED_OPERANDS`` of an ATen ``OpOverload`` (None: not a product a scaling recipe quantizes), cached
+    per overload, as ``placement_of``."""
+    try:
+        return _SCALED_CACHE[func]
+    except KeyError:
+        found = _SCALED_CACHE[func] = SCALED_OPERANDS.get(func._schema.name.split("::")[-1])
+        return found
