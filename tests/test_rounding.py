@@ -98,13 +98,12 @@ def test_unknown_mode_lists_the_modes():
 
 
 def test_ties_of_one_bit_significands_follow_the_significand_parity():
-    """With p = 1 the bit above the cut is the exponent's, not the significand's (a bug the bit trick invites)."""
+    """With p = 1 the bit above the cut is the exponent's, not the significand's (a bug the bit trick invites:
+    ml_dtypes 0.5.0's E8M0 cast has it, so the oracle is the exact reference alone)."""
     x = np.array([1.5, 3.0, 6.0, 12.0, 0.75, 2.0**-126 * 1.5, 2.0**126 * 1.5], dtype=np.float32)
     expected = np.array([round_exact(float(v), "e8m0") for v in x])
     assert np.array_equal(fpsim.round(x, "e8m0"), expected)
     assert np.array_equal(fpsim.round(x.astype(np.float64), "e8m0"), expected)
-    with np.errstate(all="ignore"):
-        assert np.array_equal(expected, x.astype(ml_dtypes.float8_e8m0fnu).astype(np.float64))
 
 
 # ---- hardware oracle -------------------------------------------------------------

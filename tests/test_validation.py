@@ -1,6 +1,7 @@
 """The validation run that `fpsim validate` prints: 10 million inputs, every row 0 mismatches."""
 
 import numpy as np
+import pytest
 
 from fpsim.numerics import validation
 
@@ -33,7 +34,23 @@ def test_mismatch_counter_can_fail():
     assert validation.mismatches(np.array([0.0, 1.0, np.nan]), np.array([-0.0, 1.0, np.nan])) == 1
 
 
-def test_double_rounding_through_float32_is_found_and_fpsim_is_right():
-    study = validation.double_rounding_study(30_000, seed=0)
+@pytest.fixture(scope="module")
+def study():
+    return validation.double_rounding_study(30_000, seed=0)
+
+
+def test_double_rounding_through_float32_is_found_and_fpsim_is_right(study):
     assert study["fpsim_wrong_in_sample"] == 0
-    assert study["ml_dtypes_wrong_in_sample"] > 0.2 * study["exact_sample"]
+    assert study["two_step_wrong_in_sample"] > 0.2 * study["exact_sample"]
+
+
+def test_library_casts_are_measured_not_assumed(study):
+    """Each library's float64 -> bfloat16 cast is classified from what it computed, whatever the release."""
+    assert {c["library"] for c in study["casts"]} >= {"ml_dtypes"}
+    for cast in study["casts"]:
+        assert cast["version"]
+        assert (cast["rounds"] == "once") == (cast["differs_from_fpsim"] == 0)
+        if cast["rounds"] == "twice":
+            assert cast["differs_from_fpsim"] == study["two_step_differs_from_fpsim"]
+        if cast["rounds"] == "once":
+            assert cast["wrong_in_sample"] == 0

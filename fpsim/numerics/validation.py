@@ -8,8 +8,9 @@ Two oracles:
 * the exact reference ``fpsim.exact.round_exact`` (Python integers and fractions),
   for float64 inputs, every deterministic mode, and formats with no hardware dtype.
 
-``ml_dtypes`` (like torch) converts float64 -> bfloat16 through float32, rounding
-twice; ``double_rounding_study`` measures how often that goes wrong.
+A float64 -> bfloat16 conversion through float32 rounds twice and is sometimes
+wrong; ``double_rounding_study`` measures how often, and whether the installed
+releases of ml_dtypes and torch convert that way (a fact of each release).
 """
 
 from __future__ import annotations
@@ -172,29 +173,51 @@ def exhaustive_float32(fmt, progress: bool = True, chunk_bits: int = 24) -> dict
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _library_casts_to_bf16(x: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """Each installed library's own float64 -> bfloat16 cast of ``x``, as (library, version, float64 result)."""
+    casts = [("ml_dtypes", ml_dtypes.__version__, x.astype(ml_dtypes.bfloat16).astype(np.float64))]
+    try:
+        import torch
+    except ImportError:
+        return casts
+    converted = torch.from_numpy(x).to(torch.bfloat16).to(torch.float64).numpy()
+    return casts + [("torch", torch.__version__, converted)]
+
+
 def double_rounding_study(n: int = 1_000_000, seed: int = 0) -> dict:
     """How often float64 -> bfloat16 conversions that round twice (through float32) are wrong.
 
     Inputs: float64 values one to three float64 ulps off BF16 midpoints, where a
     first rounding to float32 lands on the midpoint and the second rounding's
-    tie-breaking then decides, and the midpoints themselves.  Correct results come
-    from the exact reference on a sample and from ``fpsim.round`` on all.
+    tie-breaking then decides, and the midpoints themselves.  Three conversions:
+
+    * ``fpsim.round``, once from the exact value;
+    * the two-step conversion written out, RN_bf16(RN_fp32(x)) (numpy's IEEE
+      float64 -> float32 cast, then ``fpsim.round`` from that float32): double
+      rounding by construction;
+    * each installed library's own cast (ml_dtypes; torch where installed).
+      Whether a release rounds once or twice is a fact about that release,
+      measured here and returned with its version (``rounds``: ``"once"`` if it
+      agrees with fpsim everywhere, ``"twice"`` if with the two-step conversion
+      everywhere, else ``"neither"``), never assumed.
+
+    Correct results come from the exact reference on a sample and from
+    ``fpsim.round`` on all.
     """
     rng = np.random.default_rng(seed)
     x = _off_midpoints64(BF16, rng, n)
     ours = round_to_format(x, BF16)
+    two_step = round_to_format(x.astype(np.float32), BF16).astype(np.float64)
     sample = rng.choice(x.size, size=min(2000, x.size), replace=False)
     exact = np.array([round_exact(float(v), BF16) for v in x[sample]])
-    ml_dtypes_result = x.astype(ml_dtypes.bfloat16).astype(np.float64)
-    result = {"inputs": int(x.size), "exact_sample": int(sample.size),
-              "fpsim_wrong_in_sample": mismatches(ours[sample], exact),
-              "ml_dtypes_wrong_in_sample": mismatches(ml_dtypes_result[sample], exact),
-              "ml_dtypes_differs_from_fpsim": mismatches(ml_dtypes_result, ours)}
-    try:
-        import torch
-    except ImportError:
-        result["torch_differs_from_fpsim"] = None
-    else:
-        converted = torch.from_numpy(x).to(torch.bfloat16).to(torch.float64).numpy()
-        result["torch_differs_from_fpsim"] = mismatches(converted, ours)
-    return result
+    casts = []
+    for library, version, converted in _library_casts_to_bf16(x):
+        differs = mismatches(converted, ours)
+        rounds = "once" if differs == 0 else "twice" if mismatches(converted, two_step) == 0 else "neither"
+        casts.append({"library": library, "version": version, "rounds": rounds, "differs_from_fpsim": differs,
+                      "wrong_in_sample": mismatches(converted[sample], exact)})
+    return {"inputs": int(x.size), "exact_sample": int(sample.size),
+            "fpsim_wrong_in_sample": mismatches(ours[sample], exact),
+            "two_step_wrong_in_sample": mismatches(two_step[sample], exact),
+            "two_step_differs_from_fpsim": mismatches(two_step, ours),
+            "casts": casts}
