@@ -1,7 +1,9 @@
-"""Hardening of the numerics layer: format names parse one way, formats compare by definition."""
+"""Hardening of the numerics layer and the quantizer: format names parse one way, formats compare by
+definition, quantize takes its input exactly, empty inputs and absurd sizes, bad arguments in one line."""
 
 import dataclasses
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import ml_dtypes
@@ -11,6 +13,7 @@ import pytest
 import fpsim
 from fpsim.numerics.exact import round_exact
 from fpsim.numerics.formats import ALIASES, E2M1, E4M3, E8M0, ML_DTYPES_NAMES, UNMODELLED_ML_DTYPES, Format
+from fpsim.ops.quantize import quantize_reference
 from fpsim.sim.policy import Policy
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -77,7 +80,8 @@ def test_a_short_name_with_a_suffix_means_what_ml_dtypes_means_by_it(name):
     ("e3m2fn", 28.0, False, False), ("e2m3fn", 7.5, False, False), ("e2m1fn", 6.0, False, False),
     ("e3m3fn", 30.0, False, False), ("e4m3fn", 448.0, True, False), ("e5m2fn", 98304.0, True, False),
     ("e4m3", 448.0, True, False), ("e5m2", 57344.0, True, True), ("e3m2", 28.0, False, False),
-    ("e8m0fnu", 2.0**127, True, False), ("e5m0fnu", 2.0**15, True, False), ("e6m9", (2 - 2.0**-9) * 2.0**31, True, True),
+    ("e8m0fnu", 2.0**127, True, False), ("e5m0fnu", 2.0**15, True, False),
+    ("e6m9", (2 - 2.0**-9) * 2.0**31, True, True),
 ])
 def test_suffixes_follow_ml_dtypes(name, maximum, nan, inf):
     fmt = fpsim.get_format(name)
@@ -143,3 +147,90 @@ def test_formats_are_equal_by_definition_whatever_their_names():
     assert Format("x", 2, 1) != E2M1 and Format("x", 2, 1, subnormals=False, specials="finite") != E2M1
     policy = dataclasses.replace(Policy.preset("mxfp4"), name="mine", activations=mine, gradients=mine)
     assert policy.activations.name == "myfp4"  # the block check accepts a custom E2M1 under mxfp4
+
+
+# ---- quantize takes its input exactly ------------------------------------------------------
+
+QUANTIZE_SETTINGS = [dict(fmt="nvfp4"), dict(fmt="e4m3"), dict(fmt="e5m2", scaling="row"), dict(fmt="mxfp4"),
+                     dict(fmt="mxfp8_e4m3", scale_rounding="rceil"),
+                     dict(fmt="e2m1", scaling="row", scale_format="e4m3"), dict(fmt="e4m3", scale=0.75)]
+
+
+@pytest.mark.parametrize("kwargs", QUANTIZE_SETTINGS, ids=lambda k: "-".join(map(str, k.values())))
+def test_float64_inputs_are_taken_exactly_by_quantize_and_its_reference(kwargs):
+    """Float64 values that are not FP32 values, many within a float64 ulp of an FP32 midpoint (where rounding
+    them to FP32 first would change the scale or the scaled value): values and scales equal the reference."""
+    rng = np.random.default_rng(21)
+    for trial in range(6):
+        x = rng.standard_normal((4, 32)) * 2.0 ** rng.integers(-20, 20)
+        near = x.astype(np.float32).astype(np.float64)
+        ulp32 = np.spacing(near.astype(np.float32)).astype(np.float64)
+        x[::2] = near[::2] + ulp32[::2] / 2 * rng.choice([-1, 1], x[::2].shape) * (1 + 2.0**-40)
+        assert np.count_nonzero(x != x.astype(np.float32)) > 64
+        for mode in ("nearest", "toward_zero"):
+            ours, scales = fpsim.quantize(x, return_scales=True, mode=mode, **kwargs)
+            reference, reference_scales = quantize_reference(x, mode=mode, **kwargs)
+            assert ours.dtype == np.float64
+            assert same_bits(ours, reference).all() and same_bits(scales, reference_scales).all(), (trial, mode)
+
+
+def test_the_fp32_scale_of_a_float64_tensor_is_max_over_its_exact_amax_rounded_once():
+    """s = RN32(448 / A) with A the exact float64 amax, not RN32(448 / RN32(A)) (they differ for some A)."""
+    rng = np.random.default_rng(8)
+    differ = 0
+    for _ in range(40):
+        x = rng.standard_normal(64)
+        amax = Fraction(float(np.max(np.abs(x))))
+        expected = round_exact(448 / amax, fpsim.FP32)
+        differ += expected != round_exact(448 / Fraction(round_exact(amax, fpsim.FP32)), fpsim.FP32)
+        assert float(fpsim.quantize(x, "e4m3", return_scales=True)[1]) == expected
+        assert float(quantize_reference(x, "e4m3")[1]) == expected
+    assert differ > 0
+
+
+def test_a_float64_amax_beyond_fp32_gives_the_documented_scales():
+    x = np.array([[1e300, 1.0, -3.0, 1e-300] * 8, [5e39, 1.0, 2.0, 3.0] * 8])
+    for kwargs in (dict(fmt="e4m3"), dict(fmt="e4m3", scaling="row"), dict(fmt="nvfp4"), dict(fmt="mxfp4")):
+        ours, scales = fpsim.quantize(x, return_scales=True, **kwargs)
+        reference, reference_scales = quantize_reference(x, **kwargs)
+        assert same_bits(ours, reference).all() and same_bits(scales, reference_scales).all(), kwargs
+    _, scales = fpsim.quantize(x, "e4m3", scaling="row", return_scales=True)
+    assert scales[0, 0] == 2.0**-149 and scales[1, 0] == np.float32(448 / 5e39)
+    assert np.isnan(fpsim.quantize(x, "nvfp4")).all()  # P = RN32(T / 2688) overflows FP32
+
+
+# ---- sizes, empty inputs, bad arguments -----------------------------------------------------
+
+@pytest.mark.parametrize("block_size", [2**40, 2**70])
+@pytest.mark.parametrize("kwargs", [dict(fmt="mxfp4"), dict(fmt="mxfp4", mode="toward_zero"), dict(fmt="nvfp4"),
+                                    dict(fmt="e4m3", scaling="block")])
+def test_a_block_longer_than_the_axis_is_the_whole_axis(block_size, kwargs):
+    x = np.random.default_rng(2).standard_normal((3, 40)).astype(np.float32)
+    ours, scales = fpsim.quantize(x, block_size=block_size, return_scales=True, **kwargs)
+    whole, whole_scales = fpsim.quantize(x, block_size=40, return_scales=True, **kwargs)
+    assert same_bits(ours, whole).all() and same_bits(scales, whole_scales).all() and scales.shape == (3, 1)
+
+
+EMPTY_SETTINGS = [dict(fmt="e4m3"), dict(fmt="e4m3", scaling="row"), dict(fmt="e4m3", scaling="block"),
+                  dict(fmt="nvfp4"), dict(fmt="mxfp4"), dict(fmt="mxfp4", mode="toward_zero"),
+                  dict(fmt="e2m1", scaling="row", scale_format="e4m3"), dict(fmt="e4m3", scale=2.0)]
+
+
+@pytest.mark.parametrize("kwargs", EMPTY_SETTINGS, ids=lambda k: "-".join(map(str, k.values())))
+@pytest.mark.parametrize("shape, axis", [((0, 5), -1), ((5, 0), 0), ((0, 0), 0), ((2, 0, 3), 1), ((0,), 0)])
+def test_empty_inputs_give_empty_outputs_and_scales_shaped_like_the_reference(kwargs, shape, axis):
+    x = np.zeros(shape, dtype=np.float32)
+    ours, scales = fpsim.quantize(x, axis=axis, return_scales=True, **kwargs)
+    reference, reference_scales = quantize_reference(x, axis=axis, **kwargs)
+    assert ours.shape == reference.shape == shape and ours.dtype == np.float32
+    assert scales.shape == reference_scales.shape and same_bits(scales, reference_scales).all()
+    if kwargs.get("scaling", "block" if kwargs["fmt"] in ("nvfp4", "mxfp4") else "tensor") != "tensor":
+        assert scales.shape[axis] == 1
+
+
+@pytest.mark.parametrize("axis", [0.0, True, "0", None])
+def test_axis_must_be_an_integer(axis):
+    for function in (fpsim.quantize, quantize_reference):
+        with pytest.raises(ValueError, match="axis must be an integer") as info:
+            function(np.ones((2, 32)), "mxfp4", axis=axis)
+        assert "\n" not in str(info.value)
