@@ -68,10 +68,10 @@ def test_random_inputs_round_like_the_ml_dtypes_cast(fmt, dtype, input_dtype):
     assert ours.dtype == input_dtype
     nan_in = np.isnan(x)
     same = (ours == reference) & (np.signbit(ours) == np.signbit(reference)) | (np.isnan(ours) & np.isnan(reference))
-    if fmt is E8M0:  # ml_dtypes rounds (2^-127, 1.5 * 2^-127) up to 2^-126; the nearest value is 2^-127
+    if fmt is E8M0:  # ml_dtypes before 0.7 rounds (2^-127, 1.5 * 2^-127) up to 2^-126: the exact reference there
         bottom = (x > 2.0**-127) & (x < 1.5 * 2.0**-127)
-        assert (ours[bottom] == 2.0**-127).all() and (reference[bottom] == 2.0**-126).all()
-        assert all(round_exact(float(v), fmt) == 2.0**-127 for v in x[bottom][:50])
+        assert bottom.sum() > 100 and (ours[bottom] == 2.0**-127).all()
+        assert all(round_exact(float(v), fmt) == ours[i] for i, v in zip(np.flatnonzero(bottom), x[bottom]))
         same |= bottom
     assert np.count_nonzero(~same & ~nan_in) == 0
     if fmt in NO_NAN:  # ml_dtypes turns NaN into -0 there; fpsim keeps NaN visible

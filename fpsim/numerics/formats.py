@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -35,10 +35,14 @@ below 2^-bias give 2^-bias, the nearest value there is.  Needs ``mantissa_bits=0
 
 @dataclass(frozen=True, repr=False)
 class Format:
-    """A binary floating-point format."""
+    """A binary floating-point format.
 
-    name: str
-    """Short name used in tables and reports, e.g. ``"fp16"``."""
+    Two formats are equal (and hash alike) when they define the same values and codes:
+    the same exponent bits, mantissa bits, subnormals and specials, whatever their names.
+    """
+
+    name: str = field(compare=False)
+    """Short name used in tables and reports, e.g. ``"fp16"``; not part of the definition."""
     exponent_bits: int
     """Number of exponent bits, E (2..11)."""
     mantissa_bits: int
@@ -198,17 +202,33 @@ E8M0 = Format("e8m0", 8, 0, subnormals=False, specials="fnu")
 FORMATS: dict[str, Format] = {f.name: f for f in (FP32, TF32, FP16, BF16, E4M3, E5M2, E3M2, E2M3, E2M1, E8M0, FP64)}
 """The built-in formats by canonical name."""
 
-ALIASES: dict[str, Format] = {
-    **FORMATS,
-    "half": FP16, "float16": FP16, "binary16": FP16,
+ML_DTYPES_NAMES: dict[str, Format] = {
     "bfloat16": BF16,
+    "float8_e4m3fn": E4M3, "float8_e5m2": E5M2,
+    "float8_e4m3": Format("float8_e4m3", 4, 3), "float8_e3m4": Format("float8_e3m4", 3, 4),
+    "float6_e3m2fn": E3M2, "float6_e2m3fn": E2M3, "float4_e2m1fn": E2M1, "float8_e8m0fnu": E8M0,
+}
+"""ml_dtypes' dtypes that fpsim models, by ml_dtypes' name: each is exactly that dtype.
+
+``"float8_e4m3"`` is ml_dtypes' IEEE-style E4M3 (bias 7, +-inf, max 240), not fpsim's
+``"e4m3"`` (OCP's E4M3, ``float8_e4m3fn``, max 448)."""
+
+UNMODELLED_ML_DTYPES: dict[str, str] = {
+    "float8_e4m3fnuz": "its NaN is the negative-zero code and its exponent bias is 8",
+    "float8_e5m2fnuz": "its NaN is the negative-zero code and its exponent bias is 16",
+    "float8_e4m3b11fnuz": "its NaN is the negative-zero code and its exponent bias is 11",
+    "float8_e5m3fnu": "it is unsigned with a mantissa (fpsim's unsigned formats are exponent-only scales)",
+}
+"""ml_dtypes' dtypes that no ``Format`` describes, with the reason (named in the error ``get_format`` gives)."""
+
+ALIASES: dict[str, Format] = {
+    **FORMATS, **ML_DTYPES_NAMES,
+    "half": FP16, "float16": FP16, "binary16": FP16,
     "float32": FP32, "single": FP32, "binary32": FP32,
     "float64": FP64, "double": FP64, "binary64": FP64,
-    "fp8_e4m3": E4M3, "float8_e4m3fn": E4M3,
-    "fp8_e5m2": E5M2, "float8_e5m2": E5M2,
-    "fp6_e3m2": E3M2, "float6_e3m2fn": E3M2, "fp6_e2m3": E2M3, "float6_e2m3fn": E2M3,
-    "fp4_e2m1": E2M1, "float4_e2m1fn": E2M1, "ue8m0": E8M0, "float8_e8m0fnu": E8M0,
+    "fp8_e4m3": E4M3, "fp8_e5m2": E5M2, "fp6_e3m2": E3M2, "fp6_e2m3": E2M3, "fp4_e2m1": E2M1, "ue8m0": E8M0,
 }
+"""Every name ``get_format`` accepts besides the ``eXmY[fn|fnu]`` strings (see ``get_format``)."""
 
 HARDWARE_DTYPES: dict[str, np.dtype] = {
     "fp64": np.dtype(np.float64),
@@ -238,17 +258,34 @@ def widen_ml_dtypes(array: np.ndarray) -> np.ndarray:
     return array
 
 
-_EXMY = re.compile(r"^e(\d+)m(\d+)(fn)?$")
+_EXMY = re.compile(r"^e(\d+)m(\d+)(fn|fnu|fnuz)?$")
+
+NAN_CODE_MIN_BITS = 8
+"""An ``"eXmYfn"`` format of at least this many bits has a NaN code (ml_dtypes' and OCP's 8-bit ``fn``
+formats), a narrower one has none (ml_dtypes' and OCP MX's ``float6_e3m2fn``, ``float6_e2m3fn``,
+``float4_e2m1fn``)."""
 
 
 def get_format(spec) -> Format:
     """Return the Format named by ``spec``.
 
-    Accepts a Format; a name or alias (case-insensitive, see ``ALIASES``); an
-    ``"eXmY"`` string such as ``"e6m9"`` (``"eXmYfn"`` for the finite-NaN variant;
-    the built-in names come first: ``"e4m3"``, ``"e3m2"``, ``"e2m3"``, ``"e2m1"`` and
-    ``"e8m0"`` are the OCP formats); or a dtype of ``HARDWARE_DTYPES`` (``np.float16``,
-    ``np.float32``, ``np.float64``, ``ml_dtypes.bfloat16``, ``ml_dtypes.float8_e4m3fn``, ...).
+    Accepts a Format; a name of ``ALIASES`` (case-insensitive): the built-in names, the
+    ml_dtypes and numpy dtype names that fpsim models (``ML_DTYPES_NAMES``: exactly that
+    dtype), and a few aliases; a dtype of those (``np.float16``, ``ml_dtypes.bfloat16``,
+    ``ml_dtypes.float8_e4m3fn``, ...); or a string ``"eXmY"`` with X exponent and Y mantissa
+    bits, written without leading zeros, and a suffix meaning what it means in ml_dtypes:
+
+    * none: the built-in format of that name (``e4m3``, ``e5m2``, ``e3m2``, ``e2m3``, ``e2m1``,
+      ``e8m0``: the OCP FP8 and MX formats), else IEEE-style (+-inf, NaN): ``"e6m9"``;
+    * ``fn``: finite, no infinities; the all-ones code is NaN in formats of 8 bits or more
+      (``e4m3fn`` = ``float8_e4m3fn``, max 448), and there is no NaN in narrower ones
+      (``e3m2fn`` = ``float6_e3m2fn``, max 28; ``e2m3fn``; ``e2m1fn`` = ``float4_e2m1fn``);
+    * ``fnu``: finite and unsigned, fpsim's exponent-only scales ``"eXm0fnu"`` (``e8m0fnu`` =
+      ``float8_e8m0fnu``).
+
+    ``fnuz`` formats (NaN at the negative-zero code) are not modelled and are refused, as
+    are ml_dtypes' dtypes of ``UNMODELLED_ML_DTYPES``.  A format equal to a built-in one is
+    returned as that one (``"e5m10"`` is ``FP16``).
     """
     if isinstance(spec, Format):
         return spec
@@ -256,18 +293,43 @@ def get_format(spec) -> Format:
         key = spec.strip().lower()
         if key in ALIASES:
             return ALIASES[key]
+        if key in UNMODELLED_ML_DTYPES:
+            raise ValueError(f"fpsim does not model ml_dtypes' {key}: {UNMODELLED_ML_DTYPES[key]}")
         match = _EXMY.match(key)
         if match:
-            e, m, fn = int(match[1]), int(match[2]), bool(match[3])
-            for known in FORMATS.values():
-                if (known.exponent_bits, known.mantissa_bits, known.specials) == (e, m, "fn" if fn else "ieee"):
-                    return known
-            return Format(key, e, m, specials="fn" if fn else "ieee")
+            return _exmy_format(key, match[1], match[2], match[3])
     elif isinstance(spec, (type, np.dtype)):
-        for name, hardware in HARDWARE_DTYPES.items():
-            if np.dtype(spec) == hardware:
-                return FORMATS[name]
+        try:
+            name = np.dtype(spec).name
+        except TypeError:
+            name = None
+        if name in ALIASES:  # float16, float32, float64 and ML_DTYPES_NAMES
+            return ALIASES[name]
+        if name in UNMODELLED_ML_DTYPES:
+            raise ValueError(f"fpsim does not model ml_dtypes' {name}: {UNMODELLED_ML_DTYPES[name]}")
     known = ", ".join(sorted(ALIASES))
     raise ValueError(
         f"unknown format {spec!r}: use one of {known}; an 'eXmY' string such as 'e6m9' "
-        f"(2 <= X <= 11, 0 <= Y <= 52); a dtype; or a fpsim.Format")
+        f"(2 <= X <= 11, 0 <= Y <= 52; suffix 'fn' for finite, 'fnu' for an unsigned eXm0 scale); "
+        f"a dtype; or a fpsim.Format")
+
+
+def _exmy_format(key: str, exponent: str, mantissa: str, suffix: str | None) -> Format:
+    """The format of an ``"eXmY[suffix]"`` name (see ``get_format``): a built-in one if it equals one."""
+    e, m = int(exponent), int(mantissa)
+    if exponent != str(e) or mantissa != str(m):
+        raise ValueError(f"format names are written without leading zeros: write "
+                         f"'e{e}m{m}{suffix or ''}', not {key!r}")
+    if suffix == "fnuz":
+        raise ValueError(f"fpsim does not model 'fnuz' formats such as {key!r} (NaN at the negative-zero code, "
+                         f"no -0, another exponent bias): use 'e{e}m{m}fn' or a fpsim.Format")
+    if suffix == "fnu" and m != 0:
+        raise ValueError(f"fpsim's unsigned 'fnu' formats are exponent-only scales: write 'e{e}m0fnu' "
+                         f"(such as 'e8m0fnu'), not {key!r}")
+    if suffix == "fnu":
+        fmt = Format(key, e, 0, subnormals=False, specials="fnu")
+    elif suffix == "fn":
+        fmt = Format(key, e, m, specials="fn" if 1 + e + m >= NAN_CODE_MIN_BITS else "finite")
+    else:  # the bare built-in names (e4m3, ...) are ALIASES, found before this
+        fmt = Format(key, e, m)
+    return next((known for known in FORMATS.values() if known == fmt), fmt)

@@ -11,14 +11,17 @@ exponent, q() the element format's rounding (``mode``; overflows saturate to +-m
 ROWWISE recipes and Transformer Engine's Float8CurrentScaling compute it (torchao
 ``float8/float8_utils.py: amax_to_scale``; TE ``Float8CurrentScaling``)::
 
-    s = RN32(max / A)            (A = 0: s = 1; saturates at FP32's max)
+    s = RN32(max / A)            (A = 0: s = 1; kept in FP32's positive range [2^-149, FP32's max])
     result = RN32(q(RN32(x * s)) / s)
 
 or, with ``scale=s`` given (per-tensor *delayed scaling*, Transformer Engine's
 ``DelayedScaling``: s comes from the amaxes of earlier steps, ``fpsim.sim.scaling``), the
 same with that s, whatever A is now: values above max / s saturate.
 
-The operands are FP32 values: inputs are rounded to FP32 first, as the recipes cast to FP32.
+The input is taken exactly, whatever its dtype: x and A are the input's values (a float64 input
+is not rounded to FP32 first), and each RN32() rounds the exact result of its operation once, in
+every scale format, in ``quantize`` and ``quantize_reference`` alike.  For float32 input this is
+the recipes' FP32 arithmetic; a float64 input gives the FP32 recipe applied to its exact values.
 
 ``scale_format="e8m0"``: a power-of-two scale X = 2^e per group, the OCP Microscaling
 Formats (MX) v1.0 specification, section 6.3, and torchao's ``ScaleCalculationMode``
@@ -42,7 +45,8 @@ variants do not (arXiv 2506.08027 reports floor diverging in training, ceil matc
 and accurate low-precision inference", 2025; Transformer Engine's NVFP4 recipe; torchao
 ``nvfp4_tensor.py: nvfp4_quantize`` with a per-tensor scale), T the whole tensor's amax::
 
-    P = RN32(T / (448 * max))   (1 when that is below 2^-126: the tensor quantizes to ~0)
+    P = RN32(T / (448 * max))   (1 when that is below 2^-126: the tensor quantizes to ~0; NaN when
+                                 T is inf or NaN, or a float64 T makes it overflow FP32)
     s = E4M3(clamp(RN32(RN32(A / max) / P), 2^-6, 448))     the stored block scale
     d = RN32(P * s)
     result = RN32(q(RN32(x / d)) * d)
@@ -58,13 +62,13 @@ number at a time; the tests hold the two against each other and against graphcor
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
 from . import _quantize_kernels as kernels
-from .arithmetic import div, mul
 from ..numerics._kernels import threads_for
 from ..numerics.exact import DETERMINISTIC_MODES, check_mode, floor_log2, round_exact
 from ..numerics.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP32, FP64, Format, get_format
@@ -142,8 +146,11 @@ def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, i
 
     Returns (rows, block, groups per row, shape); ``shape`` is the shape of the rows before
     flattening (``axis`` moved last), for putting results back.  An empty row is one
-    (all-zero) group, so that every row has a scale.
+    (all-zero) group, so that every row has a scale.  A block longer than the rows is one group
+    per row, as the same block padded with zeros would be: a block size is never allocated.
     """
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
     if array.ndim == 0:
         array = array.reshape(1)
     if not -array.ndim <= axis < array.ndim:
@@ -154,7 +161,7 @@ def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, i
         block = max(rows.shape[1], 1)
     else:
         rows = moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
-        block = max(rows.shape[1], 1) if spec.scaling == "row" else spec.block_size
+        block = max(rows.shape[1], 1) if spec.scaling == "row" else min(spec.block_size, max(rows.shape[1], 1))
     return np.ascontiguousarray(rows), block, max(-(-rows.shape[1] // block), 1), moved.shape
 
 
@@ -178,13 +185,16 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
 
     Parameters
     ----------
-    x : array_like of real numbers.
+    x : array_like of real numbers, taken exactly whatever its dtype: a float64 value is not rounded to
+        FP32 first; the scales and the scaled values are the module docstring's FP32 roundings of exact
+        results, so ``quantize`` and ``quantize_reference`` agree for every input dtype.
     fmt : a preset (``PRESETS``: "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3",
         "mxfp4", "nvfp4"), which sets the element format, ``scaling="block"``, the block size
         and the scale format; or an element format (anything ``fpsim.get_format`` takes).
     scaling : "tensor" (default for a format), "row" or "block" (default for a preset).
-    axis : the axis along which rows and blocks run (the reduction axis of a matmul).
-    block_size : values per block (default 32, or the preset's).
+    axis : the axis (an integer) along which rows and blocks run (the reduction axis of a matmul).
+    block_size : values per block (default 32, or the preset's); a block longer than the axis is the
+        whole axis.
     scale_format : "fp32" (default for a format), "e8m0" or "e4m3"; see the module docstring.
     scale_rounding : for "e8m0": "floor" (the OCP spec, default), "ceil", "even" or "rceil".
     saturate : overflowing elements become +-max (the MX and FP8 recipes); False lets them
@@ -258,6 +268,8 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
     groups = padded.reshape(rows.shape[0], groups_per_row, block)
     amax = np.max(np.abs(groups), axis=-1, initial=0.0)
     element = spec.element
+    with np.errstate(over="ignore"):  # a float64 value beyond FP32's range is not an FP32 value
+        fp32_inputs = rows.dtype == np.float32 or np.array_equal(rows.astype(np.float32), rows, equal_nan=True)
     if spec.scale_format == "e8m0":
         scales = _pow2_values(kernels.mx_exponents(amax.reshape(-1), *_mx_arguments(spec)).reshape(amax.shape))
         quantized = round_to(groups / scales[..., None], element, mode, saturate=saturate, rng=rng)
@@ -266,31 +278,61 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
         if scale is not None:
             scales = np.full(amax.shape, scale)
         else:
-            scales = np.where(amax == 0, 1.0, div(element.max, amax, FP32))
-            scales = np.where(np.isinf(scales), FP32.max, scales)  # a finite amax too small for FP32's range
-            scales = np.where(np.isfinite(amax), scales, np.nan)
-        out = _scaled_in_float32(groups, scales, np.multiply, np.divide, element, mode, saturate, rng)
+            scales = np.clip(_fp32_of(np.divide, element.max, amax), FP32.smallest_subnormal, FP32.max)
+            scales = np.where(amax == 0, 1.0, np.where(np.isfinite(amax), scales, np.nan))
+        out = _scaled_in_float32(groups, fp32_inputs, scales, np.multiply, np.divide, element, mode, saturate, rng)
     else:
         tensor_amax = np.max(amax, initial=0.0)
-        tensor_scale = float(div(tensor_amax, E4M3.max * element.max, FP32)) if np.isfinite(tensor_amax) else np.nan
-        if tensor_scale < FP32.smallest_normal:
+        tensor_scale = float(_fp32_of(np.divide, tensor_amax, E4M3.max * element.max))
+        if not math.isfinite(tensor_scale):
+            tensor_scale = math.nan
+        elif tensor_scale < FP32.smallest_normal:
             tensor_scale = 1.0
-        block_scales = round_to(np.clip(div(div(amax, element.max, FP32), tensor_scale, FP32),
-                                        E4M3.smallest_normal, E4M3.max), E4M3)
-        scales = mul(tensor_scale, block_scales, FP32)
-        out = _scaled_in_float32(groups, scales, np.divide, np.multiply, element, mode, saturate, rng)
-    return np.asarray(out).reshape(rows.shape[0], -1)[:, :n], np.asarray(scales, dtype=np.float64)
+        ratios = _fp32_of(np.divide, _fp32_of(np.divide, amax, element.max), tensor_scale)
+        block_scales = round_to(np.clip(ratios, E4M3.smallest_normal, E4M3.max), E4M3)
+        scales = _fp32_of(np.multiply, tensor_scale, block_scales)
+        out = _scaled_in_float32(groups, fp32_inputs, scales, np.divide, np.multiply, element, mode, saturate, rng)
+    values = np.asarray(out).reshape(rows.shape[0], groups_per_row * block)[:, :n]  # (0 rows: no -1 to infer)
+    return values, np.asarray(scales, dtype=np.float64)
 
 
-def _scaled_in_float32(groups, scales, apply, undo, element, mode, saturate, rng) -> np.ndarray:
-    """RN32(undo(q(RN32(apply(RN32(x), s))), s)) for FP32 scales s, one per group: in float32 arithmetic, whose
-    IEEE multiply, divide and cast from float64 are the FP32 roundings of the formulas (10x faster than
-    fpsim.mul / fpsim.div on float64 arrays)."""
+def _scaled_in_float32(groups, fp32_inputs: bool, scales, apply, undo, element, mode, saturate, rng) -> np.ndarray:
+    """RN32(undo(q(RN32(apply(x, s))), s)) for FP32 scales s, one per group, and the exact inputs x: in float32
+    arithmetic, whose IEEE multiply and divide are the FP32 roundings of the formulas, when every x is an FP32
+    value (``fp32_inputs``; 10x faster than fpsim.mul / fpsim.div on float64 arrays); else RN32(apply(x, s))
+    with ``_fp32_of``."""
     scales32 = np.asarray(scales, dtype=np.float32)[..., None]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        scaled = apply(groups.astype(np.float32), scales32)
+        if fp32_inputs:
+            scaled = apply(groups.astype(np.float32), scales32)
+        else:
+            scaled = _fp32_of(apply, groups, scales32)
         return undo(np.asarray(round_to(scaled, element, mode, saturate=saturate, rng=rng), dtype=np.float32),
                     scales32)
+
+
+_EXACT_OPERATIONS = {np.multiply: operator.mul, np.divide: operator.truediv}
+
+
+def _fp32_of(operation, a, b) -> np.ndarray:
+    """RN32(a op b) for ``operation`` np.multiply or np.divide: the exact result for float64 operands ``a``, ``b``
+    (broadcast) rounded once to nearest FP32, a float32 array.
+
+    The float64 result r is the exact one rounded to nearest, so the exact one lies between r's float64
+    neighbours; where both of them round to the same FP32 value, rounding being monotonic, the exact one
+    rounds to it too, and so does r (which also keeps the exact result's sign where it underflows to 0).
+    The others, within a float64 ulp of an FP32 midpoint, are computed with fractions.
+    """
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        r = operation(a, b)
+        out = np.array(r, dtype=np.float32)
+        unsure = (np.nextafter(r, -np.inf).astype(np.float32) != np.nextafter(r, np.inf).astype(np.float32)) \
+            & ~np.isnan(r)
+    exact = _EXACT_OPERATIONS[operation]
+    for index in map(tuple, np.argwhere(unsure)):  # both finite, b != 0: r is finite and not exactly 0
+        out[index] = round_exact(exact(Fraction(float(a[index])), Fraction(float(b[index]))), FP32)
+    return out
 
 
 # ---- the exact reference -------------------------------------------------------------
@@ -363,17 +405,20 @@ def _reference_group(values, spec: _Spec, saturate: bool, mode: str, tensor_amax
         if given_scale is not None:
             scale = Fraction(given_scale)
         else:
-            scale = Fraction(1) if amax == 0 else Fraction(round_exact(element.max / _rn32(amax), FP32, saturate=True))
+            scale = Fraction(1) if amax == 0 else \
+                max(Fraction(round_exact(element.max / amax, FP32, saturate=True)), Fraction(FP32.smallest_subnormal))
         # (with a given scale an inf or NaN input goes through q as it is)
-        return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(_rn32(Fraction(v)) * scale) if math.isfinite(v)
+        return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(Fraction(v) * scale) if math.isfinite(v)
                                                            else v)) / scale), v) for v in values]
     tensor_scale = _rn32(tensor_amax / (Fraction(E4M3.max) * Fraction(element.max)))
+    if not isinstance(tensor_scale, Fraction):  # a float64 T beyond FP32's range
+        return math.nan, [math.nan] * len(values)
     if tensor_scale < Fraction(FP32.smallest_normal):
         tensor_scale = Fraction(1)
     ratio = _rn32(_rn32(amax / Fraction(element.max)) / tensor_scale)
     clamped = min(max(ratio, Fraction(E4M3.smallest_normal)), Fraction(E4M3.max))
     scale = _rn32(tensor_scale * Fraction(round_exact(clamped, E4M3)))
-    return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(_rn32(Fraction(v)) / scale))) * scale), v)
+    return float(scale), [_signed(_rn32(_as_fraction(q(_rn32(Fraction(v) / scale))) * scale), v)
                           for v in values]
 
 
