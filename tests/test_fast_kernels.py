@@ -20,7 +20,7 @@ from fpsim.numerics.rounding import kernel_params
 from fpsim.ops import _quantize_kernels
 from fpsim.ops.quantize import PRESETS, _grouped, _resolve, _rows, quantize_reference
 
-FLOAT32_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m2", "e2m3", "e2m1", "e8m0", "e5m0", "e3m0fn", "e6m9",
+FLOAT32_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m2", "e2m3", "e2m1", "e8m0", "e5m0", "e3m0fn", "e7m0fn", "e6m9",
                    "e8m7", Format("fp16_ftz", 5, 10, subnormals=False),
                    Format("e4m3_ftz", 4, 3, subnormals=False, specials="fn")]
 

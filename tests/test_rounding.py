@@ -313,7 +313,7 @@ def test_huge_integers_overflow_without_scaling_them():
     assert fpsim.round(10**200000, "fp64") == math.inf
 
 
-NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e5m0", "e2m1", "e3m2", "e2m3", "e6m9", "e8m0",
+NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e7m0fn", "e5m0", "e2m1", "e3m2", "e2m3", "e6m9", "e8m0",
                         Format("fp16_ftz", 5, 10, subnormals=False),
                         Format("e4m3_ftz", 4, 3, subnormals=False, specials="fn"),
                         "e11m20", "e10m40fn", "e11m0", "e7m50"]
