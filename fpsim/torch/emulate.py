@@ -26,8 +26,9 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
 * every other operation: its output rounded to the tensor kind's format when
   all its floating inputs are held in a low-precision format, else FP32 (type
   promotion, as autocast runs them).  Which tensors are low precision is
-  tracked by a tag on the tensor (``_fpsim_format``: the format and the
-  tensor's version counter, so an in-place change outside the mode voids it).
+  tracked by the mode: a table, weakly keyed by the tensor object, of the
+  format and the tensor's version counter (an in-place change outside the
+  mode voids it).
 
 Under a policy with a scaling recipe (FP8 / MX: ``fpsim.sim.policy``) the mode
 does something simpler: the operands of the products listed in
@@ -49,9 +50,16 @@ each incoming gradient to the dtype of the tensor it belongs to.  So the
 backward of an operation whose forward output was rounded (its autograd node's
 sequence number is remembered) rounds its inputs (the incoming gradient) and
 its outputs to ``gradients``; other backward operations follow the promotion
-rule.  A matrix product's forward input that was rounded into a copy keeps the
-copy on the tensor (``_fpsim_copy``, at its version), so the backward pass,
-which autograd hands the saved tensor itself, uses the same rounded values.
+rule.  A matrix product's forward input that was rounded into a copy has the
+copy remembered by the mode (weakly keyed by the tensor, at its version), so
+the backward pass, which autograd hands the saved tensor itself, uses the same
+rounded values.
+
+One context, its own state: the tags and the copies belong to the mode of one
+``with`` block and are dropped when it ends, so a tensor carries nothing from
+one context into the next (a later context under another policy rounds it
+afresh).  Contexts do not nest: ``emulate`` inside another ``emulate`` raises
+(both modes would round every operation, one format after the other).
 
 Forward or backward: ``torch._C._current_autograd_node()`` is the autograd node
 the engine is running, None in the forward pass.  It is exact (the engine sets
@@ -114,7 +122,8 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..numerics import _kernels
 from ..numerics.formats import FP32, Format
@@ -128,8 +137,6 @@ from .placement import MATMUL, MOVE, VIEW, placement_of, scaled_operands_of
 
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
-_TAG = "_fpsim_format"
-_COPY = "_fpsim_copy"
 _MAX_REMEMBERED = 1 << 16
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
@@ -149,8 +156,12 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
     None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).  casts: for a policy with a
     scaling recipe, the run's ``ScaledCasts`` (its delayed scalers live across steps; by default a new
     one, recording to ``recorder``).  Run a step's forward and backward passes inside the same ``with``
-    block: the backward pass reads what its forward recorded.
+    block: the backward pass reads what its forward recorded.  Contexts do not nest (RuntimeError).
     """
+    for running in _get_current_dispatch_mode_stack():
+        if isinstance(running, _EmulationMode):
+            raise RuntimeError(f"emulate contexts do not nest: one under policy {running.policy.name} is running; "
+                               f"leave its with block before starting another")
     policy = Policy.coerce(policy)
     if policy.scaling is not None and casts is None:
         casts = ScaledCasts(policy, recorder)
@@ -175,6 +186,7 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
     finally:
         for handle in handles:
             handle.remove()
+        mode.release()
         numba.set_num_threads(threads)
         torch.set_num_threads(torch_threads)
 
@@ -201,6 +213,13 @@ class _EmulationMode(TorchDispatchMode):
         self._pending = {}  # storage address -> [(path, before, after, fmt, tensor)]: to classify
         self._flush_task = None
         self._low_nodes = set()  # sequence numbers of the autograd nodes of low-precision forward ops
+        self._tags = WeakIdKeyDictionary()  # tensor -> (format, version): held in a low-precision format
+        self._copies = WeakIdKeyDictionary()  # tensor -> (version, its rounded copy): a product's input
+
+    def release(self) -> None:
+        """The end of the ``with`` block: drop every tag, copy and cast, so that nothing outlives the context."""
+        for held in (self._tags, self._copies, self._cast_params, self._forward_operands):
+            held.clear()
 
     # --- module paths, parameters and hooks ---------------------------------
     def attach(self) -> list:
@@ -274,7 +293,7 @@ class _EmulationMode(TorchDispatchMode):
         values = array if source is None else source.detach().numpy()
         before = values.copy() if self.recorder is not None else None
         round_into(values, array, fmt)
-        setattr(tensor, _TAG, (fmt, tensor._version))
+        self._tags[tensor] = (fmt, tensor._version)
         if before is None or kind is None:
             return
         if kind == "activations":
@@ -310,7 +329,7 @@ class _EmulationMode(TorchDispatchMode):
             return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
         if address in self.buffers:  # a copy would lose batch norm's in-place update of its statistics
             return tensor
-        if _tagged(tensor):
+        if self._format(tensor) is not None:
             return tensor
         if fmt == FP32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
             if not self.skip_fp32:
@@ -318,13 +337,34 @@ class _EmulationMode(TorchDispatchMode):
             return tensor
         # Autograd saves the tensor itself, not the copy: the backward pass finds the forward's copy here,
         # and a gradient that feeds several ops is rounded once.
-        cached = getattr(tensor, _COPY, None)
+        cached = self._copies.get(tensor)
         if cached is not None and cached[0] == tensor._version:
             return cached[1]
         copy = torch.empty_like(tensor, memory_format=torch.contiguous_format)
         self._round(copy, fmt, kind, path, source=tensor if tensor.is_contiguous() else tensor.contiguous())
-        setattr(tensor, _COPY, (tensor._version, copy))
+        self._copies[tensor] = (tensor._version, copy)
         return copy
+
+    # --- which tensors hold a format's values -------------------------------
+    def _format(self, tensor: torch.Tensor) -> Format | None:
+        """The low-precision format ``tensor`` is known to hold (tagged at its current version), or None."""
+        tag = self._tags.get(tensor)
+        return tag[0] if tag is not None and tag[1] == tensor._version else None
+
+    def _tag_all(self, tensors, fmt: Format) -> None:
+        for tensor in tensors:
+            self._tags[tensor] = (fmt, tensor._version)
+
+    def _low_format(self, args) -> Format | None:
+        """Type promotion: the format of the op's floating tensor inputs (0-dim ones only when there are no
+        others) when every one of them holds a low-precision format, else None."""
+        dimensioned, scalars = [], []
+        for arg in args:
+            for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    (dimensioned if tensor.dim() else scalars).append(tensor)
+        formats = [self._format(tensor) for tensor in dimensioned or scalars]
+        return formats[0] if formats and None not in formats else None
 
     # --- the dispatch -------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -334,17 +374,15 @@ class _EmulationMode(TorchDispatchMode):
         placement, first_only, mutates, fp32_inputs = placement_of(func)
         if placement == MOVE:
             out = func(*args, **kwargs)
-            if _all_low(args):
-                fmt = _format_of(args)
-                for moved in tensors_of(out):
-                    setattr(moved, _TAG, (fmt, moved._version))
+            fmt = self._low_format(args)
+            if fmt is not None:
+                self._tag_all(tensors_of(out), fmt)
             return out
         if placement == VIEW:
             out = func(*args, **kwargs)
-            if args and isinstance(args[0], torch.Tensor) and _tagged(args[0]):
-                fmt = getattr(args[0], _TAG)[0]
-                for view in tensors_of(out):
-                    setattr(view, _TAG, (fmt, view._version))
+            fmt = self._format(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+            if fmt is not None:
+                self._tag_all(tensors_of(out), fmt)
             return out
         node = _current_node()
         if node is None:
@@ -369,7 +407,7 @@ class _EmulationMode(TorchDispatchMode):
                 out = func(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
-            low = _all_low(args)
+            low = self._low_format(args) is not None
         if not low or (fmt == FP32 and self.skip_fp32):
             return out
         outputs = tensors_of(out)
@@ -503,32 +541,6 @@ def _flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
     logsumexp = torch.empty(B, T, heads).permute(0, 2, 1)
     logsumexp.copy_((top + total.log()).squeeze(-1))
     return out, logsumexp
-
-
-def _tagged(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is known to hold values of a low-precision format (tag set at its current version)."""
-    tag = getattr(tensor, _TAG, None)
-    return tag is not None and tag[1] == tensor._version
-
-
-def _all_low(args) -> bool:
-    """Type promotion: whether every floating tensor input (0-dim ones only when there are no others) is tagged."""
-    dimensioned, scalars = [], []
-    for arg in args:
-        for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                (dimensioned if tensor.dim() else scalars).append(tensor)
-    inputs = dimensioned or scalars
-    return bool(inputs) and all(_tagged(tensor) for tensor in inputs)
-
-
-def _format_of(args) -> Format:
-    """The format of the first tagged tensor among ``args``."""
-    for arg in args:
-        for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
-            if isinstance(tensor, torch.Tensor) and _tagged(tensor):
-                return getattr(tensor, _TAG)[0]
-    raise ValueError("no tagged tensor")
 
 
 def tensors_of(out) -> tuple:
