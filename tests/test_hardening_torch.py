@@ -77,3 +77,84 @@ def test_nested_contexts_are_refused_and_the_outer_one_still_holds():
     with emulate("fp16-mixed", model=model):
         alone = model(x.clone())
     assert torch.equal(bits(nested), bits(alone))
+
+
+# --- W3: every dtype emulated or refused ----------------------------------------------------------------
+def operands(rows, columns, seed):
+    """float64 values of 21 significant bits: bf16 rounds them, their bf16 products sum exactly in float64."""
+    rng = np.random.default_rng(seed)
+    return rng.choice([-1, 1], (rows, columns)) * (1 + rng.integers(0, 2 ** 20, (rows, columns)) * 2.0 ** -20)
+
+
+def test_a_float64_models_operands_and_outputs_are_rounded():
+    model = linear(dtype=torch.float64)
+    x, weight, bias = operands(3, 8, 0), operands(4, 8, 1), operands(1, 4, 2)[0]
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(weight))
+        model.bias.copy_(torch.from_numpy(bias))
+    with emulate("bf16-mixed", model=model):
+        out = model(torch.from_numpy(x))
+    assert out.dtype == torch.float64
+    expected = exact_round(exact_round(bias, "bf16") + exact_round(x, "bf16") @ exact_round(weight, "bf16").T,
+                           "bf16")
+    assert np.array_equal(out.detach().numpy(), expected)
+
+
+def test_a_float64_models_fp32_operations_hold_fp32_values():
+    x = torch.from_numpy(operands(3, 8, 3) * (1 + 2.0 ** -40))  # values float32 cannot hold
+    with emulate("fp32"):
+        out = torch.exp(x)
+    assert np.array_equal(out.numpy(), exact_round(torch.exp(x).numpy(), "fp32"))
+
+
+def test_a_float64_models_products_are_quantized_under_fp8():
+    model, x = linear(dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    with torch.no_grad():
+        plain = model(x)
+        with emulate("fp8-current", model=model):
+            out = model(x)
+    casts = ScaledCasts(Policy.coerce("fp8-current"), None)
+    cast_x = casts.cast(x.numpy(), "activations", "model", axis=1)
+    cast_w = casts.cast(model.weight.detach().t().numpy(), "params", "model", axis=0)
+    expected = torch.addmm(model.bias.detach(), torch.from_numpy(cast_x), torch.from_numpy(cast_w))
+    assert not torch.equal(out, plain)
+    assert np.array_equal(out.numpy(), exact_round(expected.numpy(), "fp32"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("policy", ["bf16-mixed", "fp8-current"])
+def test_a_16_bit_model_is_refused_in_one_line(dtype, policy):
+    model = linear(dtype=dtype)
+    with pytest.raises(TypeError, match=f"{dtype}.*model.float()") as error:
+        with emulate(policy, model=model):
+            model(torch.randn(3, 8, dtype=dtype))
+    assert "\n" not in str(error.value)
+
+
+def test_integer_tensors_pass_through():
+    embedding = nn.Embedding(10, 4)
+    idx = torch.arange(6).reshape(2, 3)
+    with emulate("bf16-mixed", model=embedding):
+        shifted = idx * 3 + 1
+        out = embedding(idx % 10)
+    assert shifted.dtype == torch.int64 and torch.equal(shifted, torch.arange(6).reshape(2, 3) * 3 + 1)
+    assert torch.equal(out, embedding.weight[idx % 10].detach())
+
+
+# --- meta and sparse tensors ----------------------------------------------------------------------------
+@pytest.mark.parametrize("with_model", [True, False])
+def test_meta_tensors_are_a_dry_run_of_shapes(with_model):
+    model = nn.Linear(8, 4, device="meta")
+    x = torch.randn(3, 8, device="meta", requires_grad=True)
+    with emulate("bf16-mixed", model=model if with_model else None):
+        out = model(x) @ torch.randn(4, 5, device="meta")
+        out.sum().backward()
+    assert out.shape == (3, 5) and out.device.type == "meta" and x.grad.shape == (3, 8)
+
+
+def test_sparse_inputs_are_refused_in_one_line():
+    model = linear()
+    with pytest.raises(TypeError, match="sparse.*to_dense") as error:
+        with emulate("bf16-mixed", model=model):
+            model(torch.randn(3, 8).to_sparse())
+    assert "\n" not in str(error.value)

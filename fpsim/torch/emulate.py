@@ -40,6 +40,18 @@ reads again, the saved input of a linear layer, is cast again as an activation,
 along the axis that product reduces); every output and every other operation
 stays FP32.  The recipes' scales are keyed by (operand kind, module path).
 
+Dtypes, layouts, devices: float32 and float64 tensors are emulated.  A
+float64 tensor holds what a float32 one would: a format's values where the
+float32 tensor is rounded, and FP32 values where it is FP32 (every float64
+output of an operation other than a view or a move is rounded to FP32 at
+least, unrecorded); each operation computes in float64 before its output is
+rounded, so a float64 product accumulates in float64, not in FP32.  Integer and
+boolean tensors pass through.  Meta tensors are a dry run: shapes pass
+through, nothing is rounded.  Any other tensor is refused with a one-line
+TypeError (a float16, bfloat16, float8 or complex dtype, a sparse layout,
+another device than the CPU): the formats' values are held in float32 or
+float64 CPU memory and rounded through its numpy view.
+
 With ``placement="low-precision"`` every operation except views rounds its
 inputs (parameters included; the model's buffers, such as batch norm's running
 statistics, stay FP32) and its outputs.
@@ -138,6 +150,7 @@ from .placement import MATMUL, MOVE, VIEW, placement_of, scaled_operands_of
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
 _MAX_REMEMBERED = 1 << 16
+_EMULATED_DTYPES = (torch.float32, torch.float64)
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
 _CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
@@ -322,16 +335,18 @@ class _EmulationMode(TorchDispatchMode):
 
     def _round_input(self, tensor, fmt, kind, path):
         """An input of a low-precision op: ``tensor`` rounded (a copy), or itself when already in a format."""
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _EMULATED_DTYPES:
             return tensor
         address = tensor.untyped_storage().data_ptr()
         if address in self.params:
-            return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
+            if self.policy.params == FP32 and tensor.dtype == torch.float32:  # float32 values are FP32 values
+                return tensor
+            return self._cast_param(tensor, address)
         if address in self.buffers:  # a copy would lose batch norm's in-place update of its statistics
             return tensor
         if self._format(tensor) is not None:
             return tensor
-        if fmt == FP32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
+        if fmt == FP32 and tensor.dtype == torch.float32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
             if not self.skip_fp32:
                 self._round(tensor, fmt, kind, path)
             return tensor
@@ -369,25 +384,29 @@ class _EmulationMode(TorchDispatchMode):
     # --- the dispatch -------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.casts is not None:
-            return self._scaled_dispatch(func, args, kwargs)
         placement, first_only, mutates, fp32_inputs = placement_of(func)
-        if placement == MOVE:
-            out = func(*args, **kwargs)
-            fmt = self._low_format(args)
-            if fmt is not None:
-                self._tag_all(tensors_of(out), fmt)
-            return out
         if placement == VIEW:
             out = func(*args, **kwargs)
             fmt = self._format(args[0]) if args and isinstance(args[0], torch.Tensor) else None
             if fmt is not None:
                 self._tag_all(tensors_of(out), fmt)
             return out
+        if _dry_run(func, args, kwargs):
+            return func(*args, **kwargs)
+        if self.casts is not None:
+            return self._scaled_dispatch(func, placement, mutates, args, kwargs)
+        if placement == MOVE:
+            out = func(*args, **kwargs)
+            fmt = self._low_format(args)
+            if fmt is not None:
+                self._tag_all(tensors_of(out), fmt)
+            return out
         node = _current_node()
         if node is None:
             if placement == FP32_OPS and not self.low_everywhere:
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
+                self._hold_fp32(tensors_of(out), mutates)
+                return out
             fmt, kind = self.policy.activations, "activations"
             low = placement == MATMUL or self.low_everywhere
             path = (self._stack[-1] if self._stack else OUTSIDE) if self.recorder is not None else None
@@ -408,22 +427,37 @@ class _EmulationMode(TorchDispatchMode):
         else:
             out = func(*args, **kwargs)
             low = self._low_format(args) is not None
-        if not low or (fmt == FP32 and self.skip_fp32):
-            return out
         outputs = tensors_of(out)
-        for output in (outputs[:1] if first_only else outputs):
-            if output.dtype in (torch.float32, torch.float64) and not (
+        if not low or (fmt == FP32 and self.skip_fp32):
+            self._hold_fp32(outputs, mutates)
+            return out
+        rounded = outputs[:1] if first_only else outputs
+        for output in rounded:
+            if output.dtype in _EMULATED_DTYPES and _roundable(output) and not (
                     mutates and output.untyped_storage().data_ptr() in self.params):
                 self._round(output, fmt, kind, path)
+        self._hold_fp32(outputs[len(rounded):], mutates)
         if creates_node:
             self._remember_low_node(_next_sequence_nr() - 1)
         return out
 
-    def _scaled_dispatch(self, func, args, kwargs):
+    def _hold_fp32(self, outputs, mutates: bool) -> None:
+        """The float64 ones among an op's ``outputs`` rounded to FP32 in place (not tagged, not recorded): where
+        a float32 tensor holds FP32 values, a float64 one does too.  Float32 outputs are left as they are."""
+        for output in outputs:
+            if output.dtype == torch.float64 and _roundable(output) and not (
+                    mutates and output.untyped_storage().data_ptr() in self.params):
+                array = output.detach().numpy()
+                round_into(array, array, FP32)
+
+    def _scaled_dispatch(self, func, placement: str, mutates: bool, args, kwargs):
         """Under a scaling recipe: a listed product's operands cast by ``casts``, everything else in FP32."""
         operands = scaled_operands_of(func)
         if operands is None:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if placement != MOVE:
+                self._hold_fp32(tensors_of(out), mutates)
+            return out
         node = _current_node()
         if node is None:
             path = self._stack[-1] if self._stack else OUTSIDE
@@ -432,12 +466,14 @@ class _EmulationMode(TorchDispatchMode):
         args = list(args)
         for index, axis in operands.items():
             args[index] = self._scaled_operand(args[index], axis, node is not None, path)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        self._hold_fp32(tensors_of(out), mutates)
+        return out
 
     def _scaled_operand(self, tensor, axis: int, backward: bool, path: str):
         """``tensor`` cast as an operand of the product at ``path``: weights as params; in the backward pass, a
         saved forward operand as an activation and anything else as a gradient."""
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _EMULATED_DTYPES:
             return tensor
         address = tensor.untyped_storage().data_ptr()
         if address in self.buffers:
@@ -475,7 +511,7 @@ class _EmulationMode(TorchDispatchMode):
             product = fpsim_matmul(a, b, accumulate=accumulate)
         else:
             product = np.stack([fpsim_matmul(x, y, accumulate=accumulate) for x, y in zip(a, b)])
-        out = torch.from_numpy(np.ascontiguousarray(product, dtype=np.float32))
+        out = torch.from_numpy(np.ascontiguousarray(product, dtype=a.dtype))
         if bias is not None:
             out = kwargs.get("beta", 1) * bias + kwargs.get("alpha", 1) * out
         return out
@@ -538,9 +574,38 @@ def _flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
     round_into(probabilities.numpy(), probabilities.numpy(), fmt)
     out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
     B, heads, T = out.shape[:3]
-    logsumexp = torch.empty(B, T, heads).permute(0, 2, 1)
+    logsumexp = torch.empty(B, T, heads, dtype=out.dtype).permute(0, 2, 1)
     logsumexp.copy_((top + total.log()).squeeze(-1))
     return out, logsumexp
+
+
+def _dry_run(func, args, kwargs) -> bool:
+    """Whether the op runs on meta tensors (shapes only: nothing to round).  Raises TypeError, one line, for a
+    tensor emulate cannot hold a format's values in: a floating or complex dtype other than float32 and
+    float64, a layout other than strided (sparse), a device other than the CPU."""
+    meta = False
+    for arg in (*args, *kwargs.values()):
+        for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if tensor.layout != torch.strided:
+                raise TypeError(f"emulate rounds dense tensors: {func.overloadpacket} got a {tensor.layout} "
+                                f"(sparse) tensor; pass it as tensor.to_dense()")
+            if tensor.is_meta:
+                meta = True
+            elif not tensor.is_cpu:
+                raise TypeError(f"emulate rounds CPU tensors: {func.overloadpacket} got one on "
+                                f"{tensor.device}; move the model and its inputs to the CPU (.cpu())")
+            if (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype not in _EMULATED_DTYPES:
+                raise TypeError(f"emulate holds the formats' values in float32 or float64 tensors: "
+                                f"{func.overloadpacket} got a {tensor.dtype} tensor; keep the model and its "
+                                f"inputs in float32 (model.float()), the policy gives the formats")
+    return meta
+
+
+def _roundable(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s values can be rounded in place through numpy (dense, in CPU memory)."""
+    return tensor.layout == torch.strided and tensor.is_cpu
 
 
 def tensors_of(out) -> tuple:
