@@ -158,3 +158,64 @@ def test_sparse_inputs_are_refused_in_one_line():
         with emulate("bf16-mixed", model=model):
             model(torch.randn(3, 8).to_sparse())
     assert "\n" not in str(error.value)
+
+
+# --- W6: inspect counts non-finite values ---------------------------------------------------------------
+def test_inspect_counts_infinities_and_claims_no_finite_window():
+    model = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [2.0]]))
+    result = inspect(model, torch.tensor([[-math.inf]]), formats=("fp16",))
+    rows = {row["kind"]: row for row in result.rows}
+    activations = rows["activations"]
+    assert activations["nonfinite"] == 2 and activations["max_abs"] == math.inf
+    assert activations["fp16"]["headroom"] == -math.inf
+    assert rows["weight_grads"]["nonfinite"] == 2 and rows["activation_grads"]["nonfinite"] == 0
+    assert result.nonfinite_gradients == 2
+    table = result.table()
+    assert "keep every gradient finite" not in table and "already inf or NaN" in table
+    assert "inf" in table.splitlines()[2]
+
+
+def test_inspect_counts_nan():
+    model = nn.Linear(1, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[math.nan], [1.0], [-4.0]]))
+    row = next(r for r in inspect(model, torch.ones(1, 1), formats=("bf16",)).rows if r["kind"] == "activations")
+    assert row["nonfinite"] == 1 and row["max_abs"] == 4.0 and row["nonzero"] == 2
+
+
+# --- inspect's default loss -----------------------------------------------------------------------------
+class Output:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+@pytest.mark.parametrize("wrap", [lambda y: {"logits": y}, lambda y: (y, y * 0), lambda y: [y], Output])
+def test_inspect_default_loss_reads_the_logits(wrap):
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = linear(3, 2)
+
+        def forward(self, x):
+            return wrap(self.layer(x))
+
+    model, x = Wrapped(), torch.randn(4, 3)
+    result = inspect(model, x, formats=("fp16",))
+    grads = {(row["module"], row["kind"]): row for row in result.rows}
+    assert grads[("layer", "activation_grads")]["max_abs"] == 1.0  # d(sum of logits) / d logits
+
+
+def test_inspect_asks_for_loss_fn_when_it_finds_no_logits():
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = linear(3, 2)
+
+        def forward(self, x):
+            return {"scores": self.layer(x)}
+
+    with pytest.raises(TypeError, match="loss_fn") as error:
+        inspect(Named(), torch.randn(4, 3))
+    assert "\n" not in str(error.value)

@@ -5,14 +5,16 @@ one batch of its data, then prints, per module and tensor kind (activations:
 the module's output; activation_grads: the gradient with respect to it;
 weight_grads: its parameters' gradients):
 
-  max|x|, min|x|>0     the largest and the smallest non-zero magnitude
+  inf/nan              values already inf or NaN in FP32 (counted, left out below)
+  max|x|, min|x|>0     the largest magnitude and the smallest non-zero finite one
   uf / sub / of %      shares that each format would flush to zero, hold as
                        subnormals (both of the non-zero values), or overflow
   hr                   headroom: log2(format max / max|x|) in binades; negative
                        means the largest value overflows
 
 and the window of loss scales 2^k that keeps every FP16 gradient finite with
-the least underflow (see fpsim.torch.inspect for the exact definitions).
+the least underflow, or says that none can when gradients are already inf or
+NaN (see fpsim.torch.inspect for the exact definitions).
 Needs PyTorch: pip install "fpsim[torch]".
 
 Examples:
