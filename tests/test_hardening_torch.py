@@ -219,3 +219,44 @@ def test_inspect_asks_for_loss_fn_when_it_finds_no_logits():
     with pytest.raises(TypeError, match="loss_fn") as error:
         inspect(Named(), torch.randn(4, 3))
     assert "\n" not in str(error.value)
+
+
+# --- fpsim inspect --------------------------------------------------------------------------------------
+def one_line_exit_2(argv, capsys):
+    assert main(["inspect", *argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("fpsim") and "\n" not in err and "module" not in captured.out
+    return err
+
+
+def test_plot_writes_exactly_the_named_path(tmp_path, capsys):
+    figure = tmp_path / "figure.svg"
+    assert main(["inspect", "--model", "mlp", "--batch-size", "8", "--plot", str(figure)]) == 0
+    assert figure.read_bytes().lstrip().startswith(b"<?xml") and [p.name for p in tmp_path.iterdir()] == ["figure.svg"]
+    assert f"figure written to {figure}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["keep", "keep.xyz", "keep.pgf"])
+def test_plot_without_a_known_extension_is_refused_and_touches_nothing(name, tmp_path, capsys):
+    (tmp_path / "keep.png").write_bytes(b"precious")
+    err = one_line_exit_2(["--model", "mlp", "--plot", str(tmp_path / name)], capsys)
+    assert ".png" in err and ".svg" in err
+    assert (tmp_path / "keep.png").read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+@pytest.mark.parametrize("batch", ["20000", "100000000"])
+def test_a_batch_beyond_the_memory_budget_is_one_line_saying_what_it_needs(batch, capsys):
+    err = one_line_exit_2(["--model", "char-gpt", "--batch-size", batch], capsys)
+    assert "GiB" in err and "--batch-size" in err
+
+
+@pytest.mark.parametrize("model, examples", [("mlp", 1437), ("cnn", 4000)])
+def test_a_batch_beyond_the_data_set_is_refused(model, examples, capsys):
+    err = one_line_exit_2(["--model", model, "--batch-size", str(examples + 1)], capsys)
+    assert str(examples) in err and "--batch-size" in err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
+def test_a_bad_seed_is_one_line_naming_the_option(seed, capsys):
+    assert "--seed" in one_line_exit_2(["--model", "mlp", "--seed", seed], capsys)

@@ -47,6 +47,7 @@ or list).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -60,6 +61,13 @@ from .emulate import tensors_of
 KINDS = ("activations", "activation_grads", "weight_grads")
 DEFAULT_FORMATS = ("fp16", "bf16", "e4m3", "e5m2")
 _LOSS_SCALE_RANGE = 160  # k searched in [k_max - 160, k_max]: covers FP32's 277 binades from FP16's top
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+"""The figure formats ``Inspection.plot`` writes (matplotlib's, less those needing LaTeX or raw pixels), named by
+the path's extension."""
+BYTES_PER_KEPT_VALUE = 32
+"""An upper estimate of the peak memory ``inspect`` takes per value it keeps (``kept_values``): the kept float32
+copy and its flat array, the model's own tensors and autograd's saved ones, the statistics' temporaries
+(measured: about 22 bytes for char-gpt at a batch of 400, 12 for cnn at 1000)."""
 
 
 @dataclass
@@ -114,7 +122,9 @@ class Inspection:
         return "\n".join(text)
 
     def plot(self, path) -> None:
-        """Histograms of log2|x| per kind over all modules, each format's subnormal and overflow zones shaded."""
+        """Histograms of log2|x| per kind over all modules, each format's subnormal and overflow zones shaded,
+        written to exactly ``path`` in the format its extension names (``plot_format``)."""
+        file_format = plot_format(path)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -145,7 +155,7 @@ class Inspection:
         axes[0].legend(fontsize=7, loc="upper left")
         axes[-1].set_xlabel("log2 |x| (FP32 forward and backward)")
         figure.tight_layout()
-        figure.savefig(path)
+        figure.savefig(path, format=file_format)
         plt.close(figure)
 
 
@@ -161,6 +171,28 @@ def inspect(model, inputs, *, loss_fn=None, formats=DEFAULT_FORMATS) -> Inspecti
     formats = tuple(get_format(fmt) for fmt in ((formats,) if isinstance(formats, str) else formats))
     if not formats:
         raise ValueError("inspect needs at least one format")
+    values = _capture(model, inputs, loss_fn)
+    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
+    result = Inspection(formats=formats)
+    for (path, kind) in sorted(values, key=lambda key: (KINDS.index(key[1]), order.get(key[0], 0))):
+        flat = np.concatenate([t.reshape(-1).numpy() for t in values[(path, kind)]])
+        result.values[(path, kind)] = flat
+        result.rows.append({"module": path, "kind": kind, **value_statistics(flat, formats)})
+    gradients = [v for (path, kind), v in result.values.items() if kind != "activations"]
+    if gradients:
+        result.loss_scale_window = loss_scale_window(np.concatenate(gradients))
+    return result
+
+
+def kept_values(model, inputs, *, loss_fn=None) -> int:
+    """How many values ``inspect(model, inputs, loss_fn=loss_fn)`` keeps (activations, their gradients, weight
+    gradients), from the same forward and backward pass without the statistics; ``BYTES_PER_KEPT_VALUE`` times
+    it estimates the memory the inspection takes."""
+    return sum(tensor.numel() for tensors in _capture(model, inputs, loss_fn).values() for tensor in tensors)
+
+
+def _capture(model, inputs, loss_fn) -> dict:
+    """(module path, kind) -> the FP32 tensors of one forward and backward of ``model`` (see ``inspect``)."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     values: dict = {}
     handles = []
@@ -195,16 +227,17 @@ def inspect(model, inputs, *, loss_fn=None, formats=DEFAULT_FORMATS) -> Inspecti
             if parameter.grad is not None and id(parameter) not in seen:
                 seen.add(id(parameter))
                 values.setdefault((name or "model", "weight_grads"), []).append(parameter.grad.detach().float())
-    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
-    result = Inspection(formats=formats)
-    for (path, kind) in sorted(values, key=lambda key: (KINDS.index(key[1]), order.get(key[0], 0))):
-        flat = np.concatenate([t.reshape(-1).numpy() for t in values[(path, kind)]])
-        result.values[(path, kind)] = flat
-        result.rows.append({"module": path, "kind": kind, **value_statistics(flat, formats)})
-    gradients = [v for (path, kind), v in result.values.items() if kind != "activations"]
-    if gradients:
-        result.loss_scale_window = loss_scale_window(np.concatenate(gradients))
-    return result
+    return values
+
+
+def plot_format(path) -> str:
+    """The figure format ``path``'s extension names (one of ``PLOT_FORMATS``); ValueError, one line, otherwise:
+    the figure is written to exactly ``path``, never to a name matplotlib would complete."""
+    extension = os.path.splitext(os.fspath(path))[1][1:].lower()
+    if extension not in PLOT_FORMATS:
+        raise ValueError(f"the figure's format is its file's extension: name a file ending in "
+                         f"{', '.join('.' + name for name in PLOT_FORMATS)}")
+    return extension
 
 
 def default_loss(output) -> torch.Tensor:
