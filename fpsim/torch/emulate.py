@@ -4,8 +4,8 @@ Inside ``with emulate(policy, model=model, recorder=recorder):`` every ATen
 operation that PyTorch runs, forward and backward, goes through a
 ``TorchDispatchMode`` (``torch.utils._python_dispatch``, the mechanism of
 PyTorch's own ``FlopCounterMode``).  The model is not changed: its tensors stay
-float32 and hold, after each operation, exactly the values the policy's formats
-give (the formats' values are float32 values).
+float32 (or float64) and hold, after each operation, exactly the values the
+policy's formats give (the formats' values are float32 values).
 
 What each operation does is decided by ``fpsim.torch.placement`` (one table,
 from ``torch.autocast``'s op lists) and the policy's ``placement``:
@@ -150,8 +150,9 @@ from .placement import MATMUL, MOVE, VIEW, placement_of, scaled_operands_of
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
 _MAX_REMEMBERED = 1 << 16
-_EMULATED_DTYPES = (torch.float32, torch.float64)
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
+_EMULATED_DTYPES = (torch.float32, torch.float64)
+"""The dtypes whose tensors hold the formats' values (see the module docstring); others are refused."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
 _CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _current_node = torch._C._current_autograd_node
@@ -346,7 +347,8 @@ class _EmulationMode(TorchDispatchMode):
             return tensor
         if self._format(tensor) is not None:
             return tensor
-        if fmt == FP32 and tensor.dtype == torch.float32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
+        if fmt == FP32 and tensor.dtype == torch.float32:
+            # nothing to round: observed in place (a contiguous copy could change BLAS's order)
             if not self.skip_fp32:
                 self._round(tensor, fmt, kind, path)
             return tensor
