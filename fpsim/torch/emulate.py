@@ -4,8 +4,8 @@ Inside ``with emulate(policy, model=model, recorder=recorder):`` every ATen
 operation that PyTorch runs, forward and backward, goes through a
 ``TorchDispatchMode`` (``torch.utils._python_dispatch``, the mechanism of
 PyTorch's own ``FlopCounterMode``).  The model is not changed: its tensors stay
-float32 and hold, after each operation, exactly the values the policy's formats
-give (the formats' values are float32 values).
+float32 (or float64) and hold, after each operation, exactly the values the
+policy's formats give (the formats' values are float32 values).
 
 What each operation does is decided by ``fpsim.torch.placement`` (one table,
 from ``torch.autocast``'s op lists) and the policy's ``placement``:
@@ -26,8 +26,9 @@ from ``torch.autocast``'s op lists) and the policy's ``placement``:
 * every other operation: its output rounded to the tensor kind's format when
   all its floating inputs are held in a low-precision format, else FP32 (type
   promotion, as autocast runs them).  Which tensors are low precision is
-  tracked by a tag on the tensor (``_fpsim_format``: the format and the
-  tensor's version counter, so an in-place change outside the mode voids it).
+  tracked by the mode: a table, weakly keyed by the tensor object, of the
+  format and the tensor's version counter (an in-place change outside the
+  mode voids it).
 
 Under a policy with a scaling recipe (FP8 / MX: ``fpsim.sim.policy``) the mode
 does something simpler: the operands of the products listed in
@@ -39,6 +40,18 @@ reads again, the saved input of a linear layer, is cast again as an activation,
 along the axis that product reduces); every output and every other operation
 stays FP32.  The recipes' scales are keyed by (operand kind, module path).
 
+Dtypes, layouts, devices: float32 and float64 tensors are emulated.  A
+float64 tensor holds what a float32 one would: a format's values where the
+float32 tensor is rounded, and FP32 values where it is FP32 (every float64
+output of an operation other than a view or a move is rounded to FP32 at
+least, unrecorded); each operation computes in float64 before its output is
+rounded, so a float64 product accumulates in float64, not in FP32.  Integer and
+boolean tensors pass through.  Meta tensors are a dry run: shapes pass
+through, nothing is rounded.  Any other tensor is refused with a one-line
+TypeError (a float16, bfloat16, float8 or complex dtype, a sparse layout,
+another device than the CPU): the formats' values are held in float32 or
+float64 CPU memory and rounded through its numpy view.
+
 With ``placement="low-precision"`` every operation except views rounds its
 inputs (parameters included; the model's buffers, such as batch norm's running
 statistics, stay FP32) and its outputs.
@@ -49,9 +62,16 @@ each incoming gradient to the dtype of the tensor it belongs to.  So the
 backward of an operation whose forward output was rounded (its autograd node's
 sequence number is remembered) rounds its inputs (the incoming gradient) and
 its outputs to ``gradients``; other backward operations follow the promotion
-rule.  A matrix product's forward input that was rounded into a copy keeps the
-copy on the tensor (``_fpsim_copy``, at its version), so the backward pass,
-which autograd hands the saved tensor itself, uses the same rounded values.
+rule.  A matrix product's forward input that was rounded into a copy has the
+copy remembered by the mode (weakly keyed by the tensor, at its version), so
+the backward pass, which autograd hands the saved tensor itself, uses the same
+rounded values.
+
+One context, its own state: the tags and the copies belong to the mode of one
+``with`` block and are dropped when it ends, so a tensor carries nothing from
+one context into the next (a later context under another policy rounds it
+afresh).  Contexts do not nest: ``emulate`` inside another ``emulate`` raises
+(both modes would round every operation, one format after the other).
 
 Forward or backward: ``torch._C._current_autograd_node()`` is the autograd node
 the engine is running, None in the forward pass.  It is exact (the engine sets
@@ -114,7 +134,8 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..numerics import _kernels
 from ..numerics.formats import FP32, Format
@@ -128,10 +149,10 @@ from .placement import MATMUL, MOVE, VIEW, placement_of, scaled_operands_of
 
 ACCUMULATE_MODES = ("native", "exact")
 ROOT, OUTSIDE = "model", "(outside)"
-_TAG = "_fpsim_format"
-_COPY = "_fpsim_copy"
 _MAX_REMEMBERED = 1 << 16
 """Module calls and low-precision nodes remembered for the backward passes (each follows its forward)."""
+_EMULATED_DTYPES = (torch.float32, torch.float64)
+"""The dtypes whose tensors hold the formats' values (see the module docstring); others are refused."""
 _EXACT_OPS = ("mm", "addmm", "bmm", "baddbmm")
 _CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _current_node = torch._C._current_autograd_node
@@ -149,8 +170,12 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
     None.  accumulate: ``"native"`` or ``"exact"`` (see the module docstring).  casts: for a policy with a
     scaling recipe, the run's ``ScaledCasts`` (its delayed scalers live across steps; by default a new
     one, recording to ``recorder``).  Run a step's forward and backward passes inside the same ``with``
-    block: the backward pass reads what its forward recorded.
+    block: the backward pass reads what its forward recorded.  Contexts do not nest (RuntimeError).
     """
+    for running in _get_current_dispatch_mode_stack():
+        if isinstance(running, _EmulationMode):
+            raise RuntimeError(f"emulate contexts do not nest: one under policy {running.policy.name} is running; "
+                               f"leave its with block before starting another")
     policy = Policy.coerce(policy)
     if policy.scaling is not None and casts is None:
         casts = ScaledCasts(policy, recorder)
@@ -175,6 +200,7 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
     finally:
         for handle in handles:
             handle.remove()
+        mode.release()
         numba.set_num_threads(threads)
         torch.set_num_threads(torch_threads)
 
@@ -201,6 +227,13 @@ class _EmulationMode(TorchDispatchMode):
         self._pending = {}  # storage address -> [(path, before, after, fmt, tensor)]: to classify
         self._flush_task = None
         self._low_nodes = set()  # sequence numbers of the autograd nodes of low-precision forward ops
+        self._tags = WeakIdKeyDictionary()  # tensor -> (format, version): held in a low-precision format
+        self._copies = WeakIdKeyDictionary()  # tensor -> (version, its rounded copy): a product's input
+
+    def release(self) -> None:
+        """The end of the ``with`` block: drop every tag, copy and cast, so that nothing outlives the context."""
+        for held in (self._tags, self._copies, self._cast_params, self._forward_operands):
+            held.clear()
 
     # --- module paths, parameters and hooks ---------------------------------
     def attach(self) -> list:
@@ -274,7 +307,7 @@ class _EmulationMode(TorchDispatchMode):
         values = array if source is None else source.detach().numpy()
         before = values.copy() if self.recorder is not None else None
         round_into(values, array, fmt)
-        setattr(tensor, _TAG, (fmt, tensor._version))
+        self._tags[tensor] = (fmt, tensor._version)
         if before is None or kind is None:
             return
         if kind == "activations":
@@ -303,53 +336,79 @@ class _EmulationMode(TorchDispatchMode):
 
     def _round_input(self, tensor, fmt, kind, path):
         """An input of a low-precision op: ``tensor`` rounded (a copy), or itself when already in a format."""
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _EMULATED_DTYPES:
             return tensor
         address = tensor.untyped_storage().data_ptr()
         if address in self.params:
-            return tensor if self.policy.params == FP32 else self._cast_param(tensor, address)
+            if self.policy.params == FP32 and tensor.dtype == torch.float32:  # float32 values are FP32 values
+                return tensor
+            return self._cast_param(tensor, address)
         if address in self.buffers:  # a copy would lose batch norm's in-place update of its statistics
             return tensor
-        if _tagged(tensor):
+        if self._format(tensor) is not None:
             return tensor
-        if fmt == FP32:  # nothing to round: observed in place (a contiguous copy could change BLAS's order)
+        if fmt == FP32 and tensor.dtype == torch.float32:
+            # nothing to round: observed in place (a contiguous copy could change BLAS's order)
             if not self.skip_fp32:
                 self._round(tensor, fmt, kind, path)
             return tensor
         # Autograd saves the tensor itself, not the copy: the backward pass finds the forward's copy here,
         # and a gradient that feeds several ops is rounded once.
-        cached = getattr(tensor, _COPY, None)
+        cached = self._copies.get(tensor)
         if cached is not None and cached[0] == tensor._version:
             return cached[1]
         copy = torch.empty_like(tensor, memory_format=torch.contiguous_format)
         self._round(copy, fmt, kind, path, source=tensor if tensor.is_contiguous() else tensor.contiguous())
-        setattr(tensor, _COPY, (tensor._version, copy))
+        self._copies[tensor] = (tensor._version, copy)
         return copy
+
+    # --- which tensors hold a format's values -------------------------------
+    def _format(self, tensor: torch.Tensor) -> Format | None:
+        """The low-precision format ``tensor`` is known to hold (tagged at its current version), or None."""
+        tag = self._tags.get(tensor)
+        return tag[0] if tag is not None and tag[1] == tensor._version else None
+
+    def _tag_all(self, tensors, fmt: Format) -> None:
+        for tensor in tensors:
+            self._tags[tensor] = (fmt, tensor._version)
+
+    def _low_format(self, args) -> Format | None:
+        """Type promotion: the format of the op's floating tensor inputs (0-dim ones only when there are no
+        others) when every one of them holds a low-precision format, else None."""
+        dimensioned, scalars = [], []
+        for arg in args:
+            for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    (dimensioned if tensor.dim() else scalars).append(tensor)
+        formats = [self._format(tensor) for tensor in dimensioned or scalars]
+        return formats[0] if formats and None not in formats else None
 
     # --- the dispatch -------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.casts is not None:
-            return self._scaled_dispatch(func, args, kwargs)
         placement, first_only, mutates, fp32_inputs = placement_of(func)
-        if placement == MOVE:
-            out = func(*args, **kwargs)
-            if _all_low(args):
-                fmt = _format_of(args)
-                for moved in tensors_of(out):
-                    setattr(moved, _TAG, (fmt, moved._version))
-            return out
         if placement == VIEW:
             out = func(*args, **kwargs)
-            if args and isinstance(args[0], torch.Tensor) and _tagged(args[0]):
-                fmt = getattr(args[0], _TAG)[0]
-                for view in tensors_of(out):
-                    setattr(view, _TAG, (fmt, view._version))
+            fmt = self._format(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+            if fmt is not None:
+                self._tag_all(tensors_of(out), fmt)
+            return out
+        if _dry_run(func, args, kwargs):
+            return func(*args, **kwargs)
+        if self.casts is not None:
+            return self._scaled_dispatch(func, placement, mutates, args, kwargs)
+        if placement == MOVE:
+            out = func(*args, **kwargs)
+            fmt = self._low_format(args)
+            if fmt is not None:
+                self._tag_all(tensors_of(out), fmt)
             return out
         node = _current_node()
         if node is None:
             if placement == FP32_OPS and not self.low_everywhere:
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
+                self._hold_fp32(tensors_of(out), mutates)
+                return out
             fmt, kind = self.policy.activations, "activations"
             low = placement == MATMUL or self.low_everywhere
             path = (self._stack[-1] if self._stack else OUTSIDE) if self.recorder is not None else None
@@ -369,23 +428,38 @@ class _EmulationMode(TorchDispatchMode):
                 out = func(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
-            low = _all_low(args)
-        if not low or (fmt == FP32 and self.skip_fp32):
-            return out
+            low = self._low_format(args) is not None
         outputs = tensors_of(out)
-        for output in (outputs[:1] if first_only else outputs):
-            if output.dtype in (torch.float32, torch.float64) and not (
+        if not low or (fmt == FP32 and self.skip_fp32):
+            self._hold_fp32(outputs, mutates)
+            return out
+        rounded = outputs[:1] if first_only else outputs
+        for output in rounded:
+            if output.dtype in _EMULATED_DTYPES and _roundable(output) and not (
                     mutates and output.untyped_storage().data_ptr() in self.params):
                 self._round(output, fmt, kind, path)
+        self._hold_fp32(outputs[len(rounded):], mutates)
         if creates_node:
             self._remember_low_node(_next_sequence_nr() - 1)
         return out
 
-    def _scaled_dispatch(self, func, args, kwargs):
+    def _hold_fp32(self, outputs, mutates: bool) -> None:
+        """The float64 ones among an op's ``outputs`` rounded to FP32 in place (not tagged, not recorded): where
+        a float32 tensor holds FP32 values, a float64 one does too.  Float32 outputs are left as they are."""
+        for output in outputs:
+            if output.dtype == torch.float64 and _roundable(output) and not (
+                    mutates and output.untyped_storage().data_ptr() in self.params):
+                array = output.detach().numpy()
+                round_into(array, array, FP32)
+
+    def _scaled_dispatch(self, func, placement: str, mutates: bool, args, kwargs):
         """Under a scaling recipe: a listed product's operands cast by ``casts``, everything else in FP32."""
         operands = scaled_operands_of(func)
         if operands is None:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if placement != MOVE:
+                self._hold_fp32(tensors_of(out), mutates)
+            return out
         node = _current_node()
         if node is None:
             path = self._stack[-1] if self._stack else OUTSIDE
@@ -394,12 +468,14 @@ class _EmulationMode(TorchDispatchMode):
         args = list(args)
         for index, axis in operands.items():
             args[index] = self._scaled_operand(args[index], axis, node is not None, path)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        self._hold_fp32(tensors_of(out), mutates)
+        return out
 
     def _scaled_operand(self, tensor, axis: int, backward: bool, path: str):
         """``tensor`` cast as an operand of the product at ``path``: weights as params; in the backward pass, a
         saved forward operand as an activation and anything else as a gradient."""
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in _EMULATED_DTYPES:
             return tensor
         address = tensor.untyped_storage().data_ptr()
         if address in self.buffers:
@@ -437,7 +513,7 @@ class _EmulationMode(TorchDispatchMode):
             product = fpsim_matmul(a, b, accumulate=accumulate)
         else:
             product = np.stack([fpsim_matmul(x, y, accumulate=accumulate) for x, y in zip(a, b)])
-        out = torch.from_numpy(np.ascontiguousarray(product, dtype=np.float32))
+        out = torch.from_numpy(np.ascontiguousarray(product, dtype=a.dtype))
         if bias is not None:
             out = kwargs.get("beta", 1) * bias + kwargs.get("alpha", 1) * out
         return out
@@ -500,35 +576,38 @@ def _flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
     round_into(probabilities.numpy(), probabilities.numpy(), fmt)
     out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
     B, heads, T = out.shape[:3]
-    logsumexp = torch.empty(B, T, heads).permute(0, 2, 1)
+    logsumexp = torch.empty(B, T, heads, dtype=out.dtype).permute(0, 2, 1)
     logsumexp.copy_((top + total.log()).squeeze(-1))
     return out, logsumexp
 
 
-def _tagged(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is known to hold values of a low-precision format (tag set at its current version)."""
-    tag = getattr(tensor, _TAG, None)
-    return tag is not None and tag[1] == tensor._version
-
-
-def _all_low(args) -> bool:
-    """Type promotion: whether every floating tensor input (0-dim ones only when there are no others) is tagged."""
-    dimensioned, scalars = [], []
-    for arg in args:
+def _dry_run(func, args, kwargs) -> bool:
+    """Whether the op runs on meta tensors (shapes only: nothing to round).  Raises TypeError, one line, for a
+    tensor emulate cannot hold a format's values in: a floating or complex dtype other than float32 and
+    float64, a layout other than strided (sparse), a device other than the CPU."""
+    meta = False
+    for arg in (*args, *kwargs.values()):
         for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                (dimensioned if tensor.dim() else scalars).append(tensor)
-    inputs = dimensioned or scalars
-    return bool(inputs) and all(_tagged(tensor) for tensor in inputs)
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if tensor.layout != torch.strided:
+                raise TypeError(f"emulate rounds dense tensors: {func.overloadpacket} got a {tensor.layout} "
+                                f"(sparse) tensor; pass it as tensor.to_dense()")
+            if tensor.is_meta:
+                meta = True
+            elif not tensor.is_cpu:
+                raise TypeError(f"emulate rounds CPU tensors: {func.overloadpacket} got one on "
+                                f"{tensor.device}; move the model and its inputs to the CPU (.cpu())")
+            if (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype not in _EMULATED_DTYPES:
+                raise TypeError(f"emulate holds the formats' values in float32 or float64 tensors: "
+                                f"{func.overloadpacket} got a {tensor.dtype} tensor; keep the model and its "
+                                f"inputs in float32 (model.float()), the policy gives the formats")
+    return meta
 
 
-def _format_of(args) -> Format:
-    """The format of the first tagged tensor among ``args``."""
-    for arg in args:
-        for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
-            if isinstance(tensor, torch.Tensor) and _tagged(tensor):
-                return getattr(tensor, _TAG)[0]
-    raise ValueError("no tagged tensor")
+def _roundable(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s values can be rounded in place through numpy (dense, in CPU memory)."""
+    return tensor.layout == torch.strided and tensor.is_cpu
 
 
 def tensors_of(out) -> tuple:
