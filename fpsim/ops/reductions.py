@@ -342,9 +342,9 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
     step = model.step_format
     run = block if kind == "blocked" else max(a.shape[-1], 1)
     constants = (model.products_per_step, model.fraction_bits, step.emin, model.c_in_alignment,
-                 float64_params(step), _kernels.MODE_CODES[model.rounding], math.ldexp(1.0, step.emax + 1),
-                 float64_params(model.output), _kernels.MODE_CODES["nearest"], run, kind == "blocked",
-                 float64_params(FP32))
+                 model.rounding == "toward_zero", step.precision, nearest_constants(step),
+                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), _kernels.MODE_CODES["nearest"], run, kind == "blocked",
+                 float64_params(FP32), not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
 
     def product(a2, b2, c2):
         return tc_kernels.tensor_core_matmul(a2, b2, c2, _alignment_exponents(a2, fmt_a),
@@ -357,10 +357,10 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
 
 
 def _alignment_exponents(values: np.ndarray, fmt: Format) -> np.ndarray:
-    """max(floor(log2 |x|), fmt.emin) per element as int64, ``NO_TERM`` for zeros (and for inf / NaN: unused)."""
+    """max(floor(log2 |x|), fmt.emin) per element as int32, ``NO_TERM`` for zeros (and for inf / NaN: unused)."""
     finite_nonzero = np.isfinite(values) & (values != 0)
-    exponents = np.frexp(np.where(finite_nonzero, values, 1.0))[1].astype(np.int64) - 1
-    return np.where(finite_nonzero, np.maximum(exponents, fmt.emin), tc_kernels.NO_TERM)
+    exponents = np.frexp(np.where(finite_nonzero, values, 1.0))[1].astype(np.int32) - 1
+    return np.where(finite_nonzero, np.maximum(exponents, fmt.emin), tc_kernels.NO_TERM).astype(np.int32)
 
 
 def nearest_constants(fmt: Format) -> tuple:
