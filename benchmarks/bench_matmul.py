@@ -4,9 +4,12 @@ Operands: standard normal float32 matrices (seed 0).  Cases:
 inputs FP16, output FP16, accumulation FP32 or FP16 in sequential order; also
 BF16 inputs with FP32 accumulation (the training simulator's usual case), and
 the FP16-accumulation case in the other orders and in mode "up" (the generic,
-not vectorised kernel).  Each timing is the best of ``--repeats`` calls after
-one warm-up call (which compiles).  Targets: <= 10x for FP32 accumulation,
-<= 50x for FP16 sequential accumulation.
+not vectorised kernel); and the tensor-core models: E4M3 inputs with
+``accumulate="H100"`` (wgmma, e8m13), the same with promotion every 128
+(``order="blocked:128"``), BF16 on ``"A100"`` and FP16 on ``"H100"``.  Each
+timing is the best of ``--repeats`` calls after one warm-up call (which
+compiles).  Targets: <= 10x for FP32 accumulation, <= 50x for FP16 sequential
+accumulation, <= 40x for E4M3 on "H100".
 
     python benchmarks/bench_matmul.py [--size 256] [--repeats 7]
 """
@@ -37,6 +40,10 @@ def main() -> None:
         ("inputs fp16, accumulate fp16, blocked:32", dict(inputs="fp16", accumulate="fp16", order="blocked:32")),
         ("inputs fp16, accumulate fp16, pairwise", dict(inputs="fp16", accumulate="fp16", order="pairwise")),
         ("inputs fp16, accumulate fp16, sequential, mode up", dict(inputs="fp16", accumulate="fp16", mode="up")),
+        ("inputs e4m3, accumulate H100 (wgmma, e8m13)", dict(inputs="e4m3", accumulate="H100")),
+        ("inputs e4m3, accumulate H100, blocked:128", dict(inputs="e4m3", accumulate="H100", order="blocked:128")),
+        ("inputs bf16, accumulate A100", dict(inputs="bf16", accumulate="A100")),
+        ("inputs fp16, accumulate H100, output fp16", dict(inputs="fp16", accumulate="H100", output="fp16")),
     ]
     reference = best_time(lambda: A @ B, args.repeats * 10)
     print(f"{n}x{n} @ {n}x{n}; numpy float32 matmul: {reference * 1e3:.3f} ms (best of {args.repeats * 10})")

@@ -8,6 +8,7 @@ from .numerics.rounding import round
 from .ops.arithmetic import add, div, fma, mul, sqrt, sub
 from .ops.quantize import quantize
 from .ops.reductions import dot, matmul, sum
+from . import hardware
 from .sim.config import TrainConfig
 from .sim.policy import POLICIES, SCALED_POLICIES, Policy
 from .sim.result import TrainResult

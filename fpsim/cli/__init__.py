@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 
-COMMANDS = ("formats", "bits", "validate", "report", "sweep", "train", "calc", "inspect")
+COMMANDS = ("formats", "bits", "validate", "report", "sweep", "train", "calc", "inspect", "hardware")
 """Sub-commands, in the order ``fpsim --help`` lists them; each is ``fpsim.cli.<name>``."""
 
 

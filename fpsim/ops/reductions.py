@@ -14,6 +14,24 @@ Semantics, for one output value c = sum_k a_k * b_k:
   sequential over the block results: total = block_0, total = round(total + block_b)
   (how tiled GPU kernels accumulate).
 * ``output`` (if given) rounds the result once more.
+* ``C`` (if given, broadcast to the result's shape) is added to the ordered sum
+  with one more rounding to ``accumulate``, as a BLAS ``beta * C`` epilogue.
+* ``accumulate`` may name a GPU model instead of a format: ``"V100"``, ``"A100"``,
+  ``"A2"``, ``"Ada"``, ``"L40S"``, ``"H100"``, ``"H200"``, ``"B200"``
+  (case-insensitive), optionally ``"GPU:instruction"`` (``"H100:mma.sync"``,
+  ``"B200:mma.sync"``): the product is then computed as that GPU's tensor core
+  computes it (``fpsim.ops.tensor_cores``): the input format picks the path
+  (FP16, BF16, TF32 (FP32 operands are truncated to it, as the hardware does),
+  E4M3 / E5M2), ``output`` FP16 picks the FP16-output path (anything else: the
+  FP32 path, then ``output`` rounds once more in ``mode``), and ``C``, rounded
+  to the path's output format, enters the first fused step as the hardware's
+  accumulator input.  ``order="sequential"`` is the hardware's chain of fused
+  steps over all K; ``order="blocked:N"`` runs the chain (FP32 path) from 0 over
+  each run of N products and adds the run results to C in FP32 rounded to
+  nearest: the CUDA-core promotion of DeepSeek-V3 and of split accumulation.
+  ``mode`` rounds the inputs and ``output``; the accumulation is the hardware's.
+* Operands may carry batch dimensions, broadcast as numpy does:
+  ``(..., M, K) @ (..., K, N)`` gives ``(..., M, N)``.
 
 Every rounding is from the exact value (see ``fpsim._reduction_kernels``), in
 ``mode``; stochastic rounding draws one random number per rounding from ``rng``
@@ -38,6 +56,7 @@ Products with fewer than ``PARALLEL_MIN_WORK`` multiply-adds run on one thread.
 from __future__ import annotations
 
 import math
+import os
 import re
 from fractions import Fraction
 
@@ -46,8 +65,10 @@ import numpy as np
 from ..numerics import _kernels
 from ..numerics._kernels import threads_for
 from . import _reduction_kernels as kernels
+from . import _tensor_core_kernels as tc_kernels
+from . import tensor_cores
 from ..numerics.exact import check_mode, round_exact, round_sum_exact
-from ..numerics.formats import FP32, FP64, HARDWARE_DTYPES, Format, get_format, widen_ml_dtypes
+from ..numerics.formats import FP16, FP32, FP64, HARDWARE_DTYPES, TF32, Format, get_format, widen_ml_dtypes
 from ..numerics.rounding import as_generator, float64_params, kernel_params, random_key, stochastic_uniform
 from ..numerics.rounding import round as round_to
 
@@ -62,15 +83,25 @@ product and a 2^24 one, alone and after a numpy matmul).
 """
 
 
+MAX_ORDER_DIGITS = 18
+"""A block size of more digits than this exceeds every K that fits in memory: it is taken as one block."""
+
+
 def parse_order(order: str, K: int) -> tuple[str, int]:
-    """("blocked", N) for "sequential" (N = K) and "blocked:N"; ("pairwise", 0) for "pairwise"."""
+    """("sequential", K), ("blocked", N) or ("pairwise", 0) for "sequential", "blocked:N", "pairwise".
+
+    A block size beyond K is K (one block: the same sums), so any N >= 1 is accepted.
+    """
     if order == "sequential":
-        return "blocked", max(K, 1)
+        return "sequential", max(K, 1)
     if order == "pairwise":
         return "pairwise", 0
     match = re.fullmatch(r"blocked:([0-9]+)", order) if isinstance(order, str) else None
-    if match and int(match[1]) >= 1:
-        return "blocked", int(match[1])
+    if match:
+        digits = match[1].lstrip("0")
+        if digits:
+            block = int(digits) if len(digits) <= MAX_ORDER_DIGITS else K
+            return "blocked", max(min(block, K), 1)
     raise ValueError(f"unknown order {order!r}: use 'sequential', 'pairwise' or 'blocked:N' with N >= 1")
 
 
@@ -155,48 +186,181 @@ def _native_layout(fmt: Format):
     return None
 
 
-def matmul(A, B, *, inputs=None, accumulate=FP32, output=None, mode: str = "nearest",
+def matmul(A, B, *, C=None, inputs=None, accumulate=FP32, output=None, mode: str = "nearest",
            order: str = "sequential", rng=None):
-    """C = A @ B with every partial sum rounded to ``accumulate`` in the stated ``order``.
+    """C + A @ B with every partial sum rounded to ``accumulate`` in the stated ``order``.
 
-    A is (M, K), B is (K, N) (real arrays).  See the module docstring for the
-    exact semantics of ``inputs``, ``accumulate``, ``output``, ``order`` and
-    ``mode``.  Returns an (M, N) array: float32 when every format involved
-    (``inputs``, or the arrays' own formats when it is None; ``accumulate``;
-    ``output``) fits float32, float64 otherwise.  IEEE special values
-    propagate: 0 * inf and inf - inf give NaN.
+    A is (..., M, K), B is (..., K, N) (real arrays; batch dimensions broadcast
+    as numpy's); ``C`` (optional) broadcasts to (..., M, N).  ``accumulate`` is
+    a format or a GPU model name (see the module docstring for the exact
+    semantics of ``inputs``, ``accumulate``, ``output``, ``C``, ``order`` and
+    ``mode``).  Returns an (..., M, N) array: float32 when every format
+    involved (``inputs``, or the arrays' own formats when it is None;
+    ``accumulate``; ``output``) fits float32, float64 otherwise.  IEEE special
+    values propagate: 0 * inf and inf - inf give NaN.
     """
     mode = check_mode(mode)
-    accumulate = get_format(accumulate)
+    gpu = tensor_cores.parse_gpu(accumulate)
+    if gpu is None:
+        accumulate = _accumulate_format(accumulate)
     inputs = None if inputs is None else get_format(inputs)
     output = None if output is None else get_format(output)
-    if np.ndim(A) != 2 or np.ndim(B) != 2:
-        raise ValueError(f"matmul needs 2-D arrays; got shapes {np.shape(A)} and {np.shape(B)}")
-    if np.shape(A)[1] != np.shape(B)[0]:
-        raise ValueError(f"matmul: inner dimensions differ: {np.shape(A)} @ {np.shape(B)}")
+    shape_a, shape_b = np.shape(A), np.shape(B)
+    if len(shape_a) < 2 or len(shape_b) < 2:
+        raise ValueError(f"matmul needs arrays of at least 2 dimensions (..., M, K) and (..., K, N); "
+                         f"got shapes {shape_a} and {shape_b}")
+    if shape_a[-1] != shape_b[-2]:
+        raise ValueError(f"matmul: inner dimensions differ: {shape_a} @ {shape_b}")
+    out_shape = _broadcast(shape_a[:-2], shape_b[:-2], "the batch dimensions of A and B") + \
+        (shape_a[-2], shape_b[-1])
+    if C is not None and _broadcast(np.shape(C), out_shape, "C and the product") != out_shape:
+        raise ValueError(f"C of shape {np.shape(C)} does not broadcast to the product's shape {out_shape}")
+    kind, block = parse_order(order, shape_a[-1])
+    if gpu is not None and kind == "pairwise":
+        raise ValueError(f"a GPU model accumulates in its own order: use order='sequential' or 'blocked:N' "
+                         f"with accumulate={accumulate!r}")
+    _check_memory(shape_a, shape_b, out_shape, C is not None)
     rng = as_generator(rng)  # one stream for the whole call: the roundings draw distinct numbers
     if mode == "stochastic" and rng is None:
         raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
-    with threads_for(np.shape(A)[0] * np.shape(A)[1] * np.shape(B)[1], PARALLEL_MIN_WORK):
-        return _matmul(A, B, inputs, accumulate, output, mode, order, rng)
+    with threads_for(math.prod(out_shape) * shape_a[-1], PARALLEL_MIN_WORK):
+        a, fmt_a = _prepare_input(A, inputs, _input_mode(gpu, inputs, mode), rng, "A")
+        b, fmt_b = _prepare_input(B, inputs, _input_mode(gpu, inputs, mode), rng, "B")
+        c = None if C is None else np.broadcast_to(_real_array(C, "C"), out_shape)
+        if gpu is not None:
+            return _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, rng)
+        formats = [fmt_a, fmt_b, accumulate] + ([output] if output is not None else [])
+        result_dtype = np.float32 if all(f.fits_float32 for f in formats) else np.float64
+        products = _batched(a, b, lambda x, y: _matmul(x, y, fmt_a, fmt_b, accumulate, mode, kind, block, rng))
+        if c is not None:
+            products = _add_rounded(products, c, accumulate, mode, rng)
+        if output is not None:
+            products = round_to(products, output, mode, rng=rng)
+        return np.asarray(products).astype(result_dtype)
 
 
-def _matmul(A, B, inputs, accumulate, output, mode, order, rng):
-    a, fmt_a = _prepare_input(A, inputs, mode, rng, "A")
-    b, fmt_b = _prepare_input(B, inputs, mode, rng, "B")
-    formats = [fmt_a, fmt_b, accumulate] + ([output] if output is not None else [])
-    result_dtype = np.float32 if all(f.fits_float32 for f in formats) else np.float64
+def _accumulate_format(accumulate) -> Format:
+    """The format ``accumulate`` names; a one-line error naming formats and GPU models otherwise."""
+    try:
+        return get_format(accumulate)
+    except ValueError:
+        raise ValueError(f"unknown accumulate {accumulate!r}: use a format (fp32, fp16, bf16, an 'eXmY' string, ...) "
+                         f"or a GPU model ({', '.join(tensor_cores.GPUS)}, optionally 'GPU:instruction')") from None
 
+
+def _broadcast(shape_1: tuple, shape_2: tuple, what: str) -> tuple:
+    """numpy's broadcast of two shapes; a one-line ValueError naming ``what`` when they do not broadcast."""
+    try:
+        return tuple(np.broadcast_shapes(shape_1, shape_2))
+    except ValueError:
+        raise ValueError(f"matmul: {what} do not broadcast: {shape_1} and {shape_2}") from None
+
+
+def _check_memory(shape_a: tuple, shape_b: tuple, out_shape: tuple, with_c: bool) -> None:
+    """A one-line ValueError before anything is allocated if the product needs more memory than the machine has.
+
+    Counted: float64 copies of A and B, the float64 result and its output copy, and C broadcast to the result.
+    """
+    needed = 8 * (math.prod(shape_a) + math.prod(shape_b) + (3 if with_c else 2) * math.prod(out_shape))
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(f"matmul of {shape_a} @ {shape_b} would need {needed / 2**30:.1f} GiB of memory; this "
+                         f"machine has {available / 2**30:.1f} GiB: multiply smaller blocks")
+
+
+def _input_mode(gpu, inputs, mode: str) -> str:
+    """The rounding of the operands to ``inputs``: the hardware's truncation for TF32 on a GPU model, else ``mode``."""
+    return tensor_cores.TF32_INPUT_ROUNDING if gpu is not None and inputs == TF32 else mode
+
+
+def _real_array(x, name: str) -> np.ndarray:
+    """``x`` as a float64 array of real numbers (ml_dtypes' formats widened exactly)."""
+    array = widen_ml_dtypes(np.asarray(x))
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers; got dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
+def _batched(a: np.ndarray, b: np.ndarray, product, c: np.ndarray | None = None) -> np.ndarray:
+    """``product`` of 2-D blocks over the broadcast batch dimensions of a (..., M, K) and b (..., K, N).
+
+    ``product(a2, b2)`` returns the (M, N) float64 result; with ``c`` (already
+    broadcast to the result's shape) it is ``product(a2, b2, c2)``.  With a 2-D
+    ``b`` the batch is folded into M: one call.
+    """
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    extra = () if c is None else (c,)
+    if b.ndim == 2:
+        folded = [np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), x.shape[-1])) for x in (a, *extra)]
+        return product(folded[0], b, *folded[1:]).reshape(a.shape[:-1] + (N,))
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, batch + (M, K))
+    b = np.broadcast_to(b, batch + (K, N))
+    out = np.empty(batch + (M, N))
+    for index in np.ndindex(*batch):
+        out[index] = product(np.ascontiguousarray(a[index]), np.ascontiguousarray(b[index]),
+                             *(np.ascontiguousarray(x[index]) for x in extra))
+    return out
+
+
+def _add_rounded(values: np.ndarray, c: np.ndarray, fmt: Format, mode: str, rng) -> np.ndarray:
+    """round(values + c) once from the exact sum, elementwise, to ``fmt`` in ``mode``."""
+    flat_values, flat_c = values.ravel(), np.ascontiguousarray(c, dtype=np.float64).ravel()
+    if fmt.precision <= 51 and fmt.exponent_bits <= 10:
+        key = random_key(rng) if mode == "stochastic" else 0
+        summed = kernels.add_arrays(flat_values, flat_c, float64_params(fmt), _kernels.MODE_CODES[mode], key)
+    elif _native_layout(fmt) == FP64 and mode == "nearest":
+        summed = flat_values + flat_c  # IEEE float64 addition is the exact sum rounded to nearest
+    else:
+        key = random_key(rng) if mode == "stochastic" else 0
+        summed = np.array([round_sum_exact(x, y, fmt, mode, uniform=stochastic_uniform(key, i)
+                                           if mode == "stochastic" else None)
+                           for i, (x, y) in enumerate(zip(flat_values.tolist(), flat_c.tolist()))])
+    return summed.reshape(values.shape)
+
+
+def _matmul(a, b, fmt_a, fmt_b, accumulate, mode, kind, block, rng):
+    """The (M, N) float64 ordered sums of two 2-D operands (values of ``fmt_a`` / ``fmt_b``)."""
     M, K = a.shape
     N = b.shape[1]
-    kind, block = parse_order(order, K)
     if K == 0:
-        c = np.zeros((M, N))
-    else:
-        c = _accumulate(a, b, fmt_a, fmt_b, accumulate, mode, kind, block, rng)
-    if output is not None:
-        c = round_to(c, output, mode, rng=rng)
-    return np.asarray(c).astype(result_dtype)
+        return np.zeros((M, N))
+    return _accumulate(a, b, fmt_a, fmt_b, accumulate, mode, "pairwise" if kind == "pairwise" else "blocked",
+                       block, rng)
+
+
+def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, rng):
+    """C + A @ B as the GPU model ``gpu`` = (name, instruction) computes it, then ``output`` if not its own."""
+    path = tensor_cores.input_path(fmt_a, fmt_b)
+    name = f"{gpu[0]}:{gpu[1]}"
+    if path is None:
+        raise ValueError(f"accumulate={name!r} multiplies fp16, bf16, tf32, e4m3 or e5m2 operands; got "
+                         f"{fmt_a.name} and {fmt_b.name}: pass inputs=FORMAT (float32 operands: inputs='tf32')")
+    model = tensor_cores.accumulator_model(name, path, FP16 if output == FP16 and kind == "sequential" else FP32)
+    out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    c = np.zeros(out_shape) if c is None else np.asarray(round_to(c, model.output, mode, rng=rng), dtype=np.float64)
+    step = model.step_format
+    run = block if kind == "blocked" else max(a.shape[-1], 1)
+    constants = (model.products_per_step, model.fraction_bits, step.emin, model.c_in_alignment,
+                 model.rounding == "toward_zero", step.precision, nearest_constants(step),
+                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), _kernels.MODE_CODES["nearest"], run, kind == "blocked",
+                 float64_params(FP32), not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
+
+    def product(a2, b2, c2):
+        return tc_kernels.tensor_core_matmul(a2, b2, c2, _alignment_exponents(a2, fmt_a),
+                                             _alignment_exponents(b2, fmt_b), *constants)
+
+    result = _batched(a, b, product, np.broadcast_to(c, out_shape))
+    if output is not None and output != model.output:
+        result = round_to(result, output, mode, rng=rng)
+    return np.asarray(result).astype(np.float32)
+
+
+def _alignment_exponents(values: np.ndarray, fmt: Format) -> np.ndarray:
+    """max(floor(log2 |x|), fmt.emin) per element as int32, ``NO_TERM`` for zeros (and for inf / NaN: unused)."""
+    finite_nonzero = np.isfinite(values) & (values != 0)
+    exponents = np.frexp(np.where(finite_nonzero, values, 1.0))[1].astype(np.int32) - 1
+    return np.where(finite_nonzero, np.maximum(exponents, fmt.emin), tc_kernels.NO_TERM).astype(np.int32)
 
 
 def nearest_constants(fmt: Format) -> tuple:
@@ -275,14 +439,17 @@ def _ordered_sum(terms, fmt, mode, kind, block, uniforms) -> float:
     return total
 
 
-def dot(a, b, *, accumulate=FP32, inputs=None, output=None, mode: str = "nearest", order: str = "sequential",
-        rng=None):
-    """sum_k a_k * b_k of two 1-D arrays, accumulated as ``matmul`` does; returns a numpy scalar."""
+def dot(a, b, *, C=None, accumulate=FP32, inputs=None, output=None, mode: str = "nearest",
+        order: str = "sequential", rng=None):
+    """C + sum_k a_k * b_k of two 1-D arrays (``C`` a scalar or None), accumulated as ``matmul`` does;
+    returns a numpy scalar."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 1 or b.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"dot needs two 1-D arrays of the same length; got shapes {a.shape} and {b.shape}")
-    return matmul(a[None, :], b[:, None], inputs=inputs, accumulate=accumulate, output=output, mode=mode,
-                  order=order, rng=rng)[0, 0]
+    if C is not None and np.ndim(C) != 0:
+        raise ValueError(f"dot's C must be a scalar; got shape {np.shape(C)}")
+    return matmul(a[None, :], b[:, None], C=None if C is None else np.reshape(C, (1, 1)), inputs=inputs,
+                  accumulate=accumulate, output=output, mode=mode, order=order, rng=rng)[0, 0]
 
 
 def sum(x, fmt=FP32, *, axis=None, mode: str = "nearest", order: str = "sequential", rng=None):

@@ -1,0 +1,35 @@
+"""``fpsim.hardware``: the GPU tensor-core models that ``accumulate="H100"`` (and the others) name.
+
+``rows()`` lists every modelled path as a table row; ``describe(name, inputs,
+output)`` states one model (products per fused step, fraction bits kept,
+rounding, handling of c, source, measured rows); ``accumulator_model`` returns
+the record itself, for callers that compute with it.  The models and the exact
+algorithm are in ``fpsim.ops.tensor_cores``.
+"""
+
+from __future__ import annotations
+
+from .ops.tensor_cores import GPUS, MODELS, AccumulatorModel, accumulator_model
+
+__all__ = ["GPUS", "MODELS", "AccumulatorModel", "accumulator_model", "describe", "rows"]
+
+
+def rows() -> list[dict]:
+    """One row per model: GPU, instruction, inputs, output, k, f, step format, rounding, c handling, measured."""
+    return [{"gpu": m.gpu, "instruction": m.instruction, "inputs": m.inputs, "output": m.output.name,
+             "k": m.products_per_step, "f": m.fraction_bits, "step": m.step_format.name, "rounding": m.rounding,
+             "c": "aligned" if m.c_in_alignment else "added after", "measured": _short(m.measured)}
+            for m in MODELS]
+
+
+def describe(name: str, inputs="fp16", output="fp32") -> str:
+    """The model of GPU ``name`` ("H100", "B200:mma.sync", ...) for ``inputs`` and ``output``, in a few lines."""
+    return accumulator_model(name, inputs, output).describe()
+
+
+def _short(measured: str) -> str:
+    """The match counts of a record's measured rows ("400/400, 400/400"), "unsolved ..." or "not measured"."""
+    if measured.startswith("unsolved"):
+        return "unsolved " + "/".join(part.split("/")[0].split()[-1] for part in measured.split(",")[:2]) + " of 400"
+    counts = [word for word in measured.replace(",", " ").split() if "/" in word and word[0].isdigit()]
+    return ", ".join(counts) if counts else "not measured"
