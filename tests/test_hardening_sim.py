@@ -14,8 +14,10 @@ import os
 import pickle
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -323,3 +325,99 @@ def test_a_real_ctrl_c_during_fpsim_train(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("fpsim: interrupted at step ")
     partial = fpsim.TrainResult.load(out)
     assert partial.status == "interrupted" and 0 <= partial.steps_run == len(partial.history) < 1000000
+
+
+# --- sweeps sharing a store ------------------------------------------------------------------------------------
+
+SWEEP_RUN = {"policy": "fp32", "hidden": [4], "steps": 5, "batch_size": 16, "shadow_every": 0}
+
+
+class RecordingPool(ThreadPoolExecutor):
+    """One worker thread that notes each configuration it runs; with ``gate``, the first run starts, sets
+    ``gate[0]`` and waits for ``gate[1]`` (so another sweep can work while it holds its claim)."""
+
+    def __init__(self, ran: list, gate=None):
+        super().__init__(1)
+        self.ran, self.gate = ran, gate
+
+    def submit(self, fn, config):
+        def job():
+            if self.gate is not None and not self.gate[0].is_set():
+                self.gate[0].set()
+                assert self.gate[1].wait(120)
+            self.ran.append(config["seed"])
+            return fn(config)
+        return super().submit(job)
+
+
+def claims_of(store) -> list:
+    with sqlite3.connect(store) as connection:
+        rows = connection.execute("SELECT key, owner, host, pid FROM claims").fetchall()
+    connection.close()
+    return rows
+
+
+def test_two_sweeps_on_one_store_run_each_run_once(tmp_path):
+    store = tmp_path / "runs.sqlite"
+    configs = [{**SWEEP_RUN, "seed": seed} for seed in range(4)]
+    started, release = threading.Event(), threading.Event()
+    first_ran, second_ran, first = [], [], {}
+
+    def first_sweep():
+        with RecordingPool(first_ran, (started, release)) as pool:
+            first["records"] = fpsim.sweep(configs, store=store, executor=pool, progress=False)
+
+    thread = threading.Thread(target=first_sweep)
+    thread.start()
+    try:
+        assert started.wait(120), "the first sweep started its first run"
+        with RecordingPool(second_ran) as pool:
+            second = fpsim.sweep(configs, store=store, executor=pool, progress=False)
+    finally:
+        release.set()
+        thread.join(120)
+    assert first_ran == [0] and second_ran == [1, 2, 3], "each run ran once, in one of the sweeps"
+    assert second[0]["status"] == "running" and second[0]["result"] is None
+    assert second[0]["error"].startswith(f"held by another sweep (process {os.getpid()} on ")
+    assert [r["status"] for r in second[1:]] == ["ok"] * 3 and not any(r["reused"] for r in second)
+    records = first["records"]
+    assert [r["status"] for r in records] == ["ok"] * 4 and [r["reused"] for r in records] == [False, True, True, True]
+    assert [r["result"] for r in records[1:]] == [r["result"] for r in second[1:]]
+    assert len(fpsim.load_sweep(store)) == 4 and claims_of(store) == []
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_claim_of_a_dead_sweep_is_taken_over_and_one_from_another_host_is_left(tmp_path, capsys):
+    from fpsim.runs.store import RunStore
+    from fpsim.runs.sweep import config_key
+
+    store = tmp_path / "runs.sqlite"
+    configs = [{**SWEEP_RUN, "seed": seed} for seed in range(2)]
+    with RunStore(store) as runs:
+        here = runs.host
+    with sqlite3.connect(store) as connection:
+        connection.executemany("INSERT INTO claims VALUES (?, ?, ?, ?, ?)", [
+            (config_key(configs[0]), "killed", here, dead_pid(), 0.0),
+            (config_key(configs[1]), "elsewhere", here + "-other", os.getpid(), 0.0)])
+    connection.close()
+    grid = tmp_path / "grid.toml"
+    grid.write_text('policy = ["fp32"]\nhidden = [[4]]\nsteps = [5]\nbatch_size = [16]\nshadow_every = [0]\n'
+                    'seed = [0, 1]\n')
+    assert main(["sweep", str(grid), "--store", str(store), "--workers", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"2 runs in {store}: 1 done, 0 skipped (already stored), 0 failed, 1 left to another sweep" in out
+    assert f"running elsewhere policy=fp32" in out and f"on {here}-other, since" in out
+    assert [r["config"]["seed"] for r in fpsim.load_sweep(store)] == [0]
+    assert [owner for _, owner, _, _ in claims_of(store)] == ["elsewhere"]
+
+
+def test_an_interrupted_sweep_leaves_no_claim(ctrl_c_at_step_3, tmp_path):
+    store = tmp_path / "runs.sqlite"
+    with ThreadPoolExecutor(1) as executor, pytest.raises(KeyboardInterrupt):
+        fpsim.sweep([{**SWEEP_RUN, "steps": 50}], store=store, executor=executor, progress=False)
+    assert claims_of(store) == [] and fpsim.load_sweep(store) == []
