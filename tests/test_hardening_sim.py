@@ -281,7 +281,8 @@ def test_ctrl_c_keeps_the_steps_taken_as_an_interrupted_result(ctrl_c_at_step_3,
                  "--out", str(out)]) == 130
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err.startswith("fpsim: interrupted at step 3 of 50; the partial result") and str(out) in captured.err
+    assert captured.err.startswith("fpsim: interrupted at step 3 of 50; the partial result")
+    assert str(out) in captured.err
     partial = fpsim.TrainResult.load(out)
     assert partial.status == "interrupted" and partial.steps_run == 3 == len(partial.history)
     assert [r["step"] for r in partial.history] == [0, 1, 2] and not partial.diverged

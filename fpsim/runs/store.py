@@ -1,6 +1,6 @@
 """The sweep store: one SQLite file holding one row per training run, and the claims of runs in progress.
 
-Each row is a finished run, keyed by the stable hash of its configuration
+Each row of ``runs`` is a finished run, keyed by the stable hash of its configuration
 (``fpsim.sweep.config_key``)::
 
     runs(key TEXT PRIMARY KEY, config TEXT, status TEXT, error TEXT, result TEXT)
@@ -13,7 +13,9 @@ failed run's ``"ExceptionType: message"`` (NULL when ok), and ``result`` is the
 
 Only the coordinating process writes, one transaction per finished run, so a
 sweep killed at any moment leaves every run it finished stored and nothing
-half-written.
+half-written.  A store locked by another process is waited for, with backoff,
+for up to ``LOCK_PATIENCE`` seconds.  A failed run is stored too, and replaced when it is rerun; a key
+is never stored twice.  ``path=None`` gives an in-memory store (nothing kept).
 
 Sweeps sharing a store share its work: a sweep claims a run (``RunStore.claim``)
 before running it, in one ``BEGIN IMMEDIATE`` transaction that reads and writes
@@ -23,9 +25,7 @@ seconds); it is dropped with the run's result, in the same transaction, and a
 sweep's remaining claims when it closes the store.  A claim held by another live
 sweep is left to it; one whose process is gone (killed: it could not drop its
 claims) is taken over.  Whether a process lives is known on its own host only: a
-claim from another host counts as live (delete its row to free it).  A store locked by another process is waited for, with backoff,
-for up to ``LOCK_PATIENCE`` seconds.  A failed run is stored too, and replaced when it is rerun; a key
-is never stored twice.  ``path=None`` gives an in-memory store (nothing kept).
+claim from another host counts as live (delete its row to free it).
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def delayed_scaled_max(margin: float, fmt) -> np.float32:
         return np.float32(mul(fmt.max, 2.0 ** -float(margin), FP32))
     low, high = _margin_range(fmt)
     raise ValueError(f"margin must keep the delayed scale (max * 2^-margin) / amax a positive finite FP32 number "
-                     f"for {fmt.name} elements (max {fmt.max:g}), as whole margins from {low} to {high} do; got {margin!r}")
+                     f"for {fmt.name} elements (max {fmt.max:g}), as whole margins from {low} to {high} do; "
+                     f"got {margin!r}")
 
 
 def _keeps_scale_positive_finite(margin: float, fmt) -> bool:
