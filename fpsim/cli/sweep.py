@@ -4,7 +4,9 @@ GRID.toml lists fpsim.train options, each with a list of values; the sweep runs
 their product.  Runs already in the store are skipped, so an interrupted sweep
 is finished by running the same command again.  A run that fails is stored with
 its error (and retried by the next sweep); the others go on.  The exit status is
-1 when some run failed.
+1 when some run failed.  Sweeps started together on one store share its runs: each
+run is claimed in the store before it starts, and a run another sweep is running is
+left to it (said at the end; a rerun afterwards finds it stored).
 
 A grid (analyses/grids/example.toml is another):
   policy = ["fp32", "bf16-pure"]
@@ -68,9 +70,13 @@ def run(args) -> int:
 def _sweep(configs, args, executor) -> int:
     records = sweep(configs, store=args.store, executor=executor, progress=not args.quiet)
     failed = [(config, record) for config, record in zip(configs, records) if record["status"] == "failed"]
+    running = [(config, record) for config, record in zip(configs, records) if record["status"] == "running"]
     skipped = sum(record["reused"] for record in records)
-    print(f"{len(records)} runs in {args.store}: {len(records) - skipped - len(failed)} done, "
-          f"{skipped} skipped (already stored), {len(failed)} failed")
+    print(f"{len(records)} runs in {args.store}: {len(records) - skipped - len(failed) - len(running)} done, "
+          f"{skipped} skipped (already stored), {len(failed)} failed"
+          + (f", {len(running)} left to another sweep running them" if running else ""))
+    for config, record in running:
+        print(f"  running elsewhere {_describe(config)}: {record['error']}")
     for config, record in failed:
         print(f"  failed {_describe(config)}: {record['error']}")
     return 1 if failed else 0

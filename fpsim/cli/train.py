@@ -8,16 +8,22 @@ the extra: pip install "fpsim[torch]".
 The policy is a preset (fp32, fp16-pure, fp16-mixed, fp16-amp, bf16-pure,
 bf16-mixed, bf16-sr, bf16-kahan), an FP8 / MX recipe (fp8-unscaled, fp8-current,
 fp8-delayed, fp8-rowwise, mxfp8, mxfp6, mxfp4, nvfp4: the products' operands
-quantized with per-tensor, per-row or block scales, everything else FP32) or a
-JSON dict of Policy fields, e.g. '{"preset": "fp16-mixed", "loss_scale": 1024}'.
-The run shows a progress bar,
+quantized with per-tensor, per-row or block scales, everything else FP32), a
+JSON dict of Policy fields, e.g. '{"preset": "fp16-mixed", "loss_scale": 1024}',
+or the path of a JSON file holding such a dict (FILE.json).  Over a preset, a
+"scaling" dict changes only the tensor kinds it names.  The run shows a progress bar,
 ends with a summary table, and with --out writes the whole result (per-step
-history, per-layer counts, histograms) as JSON for later analysis.
+history, per-layer counts, histograms) as JSON for later analysis.  An option the
+model does not read is refused (--hidden for a torch model, --momentum without
+--optimizer momentum).
+
+Ctrl-C stops the run: one line says at which step, and with --out the steps taken
+are written as a partial result whose status is "interrupted".
 
 Exit status: 0 when the run trained; 3 when it did not (its status, shown in the
 table, is "diverged", "no updates" or "loss-scale floor"); 1 when --out could not
 be written at the end (the result is then kept in a file in the temporary folder,
-named in the output); 2 for a usage error.
+named in the output); 2 for a usage error; 130 when interrupted.
 
 Examples:
   fpsim train --policy bf16-pure --lr 0.003 --steps 1500
@@ -38,7 +44,8 @@ import tempfile
 from . import UsageError
 from ..numerics.exact import parse_real
 from ..report.table import text_table
-from ..sim.config import MODELS
+from ..engines import TrainingInterrupted
+from ..sim.config import MLP_HIDDEN, MODELS
 from ..sim.policy import POLICIES, SCALED_POLICIES
 from ..sim.result import STATUSES
 
@@ -65,9 +72,10 @@ def number(text: str) -> float:
 def configure(parser):
     parser.add_argument("--policy", required=True,
                         help=f"a preset: {', '.join(POLICIES)}; FP8 / MX: {', '.join(SCALED_POLICIES)} "
-                             "(only the products' operands quantized); or a JSON dict of Policy fields, e.g. "
+                             "(only the products' operands quantized); a JSON dict of Policy fields, e.g. "
                              "'{\"preset\": \"mxfp8\", \"scaling\": {\"gradients\": {\"kind\": \"block\", "
-                             "\"block\": \"mxfp8_e4m3\", \"scale_rounding\": \"ceil\"}}}'")
+                             "\"block\": \"mxfp8_e4m3\", \"scale_rounding\": \"ceil\"}}}' (the other kinds "
+                             "keep the preset's scaling); or FILE.json holding such a dict")
     parser.add_argument("--model", default="mlp", choices=list(MODELS),
                         help="mlp (default, numpy engine), char-gpt or cnn (torch engine)")
     parser.add_argument("--model-options", default=None,
@@ -75,7 +83,9 @@ def configure(parser):
     parser.add_argument("--data", default=None,
                         help="the model's default data set unless given: digits, mnist:PATH to a local npz, "
                              "teacher (MLP); pydoc (char-gpt)")
-    parser.add_argument("--hidden", default="128,128,128", help="the MLP's hidden layer widths, comma-separated")
+    parser.add_argument("--hidden", default=None,
+                        help=f"the MLP's hidden layer widths, comma-separated (default "
+                             f"{','.join(map(str, MLP_HIDDEN))})")
     parser.add_argument("--optimizer", default="sgd", help="sgd (default), momentum, adam (or adamw, torch engine)")
     parser.add_argument("--lr", type=number, default=0.05, help="learning rate (default 0.05)")
     parser.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
@@ -86,7 +96,8 @@ def configure(parser):
                              "compensates, so only rounding sees it")
     parser.add_argument("--loss-scale", default=None,
                         help="override the policy's loss scale: a number (2**16) or 'dynamic'")
-    parser.add_argument("--momentum", type=number, default=0.9, help="momentum of --optimizer momentum")
+    parser.add_argument("--momentum", type=number, default=None,
+                        help="momentum of --optimizer momentum (default 0.9)")
     parser.add_argument("--histograms", action="store_true", help="record histograms of log2|value|")
     parser.add_argument("--shadow-every", type=int, default=100,
                         help="compare gradients with an FP64 shadow every N steps (0: never; default 100)")
@@ -118,19 +129,26 @@ def run(args) -> int:
 
     loss_scale = None
     if args.loss_scale is not None:
-        loss_scale = "dynamic" if args.loss_scale.strip() == "dynamic" else number(args.loss_scale)
+        loss_scale = "dynamic" if args.loss_scale.strip().lower() == "dynamic" else number(args.loss_scale)
+    if args.momentum is not None and args.optimizer.strip().lower() != "momentum":
+        raise UsageError(f"--momentum is the setting of --optimizer momentum; {args.optimizer} does not read it: "
+                         "drop it or add --optimizer momentum")
     if args.out:
         _check_writable(args.out)
     options = {}
     if args.model_options is not None:
         options["model_options"] = _json_or_name("--model-options", args.model_options)
-    if args.model == "mlp":
-        options.update(hidden=_hidden(args.hidden), shadow_every=args.shadow_every)
-    result = train(_json_or_name("--policy", args.policy), model=args.model, data=args.data, **options,
-                   optimizer=args.optimizer,
-                   lr=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                   grad_scale=args.grad_scale, histograms=args.histograms, progress=not args.no_progress,
-                   loss_scale=loss_scale, momentum=args.momentum)
+    if args.hidden is not None:
+        options["hidden"] = _hidden(args.hidden)  # a torch model refuses it (TrainConfig)
+    if args.momentum is not None:
+        options["momentum"] = args.momentum
+    try:
+        result = train(_json_or_name("--policy", args.policy), model=args.model, data=args.data, **options,
+                       optimizer=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                       seed=args.seed, grad_scale=args.grad_scale, histograms=args.histograms,
+                       shadow_every=args.shadow_every, progress=not args.no_progress, loss_scale=loss_scale)
+    except TrainingInterrupted as interrupted:
+        return _interrupted(interrupted.result, args.out)
     rows = [{"measure": name, "value": "-" if value is None else value} for name, value in result.summary().items()]
     print(text_table(rows))
     if result.status != "ok":
@@ -147,6 +165,23 @@ def run(args) -> int:
                   file=sys.stderr)
             return 1
     return status
+
+
+def _interrupted(result, out: str | None) -> int:
+    """Ctrl-C: one line saying where the run stopped, the partial result (status "interrupted") written to
+    ``out`` if given; exit status 130, as for any interrupted command."""
+    line = f"fpsim: interrupted at step {result.steps_run} of {result.config['steps']}"
+    if out:
+        try:
+            result.save(out)
+            line += f"; the partial result (status 'interrupted') is in {out}"
+        except OSError as error:
+            line += (f"; could not write {out} ({error.strerror or error}), the partial result is in "
+                     f"{_keep(result)}")
+    else:
+        line += "; nothing was kept (give --out FILE to keep a partial result)"
+    print(line, file=sys.stderr)
+    return 130
 
 
 def _check_writable(path: str) -> None:

@@ -23,18 +23,37 @@ def train(policy, *, progress: bool = True, **options) -> TrainResult:
     ``optimizer="adam"``, ``lr``, ``steps``, ``batch_size``, ``seed``, ``grad_scale``,
     ``loss_scale``, ``histograms``.  ``progress``: a progress bar on stderr.
 
-    The same options and seed give a bit-identical result.
+    The same options and seed give a bit-identical result.  Ctrl-C raises
+    ``TrainingInterrupted``, a KeyboardInterrupt that holds the partial result.
     """
     return run(TrainConfig.from_dict({"policy": policy, **options}), progress=progress)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run; ``result`` is what it did until then, its status "interrupted".
+
+    A KeyboardInterrupt, so that whatever stops on Ctrl-C (a sweep, a script) still stops; the result goes
+    along only within the process (pickled, e.g. from a pool's worker, it is a plain KeyboardInterrupt)."""
+
+    def __init__(self, result: TrainResult):
+        super().__init__(f"interrupted at step {result.steps_run}")
+        self.result = result
+
+    def __reduce__(self):
+        return KeyboardInterrupt, self.args
+
+
 def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train ``config`` on its model's engine."""
+    """Train ``config`` on its model's engine (``TrainingInterrupted`` on Ctrl-C, see ``train``)."""
     if config.engine == "numpy":
         from .numpy_engine import train_mlp
-        return train_mlp(config, progress=progress)
-    if importlib.util.find_spec("torch") is None:
+        result = train_mlp(config, progress=progress)
+    elif importlib.util.find_spec("torch") is None:
         raise ValueError(f"model {config.to_dict()['model']!r} runs on the torch engine, which needs PyTorch: "
                          'pip install "fpsim[torch]"')
-    from ..torch.engine import train as train_torch
-    return train_torch(config, progress=progress)
+    else:
+        from ..torch.engine import train as train_torch
+        result = train_torch(config, progress=progress)
+    if result.status == "interrupted":
+        raise TrainingInterrupted(result)
+    return result

@@ -1,9 +1,10 @@
-"""The sweep store: one SQLite file holding one row per training run.
+"""The sweep store: one SQLite file holding one row per training run, and the claims of runs in progress.
 
-Each row is a finished run, keyed by the stable hash of its configuration
+Each row of ``runs`` is a finished run, keyed by the stable hash of its configuration
 (``fpsim.sweep.config_key``)::
 
     runs(key TEXT PRIMARY KEY, config TEXT, status TEXT, error TEXT, result TEXT)
+    claims(key TEXT PRIMARY KEY, owner TEXT, host TEXT, pid INTEGER, started REAL)
 
 ``config`` is the full configuration as JSON (every ``fpsim.train`` argument,
 defaults included), ``status`` is ``"ok"`` or ``"failed"``, ``error`` is the
@@ -15,14 +16,26 @@ sweep killed at any moment leaves every run it finished stored and nothing
 half-written.  A store locked by another process is waited for, with backoff,
 for up to ``LOCK_PATIENCE`` seconds.  A failed run is stored too, and replaced when it is rerun; a key
 is never stored twice.  ``path=None`` gives an in-memory store (nothing kept).
+
+Sweeps sharing a store share its work: a sweep claims a run (``RunStore.claim``)
+before running it, in one ``BEGIN IMMEDIATE`` transaction that reads and writes
+the claim, so two sweeps never both claim one run.  A claim names its sweep
+(``owner``, random per ``RunStore``), host, process id and start time (Unix
+seconds); it is dropped with the run's result, in the same transaction, and a
+sweep's remaining claims when it closes the store.  A claim held by another live
+sweep is left to it; one whose process is gone (killed: it could not drop its
+claims) is taken over.  Whether a process lives is known on its own host only: a
+claim from another host counts as live (delete its row to free it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 COLUMNS = ("key", "config", "status", "error", "result")
@@ -34,6 +47,16 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     error TEXT,
     result TEXT)"""
+
+_CLAIMS_SCHEMA = """CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL)"""
+
+CLAIM_COLUMNS = ("key", "owner", "host", "pid", "started")
+"""The columns of the ``claims`` table."""
 
 _UPSERT = """INSERT INTO runs (key, config, status, error, result) VALUES (?, ?, ?, ?, ?)
     ON CONFLICT(key) DO UPDATE SET config = excluded.config, status = excluded.status,
@@ -65,6 +88,7 @@ class RunStore:
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = ":memory:" if path is None else os.fspath(path)
+        self.owner, self.host, self.pid = uuid.uuid4().hex, socket.gethostname(), os.getpid()
         try:
             self._connection = sqlite3.connect(self.path)
         except sqlite3.Error as error:
@@ -80,8 +104,59 @@ class RunStore:
 
     def _create(self) -> None:
         _check_table(self._connection, self.path)
+        _check_table(self._connection, self.path, "claims", CLAIM_COLUMNS)
         with self._connection:
             self._connection.execute(_SCHEMA)
+            self._connection.execute(_CLAIMS_SCHEMA)
+
+    def _transaction(self, body, what: str):
+        """``body(connection)`` in one write transaction, taken at once (BEGIN IMMEDIATE), retried while locked."""
+        def attempt():
+            with self._connection:
+                self._connection.execute("BEGIN IMMEDIATE")
+                return body(self._connection)
+        return _patiently(attempt, f"{what} in {self.path}")
+
+    def claim(self, key: str) -> tuple[str, dict | None]:
+        """Claim the run ``key`` for this sweep before running it.
+
+        Returns ``("claimed", None)`` when this sweep may run it (unclaimed, claimed by
+        this sweep already, or claimed by a process that is gone); ``("finished",
+        record)`` when it is stored as ok meanwhile; ``("held", claim)`` when another
+        live sweep holds it (``claim``: its ``CLAIM_COLUMNS`` but the key).
+        """
+        def claim_in(connection):
+            row = connection.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE key = ? AND status = 'ok'",
+                                     (key,)).fetchone()
+            if row is not None:
+                return "finished", _record(row, self.path)
+            held = connection.execute("SELECT owner, host, pid, started FROM claims WHERE key = ?",
+                                      (key,)).fetchone()
+            if held is not None and held[0] != self.owner and self._alive(held[1], held[2]):
+                return "held", dict(zip(CLAIM_COLUMNS[1:], held))
+            connection.execute("INSERT OR REPLACE INTO claims (key, owner, host, pid, started) VALUES (?, ?, ?, ?, ?)",
+                               (key, self.owner, self.host, self.pid, time.time()))
+            return "claimed", None
+        return self._transaction(claim_in, "cannot claim a run")
+
+    def _alive(self, host: str, pid: int) -> bool:
+        """Whether the process ``pid`` of ``host`` may still run a sweep (on another host: assumed so)."""
+        if host != self.host:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # it exists, under another user
+            return True
+        except OSError:  # a pid this system cannot even name
+            return False
+        return True
+
+    def release(self) -> None:
+        """Drop every claim of this sweep that no stored result dropped (an interrupted or failed sweep)."""
+        self._transaction(lambda connection: connection.execute("DELETE FROM claims WHERE owner = ?", (self.owner,)),
+                          "cannot release the claims")
 
     def finished(self, keys) -> dict[str, dict]:
         """The stored successful runs among ``keys``, as records by key.
@@ -100,13 +175,17 @@ class RunStore:
         values = (record["key"], json.dumps(record["config"], sort_keys=True), record["status"], record["error"],
                   result)
 
-        def upsert():
-            with self._connection:
-                self._connection.execute(_UPSERT, values)
-        _patiently(upsert, f"cannot store a finished run in {self.path}")
+        def upsert(connection):
+            connection.execute(_UPSERT, values)
+            connection.execute("DELETE FROM claims WHERE key = ? AND owner = ?", (record["key"], self.owner))
+        self._transaction(upsert, "cannot store a finished run")
 
     def close(self) -> None:
-        self._connection.close()
+        """Release this sweep's claims and close the file."""
+        try:
+            self.release()
+        finally:
+            self._connection.close()
 
     def __enter__(self) -> RunStore:
         return self
@@ -139,11 +218,11 @@ def load_sweep(store: str | os.PathLike) -> list[dict]:
     return [_record(row, path) for row in rows]
 
 
-def _check_table(connection: sqlite3.Connection, path) -> None:
-    """Refuse a database whose ``runs`` table is not a sweep store's (reads only)."""
-    columns = tuple(row[1] for row in connection.execute("PRAGMA table_info(runs)"))
-    if columns and columns != COLUMNS:
-        raise ValueError(f"{path} has a 'runs' table that is not a sweep store's (columns {', '.join(columns)})")
+def _check_table(connection: sqlite3.Connection, path, table: str = "runs", expected: tuple = COLUMNS) -> None:
+    """Refuse a database whose ``table`` is not a sweep store's (reads only)."""
+    columns = tuple(row[1] for row in connection.execute(f"PRAGMA table_info({table})"))
+    if columns and columns != expected:
+        raise ValueError(f"{path} has a '{table}' table that is not a sweep store's (columns {', '.join(columns)})")
 
 
 def _record(row: tuple, path) -> dict:

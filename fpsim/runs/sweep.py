@@ -21,6 +21,12 @@ How a sweep runs:
   finished run, and running the same sweep again runs only what is missing.
 * A run that raises is stored as ``"failed"`` with its error; the sweep goes on,
   and a later sweep retries it.
+* Sweeps sharing a store share its runs: each run is claimed in the store just
+  before it is submitted (``RunStore.claim``), at most as many at a time as the
+  executor has workers (all at once on an executor that does not say), so a
+  second sweep started beside a first takes the runs the first has not reached,
+  skips those it holds (their records say ``"running"``, and who holds them) and
+  reuses those it stored.  A claim of a killed sweep is taken over.
 * The executor: by default a local process pool, one worker per core
   (``local_pool``); or any ``concurrent.futures.Executor``; or a
   ``dask.distributed.Client`` (``dask_client`` connects to a scheduler; needs the
@@ -41,8 +47,9 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Mapping
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -250,8 +257,10 @@ def sweep(configs, *, store=None, executor=None, progress: bool = True) -> list[
     Returns one record per configuration, in the order given, with the keys of
     ``load_sweep``'s records (``key``, ``config``, ``status``, ``error``,
     ``result``) and ``reused``: True when the run was already stored and not run
-    again.  Configurations with the same key are run once.  Every configuration
-    is checked before any run starts or the store is opened.
+    again.  A run another live sweep of the store was running, and had not stored
+    by the end of this one, has the status ``"running"`` (``error`` says which sweep
+    holds it, ``result`` is None).  Configurations with the same key are run once.
+    Every configuration is checked before any run starts or the store is opened.
     """
     if isinstance(configs, Mapping):
         configs = expand_grid(configs)
@@ -262,8 +271,19 @@ def sweep(configs, *, store=None, executor=None, progress: bool = True) -> list[
         records = {key: dict(record, reused=True) for key, record in runs.finished(keys).items()}
         missing = {key: config for key, config in zip(keys, configs) if key not in records}
         if missing:
-            records.update(_run(missing, runs, executor, progress))
+            held: dict[str, dict] = {}
+            records.update(_run(missing, runs, executor, progress, held))
+            records.update({key: dict(record, reused=True) for key, record in runs.finished(held).items()})
+            for key in set(held) - set(records):  # still running in the sweep that holds it
+                records[key] = {"key": key, "config": missing[key], "status": "running", "result": None,
+                                "error": _holder(held[key]), "reused": False}
     return [records[key] for key in keys]
+
+
+def _holder(claim: dict) -> str:
+    """Which sweep holds a claimed run, in words."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(claim["started"]))
+    return f"held by another sweep (process {claim['pid']} on {claim['host']}, since {started})"
 
 
 MAX_POOL_RESTARTS = 3
@@ -271,8 +291,10 @@ MAX_POOL_RESTARTS = 3
 stores the runs that were in flight as failed."""
 
 
-def _run(missing: dict[str, dict], runs: RunStore, executor: Executor | None, progress: bool) -> dict[str, dict]:
-    """Run the ``missing`` configurations (by key) on ``executor``, storing each as it finishes.
+def _run(missing: dict[str, dict], runs: RunStore, executor: Executor | None, progress: bool,
+         held: dict[str, dict]) -> dict[str, dict]:
+    """Run the ``missing`` configurations (by key) on ``executor``, storing each as it finishes; the runs
+    another sweep holds go into ``held`` (key -> its claim), those it stored meanwhile come back reused.
 
     When a worker of a process pool dies, the pool breaks and every run in it
     fails with ``BrokenProcessPool``: those runs are not failures of their own,
@@ -285,7 +307,8 @@ def _run(missing: dict[str, dict], runs: RunStore, executor: Executor | None, pr
     try:
         with tqdm(total=len(missing), disable=not progress, desc="sweep", unit="run", file=sys.stderr) as bar:
             while pending:
-                broken = _run_round(pending, runs, executor, finished, bar, give_up=restarts >= MAX_POOL_RESTARTS)
+                broken = _run_round(pending, runs, executor, finished, held, bar,
+                                    give_up=restarts >= MAX_POOL_RESTARTS)
                 if not broken:
                     break
                 restarts += 1
@@ -314,30 +337,56 @@ def _discard_broken_pool(pool: Executor) -> None:
             worker.kill()
 
 
-def _run_round(pending: dict, runs: RunStore, executor: Executor, finished: dict, bar, give_up: bool) -> bool:
-    """Submit ``pending`` and store each run as it finishes (removing it from ``pending``); True when the process
+def _run_round(pending: dict, runs: RunStore, executor: Executor, finished: dict, held: dict, bar,
+               give_up: bool) -> bool:
+    """Claim and submit ``pending``, as many at a time as the executor has workers, and store each run as it
+    finishes (removing it from ``pending``, as a run another sweep stored or holds is); True when the process
     pool broke, leaving in ``pending`` the runs to retry (``give_up``: store them as failed instead)."""
-    broken = False
+    waiting, futures, broken = list(pending), {}, False
+    window = getattr(executor, "_max_workers", None) or len(pending)  # concurrent.futures pools say
+
+    def submit_claimed() -> None:
+        while waiting and len(futures) < window:
+            key = waiting.pop(0)
+            state, found = runs.claim(key)
+            if state == "claimed":
+                futures[executor.submit(run_config, pending[key])] = key
+                continue
+            if state == "finished":
+                finished[key] = dict(found, reused=True)
+            else:
+                held[key] = found
+            del pending[key]
+            bar.update()
+
     try:
-        futures = {executor.submit(run_config, config): key for key, config in pending.items()}
+        submit_claimed()
     except BrokenProcessPool:
         return True
     try:
-        for future in as_completed(futures):
-            key = futures[future]
-            if isinstance(future.exception(), BrokenProcessPool) and not give_up:
-                broken = True
-                continue
-            outcome = _outcome(future)
-            record = {"key": key, "config": pending[key], "status": outcome["status"], "error": outcome["error"],
-                      "result": None if outcome["result"] is None else json.loads(outcome["result"])}
-            runs.write(record)
-            finished[key] = dict(record, reused=False)
-            del pending[key]
-            failed = sum(r["status"] == "failed" for r in finished.values())
-            if failed:
-                bar.set_postfix(failed=failed, refresh=False)
-            bar.update()
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                key = futures.pop(future)
+                if isinstance(future.exception(), BrokenProcessPool) and not give_up:
+                    broken = True
+                    continue
+                outcome = _outcome(future)
+                record = {"key": key, "config": pending[key], "status": outcome["status"],
+                          "error": outcome["error"],
+                          "result": None if outcome["result"] is None else json.loads(outcome["result"])}
+                runs.write(record)
+                finished[key] = dict(record, reused=False)
+                del pending[key]
+                failed = sum(r["status"] == "failed" for r in finished.values())
+                if failed:
+                    bar.set_postfix(failed=failed, refresh=False)
+                bar.update()
+            if not broken:
+                try:
+                    submit_claimed()
+                except BrokenProcessPool:
+                    broken = True
     finally:
         for future in futures:
             future.cancel()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from ..numerics.formats import FP32
+
 
 def is_finite_number(value) -> bool:
     """Whether ``value`` is a finite real number, Python or numpy (not a bool, not a string, not inf/NaN)."""
@@ -20,6 +22,15 @@ def positive_number(name: str, value) -> float:
     """``value`` as a float if it is a finite number > 0."""
     if not (is_finite_number(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def positive_fp32_number(name: str, value) -> float:
+    """``value`` as a float if it is a positive number FP32 holds: 2^-149 (its smallest subnormal) <= value <=
+    FP32 max (about 3.4e38), so that an engine computing in FP32 sees neither 0 nor inf."""
+    if not (is_finite_number(value) and FP32.smallest_subnormal <= value <= FP32.max):
+        raise ValueError(f"{name} must be a positive finite number within FP32's range "
+                         f"[{FP32.smallest_subnormal:.3g}, {FP32.max:.3g}], got {value!r}")
     return float(value)
 
 

@@ -10,7 +10,12 @@ ways of writing one run are one configuration and hash to one sweep key:
   scalar becomes that float; an integer option accepts numpy integers;
 * names (policy presets, optimizer, data set, model) are case-folded;
 * ``hidden=16`` is ``(16,)``; ``scaler={}`` is ``scaler=None``;
-* ``data=None`` is the model's default data set (``MODELS``).
+* ``data=None`` is the model's default data set (``MODELS``); ``hidden=None`` the MLP's
+  default widths (a torch model keeps None: it takes no ``hidden``).
+
+An option the chosen model does not read is refused, not ignored (``hidden`` for a torch
+model, ``model_options`` for the MLP); so is a number the engines would compute in FP32
+but FP32 cannot hold (``lr``, and the optimizer's step size or epsilon it derives).
 
 ``to_dict()`` gives the JSON form (``TrainConfig.from_dict`` inverts it, and
 ``fpsim.train(**config.to_dict())`` reruns the run); a model given as a Python
@@ -24,9 +29,10 @@ import functools
 import numbers
 from dataclasses import dataclass, field
 
-from .checks import integer, number_in, positive_number
+from ..numerics.formats import FP32
+from .checks import integer, number_in, positive_fp32_number, positive_number
 from .data import TEXT_DATA_SETS, parse_data_spec
-from .loss_scaling import SCALER_OPTIONS, LossScaler
+from .loss_scaling import SCALER_OPTIONS, LossScaler, loss_scale_of
 from .policy import Policy
 
 MODELS = {
@@ -49,6 +55,9 @@ MAX_BATCH_VALUES = 1 << 20
 OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
 """Optimizer names each engine takes."""
 
+MLP_HIDDEN = (128, 128, 128)
+"""The MLP's hidden layer widths when ``hidden`` is not given."""
+
 _INTEGER_SCALER_OPTIONS = ("growth_interval", "hysteresis")
 
 
@@ -66,12 +75,13 @@ class TrainConfig:
     the MLP takes its widths from ``hidden``."""
     data: object = None
     """Data set (``fpsim.sim.data``): a name, "mnist:PATH", or a dict with a "name"; None: the model's default."""
-    hidden: tuple = (128, 128, 128)
-    """Widths of the MLP's hidden layers (ReLU); the default model is 64-128-128-128-10 on digits."""
+    hidden: tuple | None = None
+    """Widths of the MLP's hidden layers (ReLU); None: ``MLP_HIDDEN``, so the default model is 64-128-128-128-10
+    on digits.  The MLP's only: a torch model refuses it (its sizes are ``model_options``)."""
     optimizer: str = "sgd"
     """Optimizer name (``OPTIMIZERS``); ``momentum``, ``betas``, ``eps`` are its settings."""
     lr: float = 0.05
-    """Learning rate (> 0)."""
+    """Learning rate: a positive number within FP32's range (the engines apply it in FP32)."""
     steps: int = 1500
     """Training steps (>= 1)."""
     batch_size: int = 64
@@ -110,13 +120,15 @@ class TrainConfig:
         put("data", _data(self.model, self.data))
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
-        put("hidden", _hidden(self.hidden))
+        put("hidden", _hidden(self.model, self.hidden))
         optimizers = OPTIMIZERS[self.engine]
         if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(optimizers)}")
         put("optimizer", self.optimizer.strip().lower())
-        for name in ("lr", "grad_scale", "eps"):
+        put("lr", positive_fp32_number("lr", self.lr))
+        for name in ("grad_scale", "eps"):
             put(name, positive_number(name, getattr(self, name)))
+        _optimizer_scalars_fit_fp32(self.optimizer, self.lr, self.eps, self.grad_scale)
         put("momentum", number_in("momentum", self.momentum, 0.0, 1.0))
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999); got {self.betas!r}")
@@ -129,7 +141,7 @@ class TrainConfig:
         if not isinstance(self.histograms, bool):
             raise ValueError(f"histograms must be True or False, got {self.histograms!r}")
         put("histogram_steps", _histogram_steps(self.histograms, self.histogram_steps, self.steps))
-        put("loss_scale", _loss_scale(self.loss_scale))
+        put("loss_scale", loss_scale_of(self.loss_scale))
         put("scaler", _scaler(self.scaler))
         LossScaler.for_policy(self.effective_policy.loss_scale, self.scaler)  # refuses settings that cannot apply
 
@@ -202,7 +214,15 @@ def _data(model, data):
     return {"name": name, **options} if options else name
 
 
-def _hidden(hidden) -> tuple:
+def _hidden(model, hidden) -> tuple | None:
+    if model != "mlp":
+        if hidden is not None:
+            name = model if isinstance(model, str) else "a model factory"
+            raise ValueError(f"hidden sets the MLP's layer widths; {name} (torch engine) does not read it: drop it "
+                             "and give a torch model's sizes as model_options (the fields of its config)")
+        return None
+    if hidden is None:
+        return MLP_HIDDEN
     if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
         hidden = (hidden,)
     if not isinstance(hidden, (list, tuple)) or not hidden:
@@ -225,14 +245,15 @@ def _histogram_steps(histograms: bool, steps_given, steps: int):
     return tuple(sorted({int(s) for s in steps_given}))
 
 
-def _loss_scale(loss_scale):
-    if loss_scale is None:
-        return None
-    if isinstance(loss_scale, str):
-        if loss_scale.strip().lower() == "dynamic":
-            return "dynamic"
-        raise ValueError(f"loss_scale must be a positive number or 'dynamic', got {loss_scale!r}")
-    return positive_number("loss_scale", loss_scale)
+def _optimizer_scalars_fit_fp32(optimizer: str, lr: float, eps: float, grad_scale: float) -> None:
+    """Refuse the scalar the optimizer derives from ``grad_scale`` when it is beyond FP32's max (the torch
+    engine could not apply it to FP32 tensors, the MLP would make every weight inf): SGD and momentum step by
+    lr / grad_scale, Adam and AdamW add eps * grad_scale.  Below FP32's range it is a run with no updates."""
+    name, value = (("eps * grad_scale", eps * grad_scale) if optimizer in ("adam", "adamw")
+                   else ("lr / grad_scale", lr / grad_scale))
+    if not value <= FP32.max:
+        raise ValueError(f"{name} = {value:.3g}, which the {optimizer} optimizer applies, is beyond FP32's max "
+                         f"{FP32.max:.3g}: make grad_scale {'smaller' if '*' in name else 'larger'}")
 
 
 def _scaler(scaler):

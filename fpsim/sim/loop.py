@@ -14,22 +14,30 @@ def run_steps(steps: int, take_step: Callable[[int], tuple[float, bool]], weight
 
     Each step is recorded between ``recorder.start_step`` and ``recorder.end_step``
     (with the loss scale it was taken at); the run stops at the first step after
-    which ``has_diverged`` holds, so it never loops without end.
+    which ``has_diverged`` holds, so it never loops without end.  A KeyboardInterrupt
+    (Ctrl-C) stops it too: the steps recorded until then are returned, fewer than
+    ``steps`` with no divergence, which ``result_of_run`` reports as "interrupted".
     """
     from tqdm import tqdm
 
-    bar = tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, leave=False)
-    step, diverged_step = -1, None
-    for step in bar:
-        recorder.start_step(step)
-        scale = scaler.scale if scaler is not None else 1.0
-        loss, skipped = take_step(step)
-        recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
-        if has_diverged(loss, weights_finite(), scaler, scale):
-            diverged_step = step
-            break
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
-    bar.close()
+    steps_run, diverged_step, bar = 0, None, None
+    try:
+        bar = tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, leave=False)
+        for step in bar:
+            recorder.start_step(step)
+            scale = scaler.scale if scaler is not None else 1.0
+            loss, skipped = take_step(step)
+            recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
+            steps_run = step + 1
+            if has_diverged(loss, weights_finite(), scaler, scale):
+                diverged_step = step
+                break
+            if progress and step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}", scale=f"{scale:g}", refresh=False)
+    except KeyboardInterrupt:
+        pass  # the step in progress is dropped (its counts were not recorded); the engine reports the rest
+    finally:
+        if bar is not None:
+            bar.close()
     recorder.finish()
-    return step + 1, diverged_step
+    return steps_run, diverged_step

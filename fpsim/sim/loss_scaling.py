@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .checks import is_finite_number
+from .checks import integer, is_finite_number, positive_number
 
 SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale", "max_scale",
                   "hysteresis")
@@ -47,18 +47,17 @@ class LossScaler:
     def __init__(self, init_scale: float = 2.0 ** 16, *, dynamic: bool = True, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000, min_scale: float = 1.0,
                  max_scale: float | None = None, hysteresis: int = 1):
-        _positive("init_scale", init_scale)
+        positive_number("init_scale", init_scale)
         if dynamic:
             if not (is_finite_number(growth_factor) and growth_factor > 1):
                 raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
             if not (is_finite_number(backoff_factor) and 0 < backoff_factor < 1):
                 raise ValueError(f"backoff_factor must be a number in (0, 1), got {backoff_factor!r}")
-            for name, value in (("growth_interval", growth_interval), ("hysteresis", hysteresis)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            _positive("min_scale", min_scale)
+            growth_interval = integer("growth_interval", growth_interval, 1)
+            hysteresis = integer("hysteresis", hysteresis, 1)
+            positive_number("min_scale", min_scale)
             if max_scale is not None:
-                _positive("max_scale", max_scale)
+                positive_number("max_scale", max_scale)
                 if max_scale < min_scale:
                     raise ValueError(f"max_scale ({max_scale}) is below min_scale ({min_scale})")
             if not min_scale <= init_scale <= (max_scale or math.inf):
@@ -123,6 +122,15 @@ class LossScaler:
         return cls(loss_scale, dynamic=False)
 
 
-def _positive(name, value):
-    if not (is_finite_number(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+def loss_scale_of(loss_scale) -> float | str | None:
+    """A loss scale in its canonical form, the one rule for every place that takes one: None (no scaling),
+    a positive finite number (as a float), or ``"dynamic"`` in any case, spaces around allowed."""
+    if loss_scale is None:
+        return None
+    if isinstance(loss_scale, str):
+        if loss_scale.strip().lower() == "dynamic":
+            return "dynamic"
+        raise ValueError(f"loss_scale must be a positive number or 'dynamic' (or None), got {loss_scale!r}")
+    if not (is_finite_number(loss_scale) and loss_scale > 0):
+        raise ValueError(f"loss_scale must be a positive finite number or 'dynamic' (or None), got {loss_scale!r}")
+    return float(loss_scale)

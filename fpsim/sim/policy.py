@@ -33,12 +33,14 @@ FP8 casts.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 
 from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, Format, get_format
-from .checks import is_finite_number
 from ..ops.quantize import PRESETS
-from .scaling import SCALED_KINDS, Scaling
+from .loss_scaling import loss_scale_of
+from .scaling import SCALED_KINDS, Scaling, delayed_scaled_max
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
@@ -49,6 +51,9 @@ does (matrix products in 16 bits; softmax, norms, exp/log, sums and losses in FP
 precision of their inputs); ``"low-precision"`` runs every operation in them (pure 16-bit, ``model.half()``)."""
 
 _FORMAT_FIELDS = ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss")
+
+MAX_POLICY_FILE_BYTES = 1 << 20
+"""Largest JSON policy file read (a policy is a few hundred bytes; this refuses a wrong path, e.g. a data set)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Policy:
     loss: Format = FP32
     """Format of the softmax / cross-entropy (or squared error) and of its gradient."""
     loss_scale: float | str | None = None
-    """None (no scaling, no inf/NaN check), a constant scale (> 0), or ``"dynamic"`` (GradScaler)."""
+    """None (no scaling, no inf/NaN check), a constant scale (> 0), or ``"dynamic"`` (GradScaler; any case)."""
     update_rounding: str = "nearest"
     """Rounding of the updated weights into their format: one of ``UPDATE_ROUNDINGS``."""
     kahan: bool = False
@@ -81,9 +86,10 @@ class Policy:
     """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
     scaling: tuple | None = None
     """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for kinds of
-    ``SCALED_KINDS`` (a kind left out is cast unscaled); given as a dict kind -> Scaling (or its dict).
-    None: no scaling, the 16-bit recipe above.  With a recipe only the products' operands are
-    quantized (see the module docstring)."""
+    ``SCALED_KINDS``, in that order; given as a dict kind -> Scaling (or its kind name, or its dict).  A kind
+    left out is cast unscaled, so it is kept only when scaled: ``{}`` and ``{"params": "none"}`` are one
+    recipe, every operand plainly cast.  None: no scaling, the 16-bit recipe above.  With a recipe only the
+    products' operands are quantized (see the module docstring)."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -92,14 +98,7 @@ class Policy:
             object.__setattr__(self, field, get_format(getattr(self, field)))
         if self.master is not None:
             object.__setattr__(self, "master", get_format(self.master))
-        scale = self.loss_scale
-        if isinstance(scale, str):
-            if scale != "dynamic":
-                raise ValueError(f"loss_scale must be None, a positive number or 'dynamic', got {scale!r}")
-        elif scale is not None:
-            if not (is_finite_number(scale) and scale > 0):
-                raise ValueError(f"loss_scale must be None, a positive finite number or 'dynamic', got {scale!r}")
-            object.__setattr__(self, "loss_scale", float(scale))
+        object.__setattr__(self, "loss_scale", loss_scale_of(self.loss_scale))
         if self.update_rounding not in UPDATE_ROUNDINGS:
             raise ValueError(f"update_rounding must be one of {', '.join(UPDATE_ROUNDINGS)}, "
                              f"got {self.update_rounding!r}")
@@ -119,13 +118,16 @@ class Policy:
             if unknown:
                 raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use "
                                  f"{', '.join(SCALED_KINDS)}")
-            object.__setattr__(self, "scaling",
-                               tuple((k, Scaling.coerce(given[k])) for k in SCALED_KINDS if k in given))
+            recipes = {kind: Scaling.coerce(given[kind]) for kind in SCALED_KINDS if kind in given}
+            object.__setattr__(self, "scaling", tuple((kind, scaling) for kind, scaling in recipes.items()
+                                                      if scaling.kind != "none"))
             for kind, scaling in self.scaling:
                 if scaling.kind == "block" and PRESETS[scaling.block].element != getattr(self, kind):
                     raise ValueError(f"{kind} are in {getattr(self, kind).name} but their block scaling "
                                      f"{scaling.block} has {PRESETS[scaling.block].element.name} elements: "
                                      f"make them agree")
+                if scaling.kind == "delayed":
+                    delayed_scaled_max(scaling.margin, getattr(self, kind))  # refuses a margin it cannot take
             if self.placement != "autocast" or self.master is None:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
                                  "placement='autocast' and master weights (master='fp32')")
@@ -141,28 +143,68 @@ class Policy:
         presets = {**POLICIES, **SCALED_POLICIES}
         if isinstance(name, str) and name.strip().lower() in presets:
             return presets[name.strip().lower()]
-        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(presets)}")
+        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(presets)}, or the path of a JSON file "
+                         "of Policy fields (FILE.json)")
 
     @classmethod
     def coerce(cls, spec) -> "Policy":
-        """A Policy from a Policy, a preset name, or a dict of fields.
+        """A Policy from a Policy, a preset name, the path of a JSON file of fields, or a dict of fields.
 
         A dict may name a ``"preset"`` to start from and override some of its
         fields, e.g. ``{"preset": "fp16-mixed", "loss_scale": 1024}``; formats may
         be given as names (``"bf16"``, ``"e6m9"``) or as dicts of Format fields.
+        A string that is no preset's name is read as a file (``from_file``) when
+        it ends in ``.json`` or names an existing file.
         """
         if isinstance(spec, Policy):
             return spec
         if isinstance(spec, str):
+            if spec.strip().lower() not in {**POLICIES, **SCALED_POLICIES} and (
+                    spec.strip().lower().endswith(".json") or os.path.isfile(os.path.expanduser(spec))):
+                return cls.from_file(spec)
             return cls.preset(spec)
         if isinstance(spec, dict):
             return cls.from_dict(spec)
-        raise TypeError(f"policy must be a Policy, a preset name ({', '.join(POLICIES)}) or a dict of fields; "
-                        f"got {type(spec).__name__}")
+        raise TypeError(f"policy must be a Policy, a preset name ({', '.join(POLICIES)}), a JSON file's path or a "
+                        f"dict of fields; got {type(spec).__name__}")
+
+    @classmethod
+    def from_file(cls, path) -> "Policy":
+        """The policy of a JSON file holding a dict of fields (``from_dict``'s); without a ``"name"`` or a
+        ``"preset"``, the policy is named after the file (``good.json``: ``good``)."""
+        path = os.path.expanduser(os.fspath(path))
+        if not os.path.isfile(path):
+            raise ValueError(f"no policy file {path!r} (and no preset of that name: use one of "
+                             f"{', '.join({**POLICIES, **SCALED_POLICIES})})")
+        if os.path.getsize(path) > MAX_POLICY_FILE_BYTES:
+            raise ValueError(f"policy file {path} is {os.path.getsize(path)} bytes, beyond the "
+                             f"{MAX_POLICY_FILE_BYTES} a JSON dict of Policy fields needs: is it the right file?")
+        try:
+            with open(path, encoding="utf-8") as file:
+                fields = json.load(file)
+        except OSError as error:
+            raise ValueError(f"cannot read policy file {path}: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"policy file {path} is not UTF-8 text (byte {error.start})") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"policy file {path} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(f"policy file {path} is nested too deeply: give a flat dict") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"policy file {path} must hold a JSON dict of Policy fields, e.g. "
+                             f'{{"preset": "fp16-mixed", "loss_scale": 1024}}; it holds a {type(fields).__name__}')
+        if "name" not in fields and "preset" not in fields:
+            fields["name"] = os.path.splitext(os.path.basename(path))[0] or "custom"
+        return cls.from_dict(fields)
 
     @classmethod
     def from_dict(cls, fields: dict) -> "Policy":
-        """Inverse of ``to_dict`` (also accepts a ``"preset"`` key, see ``coerce``)."""
+        """Inverse of ``to_dict`` (also accepts a ``"preset"`` key, see ``coerce``).
+
+        Over a preset, a ``scaling`` dict merges into the preset's recipes kind by kind
+        (a kind given replaces that kind's recipe, the others keep the preset's); and a
+        policy that then differs from the preset is named ``PRESET*`` unless a ``name`` is given.
+        """
         fields = dict(fields)
         preset = fields.pop("preset", None)
         base = cls.preset(preset) if preset is not None else cls()
@@ -174,9 +216,12 @@ class Policy:
         for field in (*_FORMAT_FIELDS, "master"):
             if isinstance(fields.get(field), dict):
                 fields[field] = Format(**fields[field])
-        if preset is not None and fields and "name" not in fields:
-            fields["name"] = f"{base.name}*"  # a modified preset must not pass for the preset itself
-        return dataclasses.replace(base, **fields)
+        if isinstance(fields.get("scaling"), dict) and base.scaling is not None:
+            fields["scaling"] = {**dict(base.scaling), **fields["scaling"]}
+        policy = dataclasses.replace(base, **fields)
+        if preset is not None and "name" not in fields and policy != base:
+            policy = dataclasses.replace(policy, name=f"{base.name}*")  # must not pass for the preset itself
+        return policy
 
     def to_dict(self) -> dict:
         """A JSON-able dict: formats by name when built in, else as a dict of their fields."""
@@ -189,18 +234,35 @@ class Policy:
         return out
 
     def describe(self) -> str:
-        """One line: the format of each tensor, the loss scaling and the update rule."""
+        """One line: the format of each tensor, the loss scaling, the update rule and every scaling recipe with
+        its settings; two policies that train differently never describe alike."""
         update = "kahan" if self.kahan else self.update_rounding
-        return (f"{self.name}: params {self.params}, activations {self.activations}, gradients {self.gradients}, "
-                f"accumulate {self.accumulate}, master {self.master or 'none'}, optimizer state "
-                f"{self.optimizer_state}, loss {self.loss}, loss scale {self.loss_scale or 'none'}, "
-                f"update {update}, placement "
-                + ("products' operands only (FP8 recipe)" if self.scaling else self.placement)
-                + "".join(f", {kind} scaling {_describe_scaling(scaling)}" for kind, scaling in self.scaling or ()))
+        formats = {field: _describe_format(getattr(self, field)) for field in _FORMAT_FIELDS}
+        return (f"{self.name}: params {formats['params']}, activations {formats['activations']}, gradients "
+                f"{formats['gradients']}, accumulate {formats['accumulate']}, master "
+                f"{_describe_format(self.master) if self.master else 'none'}, optimizer state "
+                f"{formats['optimizer_state']}, loss {formats['loss']}, loss scale "
+                f"{'none' if self.loss_scale is None else self.loss_scale}, update {update}, placement "
+                + ("products' operands only (FP8 recipe)" if self.scaling is not None else self.placement)
+                + "".join(f", {kind} scaling {_describe_scaling(dict(self.scaling).get(kind, Scaling()))}"
+                          for kind in (SCALED_KINDS if self.scaling is not None else ())))
 
 
 def _describe_scaling(scaling: Scaling) -> str:
-    return scaling.block if scaling.kind == "block" else scaling.kind
+    """A recipe with the settings it uses: ``current``, ``delayed (history 1024, margin 0, amax max)``,
+    ``mxfp8_e4m3 (scale rounding floor)``, ..."""
+    if scaling.kind == "delayed":
+        return (f"delayed (history {scaling.history_len}, margin {scaling.margin:g}, "
+                f"amax {scaling.amax_compute})")
+    if scaling.kind == "block":
+        uses_rounding = PRESETS[scaling.block].scale_format == "e8m0"  # the other scale formats round to nearest
+        return scaling.block + (f" (scale rounding {scaling.scale_rounding})" if uses_rounding else "")
+    return scaling.kind
+
+
+def _describe_format(fmt: Format) -> str:
+    """A built-in format by name, any other by its fields (a custom format may reuse a name)."""
+    return fmt.name if FORMATS.get(fmt.name) == fmt else repr(fmt)
 
 
 def _format_to_json(fmt: Format):

@@ -19,8 +19,10 @@ STATUSES = {
     "diverged": "a stored weight or the loss became inf/NaN and the run stopped (at diverged_step)",
     "no updates": "no stored weight ever changed: every step was skipped, or every update was lost",
     "loss-scale floor": "the dynamic loss scale overflowed at its floor (min_scale_hits), so those steps were skipped",
+    "interrupted": "stopped by Ctrl-C after steps_run steps: a partial run, not comparable with finished ones",
 }
-"""How a run ended (``TrainResult.status``); the first that applies, in this order, is given."""
+"""How a run ended (``TrainResult.status``); the first that applies, in this order, is given ("interrupted", for
+a run stopped before its last step without diverging, stands before them all)."""
 
 
 def run_status(*, diverged: bool, weights_changed: int, min_scale_hits: int) -> str:
@@ -76,7 +78,7 @@ class TrainResult:
     steps_run: int = 0
     """Steps executed (fewer than ``config["steps"]`` after a divergence)."""
     status: str = "ok"
-    """How the run ended: one of ``STATUSES`` ("ok", "diverged", "no updates", "loss-scale floor")."""
+    """How the run ended: one of ``STATUSES`` ("ok", "diverged", "no updates", "loss-scale floor", "interrupted")."""
     history: list = field(default_factory=list)
     """One dict per step: loss, loss_scale, skipped, and per kind the counts nonzero, underflow,
     subnormal, overflow, nonfinite; updated, lost_updates, update_magnitude, lost_update_magnitude; under a
@@ -157,6 +159,7 @@ def result_of_run(config: dict, policy_name: str, recorder, scaler, *, steps_run
     ``layers``: the recorder's ``layer_summaries()`` with what the engine adds (shapes, parameter counts).
     """
     history = recorder.history
+    interrupted = diverged_step is None and steps_run < config["steps"]  # only Ctrl-C stops a run early (run_steps)
     kept = [r["loss"] for r in history if not r["skipped"]][-FINAL_LOSS_STEPS:]
     final_loss = float(np.mean(kept)) if kept and diverged_step is None and None not in kept else None
     min_scale_hits = scaler.min_scale_hits if scaler is not None else 0
@@ -174,7 +177,8 @@ def result_of_run(config: dict, policy_name: str, recorder, scaler, *, steps_run
         diverged=diverged_step is not None, diverged_step=diverged_step,
         min_scale_hits=min_scale_hits, min_scale_step=scaler.min_scale_step if scaler is not None else None,
         steps_run=steps_run,
-        status=run_status(diverged=diverged_step is not None, min_scale_hits=min_scale_hits,
-                          weights_changed=sum(r["updated"] - r["lost_updates"] for r in history)),
+        status="interrupted" if interrupted else run_status(
+            diverged=diverged_step is not None, min_scale_hits=min_scale_hits,
+            weights_changed=sum(r["updated"] - r["lost_updates"] for r in history)),
         history=history, layers=layers, layer_history=recorder.layer_history,
         histograms=recorder.histograms, shadow=recorder.shadow, scaling=recorder.scaling)

@@ -22,11 +22,17 @@ the earlier steps', oldest first), once per step after the casts:
 
     amax = max(H)  ("max")  or  H[0]  ("most_recent")
     scale = RN32(RN32(max * 2^-margin) / amax)   if amax is finite and > 0, else unchanged
+    scale = FP32 max                              if that is inf (an amax too small for FP32)
     (RN32: rounding to FP32, as TE computes in float; exact for whole-number margins)
     H = [0, H[2], ..., H[L-1], H[0]]             (the oldest drops out)
 
 The scale starts at 1, so a step's tensors are cast with the scale computed after the
 step before (the lag that makes delayed scaling overflow after a jump in magnitude).
+The margin is checked against the element format (``delayed_scaled_max``): the
+numerator RN32(max * 2^-margin) must be finite and large enough that the scale stays
+positive for every finite FP32 amax (RN32(RN32(max * 2^-margin) / FP32 max) > 0), so
+a margin is refused when the policy is made, not at the first step.  The history is
+``history_len`` FP32 numbers per module and operand, at most ``MAX_HISTORY_LEN``.
 
 ``ScaledCasts`` applies a policy's recipes in a training step, for both engines: it is
 the one place where a product's operand is scaled, rounded to its element format
@@ -46,6 +52,7 @@ from ..numerics.formats import FP32, get_format
 from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
 from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, quantize
+from .checks import is_finite_number
 
 SCALED_KINDS = ("params", "activations", "gradients")
 """The tensor kinds a ``scaling`` recipe may cover: the operands of a matrix product (each the name of the
@@ -53,6 +60,10 @@ policy field giving its element format)."""
 
 SCALING_KINDS = ("none", "current", "delayed", "row", "block")
 AMAX_COMPUTE = ("max", "most_recent")
+
+MAX_HISTORY_LEN = 1 << 20
+"""Longest amax history of a ``delayed`` scaling: 2^20 FP32 amaxes, 4 MiB per module and operand (TE's default
+is 1024); each step also copies it once to roll it."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +86,13 @@ class Scaling:
     def __post_init__(self):
         if self.kind not in SCALING_KINDS:
             raise ValueError(f"unknown scaling kind {self.kind!r}: use one of {', '.join(SCALING_KINDS)}")
-        if isinstance(self.history_len, bool) or not isinstance(self.history_len, (int, np.integer)) \
-                or self.history_len < 1:
-            raise ValueError(f"history_len must be a positive integer, got {self.history_len!r}")
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
+        history_len = self.history_len
+        if isinstance(history_len, bool) or not isinstance(history_len, (int, np.integer)) or history_len < 1:
+            raise ValueError(f"history_len must be a positive integer, got {history_len!r}")
+        if history_len > MAX_HISTORY_LEN:
+            raise ValueError(f"history_len must be at most {MAX_HISTORY_LEN}: a history of {history_len} FP32 "
+                             f"amaxes needs {_bytes(4 * history_len)} per module and operand, got {history_len}")
+        if not is_finite_number(self.margin):
             raise ValueError(f"margin must be a finite number, got {self.margin!r}")
         if self.amax_compute not in AMAX_COMPUTE:
             raise ValueError(f"amax_compute must be one of {', '.join(AMAX_COMPUTE)}, got {self.amax_compute!r}")
@@ -89,7 +103,7 @@ class Scaling:
             raise ValueError(f"unknown block preset {self.block!r}: use one of {', '.join(PRESETS)}")
         if self.scale_rounding not in SCALE_ROUNDINGS:
             raise ValueError(f"scale_rounding must be one of {', '.join(SCALE_ROUNDINGS)}, got {self.scale_rounding!r}")
-        object.__setattr__(self, "history_len", int(self.history_len))
+        object.__setattr__(self, "history_len", int(history_len))
         object.__setattr__(self, "margin", float(self.margin))
 
     @classmethod
@@ -123,6 +137,49 @@ class Scaling:
                         f"got {type(spec).__name__}")
 
 
+_MARGIN_SEARCH = 1000
+"""|margin| beyond which no element format in FP32's range qualifies; keeps 2^-margin a normal float64."""
+
+
+def delayed_scaled_max(margin: float, fmt) -> np.float32:
+    """RN32(max * 2^-margin), the numerator of a delayed scale for elements in ``fmt``, once ``margin`` is checked:
+    it must leave the numerator finite and the scale positive for every finite FP32 amax (see the module
+    docstring); otherwise a one-line ``ValueError`` naming ``margin`` and the whole margins that qualify."""
+    fmt = get_format(fmt)
+    if is_finite_number(margin) and abs(margin) <= _MARGIN_SEARCH and _keeps_scale_positive_finite(margin, fmt):
+        return np.float32(mul(fmt.max, 2.0 ** -float(margin), FP32))
+    low, high = _margin_range(fmt)
+    raise ValueError(f"margin must keep the delayed scale (max * 2^-margin) / amax a positive finite FP32 number "
+                     f"for {fmt.name} elements (max {fmt.max:g}), as whole margins from {low} to {high} do; "
+                     f"got {margin!r}")
+
+
+def _keeps_scale_positive_finite(margin: float, fmt) -> bool:
+    scaled_max = mul(fmt.max, 2.0 ** -float(margin), FP32)
+    return bool(np.isfinite(scaled_max) and div(scaled_max, FP32.max, FP32) > 0)
+
+
+def _margin_range(fmt) -> tuple[int, int]:
+    """The lowest and highest whole margins ``_keeps_scale_positive_finite`` accepts for ``fmt`` (bisection: the
+    accepted margins are an interval, the numerator falling as the margin grows)."""
+    center = math.floor(math.log2(fmt.max))  # the numerator is about 1 here: accepted
+    lowest, highest = center, center
+    for step in (1 << k for k in range(9, -1, -1)):
+        if lowest - step >= -_MARGIN_SEARCH and _keeps_scale_positive_finite(lowest - step, fmt):
+            lowest -= step
+        if highest + step <= _MARGIN_SEARCH and _keeps_scale_positive_finite(highest + step, fmt):
+            highest += step
+    return lowest, highest
+
+
+def _bytes(count: int) -> str:
+    """A byte count for a message: 4 MiB, 7.5 GiB, ..."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} bytes"
+
+
 class DelayedScaler:
     """One tensor's amax history and FP32 scale under a ``delayed`` Scaling: Transformer Engine's rule.
 
@@ -134,9 +191,9 @@ class DelayedScaler:
         if scaling.kind != "delayed":
             raise ValueError(f"DelayedScaler needs a 'delayed' scaling, got {scaling.kind!r}")
         self.scaling = scaling
+        self.scaled_max = delayed_scaled_max(scaling.margin, fmt)
         self.history = np.zeros(scaling.history_len, dtype=np.float32)
         self.scale = np.float32(1.0)
-        self.scaled_max = np.float32(mul(get_format(fmt).max, 2.0**-scaling.margin, FP32))
 
     def record(self, amax) -> None:
         """Note the amax of one cast in this step (several casts of the tensor keep the largest)."""
@@ -147,7 +204,8 @@ class DelayedScaler:
         history = self.history
         amax = history[0] if self.scaling.amax_compute == "most_recent" else history.max()
         if np.isfinite(amax) and amax > 0:
-            self.scale = np.float32(div(self.scaled_max, amax, FP32))
+            scale = np.float32(div(self.scaled_max, amax, FP32))
+            self.scale = scale if np.isfinite(scale) else np.float32(FP32.max)  # TE: an inf scale is FP32 max
         self.history = np.roll(history, -1)  # [H[1], ..., H[L-1], H[0]], then the oldest, H[1], makes room
         self.history[0] = 0
         return self.scale
