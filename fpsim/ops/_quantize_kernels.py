@@ -23,8 +23,8 @@ from numba.extending import overload
 
 from ..numerics._kernels import float_bits, round_nearest_branchless
 
-FLOOR, CEIL, EVEN, RCEIL = range(4)
-SCALE_ROUNDING_CODES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL}
+FLOOR, CEIL, EVEN, RCEIL, FLOOR_SCALE = range(5)
+SCALE_ROUNDING_CODES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL, "floor-scale": FLOOR_SCALE}
 NAN_EXPONENT = 128
 """``mx_exponent``'s answer for a NaN scale (E8M0 code 0xFF)."""
 
@@ -79,13 +79,15 @@ def _magnitude_bits(x):
 
 
 @njit(cache=True, inline="always")
-def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
+def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max, element_max):
     """The E8M0 scale exponent of a block whose largest magnitude has the bit pattern ``largest``; NAN_EXPONENT for NaN.
 
     ``largest`` is in the layout of ``like`` (float32 or float64).  With A its value:
     floor: floor(log2 A) - emax; ceil: ceil(log2 A) - emax; even: floor(log2 of A rounded
     to ``mantissa_bits`` + 1 significant bits, ties away) - emax; rceil: ceil(log2 v) with
-    v = float32(float32(A) * reciprocal_max), ``reciprocal_max`` = float32(1 / max).
+    v = float32(float32(A) * reciprocal_max), ``reciprocal_max`` = float32(1 / max); floor-scale
+    (float32 ``like`` only: float32(A) must be A): -floor(log2 min(float32(element_max / A), FP32 max)),
+    ``element_max`` = float32(max), and 0 for A = 0 (Transformer Engine's X = 1).
     Below -127 the exponent is -127 (A = 0 included); above 127, or A inf / NaN, NaN.
     The binade is read from the exponent field: exact for normal A, and a subnormal A
     only reaches exponents below -127, which clamp.
@@ -93,6 +95,16 @@ def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
     mant_in, bias_in, inf_bits = layout(like)
     if largest >= inf_bits:
         return NAN_EXPONENT
+    if rounding == FLOOR_SCALE:
+        if largest == 0:
+            return 0
+        s = np.float32(element_max / np.float32(float_of_bits(largest, like)))
+        if not s <= np.float32(3.4028234663852886e38):  # max / A overflows: Transformer Engine takes FP32's max
+            s = np.float32(3.4028234663852886e38)
+        sbits = np.int64(np.float32(s).view(np.uint32))
+        if sbits < 0x00800000:  # a subnormal s: 1 / 2^floor(log2 s) is 2^127 in [2^-127, 2^-126), above 2^127 below
+            return 127 if sbits >= 0x00400000 else NAN_EXPONENT
+        return 127 - (sbits >> 23)
     if largest == 0:
         return -127
     if rounding == RCEIL:
@@ -116,12 +128,12 @@ def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
 
 
 @njit(cache=True)
-def mx_exponents(amax, rounding, emax, mantissa_bits, reciprocal_max):
+def mx_exponents(amax, rounding, emax, mantissa_bits, reciprocal_max, element_max):
     """``mx_exponent`` of every element of the float64 array ``amax`` (an int64 array)."""
     out = np.empty(amax.shape[0], dtype=np.int64)
     for i in range(amax.shape[0]):
         out[i] = mx_exponent(float_bits(amax[i]) & 0x7FFFFFFFFFFFFFFF, amax[i], rounding, emax, mantissa_bits,
-                             reciprocal_max)
+                             reciprocal_max, element_max)
     return out
 
 
@@ -138,7 +150,7 @@ which stays in the L1/L2 cache between the task's passes)."""
 
 
 @njit(cache=True, parallel=True)
-def quantize_pow2_blocks(x, out, scales, block, rounding, emax, mantissa_bits, reciprocal_max, nearest):
+def quantize_pow2_blocks(x, out, scales, block, rounding, emax, mantissa_bits, reciprocal_max, element_max, nearest):
     """Quantize every block of ``block`` consecutive values in each row of ``x`` (2-D, float32 or float64).
 
     The last block of a row may be shorter.  ``scales`` (rows, blocks; float64) receives each
@@ -170,7 +182,7 @@ def quantize_pow2_blocks(x, out, scales, block, rounding, emax, mantissa_bits, r
                 amax = max(amax, magnitude_bits(flat_x[i]))
             largest[j] = amax
         for j in range(count):
-            e = mx_exponent(largest[j], like, rounding, emax, mantissa_bits, reciprocal_max)
+            e = mx_exponent(largest[j], like, rounding, emax, mantissa_bits, reciprocal_max, element_max)
             flat_scales[row * blocks + first + j] = pow2(e, 1.0)
             factors[j] = pow2(e, like)
             inverses[j] = pow2(-e if e != NAN_EXPONENT else e, like)
