@@ -193,3 +193,21 @@ def test_bad_block_sizes_give_one_line():
             fpsim.quantize(x, "mxfp4", **kwargs) if "scaling" not in kwargs else fpsim.quantize(x, "e4m3", **kwargs)
     with pytest.raises(ValueError, match="2 or more dimensions"):
         fpsim.quantize(np.ones(8), "mxfp4", block_size=(2, 2))
+
+
+def test_the_tile_kernel_in_parallel_and_on_empty_and_odd_shapes_matches_the_tile_grouping():
+    """The fused tile kernel (E8M0, nearest) against the grouping path (stochastic mode off: ``mode`` 'nearest'
+    via the reference), on a matrix over the parallel threshold split into strips, and on edge shapes."""
+    rng = np.random.default_rng(9)
+    x = spread(rng, (512, 1024))
+    whole = fpsim.quantize(x, "mxfp8_e4m3", scale_rounding="floor-scale", block_size=(128, 128))
+    strips = [fpsim.quantize(part, "mxfp8_e4m3", scale_rounding="floor-scale", block_size=(128, 128))
+              for part in np.split(x, 4)]
+    assert same_bits(whole, np.concatenate(strips))
+    for shape in [(0, 5), (3, 0), (1, 1), (2, 3, 129, 3)]:
+        y = spread(rng, shape) if 0 not in shape else np.zeros(shape, dtype=np.float32)
+        for rounding in ("floor", "floor-scale"):
+            values, scales = fpsim.quantize(y, "mxfp4", scale_rounding=rounding, block_size=(128, 2),
+                                            return_scales=True)
+            expected, expected_scales = quantize_reference(y, "mxfp4", scale_rounding=rounding, block_size=(128, 2))
+            assert same_bits(values, expected) and same_bits(scales, expected_scales), (shape, rounding)

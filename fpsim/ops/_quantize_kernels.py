@@ -198,3 +198,43 @@ def _block_range(row, b, block, n):
     """Flat (start, stop) of block ``b`` of row ``row`` of a row-major (rows, n) array, as unsigned integers
     (see the module doc)."""
     return np.uint64(row * n + b * block), np.uint64(row * n + min(b * block + block, n))
+
+
+@njit(cache=True, parallel=True)
+def quantize_pow2_tiles(x, out, scales, tile_rows, tile_cols, rounding, emax, mantissa_bits, reciprocal_max,
+                        element_max, nearest):
+    """``quantize_pow2_blocks`` for 2-D tiles: ``x`` and ``out`` (batch, rows, cols), C-contiguous, float32 or
+    float64; each ``tile_rows`` x ``tile_cols`` tile (edge tiles smaller) shares one scale, written to ``scales``
+    (batch, tile rows, tile columns; float64).
+
+    A task is one strip of tiles (``tile_rows`` rows of one matrix) in two passes, amaxes then values, each
+    row by row over contiguous runs of ``tile_cols`` values: no padded or transposed copy of the input.
+    """
+    batch, rows, cols = x.shape
+    grid_rows, grid_cols = scales.shape[1], scales.shape[2]
+    flat_x, flat_out, flat_scales = x.reshape(-1), out.reshape(-1), scales.reshape(-1)
+    like = flat_x[0] if flat_x.shape[0] else x.dtype.type(0)
+    for task in prange(batch * grid_rows):
+        matrix, strip = task // grid_rows, task % grid_rows
+        first, last = strip * tile_rows, min(strip * tile_rows + tile_rows, rows)
+        largest = np.zeros(grid_cols, dtype=np.int64)
+        factors = np.empty(grid_cols, dtype=x.dtype)
+        inverses = np.empty(grid_cols, dtype=x.dtype)
+        for i in range(first, last):
+            for t in range(grid_cols):
+                start, stop = _block_range(matrix * rows + i, t, tile_cols, cols)
+                amax = magnitude_bits(as_type_of(0.0, like))
+                for k in range(start, stop):
+                    amax = max(amax, magnitude_bits(flat_x[k]))
+                largest[t] = max(largest[t], np.int64(amax))
+        for t in range(grid_cols):
+            e = mx_exponent(largest[t], like, rounding, emax, mantissa_bits, reciprocal_max, element_max)
+            flat_scales[task * grid_cols + t] = pow2(e, 1.0)
+            factors[t] = pow2(e, like)
+            inverses[t] = pow2(-e if e != NAN_EXPONENT else e, like)
+        for i in range(first, last):
+            for t in range(grid_cols):
+                start, stop = _block_range(matrix * rows + i, t, tile_cols, cols)
+                factor, inverse = factors[t], inverses[t]
+                for k in range(start, stop):
+                    flat_out[k] = float_of_bits(round_nearest_branchless(flat_x[k] * inverse, nearest), like) * factor

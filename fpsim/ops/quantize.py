@@ -303,9 +303,13 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
     array, exact_inputs = _as_float_array(x)
     if exact_inputs is not None:
         raise ValueError("quantize reads float64 values: pass integers below 2^53 and no long doubles")
+    fused = spec.scale_format == "e8m0" and mode == "nearest" and \
+        (spec.scale_rounding != "floor-scale" or array.dtype == np.float32)
+    if fused and isinstance(spec.block_size, tuple):
+        values, scales = _pow2_tiles_fused(array, spec, saturate, axis)
+        return (values, scales) if return_scales else values
     rows, block, groups, layout = _rows(array, spec, axis)
-    if spec.scale_format == "e8m0" and mode == "nearest" and \
-            (spec.scale_rounding != "floor-scale" or rows.dtype == np.float32):
+    if fused:
         out, scales = _pow2_fused(rows, block, groups, spec, saturate)
     else:
         out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng, scale)
@@ -342,6 +346,25 @@ def _pow2_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate
     with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
         kernels.quantize_pow2_blocks(rows, out, scales, block, *_mx_arguments(spec), nearest)
     return out, scales
+
+
+def _pow2_tiles_fused(array: np.ndarray, spec: _Spec, saturate: bool, axis: int):
+    """E8M0 scaling of 2-D tiles in mode nearest: the numba tile kernel on the input in place of ``_rows``'s
+    padded tile copy (same checks; ``_rows`` defines the grouping, the tests hold the two together)."""
+    _tile_rows(array[..., :0, :0] if array.ndim >= 2 else array, spec.block_size, axis)  # the checks, no copy
+    lead, (n_rows, n_cols) = array.shape[:-2], array.shape[-2:]
+    r, c = min(spec.block_size[0], max(n_rows, 1)), min(spec.block_size[1], max(n_cols, 1))
+    grid = (max(-(-n_rows // r), 1), max(-(-n_cols // c), 1))
+    matrices = np.ascontiguousarray(array).reshape(math.prod(lead), n_rows, n_cols)
+    out = np.empty_like(matrices)
+    scales = np.empty((matrices.shape[0],) + grid, dtype=np.float64)
+    if matrices.size == 0:
+        scales[...] = _pow2_scales(np.zeros(1), spec)[0]
+    else:
+        nearest = kernel_params(spec.element, matrices.dtype).nearest_args(saturate)
+        with threads_for(matrices.size, PARALLEL_MIN_ELEMENTS):
+            kernels.quantize_pow2_tiles(matrices, out, scales, r, c, *_mx_arguments(spec), nearest)
+    return out.reshape(array.shape), scales.reshape(lead + grid)
 
 
 def _pow2_scales(amax: np.ndarray, spec: _Spec) -> np.ndarray:
