@@ -306,3 +306,22 @@ def test_nvfp4_matches_torchaos_to_nvfp4_with_a_per_tensor_scale():
         tensor = torch.from_numpy(x)
         nvfp4 = NVFP4Tensor.to_nvfp4(tensor, per_tensor_scale=per_tensor_amax_to_scale(tensor.abs().max()))
         assert same_bits(fpsim.quantize(x, "nvfp4"), nvfp4.dequantize(torch.float32).numpy()).all()
+
+
+def test_fp32_products_at_exact_midpoints_round_to_even_without_the_fraction_path():
+    """RN32(a * b) where the float64 product is exact is taken from it (NVFP4's d = P * s, an FP32 number times
+    an E4M3 one, is often an FP32 midpoint exactly); checked against Fractions, with inexact and tiny products."""
+    from fractions import Fraction
+
+    from fpsim.ops.quantize import _exact_products, _fp32_of
+
+    rng = np.random.default_rng(13)
+    fp32 = np.ldexp(rng.uniform(1, 2, 4000), rng.integers(-60, 60, 4000)).astype(np.float32).astype(np.float64)
+    e4m3 = fpsim.round(rng.uniform(-448, 448, 4000), "e4m3")
+    wide = rng.uniform(1, 2, 4000) * 2.0 ** rng.integers(-600, -400, 4000)   # 53-bit significands, tiny products
+    for a, b in ((fp32, e4m3), (fp32, wide), (wide, wide), (np.array([1 + 2.0**-23]), np.array([1.5]))):
+        got = _fp32_of(np.multiply, a, b)
+        expected = [fpsim.round_exact(Fraction(float(x)) * Fraction(float(y)), fpsim.FP32) for x, y in zip(a, b)]
+        assert same_bits(got, expected).all()
+    assert _fp32_of(np.multiply, np.array([1 + 2.0**-23]), np.array([1.5]))[0] == np.float32(1.5 + 2.0**-22)
+    assert _exact_products(fp32, e4m3, fp32 * e4m3).all() and not _exact_products(wide, wide, wide * wide).any()

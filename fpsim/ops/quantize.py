@@ -477,10 +477,28 @@ def _fp32_of(operation, a, b) -> np.ndarray:
         out = np.array(r, dtype=np.float32)
         unsure = (np.nextafter(r, -np.inf).astype(np.float32) != np.nextafter(r, np.inf).astype(np.float32)) \
             & ~np.isnan(r)
+        if operation is np.multiply and unsure.any():
+            unsure &= ~_exact_products(a, b, r)
     exact = _EXACT_OPERATIONS[operation]
     for index in map(tuple, np.argwhere(unsure)):  # both finite, b != 0: r is finite and not exactly 0
         out[index] = round_exact(exact(Fraction(float(a[index])), Fraction(float(b[index]))), FP32)
     return out
+
+
+def _significant_bits(values: np.ndarray) -> np.ndarray:
+    """The bits of each float64 significand from its leading 1 to its last 1 (0 for zero)."""
+    integers = (np.frexp(values)[0] * 2.0**53).astype(np.int64)
+    lowest = np.abs(integers & -integers).astype(np.float64)   # the lowest set bit, 2^trailing zeros
+    return np.where(values == 0, 0, 53 - (np.frexp(lowest)[1] - 1))
+
+
+def _exact_products(a: np.ndarray, b: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Where the float64 product r = a * b is exact: both significands fit 53 bits together and r is a normal
+    float64 (or 0 from a zero factor); there astype(float32) is the correctly rounded RN32 of a * b, midpoints
+    included (products of an FP32 scale and an E4M3 value are often FP32 midpoints, exactly)."""
+    with np.errstate(invalid="ignore"):
+        fits = _significant_bits(a) + _significant_bits(b) <= 53
+        return np.isfinite(a) & np.isfinite(b) & fits & ((np.abs(r) >= 2.0**-1022) | (a == 0) | (b == 0))
 
 
 # ---- the exact reference -------------------------------------------------------------
