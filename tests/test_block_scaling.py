@@ -211,3 +211,16 @@ def test_the_tile_kernel_in_parallel_and_on_empty_and_odd_shapes_matches_the_til
                                             return_scales=True)
             expected, expected_scales = quantize_reference(y, "mxfp4", scale_rounding=rounding, block_size=(128, 2))
             assert same_bits(values, expected) and same_bits(scales, expected_scales), (shape, rounding)
+
+
+def test_the_nvfp4_te_kernel_in_parallel_matches_its_split_and_the_numpy_path():
+    """float32, mode nearest: the numba kernel; a parallel-sized input equals its strips (each holding the
+    tensor's amax, so T is the same) and the numpy path used for float64 input of the same values."""
+    rng = np.random.default_rng(10)
+    x = spread(rng, (512, 1024))
+    x[::128, 0] = np.float32(1e6)   # T in every strip of 128 rows
+    whole, scales = fpsim.quantize(x, "nvfp4_te", return_scales=True)
+    strips = [fpsim.quantize(part, "nvfp4_te") for part in np.split(x, 4)]
+    assert same_bits(whole, np.concatenate(strips))
+    wide, wide_scales = fpsim.quantize(x.astype(np.float64), "nvfp4_te", return_scales=True)
+    assert same_bits(whole, wide) and same_bits(scales, wide_scales)

@@ -1,4 +1,5 @@
-"""Numba kernels of ``fpsim.quantize``: the E8M0 scale rule and the fused power-of-two block quantizer.
+"""Numba kernels of ``fpsim.quantize``: the E8M0 scale rule, the fused power-of-two block and 2-D tile
+quantizers, and NVFP4 in Transformer Engine's FP32 order (float32 input).
 
 ``mx_exponent`` is the one implementation of the E8M0 scale rules (the Fraction
 reference in ``fpsim.ops.quantize`` is the independent one).  ``quantize_pow2_blocks``
@@ -238,3 +239,35 @@ def quantize_pow2_tiles(x, out, scales, tile_rows, tile_cols, rounding, emax, ma
                 factor, inverse = factors[t], inverses[t]
                 for k in range(start, stop):
                     flat_out[k] = float_of_bits(round_nearest_branchless(flat_x[k] * inverse, nearest), like) * factor
+
+
+@njit(cache=True, parallel=True)
+def quantize_nvfp4_te_blocks(x, out, scales, block, tensor_amax, multiplier, decode, reciprocal_product,
+                             element_max, scale_nearest, element_nearest, clamp):
+    """NVFP4 in Transformer Engine's FP32 order (``fpsim.ops.quantize``, "e4m3-te") for float32 rows ``x``:
+    per block s = E4M3(min(A * multiplier, 448)), e = min(1 / (s * decode), FP32 max), d = (s * T) *
+    reciprocal_product, out = q(clamp(x * e)) * d, every operation a float32 one (IEEE: the RN32 of the
+    formulas, as the inputs are FP32 numbers).  ``scales`` (rows, blocks; float64) receives d; a finite T only.
+    """
+    rows, n = x.shape
+    blocks = scales.shape[1]
+    flat_x, flat_out, flat_scales = x.reshape(-1), out.reshape(-1), scales.reshape(-1)
+    like = np.float32(0)
+    top = np.float32(3.4028234663852886e38)
+    for task in prange(rows * blocks):
+        row, b = task // blocks, task % blocks
+        start, stop = _block_range(row, b, block, n)
+        amax = magnitude_bits(like)
+        for i in range(start, stop):
+            amax = max(amax, magnitude_bits(flat_x[i]))
+        raw = min(np.float32(float_of_bits(amax, like) * multiplier), np.float32(448.0))
+        s = float_of_bits(round_nearest_branchless(raw, scale_nearest), like)
+        product = np.float32(s * decode)
+        encode = top if product == 0 else min(np.float32(np.float32(1) / product), top)
+        d = np.float32(np.float32(s * tensor_amax) * reciprocal_product)
+        flat_scales[task] = d
+        for i in range(start, stop):
+            scaled = np.float32(flat_x[i] * encode)
+            if clamp:
+                scaled = min(max(scaled, -element_max), element_max)
+            flat_out[i] = np.float32(float_of_bits(round_nearest_branchless(scaled, element_nearest), like) * d)

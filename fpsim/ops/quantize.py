@@ -311,6 +311,8 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
     rows, block, groups, layout = _rows(array, spec, axis)
     if fused:
         out, scales = _pow2_fused(rows, block, groups, spec, saturate)
+    elif spec.scale_format == "e4m3-te" and mode == "nearest" and rows.dtype == np.float32 and rows.size:
+        out, scales = _nvfp4_te_fused(rows, block, groups, spec, saturate)
     else:
         out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng, scale)
     values = _restore(out.astype(array.dtype, copy=False), layout)
@@ -365,6 +367,27 @@ def _pow2_tiles_fused(array: np.ndarray, spec: _Spec, saturate: bool, axis: int)
         with threads_for(matrices.size, PARALLEL_MIN_ELEMENTS):
             kernels.quantize_pow2_tiles(matrices, out, scales, r, c, *_mx_arguments(spec), nearest)
     return out.reshape(array.shape), scales.reshape(lead + grid)
+
+
+def _nvfp4_te_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate: bool):
+    """"e4m3-te" for float32 rows in mode nearest: the numba kernel (float32 arithmetic), or ``_nvfp4_te`` when
+    the tensor's amax is not finite."""
+    f32, element = np.float32, spec.element
+    tensor_amax = f32(max(rows.max(), -rows.min()))  # (no |rows| copy; a NaN propagates)
+    if not np.isfinite(tensor_amax):
+        return _grouped(rows, block, groups, spec, saturate, "nearest", None)
+    with np.errstate(divide="ignore", over="ignore"):
+        encode = min(f32(E4M3.max * element.max) / tensor_amax, f32(FP32.max))
+    encode = f32(1) if encode == 0 else encode
+    multiplier = f32(encode * (f32(1) / f32(element.max)))
+    scales = np.empty((rows.shape[0], groups), dtype=np.float64)
+    out = np.empty_like(rows)
+    with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
+        kernels.quantize_nvfp4_te_blocks(rows, out, scales, block, tensor_amax, multiplier, f32(1) / encode,
+                                         f32(1) / f32(E4M3.max * element.max), f32(element.max),
+                                         kernel_params(E4M3, rows.dtype).nearest_args(True),
+                                         kernel_params(element, rows.dtype).nearest_args(saturate), saturate)
+    return out, scales
 
 
 def _pow2_scales(amax: np.ndarray, spec: _Spec) -> np.ndarray:
