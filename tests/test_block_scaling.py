@@ -224,3 +224,16 @@ def test_the_nvfp4_te_kernel_in_parallel_matches_its_split_and_the_numpy_path():
     assert same_bits(whole, np.concatenate(strips))
     wide, wide_scales = fpsim.quantize(x.astype(np.float64), "nvfp4_te", return_scales=True)
     assert same_bits(whole, wide) and same_bits(scales, wide_scales)
+
+
+@pytest.mark.parametrize("kwargs", [dict(fmt="mxfp4", block_size=(16, 16)), dict(fmt="nvfp4_te"),
+                                    dict(fmt="nvfp4_te", block_size=(16, 16))])
+def test_stochastic_rounding_of_tiles_and_nvfp4_te_is_seeded_and_unbiased(kwargs):
+    """Each tile's scale puts 1.25 between the E2M1 values 1 and 1.5 (amax 6 in every tile and block, T = 6)."""
+    x = np.full((400, 32), 1.25, dtype=np.float32)
+    x[:, ::16] = 6.0
+    a = fpsim.quantize(x, mode="stochastic", rng=7, **kwargs)
+    assert same_bits(a, fpsim.quantize(x, mode="stochastic", rng=7, **kwargs))
+    assert not same_bits(a, fpsim.quantize(x, mode="stochastic", rng=8, **kwargs))
+    inner = a[x == np.float32(1.25)]
+    assert set(np.unique(inner)) == {1.0, 1.5} and abs(inner.mean() - 1.25) < 0.01
