@@ -17,7 +17,8 @@ from fpsim.ops.quantize import quantize_reference
 
 def same_bits(a, b) -> bool:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return a.shape == b.shape and bool(np.all(((a == b) & (np.signbit(a) == np.signbit(b))) | (np.isnan(a) & np.isnan(b))))
+    equal = ((a == b) & (np.signbit(a) == np.signbit(b))) | (np.isnan(a) & np.isnan(b))
+    return a.shape == b.shape and bool(np.all(equal))
 
 
 def spread(rng, shape, dtype=np.float32) -> np.ndarray:

@@ -27,8 +27,8 @@ def reference(x: np.ndarray, n: int, signs: np.ndarray, inverse: bool = False) -
                 if n in (1, 4, 16, 64, 256):
                     value = exact / int(np.sqrt(n))
                 else:  # irrational unless 0: 60 digits decide the FP32 rounding
-                    mantissa, exponent = (mpmath.mpf(exact.numerator) / exact.denominator / mpmath.sqrt(n)).man_exp \
-                        if exact else (0, 0)
+                    approx = mpmath.mpf(exact.numerator) / exact.denominator / mpmath.sqrt(n)
+                    mantissa, exponent = approx.man_exp if exact else (0, 0)
                     value = (1 if exact > 0 else -1) * Fraction(mantissa) * Fraction(2) ** exponent  # man_exp: |mantissa|
                 out[index + (b * n + j,)] = fpsim.round_exact(value, fpsim.FP32)
     return out
