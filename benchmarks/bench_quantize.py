@@ -1,4 +1,4 @@
-"""Speed of fpsim.quantize's MX block scaling against the plain FP8 cast, in one run, on one thread.
+"""Speed of fpsim.quantize's block scalings against the plain FP8 cast, in one run, on one thread.
 
 Input: ``--size`` float32 values of mixed magnitudes (log-uniform over 2^-30..2^20, random
 signs), in rows of 4096 (blocks of 32 along the rows).  Each timing is the best of
@@ -6,7 +6,11 @@ signs), in rows of 4096 (blocks of 32 along the rows).  Each timing is the best 
 turns round by round so that all see the same load on a shared machine.  Printed: the rate
 in G values/s and the time as a multiple of the plain FP8 casts timed in the same run,
 ``fpsim.round(x, "e4m3")`` and ml_dtypes' float32 -> float8_e4m3fn -> float32 round trip.
-The target (issue 14): MX block scaling at >= 0.5 G values/s on one thread.
+The targets: MX block scaling at >= 0.5 G values/s on one thread (issue 14); 128 x 128 block
+scaling (DeepSeek-V3 / Transformer Engine weights: E4M3, TE's power-of-two scales) and the NVFP4
+two-level encode (1 x 16 blocks, TE's order, and 16 x 16 weight tiles) at >= 0.3 G values/s
+(issue 22).  Each rate counts the input values quantized (the whole call: grouping, amaxes,
+scales, rounding, dequantization and putting the values back), per second.
 
     python benchmarks/bench_quantize.py
 """
@@ -45,6 +49,12 @@ def main() -> None:
         "quantize mxfp4 (ceil)": lambda: fpsim.quantize(x, "mxfp4", scale_rounding="ceil"),
         "quantize e4m3 per tensor (fp32 scale)": lambda: fpsim.quantize(x, "e4m3"),
         "quantize nvfp4": lambda: fpsim.quantize(x, "nvfp4"),
+        "quantize e4m3 128x128 (floor-scale)": lambda: fpsim.quantize(
+            x, "e4m3", scaling="block", scale_format="e8m0", scale_rounding="floor-scale", block_size=(128, 128)),
+        "quantize e4m3 1x128 (floor-scale)": lambda: fpsim.quantize(
+            x, "e4m3", scaling="block", scale_format="e8m0", scale_rounding="floor-scale", block_size=128),
+        "quantize nvfp4_te (1x16)": lambda: fpsim.quantize(x, "nvfp4_te"),
+        "quantize nvfp4_te 16x16": lambda: fpsim.quantize(x, "nvfp4_te", block_size=(16, 16)),
     }
     seconds = dict.fromkeys(cases, float("inf"))
     with one_thread():
@@ -59,6 +69,10 @@ def main() -> None:
     mx = x.size / seconds["quantize mxfp8_e4m3 (floor)"] / 1e9
     print(f"MX block scaling (mxfp8_e4m3): {mx:.3f} G values/s on one thread "
           f"({'meets' if mx >= 0.5 else 'below'} the 0.5 G values/s target on this machine, now)")
+    for name in ("quantize e4m3 128x128 (floor-scale)", "quantize nvfp4_te (1x16)", "quantize nvfp4_te 16x16"):
+        rate = x.size / seconds[name] / 1e9
+        print(f"{name}: {rate:.3f} G values/s on one thread, {seconds[name] / cast:.2f}x the plain E4M3 cast "
+              f"({'meets' if rate >= 0.3 else 'below'} the 0.3 G values/s target on this machine, now)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from .numerics.formats import (BF16, E2M1, E2M3, E3M2, E4M3, E5M2, E8M0, FORMATS
                                get_format)
 from .numerics.rounding import round
 from .ops.arithmetic import add, div, fma, mul, sqrt, sub
+from .ops.hadamard import hadamard
 from .ops.quantize import quantize
 from .ops.reductions import dot, matmul, sum
 from . import hardware

@@ -257,3 +257,71 @@ def test_fp32_and_e4m3_scaling_are_sign_symmetric_and_match_the_reference(values
 def test_presets_cite_their_source():
     assert all(p.source for p in PRESETS.values()) and PRESETS["nvfp4"].block_size == 16
     assert math.isclose(PRESETS["mxfp4"].element.max, 6.0)
+
+
+# ---- torchao's MX and NVFP4 quantizers (the `test` extra; skipped without torchao) ------------------
+
+
+def torchao_mx():
+    """torchao's mx_formats (emulated paths, CPU), or a skip saying why."""
+    pytest.importorskip("torchao", reason="torchao is not installed: pip install 'fpsim[test]' for these references")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchao.prototype.mx_formats import constants
+        from torchao.prototype.mx_formats.config import ScaleCalculationMode
+        from torchao.prototype.mx_formats.mx_tensor import MXTensor
+        from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
+    return constants, ScaleCalculationMode, MXTensor, NVFP4Tensor, per_tensor_amax_to_scale
+
+
+TORCHAO_ELEMENTS = {"mxfp8_e4m3": "float8_e4m3fn", "mxfp8_e5m2": "float8_e5m2", "mxfp6_e2m3": "fp6_e2m3",
+                    "mxfp6_e3m2": "fp6_e3m2", "mxfp4": "float4_e2m1fn_x2"}
+
+
+@pytest.mark.parametrize("preset", list(TORCHAO_ELEMENTS))
+@pytest.mark.parametrize("rounding", ["floor", "rceil", "ceil", "even"])
+def test_mx_presets_match_torchaos_to_mx(preset, rounding):
+    import torch
+
+    _, ScaleCalculationMode, MXTensor, _, _ = torchao_mx()
+    name = TORCHAO_ELEMENTS[preset]
+    element = getattr(torch, name) if name.startswith("float") else name
+    rng = np.random.default_rng(11)
+    x = np.concatenate([random_blocks(rng, 64), adversarial_blocks(preset)])
+    # torchao 0.18 departs from the spec (and gfloat, which fpsim matches) where the scale clamps at 2^-127:
+    # blocks of FP32 subnormals and of values near 2^-120; those are compared with gfloat above, not here
+    x = x[np.abs(x).max(axis=1) >= 2.0**-100]
+    mx = MXTensor.to_mx(torch.from_numpy(x), element, 32, ScaleCalculationMode(rounding))
+    assert same_bits(fpsim.quantize(x, preset, scale_rounding=rounding), mx.dequantize(torch.float32).numpy()).all()
+
+
+def test_nvfp4_matches_torchaos_to_nvfp4_with_a_per_tensor_scale():
+    import torch
+
+    _, _, _, NVFP4Tensor, per_tensor_amax_to_scale = torchao_mx()
+    rng = np.random.default_rng(12)
+    for x in (random_blocks(rng, 64, 16).reshape(32, 32), rng.standard_normal((16, 64)).astype(np.float32)):
+        tensor = torch.from_numpy(x)
+        nvfp4 = NVFP4Tensor.to_nvfp4(tensor, per_tensor_scale=per_tensor_amax_to_scale(tensor.abs().max()))
+        assert same_bits(fpsim.quantize(x, "nvfp4"), nvfp4.dequantize(torch.float32).numpy()).all()
+
+
+def test_fp32_products_at_exact_midpoints_round_to_even_without_the_fraction_path():
+    """RN32(a * b) where the float64 product is exact is taken from it (NVFP4's d = P * s, an FP32 number times
+    an E4M3 one, is often an FP32 midpoint exactly); checked against Fractions, with inexact and tiny products."""
+    from fractions import Fraction
+
+    from fpsim.ops.quantize import _exact_products, _fp32_of
+
+    rng = np.random.default_rng(13)
+    fp32 = np.ldexp(rng.uniform(1, 2, 4000), rng.integers(-60, 60, 4000)).astype(np.float32).astype(np.float64)
+    e4m3 = fpsim.round(rng.uniform(-448, 448, 4000), "e4m3")
+    wide = rng.uniform(1, 2, 4000) * 2.0 ** rng.integers(-600, -400, 4000)   # 53-bit significands, tiny products
+    for a, b in ((fp32, e4m3), (fp32, wide), (wide, wide), (np.array([1 + 2.0**-23]), np.array([1.5]))):
+        got = _fp32_of(np.multiply, a, b)
+        expected = [fpsim.round_exact(Fraction(float(x)) * Fraction(float(y)), fpsim.FP32) for x, y in zip(a, b)]
+        assert same_bits(got, expected).all()
+    assert _fp32_of(np.multiply, np.array([1 + 2.0**-23]), np.array([1.5]))[0] == np.float32(1.5 + 2.0**-22)
+    assert _exact_products(fp32, e4m3, fp32 * e4m3).all() and not _exact_products(wide, wide, wide * wide).any()

@@ -1,4 +1,5 @@
-"""Numba kernels of ``fpsim.quantize``: the E8M0 scale rule and the fused power-of-two block quantizer.
+"""Numba kernels of ``fpsim.quantize``: the E8M0 scale rule, the fused power-of-two block and 2-D tile
+quantizers, and NVFP4 in Transformer Engine's FP32 order (float32 input).
 
 ``mx_exponent`` is the one implementation of the E8M0 scale rules (the Fraction
 reference in ``fpsim.ops.quantize`` is the independent one).  ``quantize_pow2_blocks``
@@ -23,8 +24,8 @@ from numba.extending import overload
 
 from ..numerics._kernels import float_bits, round_nearest_branchless
 
-FLOOR, CEIL, EVEN, RCEIL = range(4)
-SCALE_ROUNDING_CODES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL}
+FLOOR, CEIL, EVEN, RCEIL, FLOOR_SCALE = range(5)
+SCALE_ROUNDING_CODES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL, "floor-scale": FLOOR_SCALE}
 NAN_EXPONENT = 128
 """``mx_exponent``'s answer for a NaN scale (E8M0 code 0xFF)."""
 
@@ -79,13 +80,15 @@ def _magnitude_bits(x):
 
 
 @njit(cache=True, inline="always")
-def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
+def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max, element_max):
     """The E8M0 scale exponent of a block whose largest magnitude has the bit pattern ``largest``; NAN_EXPONENT for NaN.
 
     ``largest`` is in the layout of ``like`` (float32 or float64).  With A its value:
     floor: floor(log2 A) - emax; ceil: ceil(log2 A) - emax; even: floor(log2 of A rounded
     to ``mantissa_bits`` + 1 significant bits, ties away) - emax; rceil: ceil(log2 v) with
-    v = float32(float32(A) * reciprocal_max), ``reciprocal_max`` = float32(1 / max).
+    v = float32(float32(A) * reciprocal_max), ``reciprocal_max`` = float32(1 / max); floor-scale
+    (float32 ``like`` only: float32(A) must be A): -floor(log2 min(float32(element_max / A), FP32 max)),
+    ``element_max`` = float32(max), and 0 for A = 0 (Transformer Engine's X = 1).
     Below -127 the exponent is -127 (A = 0 included); above 127, or A inf / NaN, NaN.
     The binade is read from the exponent field: exact for normal A, and a subnormal A
     only reaches exponents below -127, which clamp.
@@ -93,6 +96,16 @@ def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
     mant_in, bias_in, inf_bits = layout(like)
     if largest >= inf_bits:
         return NAN_EXPONENT
+    if rounding == FLOOR_SCALE:
+        if largest == 0:
+            return 0
+        s = np.float32(element_max / np.float32(float_of_bits(largest, like)))
+        if not s <= np.float32(3.4028234663852886e38):  # max / A overflows: Transformer Engine takes FP32's max
+            s = np.float32(3.4028234663852886e38)
+        sbits = np.int64(np.float32(s).view(np.uint32))
+        if sbits < 0x00800000:  # a subnormal s: 1 / 2^floor(log2 s) is 2^127 in [2^-127, 2^-126), above 2^127 below
+            return 127 if sbits >= 0x00400000 else NAN_EXPONENT
+        return 127 - (sbits >> 23)
     if largest == 0:
         return -127
     if rounding == RCEIL:
@@ -116,12 +129,12 @@ def mx_exponent(largest, like, rounding, emax, mantissa_bits, reciprocal_max):
 
 
 @njit(cache=True)
-def mx_exponents(amax, rounding, emax, mantissa_bits, reciprocal_max):
+def mx_exponents(amax, rounding, emax, mantissa_bits, reciprocal_max, element_max):
     """``mx_exponent`` of every element of the float64 array ``amax`` (an int64 array)."""
     out = np.empty(amax.shape[0], dtype=np.int64)
     for i in range(amax.shape[0]):
         out[i] = mx_exponent(float_bits(amax[i]) & 0x7FFFFFFFFFFFFFFF, amax[i], rounding, emax, mantissa_bits,
-                             reciprocal_max)
+                             reciprocal_max, element_max)
     return out
 
 
@@ -138,7 +151,7 @@ which stays in the L1/L2 cache between the task's passes)."""
 
 
 @njit(cache=True, parallel=True)
-def quantize_pow2_blocks(x, out, scales, block, rounding, emax, mantissa_bits, reciprocal_max, nearest):
+def quantize_pow2_blocks(x, out, scales, block, rounding, emax, mantissa_bits, reciprocal_max, element_max, nearest):
     """Quantize every block of ``block`` consecutive values in each row of ``x`` (2-D, float32 or float64).
 
     The last block of a row may be shorter.  ``scales`` (rows, blocks; float64) receives each
@@ -170,7 +183,7 @@ def quantize_pow2_blocks(x, out, scales, block, rounding, emax, mantissa_bits, r
                 amax = max(amax, magnitude_bits(flat_x[i]))
             largest[j] = amax
         for j in range(count):
-            e = mx_exponent(largest[j], like, rounding, emax, mantissa_bits, reciprocal_max)
+            e = mx_exponent(largest[j], like, rounding, emax, mantissa_bits, reciprocal_max, element_max)
             flat_scales[row * blocks + first + j] = pow2(e, 1.0)
             factors[j] = pow2(e, like)
             inverses[j] = pow2(-e if e != NAN_EXPONENT else e, like)
@@ -186,3 +199,75 @@ def _block_range(row, b, block, n):
     """Flat (start, stop) of block ``b`` of row ``row`` of a row-major (rows, n) array, as unsigned integers
     (see the module doc)."""
     return np.uint64(row * n + b * block), np.uint64(row * n + min(b * block + block, n))
+
+
+@njit(cache=True, parallel=True)
+def quantize_pow2_tiles(x, out, scales, tile_rows, tile_cols, rounding, emax, mantissa_bits, reciprocal_max,
+                        element_max, nearest):
+    """``quantize_pow2_blocks`` for 2-D tiles: ``x`` and ``out`` (batch, rows, cols), C-contiguous, float32 or
+    float64; each ``tile_rows`` x ``tile_cols`` tile (edge tiles smaller) shares one scale, written to ``scales``
+    (batch, tile rows, tile columns; float64).
+
+    A task is one strip of tiles (``tile_rows`` rows of one matrix) in two passes, amaxes then values, each
+    row by row over contiguous runs of ``tile_cols`` values: no padded or transposed copy of the input.
+    """
+    batch, rows, cols = x.shape
+    grid_rows, grid_cols = scales.shape[1], scales.shape[2]
+    flat_x, flat_out, flat_scales = x.reshape(-1), out.reshape(-1), scales.reshape(-1)
+    like = flat_x[0] if flat_x.shape[0] else x.dtype.type(0)
+    for task in prange(batch * grid_rows):
+        matrix, strip = task // grid_rows, task % grid_rows
+        first, last = strip * tile_rows, min(strip * tile_rows + tile_rows, rows)
+        largest = np.zeros(grid_cols, dtype=np.int64)
+        factors = np.empty(grid_cols, dtype=x.dtype)
+        inverses = np.empty(grid_cols, dtype=x.dtype)
+        for i in range(first, last):
+            for t in range(grid_cols):
+                start, stop = _block_range(matrix * rows + i, t, tile_cols, cols)
+                amax = magnitude_bits(as_type_of(0.0, like))
+                for k in range(start, stop):
+                    amax = max(amax, magnitude_bits(flat_x[k]))
+                largest[t] = max(largest[t], np.int64(amax))
+        for t in range(grid_cols):
+            e = mx_exponent(largest[t], like, rounding, emax, mantissa_bits, reciprocal_max, element_max)
+            flat_scales[task * grid_cols + t] = pow2(e, 1.0)
+            factors[t] = pow2(e, like)
+            inverses[t] = pow2(-e if e != NAN_EXPONENT else e, like)
+        for i in range(first, last):
+            for t in range(grid_cols):
+                start, stop = _block_range(matrix * rows + i, t, tile_cols, cols)
+                factor, inverse = factors[t], inverses[t]
+                for k in range(start, stop):
+                    flat_out[k] = float_of_bits(round_nearest_branchless(flat_x[k] * inverse, nearest), like) * factor
+
+
+@njit(cache=True, parallel=True)
+def quantize_nvfp4_te_blocks(x, out, scales, block, tensor_amax, multiplier, decode, reciprocal_product,
+                             element_max, scale_nearest, element_nearest, clamp):
+    """NVFP4 in Transformer Engine's FP32 order (``fpsim.ops.quantize``, "e4m3-te") for float32 rows ``x``:
+    per block s = E4M3(min(A * multiplier, 448)), e = min(1 / (s * decode), FP32 max), d = (s * T) *
+    reciprocal_product, out = q(clamp(x * e)) * d, every operation a float32 one (IEEE: the RN32 of the
+    formulas, as the inputs are FP32 numbers).  ``scales`` (rows, blocks; float64) receives d; a finite T only.
+    """
+    rows, n = x.shape
+    blocks = scales.shape[1]
+    flat_x, flat_out, flat_scales = x.reshape(-1), out.reshape(-1), scales.reshape(-1)
+    like = np.float32(0)
+    top = np.float32(3.4028234663852886e38)
+    for task in prange(rows * blocks):
+        row, b = task // blocks, task % blocks
+        start, stop = _block_range(row, b, block, n)
+        amax = magnitude_bits(like)
+        for i in range(start, stop):
+            amax = max(amax, magnitude_bits(flat_x[i]))
+        raw = min(np.float32(float_of_bits(amax, like) * multiplier), np.float32(448.0))
+        s = float_of_bits(round_nearest_branchless(raw, scale_nearest), like)
+        product = np.float32(s * decode)
+        encode = top if product == 0 else min(np.float32(np.float32(1) / product), top)
+        d = np.float32(np.float32(s * tensor_amax) * reciprocal_product)
+        flat_scales[task] = d
+        for i in range(start, stop):
+            scaled = np.float32(flat_x[i] * encode)
+            if clamp:
+                scaled = min(max(scaled, -element_max), element_max)
+            flat_out[i] = np.float32(float_of_bits(round_nearest_branchless(scaled, element_nearest), like) * d)
