@@ -68,11 +68,17 @@ def test_random_inputs_round_like_the_ml_dtypes_cast(fmt, dtype, input_dtype):
     assert ours.dtype == input_dtype
     nan_in = np.isnan(x)
     same = (ours == reference) & (np.signbit(ours) == np.signbit(reference)) | (np.isnan(ours) & np.isnan(reference))
-    if fmt is E8M0:  # ml_dtypes before 0.7 rounds (2^-127, 1.5 * 2^-127) up to 2^-126: the exact reference there
+    if fmt is E8M0:
+        # Where ml_dtypes releases disagree with each other, the oracle is the exact reference: before 0.7
+        # (2^-127, 1.5 * 2^-127) rounds up to 2^-126, and 0.5 breaks the ties 1.5 * 2^k by the wrong parity.
         bottom = (x > 2.0**-127) & (x < 1.5 * 2.0**-127)
-        assert bottom.sum() > 100 and (ours[bottom] == 2.0**-127).all()
-        assert all(round_exact(float(v), fmt) == ours[i] for i, v in zip(np.flatnonzero(bottom), x[bottom]))
-        same |= bottom
+        with np.errstate(invalid="ignore"):
+            ties = np.isfinite(x) & (x > 0) & (np.frexp(x)[0] == 0.75)
+        assert bottom.sum() > 100 and (ours[bottom] == 2.0**-127).all() and ties.sum() > 100
+        disputed = np.flatnonzero(bottom | ties)
+        exact = np.array([round_exact(float(x[i]), fmt) for i in disputed])
+        assert np.array_equal(exact, ours[disputed].astype(np.float64), equal_nan=True)
+        same[disputed] = True
     assert np.count_nonzero(~same & ~nan_in) == 0
     if fmt in NO_NAN:  # ml_dtypes turns NaN into -0 there; fpsim keeps NaN visible
         assert np.isnan(ours[nan_in]).all() and (reference[nan_in] == 0).all()
