@@ -39,6 +39,7 @@ already gone before its rounding into 16 bits (the engine steps a float64 copy).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -77,7 +78,7 @@ class EmulatedSteps:
         self._before = {}  # id(parameter) -> its stored values before the optimizer's step
         self._compensation = {}  # id(parameter) -> Kahan compensation (float32, in the weights' format)
         self._skipped = False
-        self._attached = set()
+        self._attached = weakref.WeakSet()  # the optimizers hooked (an id could be reused by a later one)
         self._context = None  # the open emulate context (an ExitStack), or None
         self.training = False  # whether the open context records (a training step) or not (evaluation)
         if recorder is not None:
@@ -104,7 +105,9 @@ class EmulatedSteps:
         """Enter the emulation (recorded when ``training``); nothing when one is open already."""
         if self._context is not None:
             return
-        recorder, casts = (self.recorder, self.casts) if training else (None, self.casts and self.casts.for_evaluation())
+        recorder, casts = self.recorder, self.casts
+        if not training:
+            recorder, casts = None, casts and casts.for_evaluation()
         stack = contextlib.ExitStack()
         stack.enter_context(emulate(self.policy, model=self.model, recorder=recorder, accumulate=self.accumulate,
                                     casts=casts))
@@ -164,8 +167,8 @@ class EmulatedSteps:
     # --- the optimizer's step ------------------------------------------------------------------
     def attach(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Hook ``optimizer``'s steps (once; see the module docstring); returns it."""
-        if id(optimizer) not in self._attached:
-            self._attached.add(id(optimizer))
+        if optimizer not in self._attached:
+            self._attached.add(optimizer)
             optimizer.register_step_pre_hook(self._before_step)
             optimizer.register_step_post_hook(self._after_step)
         return optimizer
