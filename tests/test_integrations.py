@@ -179,6 +179,18 @@ def test_fabric_fp16_amp_overflow_skips_and_backs_off():
     assert not all(torch.equal(a, b) for a, b in zip(initial, model.parameters()))
 
 
+def test_fabric_forward_that_raises_leaves_no_emulation_open():
+    from fpsim.lightning import EmulatedPrecision
+
+    plugin = EmulatedPrecision("bf16-mixed")
+    model = _need("lightning.fabric").Fabric(accelerator="cpu", devices=1, plugins=plugin).setup(tiny_network())
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 5))  # the first Linear takes 8 features
+    assert not plugin.steps.active
+    # a product in FP32 again: under BF16 its input 1 + 2^-10 would round to 1
+    assert torch.mm(torch.tensor([[1.0 + 2.0 ** -10]]), torch.tensor([[1.0]])).item() == 1.0 + 2.0 ** -10
+
+
 # --- the transformers Trainer --------------------------------------------------------------------------
 def train_with_hf(tmp_path, policy=None, **options):
     """Three AdamW steps of a 1-layer GPT-2 (random weights) through ``Trainer``; returns (losses, trainer)."""

@@ -71,15 +71,22 @@ class EmulatedPrecision(pl.plugins.Precision):
             self.steps.open(training=torch.is_grad_enabled())
         try:
             yield
-        finally:
-            if opened and not self.steps.training:
+        except BaseException:
+            if opened:  # no backward pass follows a forward pass that raised
                 self.steps.close()
+            raise
+        if opened and not self.steps.training:
+            self.steps.close()
 
     def backward(self, tensor, model, *args, **kwargs):
         self.steps.scale_gradient(tensor)
-        if isinstance(model, pl.LightningModule):  # the Trainer's: the module's backward hook (args[0]: optimizer)
-            return super().backward(tensor, model, *args, **kwargs)
-        return FabricPrecision.backward(self, tensor, model, *args, **kwargs)
+        try:
+            if isinstance(model, pl.LightningModule):  # the Trainer's: the module's backward hook (args[0]: optimizer)
+                return super().backward(tensor, model, *args, **kwargs)
+            return FabricPrecision.backward(self, tensor, model, *args, **kwargs)
+        except BaseException:
+            self.steps.close()  # post_backward will not run
+            raise
 
     def pre_backward(self, tensor, module):
         if isinstance(module, pl.LightningModule):
