@@ -3,9 +3,9 @@
 A ``Scaling`` names one of the recipes in use (defaults and their sources beside each):
 
 ``none``      the tensor is rounded to its format as it is.
-``current``   per-tensor current scaling: scale = max / amax of the tensor now, FP32
+``tensor``    per-tensor current scaling: scale = max / amax of the tensor now, FP32
               (torchao's TENSORWISE recipe, its default; Transformer Engine's
-              ``Float8CurrentScaling``); ``fpsim.quantize(x, fmt)``.
+              ``Float8CurrentScaling``); ``fpsim.quantize(x, fmt, scaling="tensor")``.
 ``delayed``   per-tensor delayed scaling, Transformer Engine's ``DelayedScaling(margin=0,
               amax_history_len=1024, amax_compute_algo="max")``: the scale comes from a
               history of the amaxes of earlier steps (``DelayedScaler`` below).
@@ -53,12 +53,10 @@ from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
 from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, quantize
 from .checks import is_finite_number
+from .vocabulary import OPERAND_KINDS, Kind
 
-SCALED_KINDS = ("params", "activations", "gradients")
-"""The tensor kinds a ``scaling`` recipe may cover: the operands of a matrix product (each the name of the
-policy field giving its element format)."""
-
-SCALING_KINDS = ("none", "current", "delayed", "row", "block")
+SCALING_KINDS = ("none", "tensor", "delayed", "row", "block")
+"""The recipes (see the module docstring); ``tensor``, ``row`` and ``block`` are ``fpsim.quantize``'s scalings."""
 AMAX_COMPUTE = ("max", "most_recent")
 
 MAX_HISTORY_LEN = 1 << 20
@@ -211,11 +209,6 @@ class DelayedScaler:
         return self.scale
 
 
-RECORDED_KIND = {"activations": "activations", "gradients": "activation_grads"}
-"""The recorder's kind for a scaled operand (a product's gradient operand is an activation gradient); the
-weights' casts are counted in the scale traces only (``Recorder.scaled``)."""
-
-
 class ScaledCasts:
     """A run's scaled casts: the policy's recipe per tensor kind and the delayed scalers' state.
 
@@ -238,8 +231,8 @@ class ScaledCasts:
 
     def __init__(self, policy, recorder=None):
         recipes = dict(policy.scaling or ())
-        self.recipes = {kind: recipes.get(kind, Scaling()) for kind in SCALED_KINDS}
-        self.formats = {kind: getattr(policy, kind) for kind in SCALED_KINDS}  # the policy's field of that name
+        self.recipes = {kind: recipes.get(kind, Scaling()) for kind in OPERAND_KINDS}
+        self.formats = {kind: kind.format_of(policy) for kind in OPERAND_KINDS}
         self.recorder = recorder
         self.learning = True
         self._delayed: dict[tuple[str, str], DelayedScaler] = {}
@@ -261,8 +254,7 @@ class ScaledCasts:
             out, unit = quantize(values, recipe.block, axis=axis, scale_rounding=rounding, return_scales=True)
             block = preset.block_size
         else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
-            out, scales = quantize(values, fmt, scaling="tensor" if recipe.kind == "current" else "row", axis=axis,
-                                   return_scales=True)
+            out, scales = quantize(values, fmt, scaling=recipe.kind, axis=axis, return_scales=True)
             unit = 1.0 / scales
         out = np.asarray(out, dtype=values.dtype)
         if self.recorder is not None:
@@ -294,8 +286,8 @@ class ScaledCasts:
         per_value = (unit if block is None else _per_value(unit, values.shape, axis, block)).astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
             before, after = values / per_value, out / per_value
-        if kind in RECORDED_KIND:
-            self.recorder.rounded(RECORDED_KIND[kind], module, before, after, fmt)
+        if Kind(kind).recorded_as is not None:
+            self.recorder.rounded(Kind(kind).recorded_as, module, before, after, fmt)
         self.recorder.scaled(kind, module, values.size, count_saturated(before, fmt), log2_range)
 
 
