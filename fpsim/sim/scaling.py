@@ -51,7 +51,7 @@ import numpy as np
 from ..numerics.formats import FP32, get_format
 from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
-from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, quantize
+from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, preset_named, quantize
 from .checks import is_finite_number
 from .vocabulary import OPERAND_KINDS, Kind
 
@@ -77,7 +77,8 @@ class Scaling:
     amax_compute: str = "max"
     """``delayed``: ``"max"`` of the history or its ``"most_recent"`` entry (TE ``amax_compute_algo``)."""
     block: str | None = None
-    """``block``: the ``fpsim.quantize`` preset; None for the other kinds."""
+    """``block``: the ``fpsim.quantize`` preset, by its ``PRESETS`` key ("mxfp8" is kept as "mxfp8_e4m3");
+    None for the other kinds."""
     scale_rounding: str = "floor"
     """``block`` with E8M0 scales: "floor" (OCP MX spec), "ceil", "even" or "rceil" (torchao)."""
 
@@ -97,8 +98,10 @@ class Scaling:
         if (self.kind == "block") != (self.block is not None):
             raise ValueError("a 'block' scaling needs block= a quantize preset "
                              f"({', '.join(PRESETS)}); the other kinds take none")
-        if self.block is not None and self.block not in PRESETS:
-            raise ValueError(f"unknown block preset {self.block!r}: use one of {', '.join(PRESETS)}")
+        if self.block is not None:
+            if preset_named(self.block) is None:
+                raise ValueError(f"unknown block preset {self.block!r}: use one of {', '.join(PRESETS)}")
+            object.__setattr__(self, "block", preset_named(self.block))
         if self.scale_rounding not in SCALE_ROUNDINGS:
             raise ValueError(f"scale_rounding must be one of {', '.join(SCALE_ROUNDINGS)}, got {self.scale_rounding!r}")
         object.__setattr__(self, "history_len", int(history_len))
