@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import fpsim
 from fpsim.sim.recorder import Recorder
@@ -12,8 +13,8 @@ from fpsim.sim.vocabulary import OPERAND_KINDS, RECORDED_KINDS, Kind
 def test_all_lists_every_public_name_and_nothing_else():
     assert len(set(fpsim.__all__)) == len(fpsim.__all__)
     assert all(hasattr(fpsim, name) for name in fpsim.__all__)
-    subpackages = {"numerics", "ops", "sim", "engines", "runs"}
-    assert {name for name in dir(fpsim) if not name.startswith("_")} - set(fpsim.__all__) == subpackages
+    others = {name for name in dir(fpsim) if not name.startswith("_")} - set(fpsim.__all__)
+    assert all(isinstance(getattr(fpsim, name), types.ModuleType) for name in others)  # subpackages imported
 
 
 def test_the_top_level_names_are_their_modules_objects():

@@ -289,8 +289,9 @@ class ScaledCasts:
         per_value = (unit if block is None else _per_value(unit, values.shape, axis, block)).astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
             before, after = values / per_value, out / per_value
-        if Kind(kind).recorded_as is not None:
-            self.recorder.rounded(Kind(kind).recorded_as, module, before, after, fmt)
+        recorded = Kind(kind).recorded_as
+        if recorded is not None:
+            self.recorder.rounded(recorded, module, before, after, fmt)
         self.recorder.scaled(kind, module, values.size, count_saturated(before, fmt), log2_range)
 
 
