@@ -64,11 +64,11 @@ def test_the_help_example_keeps_the_presets_weight_and_activation_scaling():
 
 
 def test_a_kind_given_replaces_only_that_kinds_scaling():
-    policy = Policy.coerce({"preset": "fp8-delayed", "scaling": {"gradients": "current"}})
+    policy = Policy.coerce({"preset": "fp8-delayed", "scaling": {"gradients": "tensor"}})
     assert dict(policy.scaling) == {"params": Scaling.delayed(), "activations": Scaling.delayed(),
-                                    "gradients": Scaling("current")}
+                                    "gradients": Scaling("tensor")}
     unscaled = Policy.coerce({"preset": "fp8-current", "scaling": {"params": "none"}})
-    assert dict(unscaled.scaling) == {"activations": Scaling("current"), "gradients": Scaling("current")}
+    assert dict(unscaled.scaling) == {"activations": Scaling("tensor"), "gradients": Scaling("tensor")}
     assert Policy.coerce({"preset": "mxfp8", "scaling": None}).scaling is None  # None drops the recipe
 
 

@@ -15,7 +15,7 @@ from fpsim.sim.policy import Policy
 
 def test_presets_are_the_issue_list_and_round_trip_through_json():
     assert list(fpsim.POLICIES) == ["fp32", "fp16-pure", "fp16-mixed", "fp16-amp", "bf16-pure", "bf16-mixed",
-                                    "bf16-sr", "bf16-kahan"]
+                                    "bf16-sr", "bf16-kahan", *fpsim.SCALED_POLICIES]
     for name, policy in fpsim.POLICIES.items():
         assert fpsim.Policy.preset(name) is policy
         assert Policy.from_dict(policy.to_dict()) == policy

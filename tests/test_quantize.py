@@ -212,8 +212,26 @@ def test_scale_shapes_follow_the_axis():
     assert fpsim.quantize(np.float32(3.0), "mxfp4") == 3.0
 
 
+def test_the_block_scaled_training_presets_and_quantize_agree_on_names():
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    block_policies = {name: p for name, p in fpsim.SCALED_POLICIES.items()
+                      if any(scaling.kind == "block" for _, scaling in p.scaling)}
+    assert list(block_policies) == ["mxfp8", "mxfp6", "mxfp4", "nvfp4"]
+    for name, policy in block_policies.items():
+        blocks = {scaling.block for _, scaling in policy.scaling}
+        assert blocks <= set(PRESETS)
+        if len(blocks) == 1:  # one element format: quantize(x, name) is the policy's cast of every operand
+            assert same_bits(fpsim.quantize(x, name), fpsim.quantize(x, blocks.pop())).all()
+        else:  # MXFP6: E2M3 forward, E3M2 backward; quantize asks for one
+            with pytest.raises(ValueError, match=" or ".join(sorted(blocks, reverse=True))):
+                fpsim.quantize(x, name)
+    assert fpsim.Policy(scaling={"params": {"kind": "block", "block": "mxfp8"}}, params="e4m3",
+                        master="fp32").scaling[0][1].block == "mxfp8_e4m3"
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(fmt="mxfp5"), "unknown format 'mxfp5'"),
+    (dict(fmt="mxfp6"), "'mxfp6' has 2 element formats: use mxfp6_e3m2 or mxfp6_e2m3"),
     (dict(fmt="e4m3", scaling="column"), "unknown scaling"),
     (dict(fmt="e4m3", scale_format="e5m2"), "unknown scale_format"),
     (dict(fmt="e4m3", scale_rounding="ceil"), "scale_rounding applies to scale_format='e8m0'"),

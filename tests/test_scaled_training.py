@@ -34,7 +34,7 @@ def test_a_scaled_mlp_product_is_the_product_of_its_operands_quantized_along_the
 
 
 def test_each_kind_is_cast_by_its_own_recipe_and_format():
-    policy = Policy.coerce({"preset": "fp8-current", "scaling": {"params": "row", "activations": "current",
+    policy = Policy.coerce({"preset": "fp8-current", "scaling": {"params": "row", "activations": "tensor",
                                                                  "gradients": "none"}})
     casts = ScaledCasts(policy)
     x = np.linspace(-3000, 3000, 24, dtype=np.float32).reshape(4, 6)

@@ -13,7 +13,7 @@ from fpsim.sim.loss_scaling import LossScaler  # noqa: E402
 from fpsim.sim.config import TrainConfig  # noqa: E402
 from fpsim.sim.policy import Policy  # noqa: E402
 from fpsim.torch import engine  # noqa: E402
-from fpsim.torch.models import MODELS, CNNConfig, GPTConfig, build_cnn, build_gpt  # noqa: E402
+from fpsim.torch.models import SPECS, CNNConfig, GPTConfig, build_cnn, build_gpt  # noqa: E402
 
 TINY_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
 
@@ -198,7 +198,7 @@ def test_a_model_factory_trains_seeded_and_leaves_torch_global_generator_alone()
 
 
 def test_the_cnn_learns_its_data_above_chance():
-    assert MODELS["cnn"].data == "mnist1d"
+    assert SPECS["cnn"].data == "mnist1d"
     pytest.importorskip("mnist1d")
     result = engine.train(Config(model="cnn", model_options={}, lr=3e-3, steps=150, batch_size=64), progress=False)
     assert result.test_accuracy > 0.3  # chance is 0.1

@@ -17,7 +17,8 @@ import pytest
 
 import fpsim
 from fpsim.cli import main
-from fpsim.sim.recorder import KINDS, STATS, Recorder
+from fpsim.sim.recorder import STATS, Recorder
+from fpsim.sim.vocabulary import RECORDED_KINDS as KINDS
 from fpsim import TrainResult, train
 
 SMALL = {"hidden": (64, 64), "progress": False}
@@ -296,7 +297,7 @@ def test_cli_trains_prints_a_summary_and_writes_json(tmp_path, capsys):
                    "--no-progress", "--out", str(out)])
     assert status == 0
     text = capsys.readouterr().out
-    assert "test_accuracy" in text and "lost_updates" in text and f"wrote {out}" in text
+    assert "test_accuracy" in text and "lost_update_fraction" in text and f"wrote {out}" in text
     result = TrainResult.load(out)
     assert result.config["grad_scale"] == 2.0 ** -10 and result.policy == "fp16-amp" and len(result.history) == 20
     status = main(["train", "--policy", '{"preset": "fp16-mixed", "loss_scale": 256}', "--steps", "5",

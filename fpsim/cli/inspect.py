@@ -30,8 +30,7 @@ import os
 import numpy as np
 
 from . import UsageError
-
-MODELS = ("char-gpt", "cnn", "mlp")
+from ..sim.vocabulary import MODELS
 MEMORY_BUDGET = 4 << 30
 """Most bytes an inspection may take (its estimate: ``fpsim.torch.inspect.kept_values`` times
 ``BYTES_PER_KEPT_VALUE``); a larger --batch-size is refused before its batch is drawn."""
@@ -40,9 +39,9 @@ SEEDS = 1 << 64
 
 
 def configure(parser):
-    parser.add_argument("--model", required=True, choices=MODELS,
-                        help="char-gpt (nanoGPT-style decoder on the pydoc text), cnn (1-D conv net on "
-                             "MNIST-1D) or mlp (the numpy trainer's 64-128-128-128-10 MLP on digits)")
+    parser.add_argument("--model", required=True, choices=list(MODELS),
+                        help="; ".join(f"{m.name}: the {m.label} on {m.data}" for m in MODELS.values())
+                             + " (the mlp as a torch module with the numpy engine's weights)")
     parser.add_argument("--formats", default="fp16,bf16,e4m3,e5m2",
                         help="comma-separated formats to measure against (names, aliases or eXmY; "
                              "default fp16,bf16,e4m3,e5m2)")
@@ -98,12 +97,11 @@ def build(name: str, batch_size: int, seed: int):
 
     rng = np.random.default_rng(seed)
     block_size = None
-    if name == "mlp":
-        dataset = load_data("digits")
+    dataset = load_data(MODELS[name].data)
+    if MODELS[name].engine == "numpy":
         model = _torch_mlp(dataset.inputs, dataset.outputs, rng)
     else:
         spec = get_model(name)
-        dataset = load_data(spec.data)
         config = spec.make_config(dataset)
         model = spec.build(config, torch.Generator().manual_seed(seed))
         block_size = getattr(config, "block_size", None)

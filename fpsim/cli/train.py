@@ -45,8 +45,9 @@ from . import UsageError
 from ..numerics.exact import parse_real
 from ..report.table import text_table
 from ..engines import TrainingInterrupted
-from ..sim.config import MLP_HIDDEN, MODELS
+from ..sim.config import MLP_HIDDEN
 from ..sim.policy import POLICIES, SCALED_POLICIES
+from ..sim.vocabulary import MODELS
 from ..sim.result import STATUSES
 
 
@@ -71,13 +72,14 @@ def number(text: str) -> float:
 
 def configure(parser):
     parser.add_argument("--policy", required=True,
-                        help=f"a preset: {', '.join(POLICIES)}; FP8 / MX: {', '.join(SCALED_POLICIES)} "
-                             "(only the products' operands quantized); a JSON dict of Policy fields, e.g. "
+                        help=f"a preset: {', '.join(POLICIES)} (from {next(iter(SCALED_POLICIES))} on, FP8 / MX: "
+                             "only the products' operands quantized); a JSON dict of Policy fields, e.g. "
                              "'{\"preset\": \"mxfp8\", \"scaling\": {\"gradients\": {\"kind\": \"block\", "
                              "\"block\": \"mxfp8_e4m3\", \"scale_rounding\": \"ceil\"}}}' (the other kinds "
                              "keep the preset's scaling); or FILE.json holding such a dict")
     parser.add_argument("--model", default="mlp", choices=list(MODELS),
-                        help="mlp (default, numpy engine), char-gpt or cnn (torch engine)")
+                        help="; ".join(f"{m.name}: the {m.label} on {m.data} ({m.engine} engine)"
+                                       for m in MODELS.values()) + " (default mlp)")
     parser.add_argument("--model-options", default=None,
                         help="JSON dict of the torch model's settings, e.g. '{\"n_layer\": 4}'")
     parser.add_argument("--data", default=None,

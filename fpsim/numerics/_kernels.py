@@ -1,6 +1,6 @@
 """The fast rounding kernel: integer operations on the bit pattern of the input.
 
-It implements exactly the algorithm of ``fpsim.exact`` (read that first), on
+It implements exactly the algorithm of ``fpsim.numerics.exact`` (read that first), on
 the bits of an IEEE binary input (float32 or float64) rather than on fractions:
 
 * the input magnitude is ``sig * 2^(E' - bias_in - mant_in)`` with integer

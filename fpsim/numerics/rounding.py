@@ -61,7 +61,8 @@ class KernelParams:
         return self.mant_in + 1 - self.p
 
     def nearest_args(self, saturate: bool = False) -> tuple:
-        """The ``nearest`` tuple of ``fpsim._kernels.round_nearest_branchless`` (needs ``dropped_bits >= 1``)."""
+        """The ``nearest`` tuple of ``fpsim.numerics._kernels.round_nearest_branchless``
+        (needs ``dropped_bits >= 1``)."""
         inf_bits = ((1 << (self.total_bits - 1 - self.mant_in)) - 1) << self.mant_in
         overflow_bits = self.max_bits if saturate or self.saturates else (self.nan_bits if self.fn_nan else inf_bits)
         shifter = self.float_type(math.ldexp(1.5, self.emin - self.p + 1 + self.mant_in))
@@ -70,7 +71,8 @@ class KernelParams:
 
 
 def float64_params(fmt, saturate: bool = False) -> tuple:
-    """The ``params`` tuple that ``fpsim._kernels.round_float64`` takes, for rounding float64 scalars to ``fmt``."""
+    """The ``params`` tuple that ``fpsim.numerics._kernels.round_float64`` takes, for rounding float64 scalars
+    to ``fmt``."""
     fmt = get_format(fmt)
     k = kernel_params(fmt, np.float64)
     return (k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan, bool(saturate or k.saturates),

@@ -5,7 +5,7 @@ Two oracles:
 * the hardware dtypes (numpy ``float16``, ``ml_dtypes.bfloat16``, ``float8_e4m3fn``,
   ``float8_e5m2``): a float32 -> format cast rounds once, to nearest-even, so it must
   equal ``fpsim.round(x, fmt)`` bit for bit; so must numpy's float64 -> float16 cast;
-* the exact reference ``fpsim.exact.round_exact`` (Python integers and fractions),
+* the exact reference ``fpsim.numerics.exact.round_exact`` (Python integers and fractions),
   for float64 inputs, every deterministic mode, and formats with no hardware dtype.
 
 A float64 -> bfloat16 conversion through float32 rounds twice and is sometimes

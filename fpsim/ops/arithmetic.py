@@ -12,7 +12,7 @@ Why the fast paths are exact (p = fmt.precision):
 
 * add, sub, fma: TwoSum gives the exact sum as s + e in float64; the
   round-to-odd value built from it rounds correctly to any p <= 51 in every
-  mode (see ``fpsim._reduction_kernels``).  fma's product a*b is exact in
+  mode (see ``fpsim.ops._reduction_kernels``).  fma's product a*b is exact in
   float64 when p <= 26 and the format's range keeps it inside float64's.
 * mul: the product of two p-bit values has at most 2p <= 52 bits, so for
   p <= 26 the float64 product is exact and is rounded once.
@@ -70,7 +70,7 @@ def _finish(values: np.ndarray, shape, dtype, scalar: bool):
 
 
 def _key(mode: str, rng) -> int:
-    """The stream key of a stochastic result rounding (see ``fpsim._kernels.splitmix63``), else 0."""
+    """The stream key of a stochastic result rounding (see ``fpsim.numerics._kernels.splitmix63``), else 0."""
     return random_key(rng) if mode == "stochastic" else 0
 
 

@@ -128,7 +128,26 @@ PRESETS: dict[str, Preset] = {
     "nvfp4_te": Preset(E2M1, 16, "e4m3-te", "NVIDIA NVFP4 in Transformer Engine's FP32 operation order "
                        "(tests/pytorch/nvfp4 reference quantizer, common/cast/nvfp4/dequantize_nvfp4.cuh)"),
 }
-"""``fpsim.quantize``'s named formats: ``fpsim.quantize(x, "mxfp4")``."""
+"""``fpsim.quantize``'s named formats: ``fpsim.quantize(x, "mxfp4")``.  The block-scaled training presets
+(``fpsim.POLICIES``: ``mxfp8``, ``mxfp6``, ``mxfp4``, ``nvfp4``) use these by name."""
+
+DEFAULT_VARIANTS = {"mxfp8": "mxfp8_e4m3"}
+"""An MX family's name for its default variant: MXFP8 means E4M3 elements, as in Transformer Engine's
+``MXFP8BlockScaling`` and torchao's MX recipes (and the ``mxfp8`` training preset).  MXFP6 has none: its two
+variants are asked for by name."""
+
+
+def preset_named(name) -> str | None:
+    """The ``PRESETS`` key ``name`` stands for (a key, or a family of ``DEFAULT_VARIANTS``; case and spaces
+    ignored), or None when it names no preset; a one-line ValueError for a family without a default."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    key = DEFAULT_VARIANTS.get(key, key)
+    if key in PRESETS:
+        return key
+    variants = [preset for preset in PRESETS if key is not None and preset.startswith(f"{key}_")]
+    if variants:
+        raise ValueError(f"{name!r} has {len(variants)} element formats: use {' or '.join(variants)}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -142,8 +161,9 @@ class _Spec:
 
 def _resolve(fmt, scaling, block_size, scale_format, scale_rounding) -> _Spec:
     """The quantizer's settings: a preset's, overridden by those given; ValueError for anything unknown."""
-    if isinstance(fmt, str) and fmt.strip().lower() in PRESETS:
-        preset = PRESETS[fmt.strip().lower()]
+    preset_key = preset_named(fmt)
+    if preset_key is not None:
+        preset = PRESETS[preset_key]
         element, defaults = preset.element, ("block", preset.block_size, preset.scale_format)
     else:
         try:
@@ -275,7 +295,7 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
     x : array_like of real numbers, taken exactly whatever its dtype: a float64 value is not rounded to
         FP32 first; the scales and the scaled values are the module docstring's FP32 roundings of exact
         results, so ``quantize`` and ``quantize_reference`` agree for every input dtype.
-    fmt : a preset (``PRESETS``: "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3",
+    fmt : a preset (``PRESETS``: "mxfp8_e4m3" (also "mxfp8"), "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3",
         "mxfp4", "nvfp4", "nvfp4_te"), which sets the element format, ``scaling="block"``, the block size
         and the scale format; or an element format (anything ``fpsim.get_format`` takes).
     scaling : "tensor" (default for a format), "row" or "block" (default for a preset).

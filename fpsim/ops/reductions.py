@@ -33,12 +33,12 @@ Semantics, for one output value c = sum_k a_k * b_k:
 * Operands may carry batch dimensions, broadcast as numpy does:
   ``(..., M, K) @ (..., K, N)`` gives ``(..., M, N)``.
 
-Every rounding is from the exact value (see ``fpsim._reduction_kernels``), in
+Every rounding is from the exact value (see ``fpsim.ops._reduction_kernels``), in
 ``mode``; stochastic rounding draws one random number per rounding from ``rng``
-(a Generator or int seed; one key per call, then ``fpsim._kernels.splitmix63``
+(a Generator or int seed; one key per call, then ``fpsim.numerics._kernels.splitmix63``
 numbers indexed by output and step), so the same seed gives the same bits.
 
-Kernels (``fpsim._reduction_kernels``), the first that applies:
+Kernels (``fpsim.ops._reduction_kernels``), the first that applies:
 
 * accumulate FP32 or FP64, mode "nearest", products exact in that type (e.g.
   FP16/FP8 inputs for FP32): plain hardware ``acc += a*b``, which IEEE 754

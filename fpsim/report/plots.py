@@ -27,7 +27,7 @@ ZONE_COLOURS = {"flush": "#bdbdbd", "subnormal": "#fdae6b", "normal": "#6baed6",
 """One colour per zone, used by every figure that shows zones."""
 
 FIGURE_STYLE = {"axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10, "legend.fontsize": 8}
-"""The report's matplotlib rcParams, applied around every analysis by ``fpsim.report.run_one``."""
+"""The report's matplotlib rcParams, applied around every analysis by ``fpsim.report.runner.run_one``."""
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ class Context:
         return quick if self.quick else full
 
     def executor(self):
-        """The shared process pool (``fpsim.sweep.local_pool``: one worker per core), started on first use."""
+        """The shared process pool (``fpsim.runs.sweep.local_pool``: one worker per core), started on first use."""
         return self.pool.get()
 
     def close(self) -> None:
@@ -93,7 +93,7 @@ class Context:
 
 
 class LazyPool:
-    """A ``fpsim.sweep.local_pool`` started on first use and shut down by ``close``."""
+    """A ``fpsim.runs.sweep.local_pool`` started on first use and shut down by ``close``."""
 
     def __init__(self):
         self._executor = None

@@ -1,7 +1,7 @@
 """The sweep store: one SQLite file holding one row per training run, and the claims of runs in progress.
 
 Each row of ``runs`` is a finished run, keyed by the stable hash of its configuration
-(``fpsim.sweep.config_key``)::
+(``fpsim.runs.sweep.config_key``)::
 
     runs(key TEXT PRIMARY KEY, config TEXT, status TEXT, error TEXT, result TEXT)
     claims(key TEXT PRIMARY KEY, owner TEXT, host TEXT, pid INTEGER, started REAL)

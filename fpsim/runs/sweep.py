@@ -1,10 +1,10 @@
 """Experiment sweeps: many ``fpsim.train`` runs, resumable, on a process pool or a Dask cluster.
 
 A *configuration* is a dict of ``fpsim.train`` keyword arguments, ``policy``
-included, e.g. ``{"policy": "fp16", "lr": 0.05, "seed": 3}``.  A *grid* is a
+included, e.g. ``{"policy": "fp16-mixed", "lr": 0.05, "seed": 3}``.  A *grid* is a
 dict of lists, expanded as a product (``expand_grid``)::
 
-    records = fpsim.sweep({"policy": ["fp32", "bf16"], "seed": [0, 1, 2]}, store="runs.sqlite")
+    records = fpsim.sweep({"policy": ["fp32", "bf16-mixed"], "seed": [0, 1, 2]}, store="runs.sqlite")
     accuracy = [r["result"]["test_accuracy"] for r in records if r["status"] == "ok"]
 
 How a sweep runs:
@@ -17,7 +17,7 @@ How a sweep runs:
 * Runs already stored (status ``"ok"``) are reused; the others go to the
   executor, one task per run, through one module-level function, ``run_config``.
   As each run finishes, the coordinating process (only it) writes the run to the
-  store in its own transaction (``fpsim.sweep_store``).  Interrupting loses no
+  store in its own transaction (``fpsim.runs.store``).  Interrupting loses no
   finished run, and running the same sweep again runs only what is missing.
 * A run that raises is stored as ``"failed"`` with its error; the sweep goes on,
   and a later sweep retries it.
@@ -118,10 +118,11 @@ def read_grid(path: str | os.PathLike) -> dict:
 
     Example (``analyses/grids/example.toml``)::
 
-        policy = ["fp32", "bf16"]
+        policy = ["fp32", "bf16-pure"]
         lr = [0.05, 0.1]
-        seed = [0, 1]
-        hidden = [[16]]
+        seed = [0, 1, 2]
+        hidden = [[32, 32]]
+        steps = [300]
     """
     try:
         import tomllib

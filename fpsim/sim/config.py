@@ -10,7 +10,7 @@ ways of writing one run are one configuration and hash to one sweep key:
   scalar becomes that float; an integer option accepts numpy integers;
 * names (policy presets, optimizer, data set, model) are case-folded;
 * ``hidden=16`` is ``(16,)``; ``scaler={}`` is ``scaler=None``;
-* ``data=None`` is the model's default data set (``MODELS``); ``hidden=None`` the MLP's
+* ``data=None`` is the model's default data set (``fpsim.sim.vocabulary.MODELS``); ``hidden=None`` the MLP's
   default widths (a torch model keeps None: it takes no ``hidden``).
 
 An option the chosen model does not read is refused, not ignored (``hidden`` for a torch
@@ -34,14 +34,7 @@ from .checks import integer, number_in, positive_fp32_number, positive_number
 from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler, loss_scale_of
 from .policy import Policy
-
-MODELS = {
-    "mlp": {"engine": "numpy", "data": "digits"},
-    "char-gpt": {"engine": "torch", "data": "pydoc"},
-    "cnn": {"engine": "torch", "data": "mnist1d"},
-}
-"""Built-in models: the engine that trains each (``numpy``: bit-exact, no torch needed; ``torch``: ``fpsim.torch``)
-and the data set it trains on by default.  ``model`` may also be a callable returning a ``torch.nn.Module``."""
+from .vocabulary import MODELS, model_named
 
 MAX_STEPS = 10**6
 """Most steps a run may take: each step's record (about 0.7 kB) is kept in memory."""
@@ -69,7 +62,8 @@ class TrainConfig:
     """The precision policy: a ``Policy``, a preset name or a dict of Policy fields (as given, before
     ``loss_scale`` overrides it; ``effective_policy`` is what the run uses)."""
     model: object = "mlp"
-    """A name in ``MODELS`` or a factory returning a ``torch.nn.Module`` (torch engine)."""
+    """A built-in model's name (``fpsim.sim.vocabulary.MODELS``) or a factory returning a ``torch.nn.Module``
+    (torch engine)."""
     model_options: dict = field(default_factory=dict)
     """Settings of the model (its config dataclass's fields, e.g. ``{"n_layer": 2}`` for char-gpt);
     the MLP takes its widths from ``hidden``."""
@@ -148,7 +142,7 @@ class TrainConfig:
     @property
     def engine(self) -> str:
         """``"numpy"`` (the bit-exact MLP engine) or ``"torch"``."""
-        return MODELS[self.model]["engine"] if isinstance(self.model, str) else "torch"
+        return MODELS[self.model].engine if isinstance(self.model, str) else "torch"
 
     @property
     def effective_policy(self) -> Policy:
@@ -190,10 +184,7 @@ class TrainConfig:
 def _model(model):
     if callable(model) and not isinstance(model, str):
         return model
-    if isinstance(model, str) and model.strip().lower() in MODELS:
-        return model.strip().lower()
-    raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)} or a function returning a "
-                     f"torch.nn.Module")
+    return model_named(model).name
 
 
 def _numpy_engine_can_run(policy: Policy, data) -> None:
@@ -209,7 +200,7 @@ def _numpy_engine_can_run(policy: Policy, data) -> None:
 
 def _data(model, data):
     if data is None:
-        return MODELS[model]["data"] if isinstance(model, str) else None
+        return MODELS[model].data if isinstance(model, str) else None
     name, options = parse_data_spec(data)
     return {"name": name, **options} if options else name
 

@@ -130,7 +130,7 @@ def apply_update(weights: np.ndarray, update: np.ndarray, fmt: Format, *, roundi
     the even neighbour).  One exception: for w = +-2^e with e > emin and u moving
     w towards zero, the spacing below w is 2^(e - p), and u is lost when
     |u| <= 2^(e - p - 1).  For w = m 2^e (1 <= m < 2) the bound 2^(e - p) is
-    |w| 2^-p / m, not |w| 2^-p (``fpsim.lost_updates``).  ``"stochastic"`` rounds
+    |w| 2^-p / m, not |w| 2^-p (``fpsim.report.lost_updates``).  ``"stochastic"`` rounds
     up or down with probabilities that make the stored value right on average,
     so small updates survive in expectation.
     """

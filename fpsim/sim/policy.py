@@ -1,7 +1,7 @@
 """Precision policies: which format every tensor of a training step lives in.
 
 A ``Policy`` is the whole numerical recipe of mixed-precision training as data.
-One step (see ``fpsim.training``) reads it like this:
+A training step (either engine's) reads it like this:
 
 1. cast the master weights to ``params`` (with no ``master``, the weights are
    stored in ``params`` and used as they are);
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, Format, get_format
 from ..ops.quantize import PRESETS
 from .loss_scaling import loss_scale_of
-from .scaling import SCALED_KINDS, Scaling, delayed_scaled_max
+from .scaling import Scaling, delayed_scaled_max
+from .vocabulary import OPERAND_KINDS
 
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
@@ -85,11 +86,11 @@ class Policy:
     placement: str = "autocast"
     """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
     scaling: tuple | None = None
-    """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for kinds of
-    ``SCALED_KINDS``, in that order; given as a dict kind -> Scaling (or its kind name, or its dict).  A kind
-    left out is cast unscaled, so it is kept only when scaled: ``{}`` and ``{"params": "none"}`` are one
-    recipe, every operand plainly cast.  None: no scaling, the 16-bit recipe above.  With a recipe only the
-    products' operands are quantized (see the module docstring)."""
+    """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for the products' operands
+    (``fpsim.sim.vocabulary.OPERAND_KINDS``: params, activations, gradients), in that order; given as a dict
+    kind -> Scaling (or its kind name, or its dict).  A kind left out is cast unscaled, so it is kept only when
+    scaled: ``{}`` and ``{"params": "none"}`` are one recipe, every operand plainly cast.  None: no scaling, the
+    16-bit recipe above.  With a recipe only the products' operands are quantized (see the module docstring)."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -112,22 +113,22 @@ class Policy:
             try:
                 given = dict(self.scaling)
             except (TypeError, ValueError):
-                raise ValueError(f"scaling must be a dict of tensor kind ({', '.join(SCALED_KINDS)}) -> recipe, "
-                                 f"e.g. {{'gradients': 'current'}}; got {self.scaling!r}") from None
-            unknown = sorted(set(given) - set(SCALED_KINDS))
+                raise ValueError(f"scaling must be a dict of tensor kind ({', '.join(OPERAND_KINDS)}) -> recipe, "
+                                 f"e.g. {{'gradients': 'tensor'}}; got {self.scaling!r}") from None
+            unknown = sorted(set(given) - set(OPERAND_KINDS))
             if unknown:
                 raise ValueError(f"scaling for unknown tensor kind(s) {', '.join(unknown)}: use "
-                                 f"{', '.join(SCALED_KINDS)}")
-            recipes = {kind: Scaling.coerce(given[kind]) for kind in SCALED_KINDS if kind in given}
+                                 f"{', '.join(OPERAND_KINDS)}")
+            recipes = {kind: Scaling.coerce(given[kind]) for kind in OPERAND_KINDS if kind in given}
             object.__setattr__(self, "scaling", tuple((kind, scaling) for kind, scaling in recipes.items()
                                                       if scaling.kind != "none"))
             for kind, scaling in self.scaling:
-                if scaling.kind == "block" and PRESETS[scaling.block].element != getattr(self, kind):
-                    raise ValueError(f"{kind} are in {getattr(self, kind).name} but their block scaling "
+                if scaling.kind == "block" and PRESETS[scaling.block].element != kind.format_of(self):
+                    raise ValueError(f"{kind} are in {kind.format_of(self).name} but their block scaling "
                                      f"{scaling.block} has {PRESETS[scaling.block].element.name} elements: "
                                      f"make them agree")
                 if scaling.kind == "delayed":
-                    delayed_scaled_max(scaling.margin, getattr(self, kind))  # refuses a margin it cannot take
+                    delayed_scaled_max(scaling.margin, kind.format_of(self))  # refuses a margin it cannot take
             if self.placement != "autocast" or self.master is None:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
                                  "placement='autocast' and master weights (master='fp32')")
@@ -139,11 +140,10 @@ class Policy:
 
     @classmethod
     def preset(cls, name: str) -> "Policy":
-        """The named preset (``fpsim.POLICIES`` and the FP8 / MX ``SCALED_POLICIES`` list them)."""
-        presets = {**POLICIES, **SCALED_POLICIES}
-        if isinstance(name, str) and name.strip().lower() in presets:
-            return presets[name.strip().lower()]
-        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(presets)}, or the path of a JSON file "
+        """The named preset (one of ``POLICIES``)."""
+        if isinstance(name, str) and name.strip().lower() in POLICIES:
+            return POLICIES[name.strip().lower()]
+        raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}, or the path of a JSON file "
                          "of Policy fields (FILE.json)")
 
     @classmethod
@@ -159,7 +159,7 @@ class Policy:
         if isinstance(spec, Policy):
             return spec
         if isinstance(spec, str):
-            if spec.strip().lower() not in {**POLICIES, **SCALED_POLICIES} and (
+            if spec.strip().lower() not in POLICIES and (
                     spec.strip().lower().endswith(".json") or os.path.isfile(os.path.expanduser(spec))):
                 return cls.from_file(spec)
             return cls.preset(spec)
@@ -175,7 +175,7 @@ class Policy:
         path = os.path.expanduser(os.fspath(path))
         if not os.path.isfile(path):
             raise ValueError(f"no policy file {path!r} (and no preset of that name: use one of "
-                             f"{', '.join({**POLICIES, **SCALED_POLICIES})})")
+                             f"{', '.join(POLICIES)})")
         if os.path.getsize(path) > MAX_POLICY_FILE_BYTES:
             raise ValueError(f"policy file {path} is {os.path.getsize(path)} bytes, beyond the "
                              f"{MAX_POLICY_FILE_BYTES} a JSON dict of Policy fields needs: is it the right file?")
@@ -230,7 +230,7 @@ class Policy:
             value = getattr(self, field.name)
             out[field.name] = _format_to_json(value) if isinstance(value, Format) else value
         if self.scaling is not None:
-            out["scaling"] = {kind: scaling.to_dict() for kind, scaling in self.scaling}
+            out["scaling"] = {str(kind): scaling.to_dict() for kind, scaling in self.scaling}
         return out
 
     def describe(self) -> str:
@@ -245,7 +245,7 @@ class Policy:
                 f"{'none' if self.loss_scale is None else self.loss_scale}, update {update}, placement "
                 + ("products' operands only (FP8 recipe)" if self.scaling is not None else self.placement)
                 + "".join(f", {kind} scaling {_describe_scaling(dict(self.scaling).get(kind, Scaling()))}"
-                          for kind in (SCALED_KINDS if self.scaling is not None else ())))
+                          for kind in (OPERAND_KINDS if self.scaling is not None else ())))
 
 
 def _describe_scaling(scaling: Scaling) -> str:
@@ -276,28 +276,6 @@ def _compute(name: str, fmt: Format, **fields) -> Policy:
     return Policy(name=name, params=fmt, activations=fmt, gradients=fmt, accumulate=FP32, loss=FP32, **fields)
 
 
-POLICIES: dict[str, Policy] = {p.name: p for p in (
-    _compute("fp32", FP32, master=None, optimizer_state=FP32),
-    _compute("fp16-pure", FP16, master=None, optimizer_state=FP16),
-    _compute("fp16-mixed", FP16, master=FP32, optimizer_state=FP32),
-    _compute("fp16-amp", FP16, master=FP32, optimizer_state=FP32, loss_scale="dynamic"),
-    _compute("bf16-pure", BF16, master=None, optimizer_state=BF16),
-    _compute("bf16-mixed", BF16, master=FP32, optimizer_state=FP32),
-    _compute("bf16-sr", BF16, master=None, optimizer_state=BF16, update_rounding="stochastic"),
-    _compute("bf16-kahan", BF16, master=None, optimizer_state=BF16, kahan=True),
-)}
-"""The presets by name.
-
-``fp32``: everything FP32.  ``-pure``: weights, activations, gradients and
-optimizer state in the 16-bit format, updates rounded into the 16-bit weights,
-no loss scaling.  ``-mixed``: 16-bit compute, FP32 master weights and optimizer
-state, no loss scaling.  ``fp16-amp``: fp16-mixed plus dynamic loss scaling
-(the full recipe).  ``bf16-sr``: bf16-pure with stochastically rounded updates.
-``bf16-kahan``: bf16-pure with a Kahan-compensated update.  All accumulate in
-FP32 and compute the loss in FP32.
-"""
-
-
 def _scaled(name: str, forward: Format, backward: Format, scaling: Scaling,
             backward_scaling: Scaling | None = None) -> Policy:
     """FP8 / MX compute (weights and activations in ``forward`` with ``scaling``, gradients in ``backward`` with
@@ -314,9 +292,17 @@ def _block(name: str, forward: str, backward: str) -> Policy:
                    Scaling.block_of(backward))
 
 
-SCALED_POLICIES: dict[str, Policy] = {p.name: p for p in (
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    _compute("fp32", FP32, master=None, optimizer_state=FP32),
+    _compute("fp16-pure", FP16, master=None, optimizer_state=FP16),
+    _compute("fp16-mixed", FP16, master=FP32, optimizer_state=FP32),
+    _compute("fp16-amp", FP16, master=FP32, optimizer_state=FP32, loss_scale="dynamic"),
+    _compute("bf16-pure", BF16, master=None, optimizer_state=BF16),
+    _compute("bf16-mixed", BF16, master=FP32, optimizer_state=FP32),
+    _compute("bf16-sr", BF16, master=None, optimizer_state=BF16, update_rounding="stochastic"),
+    _compute("bf16-kahan", BF16, master=None, optimizer_state=BF16, kahan=True),
     _scaled("fp8-unscaled", E4M3, E5M2, Scaling("none")),
-    _scaled("fp8-current", E4M3, E5M2, Scaling("current")),
+    _scaled("fp8-current", E4M3, E5M2, Scaling("tensor")),
     _scaled("fp8-delayed", E4M3, E5M2, Scaling.delayed()),
     _scaled("fp8-rowwise", E4M3, E4M3, Scaling("row")),
     _block("mxfp8", "mxfp8_e4m3", "mxfp8_e4m3"),
@@ -324,16 +310,31 @@ SCALED_POLICIES: dict[str, Policy] = {p.name: p for p in (
     _block("mxfp4", "mxfp4", "mxfp4"),
     _block("nvfp4", "nvfp4", "nvfp4"),
 )}
-"""FP8 / MX recipes (products' operands only, FP32 master weights and optimizer state; see the module docstring).
+"""Every preset by name: what ``fpsim.train``, ``TrainConfig``, ``Policy.coerce`` and ``fpsim train`` take.
 
-``fp8-unscaled``: plain saturating casts, E4M3 forward and E5M2 backward, no scale.
-``fp8-current``: torchao's TENSORWISE default (E4M3 weights and activations, E5M2
-gradients, scale = max / amax now).  ``fp8-delayed``: Transformer Engine's
-``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward), history
-1024, margin 0, amax "max".  ``fp8-rowwise``: torchao's ROWWISE (E4M3, one current
-scale per row along the reduction axis).  ``mxfp8``: TE's ``MXFP8BlockScaling`` (E4M3
-everywhere, blocks of 32, E8M0 floor scales).  ``mxfp6``: MXFP6 with E2M3 (precision)
-forward and E3M2 (range) backward, the split the FP8 recipes make between E4M3 and
-E5M2.  ``mxfp4``: MXFP4 (E2M1) everywhere.  ``nvfp4``: NVFP4 (E2M1, blocks of 16,
-E4M3 block scales, an FP32 tensor scale) everywhere.
+The 16-bit presets.  ``fp32``: everything FP32.  ``-pure``: weights, activations,
+gradients and optimizer state in the 16-bit format, updates rounded into the
+16-bit weights, no loss scaling.  ``-mixed``: 16-bit compute, FP32 master weights
+and optimizer state, no loss scaling.  ``fp16-amp``: fp16-mixed plus dynamic loss
+scaling (the full recipe).  ``bf16-sr``: bf16-pure with stochastically rounded
+updates.  ``bf16-kahan``: bf16-pure with a Kahan-compensated update.  All
+accumulate in FP32 and compute the loss in FP32.
+
+The FP8 / MX presets (a ``scaling`` recipe: products' operands only, FP32 master
+weights and optimizer state; see the module docstring; ``SCALED_POLICIES`` lists
+them).  ``fp8-unscaled``: plain saturating casts, E4M3 forward and E5M2 backward,
+no scale.  ``fp8-current``: torchao's TENSORWISE default (E4M3 weights and
+activations, E5M2 gradients, scale = max / amax now).  ``fp8-delayed``: Transformer
+Engine's ``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward),
+history 1024, margin 0, amax "max".  ``fp8-rowwise``: torchao's ROWWISE (E4M3, one
+current scale per row along the reduction axis).  ``mxfp8``: TE's
+``MXFP8BlockScaling`` (E4M3 everywhere, blocks of 32, E8M0 floor scales).
+``mxfp6``: MXFP6 with E2M3 (precision) forward and E3M2 (range) backward, the split
+the FP8 recipes make between E4M3 and E5M2.  ``mxfp4``: MXFP4 (E2M1) everywhere.
+``nvfp4``: NVFP4 (E2M1, blocks of 16, E4M3 block scales, an FP32 tensor scale)
+everywhere.  Each block preset's name is also ``fpsim.quantize``'s name for its
+element format when it has one (``quantize(x, "mxfp8")``).
 """
+
+SCALED_POLICIES: dict[str, Policy] = {name: p for name, p in POLICIES.items() if p.scaling is not None}
+"""A view of ``POLICIES``: the FP8 / MX presets (those with a scaling recipe), in their order."""

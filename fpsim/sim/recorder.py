@@ -6,8 +6,8 @@ values before rounding, and after) and each weight update to
 ``Recorder.updated(module, before, after, update, fmt)``.  A *module* is a path
 as PyTorch names submodules (``"blocks.2.attn"``; the MLP's layers are
 ``"layers.0"``, ``"layers.1"``, ...), so both engines fill the same record.
-Per step, per module and per kind of tensor (``KINDS``), the recorder counts
-(``STATS``):
+Per step, per module and per kind of tensor (``fpsim.sim.vocabulary.RECORDED_KINDS``), the
+recorder counts (``STATS``):
 
 * ``nonzero``: values that were non-zero before rounding;
 * ``underflow``: non-zero before rounding, zero after (flushed: information lost);
@@ -29,7 +29,7 @@ is zero before its own rounding, so the per-rounding count cannot see it.
 
 Under an FP8 / MX scaling recipe (``fpsim.sim.scaling.ScaledCasts``) a product's operands
 are recorded in the scaled domain (the values the element format holds), and
-``Recorder.scaled`` keeps, per step, module and operand kind ("params",
+``Recorder.scaled`` keeps, per step, module and operand kind (``OPERAND_KINDS``: "params",
 "activations", "gradients"), the values cast, those that saturated at the format's
 max, and the range of log2 of the scales (``scaling``: one trace per module and kind).
 
@@ -44,8 +44,7 @@ import math
 
 import numpy as np
 
-KINDS = ("activations", "activation_grads", "weight_grads", "updates")
-"""Tensor kinds: layer outputs, gradients w.r.t. them, weight (and bias) gradients, updated weights."""
+from .vocabulary import RECORDED_KINDS
 
 STATS = ("values", "nonzero", "underflow", "subnormal", "overflow", "nonfinite")
 """What is counted for every rounding (see the module docstring); ``values`` is the element count."""
@@ -80,7 +79,7 @@ class Recorder:
         self._histograms: dict = {}
         self._scales: dict = {}
         self.shadow: list[dict] = []
-        self._totals = np.zeros((0, len(KINDS), len(STATS)), dtype=np.int64)
+        self._totals = np.zeros((0, len(RECORDED_KINDS), len(STATS)), dtype=np.int64)
         self._update_totals = np.zeros((0, len(UPDATE_STATS)), dtype=np.float64)
         self._window = np.zeros_like(self._totals)
         self._window_updates = np.zeros_like(self._update_totals)
@@ -119,7 +118,7 @@ class Recorder:
     def rounded(self, kind: str, module: str, before: np.ndarray, after: np.ndarray, fmt) -> None:
         """Observe the rounding of ``before`` to ``after`` (in format ``fmt``) of a tensor of ``kind`` in ``module``."""
         row = self.index(module)  # before reading self._counts: a new module reallocates it
-        counts = self._counts[row, KINDS.index(kind)]
+        counts = self._counts[row, RECORDED_KINDS.index(kind)]
         was_nonzero = before != 0  # NaN counts as non-zero
         is_zero = after == 0
         finite_after = np.isfinite(after)
@@ -191,7 +190,7 @@ class Recorder:
         self.shadow.append({"step": self.step, "relative_error": errors, "nonzero": nonzero, "flushed": flushed})
 
     @property
-    def weight_grad_flushed_fraction(self) -> float | None:
+    def weight_grad_underflow_fraction(self) -> float | None:
         """Over the shadow steps: weight-gradient elements non-zero in FP64 but zero in the policy (None: no shadow)."""
         if not self.shadow:
             return None
@@ -203,7 +202,8 @@ class Recorder:
         totals_by_kind = self._counts.sum(axis=0)
         record = {"step": self.step, "loss": json_float(loss), "loss_scale": loss_scale, "skipped": skipped}
         for stat in STATS[1:]:
-            record[stat] = {kind: int(totals_by_kind[k, STAT_INDEX[stat]]) for k, kind in enumerate(KINDS)}
+            record[stat] = {kind: int(totals_by_kind[k, STAT_INDEX[stat]])
+                            for k, kind in enumerate(RECORDED_KINDS)}
         update_totals = dict(zip(UPDATE_STATS, self._updates.sum(axis=0)))
         record["updated"] = int(update_totals["updated"])
         record["lost_updates"] = int(update_totals["lost"])
@@ -241,7 +241,7 @@ class Recorder:
     # --- summaries -----------------------------------------------------------
     def total(self, kind: str, stat: str) -> int:
         """Run total of ``stat`` for ``kind`` over all modules."""
-        return int(self._totals[:, KINDS.index(kind), STAT_INDEX[stat]].sum())
+        return int(self._totals[:, RECORDED_KINDS.index(kind), STAT_INDEX[stat]].sum())
 
     def fraction(self, kind: str, stat: str) -> float:
         """Run total of ``stat`` over the run's non-zero values of ``kind`` (0 when there were none)."""
@@ -266,7 +266,7 @@ class Recorder:
         out = []
         for layer, module in enumerate(self.modules):
             summary = {"layer": layer, "module": module}
-            for k, kind in enumerate(KINDS):
+            for k, kind in enumerate(RECORDED_KINDS):
                 summary[kind] = {stat: int(self._totals[layer, k, s]) for s, stat in enumerate(STATS)}
             for u, stat in enumerate(UPDATE_STATS):
                 value = self._update_totals[layer, u]
@@ -319,7 +319,7 @@ class Recorder:
         def padded(window: np.ndarray) -> list:
             return np.concatenate([window, np.zeros((len(self.modules) - len(window), *window.shape[1:]),
                                                     window.dtype)]).tolist()
-        return {"modules": list(self.modules), "kinds": list(KINDS), "stats": list(STATS),
+        return {"modules": list(self.modules), "kinds": list(RECORDED_KINDS), "stats": list(STATS),
                 "update_stats": list(UPDATE_STATS), "steps": [step for step, _, _ in self._windows],
                 "counts": [padded(counts) for _, counts, _ in self._windows],
                 "updates": [padded(updates) for _, _, updates in self._windows]}

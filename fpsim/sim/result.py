@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .vocabulary import RECORDED_KINDS, Kind
 
 FINAL_LOSS_STEPS = 50
 """``final_loss`` is the mean training loss over this many last (non-skipped) steps."""
@@ -32,6 +33,12 @@ def run_status(*, diverged: bool, weights_changed: int, min_scale_hits: int) -> 
         if applies:
             return status
     return "ok"
+
+
+SUMMARY = ("policy", "status", "test_accuracy", "test_loss", "final_loss", "weight_grad_underflow_fraction",
+           "activation_grad_underflow_fraction", "lost_update_fraction", "overflow_count", "skipped_steps",
+           "final_loss_scale", "diverged_step", "saturated_count")
+"""The headline numbers of ``TrainResult.summary()``, in its order."""
 
 
 @dataclass
@@ -129,15 +136,8 @@ class TrainResult:
             return cls.from_dict(json.load(file))
 
     def summary(self) -> dict:
-        """The headline numbers, for tables."""
-        return {"policy": self.policy, "status": self.status, "test_accuracy": self.test_accuracy,
-                "test_loss": self.test_loss,
-                "final_loss": self.final_loss,
-                "weight_grad_underflow": self.weight_grad_underflow_fraction,
-                "activation_grad_underflow": self.activation_grad_underflow_fraction,
-                "lost_updates": self.lost_update_fraction, "overflows": self.overflow_count,
-                "skipped_steps": self.skipped_steps, "final_loss_scale": self.final_loss_scale,
-                "diverged_step": self.diverged_step, "saturated": self.saturated_count}
+        """The headline numbers, for tables, each under its attribute's name."""
+        return {name: getattr(self, name) for name in SUMMARY}
 
     @property
     def saturated_count(self) -> int:
@@ -165,11 +165,10 @@ def result_of_run(config: dict, policy_name: str, recorder, scaler, *, steps_run
     min_scale_hits = scaler.min_scale_hits if scaler is not None else 0
     return TrainResult(
         config=config, policy=policy_name, test_accuracy=test_accuracy, test_loss=test_loss, final_loss=final_loss,
-        weight_grad_underflow_fraction=recorder.weight_grad_flushed_fraction,
-        activation_grad_underflow_fraction=recorder.fraction("activation_grads", "underflow"),
-        activation_underflow_fraction=recorder.fraction("activations", "underflow"),
-        overflow_count=sum(recorder.total(kind, "overflow") for kind in ("activations", "activation_grads",
-                                                                         "weight_grads", "updates")),
+        weight_grad_underflow_fraction=recorder.weight_grad_underflow_fraction,
+        activation_grad_underflow_fraction=recorder.fraction(Kind.ACTIVATION_GRADS, "underflow"),
+        activation_underflow_fraction=recorder.fraction(Kind.ACTIVATIONS, "underflow"),
+        overflow_count=sum(recorder.total(kind, "overflow") for kind in RECORDED_KINDS),
         lost_update_fraction=recorder.lost_update_fraction,
         lost_update_magnitude_fraction=recorder.lost_update_magnitude_fraction,
         skipped_steps=sum(1 for r in history if r["skipped"]),

@@ -3,9 +3,9 @@
 A ``Scaling`` names one of the recipes in use (defaults and their sources beside each):
 
 ``none``      the tensor is rounded to its format as it is.
-``current``   per-tensor current scaling: scale = max / amax of the tensor now, FP32
+``tensor``    per-tensor current scaling: scale = max / amax of the tensor now, FP32
               (torchao's TENSORWISE recipe, its default; Transformer Engine's
-              ``Float8CurrentScaling``); ``fpsim.quantize(x, fmt)``.
+              ``Float8CurrentScaling``); ``fpsim.quantize(x, fmt, scaling="tensor")``.
 ``delayed``   per-tensor delayed scaling, Transformer Engine's ``DelayedScaling(margin=0,
               amax_history_len=1024, amax_compute_algo="max")``: the scale comes from a
               history of the amaxes of earlier steps (``DelayedScaler`` below).
@@ -51,14 +51,12 @@ import numpy as np
 from ..numerics.formats import FP32, get_format
 from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
-from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, quantize
+from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, preset_named, quantize
 from .checks import is_finite_number
+from .vocabulary import OPERAND_KINDS, Kind
 
-SCALED_KINDS = ("params", "activations", "gradients")
-"""The tensor kinds a ``scaling`` recipe may cover: the operands of a matrix product (each the name of the
-policy field giving its element format)."""
-
-SCALING_KINDS = ("none", "current", "delayed", "row", "block")
+SCALING_KINDS = ("none", "tensor", "delayed", "row", "block")
+"""The recipes (see the module docstring); ``tensor``, ``row`` and ``block`` are ``fpsim.quantize``'s scalings."""
 AMAX_COMPUTE = ("max", "most_recent")
 
 MAX_HISTORY_LEN = 1 << 20
@@ -79,7 +77,8 @@ class Scaling:
     amax_compute: str = "max"
     """``delayed``: ``"max"`` of the history or its ``"most_recent"`` entry (TE ``amax_compute_algo``)."""
     block: str | None = None
-    """``block``: the ``fpsim.quantize`` preset; None for the other kinds."""
+    """``block``: the ``fpsim.quantize`` preset, by its ``PRESETS`` key ("mxfp8" is kept as "mxfp8_e4m3");
+    None for the other kinds."""
     scale_rounding: str = "floor"
     """``block`` with E8M0 scales: "floor" (OCP MX spec), "ceil", "even" or "rceil" (torchao)."""
 
@@ -99,8 +98,10 @@ class Scaling:
         if (self.kind == "block") != (self.block is not None):
             raise ValueError("a 'block' scaling needs block= a quantize preset "
                              f"({', '.join(PRESETS)}); the other kinds take none")
-        if self.block is not None and self.block not in PRESETS:
-            raise ValueError(f"unknown block preset {self.block!r}: use one of {', '.join(PRESETS)}")
+        if self.block is not None:
+            if preset_named(self.block) is None:
+                raise ValueError(f"unknown block preset {self.block!r}: use one of {', '.join(PRESETS)}")
+            object.__setattr__(self, "block", preset_named(self.block))
         if self.scale_rounding not in SCALE_ROUNDINGS:
             raise ValueError(f"scale_rounding must be one of {', '.join(SCALE_ROUNDINGS)}, got {self.scale_rounding!r}")
         object.__setattr__(self, "history_len", int(history_len))
@@ -211,11 +212,6 @@ class DelayedScaler:
         return self.scale
 
 
-RECORDED_KIND = {"activations": "activations", "gradients": "activation_grads"}
-"""The recorder's kind for a scaled operand (a product's gradient operand is an activation gradient); the
-weights' casts are counted in the scale traces only (``Recorder.scaled``)."""
-
-
 class ScaledCasts:
     """A run's scaled casts: the policy's recipe per tensor kind and the delayed scalers' state.
 
@@ -238,8 +234,8 @@ class ScaledCasts:
 
     def __init__(self, policy, recorder=None):
         recipes = dict(policy.scaling or ())
-        self.recipes = {kind: recipes.get(kind, Scaling()) for kind in SCALED_KINDS}
-        self.formats = {kind: getattr(policy, kind) for kind in SCALED_KINDS}  # the policy's field of that name
+        self.recipes = {kind: recipes.get(kind, Scaling()) for kind in OPERAND_KINDS}
+        self.formats = {kind: kind.format_of(policy) for kind in OPERAND_KINDS}
         self.recorder = recorder
         self.learning = True
         self._delayed: dict[tuple[str, str], DelayedScaler] = {}
@@ -261,8 +257,7 @@ class ScaledCasts:
             out, unit = quantize(values, recipe.block, axis=axis, scale_rounding=rounding, return_scales=True)
             block = preset.block_size
         else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
-            out, scales = quantize(values, fmt, scaling="tensor" if recipe.kind == "current" else "row", axis=axis,
-                                   return_scales=True)
+            out, scales = quantize(values, fmt, scaling=recipe.kind, axis=axis, return_scales=True)
             unit = 1.0 / scales
         out = np.asarray(out, dtype=values.dtype)
         if self.recorder is not None:
@@ -294,8 +289,9 @@ class ScaledCasts:
         per_value = (unit if block is None else _per_value(unit, values.shape, axis, block)).astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
             before, after = values / per_value, out / per_value
-        if kind in RECORDED_KIND:
-            self.recorder.rounded(RECORDED_KIND[kind], module, before, after, fmt)
+        recorded = Kind(kind).recorded_as
+        if recorded is not None:
+            self.recorder.rounded(recorded, module, before, after, fmt)
         self.recorder.scaled(kind, module, values.size, count_saturated(before, fmt), log2_range)
 
 

@@ -1,9 +1,15 @@
-"""The names every layer shares: the built-in models and the optimizers.
+"""The names every layer shares: the tensor kinds, the built-in models and the optimizers.
 
 A name here means one thing in every layer: ``TrainConfig`` validates against
 it, the engines build from it, ``fpsim inspect`` offers it, the report's claims
 score and compare by it.  Nothing here imports torch: a torch model's builder
 is named by its dotted path and imported only when a run builds it.
+
+A tensor **kind** (``Kind``) is one of a training step's tensors.  Its format
+is the ``Policy`` field ``Kind.format_field`` names; the operands of a matrix
+product (``OPERAND_KINDS``: params, activations, gradients) are named as those
+fields, and are what a scaling recipe casts; the recorder counts the roundings
+of ``RECORDED_KINDS`` (activations, activation_grads, weight_grads, updates).
 
 A built-in model's **score** is the number the report judges it by, read from a
 run's result (``TrainResult.to_dict()``): the MLP's and the conv net's test
@@ -19,6 +25,56 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(str, Enum):
+    """A kind of tensor in a training step; its value is its name in JSON, the recorder and ``Policy.scaling``.
+
+    A str (``Kind.ACTIVATIONS == "activations"``), so that a name given as a string keys the same entry."""
+
+    PARAMS = "params"
+    """The weights as the products use them (cast from the master weights); format ``Policy.params``."""
+    ACTIVATIONS = "activations"
+    """A layer's output, the next product's activation operand; format ``Policy.activations``."""
+    GRADIENTS = "gradients"
+    """The gradient operand of a backward product (the gradient w.r.t. a layer's output, as a scaling recipe
+    casts it); format ``Policy.gradients``; counted by the recorder as ``ACTIVATION_GRADS``."""
+    ACTIVATION_GRADS = "activation_grads"
+    """The gradient of the loss w.r.t. a layer's output, as rounded; format ``Policy.gradients``."""
+    WEIGHT_GRADS = "weight_grads"
+    """The gradient w.r.t. a layer's weights and bias; format ``Policy.gradients``."""
+    UPDATES = "updates"
+    """The stored weights after an update; format ``Policy.weights`` (the master weights, else ``params``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def format_field(self) -> str:
+        """The ``Policy`` attribute holding this kind's format."""
+        return {"activation_grads": "gradients", "weight_grads": "gradients", "updates": "weights"}.get(
+            self.value, self.value)
+
+    def format_of(self, policy):
+        """This kind's format under ``policy``."""
+        return getattr(policy, self.format_field)
+
+    @property
+    def recorded_as(self) -> "Kind | None":
+        """The kind the recorder counts this one's roundings under (None for ``PARAMS``: the weights' casts are
+        counted in the scale traces only, ``Recorder.scaled``)."""
+        return {Kind.PARAMS: None, Kind.GRADIENTS: Kind.ACTIVATION_GRADS}.get(self, self)
+
+
+OPERAND_KINDS = (Kind.PARAMS, Kind.ACTIVATIONS, Kind.GRADIENTS)
+"""The operands of a matrix product, in this order: what a scaling recipe (``Policy.scaling``) may cover."""
+
+RECORDED_KINDS = (Kind.ACTIVATIONS, Kind.ACTIVATION_GRADS, Kind.WEIGHT_GRADS, Kind.UPDATES)
+"""The kinds whose roundings the recorder counts (``fpsim.sim.recorder``), in this order."""
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 """Every optimizer name a run may take: plain SGD, SGD with (heavy-ball) momentum, Adam, AdamW."""

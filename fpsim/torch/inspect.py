@@ -56,9 +56,11 @@ import torch
 
 from ..numerics.formats import FP16, Format, get_format
 from ..numerics.rounding import round as round_to
+from ..sim.vocabulary import Kind
 from .emulate import tensors_of
 
-KINDS = ("activations", "activation_grads", "weight_grads")
+KINDS = (Kind.ACTIVATIONS, Kind.ACTIVATION_GRADS, Kind.WEIGHT_GRADS)
+"""The kinds one FP32 pass measures (no update is taken)."""
 DEFAULT_FORMATS = ("fp16", "bf16", "e4m3", "e5m2")
 _LOSS_SCALE_RANGE = 160  # k searched in [k_max - 160, k_max]: covers FP32's 277 binades from FP16's top
 PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")

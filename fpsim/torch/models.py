@@ -11,9 +11,10 @@ from torch's global random state: the modules are built on the ``meta`` device
 ``init_weights`` (nanoGPT's scheme: normal(0, 0.02) weights, zero biases,
 unit LayerNorm gains, residual projections scaled by 1/sqrt(2 n_layer)).
 
-``MODELS`` maps a model name to its ``ModelSpec``: the config dataclass, the
-builder, the default data set, the task and the config fields the data decide
-(vocabulary size, sequence length, classes).  There is no dropout: a run's
+``SPECS`` holds, per torch model of ``fpsim.sim.vocabulary.MODELS`` (which names it
+and gives its builder and default data set), its ``ModelSpec``: the config
+dataclass, the task and the config fields the data decide (vocabulary size,
+sequence length, classes).  There is no dropout: a run's
 randomness is its seed's, and the models are far too small to overfit in the
 steps a report gives them.
 """
@@ -30,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..sim.config import MAX_PARAMETERS
+from ..sim.vocabulary import MODELS, BuiltinModel, model_named
 
 INIT_STD = 0.02
 """Standard deviation of the normal initialisation of every weight matrix and embedding (GPT-2's, nanoGPT's)."""
@@ -302,18 +304,31 @@ def init_weights(model, generator, residual_layers: int | None = None) -> None:
 # --- the registry --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the engine needs to know about a built-in model."""
+    """What the torch engine needs to know about a built-in model beyond its record (``MODELS[name]``)."""
 
+    name: str
+    """Its name in ``fpsim.sim.vocabulary.MODELS``."""
     config: type
     """The config dataclass; a run's ``model_options`` are its fields."""
-    build: Callable
-    """``build(config, generator) -> nn.Module``."""
-    data: str
-    """The default data set (a ``fpsim.sim.data.load_data`` spec)."""
     task: str
     """"language-model": logits (B, T, V) against next tokens (B, T); "classification": (B, K) against labels (B,)."""
     from_data: Callable
     """``from_data(dataset) -> dict``: the config fields the data decide."""
+
+    @property
+    def record(self) -> BuiltinModel:
+        """The model's record in the vocabulary: its builder, default data set, optimizers, score."""
+        return MODELS[self.name]
+
+    @property
+    def data(self) -> str:
+        """The default data set (a ``fpsim.sim.data.load_data`` spec)."""
+        return self.record.data
+
+    @property
+    def build(self) -> Callable:
+        """``build(config, generator) -> nn.Module``, the record's builder."""
+        return self.record.build()
 
     def make_config(self, dataset, options: dict | None = None):
         """The model's config: ``options`` (checked against the dataclass's fields) plus what ``dataset`` decides."""
@@ -330,20 +345,19 @@ class ModelSpec:
         return self.config(**options, **decided)
 
 
-MODELS: dict[str, ModelSpec] = {
-    "char-gpt": ModelSpec(GPTConfig, build_gpt, "pydoc", "language-model",
-                          lambda data: {"vocab_size": data.vocab_size}),
-    "cnn": ModelSpec(CNNConfig, build_cnn, "mnist1d", "classification",
-                     lambda data: {"length": data.inputs, "classes": data.outputs}),
-}
-"""The built-in models by name."""
+SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec("char-gpt", GPTConfig, "language-model", lambda data: {"vocab_size": data.vocab_size}),
+    ModelSpec("cnn", CNNConfig, "classification", lambda data: {"length": data.inputs, "classes": data.outputs}),
+)}
+"""The torch engine's part of each torch model of ``fpsim.sim.vocabulary.MODELS``, by its name there."""
 
 
 def get_model(name: str) -> ModelSpec:
-    """The ``ModelSpec`` called ``name`` (one of ``MODELS``)."""
-    if isinstance(name, str) and name.strip().lower() in MODELS:
-        return MODELS[name.strip().lower()]
-    raise ValueError(f"unknown model {name!r}: use one of mlp, {', '.join(MODELS)}")
+    """The ``ModelSpec`` of the torch model called ``name`` (a name in ``fpsim.sim.vocabulary.MODELS``)."""
+    record = model_named(name)
+    if record.name not in SPECS:
+        raise ValueError(f"{record.name} is the numpy engine's model: the torch models are {', '.join(SPECS)}")
+    return SPECS[record.name]
 
 
 def _check_size(name: str, parameters: int) -> None:
