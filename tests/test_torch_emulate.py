@@ -12,7 +12,7 @@ from torch.nn import functional as F  # noqa: E402
 import fpsim  # noqa: E402
 from fpsim.sim.recorder import Recorder  # noqa: E402
 from fpsim.torch import emulate  # noqa: E402
-from fpsim.torch.emulate import _flash_attention  # noqa: E402
+from fpsim.torch.products import flash_attention  # noqa: E402
 from fpsim.torch.models import GPTConfig, build_gpt  # noqa: E402
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -184,7 +184,7 @@ def test_attention_backward_is_the_kernel_on_the_emulated_forward_with_its_fp32_
         out.backward(grad)
     # the reference: flash attention's forward (probabilities rounded before P @ V), its output rounded once,
     # then ATen's backward kernel reading the FP32 log-sum-exp, its outputs rounded once
-    expected_out, logsumexp = _flash_attention(q.detach(), k.detach(), v.detach(), True, None, fpsim.BF16)
+    expected_out, logsumexp = flash_attention(q.detach(), k.detach(), v.detach(), True, None, fpsim.BF16)
     expected_out = expected_out.bfloat16().float()
     assert torch.equal(bits(out), bits(expected_out))
     expected = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
