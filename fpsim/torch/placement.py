@@ -116,7 +116,7 @@ _MOVE_OPS = (
 )
 
 
-def _table(*groups: tuple) -> dict:
+def op_table(*groups: tuple) -> dict:
     """{operator: value} from (value, operators) groups; an operator named twice is refused (ValueError)."""
     table = {}
     for value, ops in groups:
@@ -129,7 +129,7 @@ def _table(*groups: tuple) -> dict:
     return table
 
 
-PLACEMENT = _table((MATMUL, _MATMUL_OPS), (MOVE, _MOVE_OPS), (FP32, _FP32_OPS), (VIEW, _VIEW_OPS))
+PLACEMENT = op_table((MATMUL, _MATMUL_OPS), (MOVE, _MOVE_OPS), (FP32, _FP32_OPS), (VIEW, _VIEW_OPS))
 """ATen operator (an ``OpOverloadPacket``: all its overloads) -> placement; operators not named are
 ``"promote"``."""
 
@@ -140,7 +140,7 @@ FIRST_OUTPUT_ONLY = frozenset(op for op in (
 ) if op is not None)
 """Matrix-product ops whose other outputs (log-sum-exp, random seeds) stay FP32 on the hardware."""
 
-FP32_INPUTS = _table(
+FP32_INPUTS = op_table(
     ((5,), (aten._scaled_dot_product_flash_attention_for_cpu_backward,
             aten._scaled_dot_product_flash_attention_backward, _newer("_scaled_dot_product_cudnn_attention_backward"))),
     ((6,), (aten._scaled_dot_product_efficient_attention_backward,
@@ -148,7 +148,7 @@ FP32_INPUTS = _table(
 )
 """Positions of the attention backwards' log-sum-exp input: FP32 on the hardware, never rounded."""
 
-SCALED_OPERANDS: dict = _table(
+SCALED_OPERANDS: dict = op_table(
     ({0: -1, 1: -2}, (aten.mm, aten.bmm)), ({1: -1, 2: -2}, (aten.addmm, aten.baddbmm)),
     ({0: 1, 1: 1}, (aten.convolution,)), ({0: 1, 1: 1, 2: 1}, (aten.convolution_backward,)),
 )

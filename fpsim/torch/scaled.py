@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from .mode import EMULATED_DTYPES, EmulationMode
-from .placement import FP32, MATMUL, MOVE, PROMOTE, VIEW, OpPlacement
+from .placement import FP32 as FP32_OPS
+from .placement import MATMUL, MOVE, PROMOTE, VIEW, OpPlacement
 
 _current_node = torch._C._current_autograd_node
 
@@ -43,7 +44,7 @@ class ScaledMode(EmulationMode):
             args[index] = self._operand(args[index], axis, node is not None, path)
         return self.run_fp32(func, op, args, kwargs)
 
-    handlers = {VIEW: _run, MOVE: _run, FP32: _compute, MATMUL: _compute, PROMOTE: _compute}
+    handlers = {VIEW: _run, MOVE: _run, FP32_OPS: _compute, MATMUL: _compute, PROMOTE: _compute}
 
     def _operand(self, tensor, axis: int, backward: bool, path: str):
         """``tensor`` cast as an operand of the product at ``path``: weights as params; in the backward pass, a
