@@ -1,7 +1,5 @@
 """fpsim.torch.emulate: a TorchDispatchMode that runs any model's forward and backward under a policy."""
 
-import math
-
 import numpy as np
 import pytest
 
