@@ -1,7 +1,5 @@
 """fpsim.torch.emulate: a TorchDispatchMode that runs any model's forward and backward under a policy."""
 
-import math
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,7 @@ from torch.nn import functional as F  # noqa: E402
 import fpsim  # noqa: E402
 from fpsim.sim.recorder import Recorder  # noqa: E402
 from fpsim.torch import emulate  # noqa: E402
-from fpsim.torch.emulate import _flash_attention  # noqa: E402
+from fpsim.torch.products import flash_attention  # noqa: E402
 from fpsim.torch.models import GPTConfig, build_gpt  # noqa: E402
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -184,7 +182,7 @@ def test_attention_backward_is_the_kernel_on_the_emulated_forward_with_its_fp32_
         out.backward(grad)
     # the reference: flash attention's forward (probabilities rounded before P @ V), its output rounded once,
     # then ATen's backward kernel reading the FP32 log-sum-exp, its outputs rounded once
-    expected_out, logsumexp = _flash_attention(q.detach(), k.detach(), v.detach(), True, None, fpsim.BF16)
+    expected_out, logsumexp = flash_attention(q.detach(), k.detach(), v.detach(), True, None, fpsim.BF16)
     expected_out = expected_out.bfloat16().float()
     assert torch.equal(bits(out), bits(expected_out))
     expected = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
@@ -290,3 +288,41 @@ def test_low_precision_placement_leaves_batch_norm_statistics_updated_in_place()
         model(torch.randn(8, 4)).sum().backward()
     assert model[1].num_batches_tracked.item() == 1
     assert torch.count_nonzero(model[1].running_mean).item() == 3
+
+
+# --- (f) the placement table, the handlers and the module paths ----------------------------------------
+def test_placement_is_keyed_by_aten_operators_in_place_variants_placed_as_their_op():
+    from fpsim.torch import placement
+
+    aten = torch.ops.aten
+    assert all(isinstance(op, torch._ops.OpOverloadPacket) for op in placement.PLACEMENT)
+    assert placement.placement_of(aten.exp_.default).placement == placement.FP32 == placement.PLACEMENT[aten.exp]
+    assert placement.placement_of(aten.add_.Tensor).placement == placement.PROMOTE  # not named: the default
+    assert placement.placement_of(aten.addmm.default).scaled_operands == {1: -1, 2: -2}
+    assert placement.placement_of(aten.addmm_.default).scaled_operands is None  # named exactly
+    with pytest.raises(ValueError, match="placed twice"):
+        placement.op_table((placement.MATMUL, (aten.mm,)), (placement.VIEW, (aten.mm,)))
+
+
+def test_a_mode_without_a_handler_for_every_placement_is_refused():
+    from fpsim.torch.mode import EmulationMode
+
+    with pytest.raises(TypeError, match="must cover the placements"):
+        type("Partial", (EmulationMode,), {"handlers": {"view": lambda *args: None}})
+
+
+def test_backward_roundings_are_named_by_the_module_whose_forward_made_them():
+    """Both embeddings' weight gradients under their own paths (torch's ModuleTracker has both entered)."""
+    model = build_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16),
+                      torch.Generator().manual_seed(0))
+    recorder = Checking()
+    policy = fpsim.Policy.from_dict({"preset": "fp16-mixed", "placement": "low-precision"})  # embeddings round
+    with emulate(policy, model=model, recorder=recorder):
+        idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(1))
+        logits = model(idx)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        F.cross_entropy(logits.reshape(-1, 11), idx.reshape(-1)).backward()
+    weight_grads = {module for kind, module, *_ in recorder.calls if kind == "weight_grads"}
+    assert {"transformer.wte", "transformer.wpe", "transformer.h.0.attn.c_attn"} <= weight_grads
+    paths = {module for _, module, *_ in recorder.calls}
+    assert paths <= {name or "model" for name, _ in model.named_modules()} | {"(outside)"}

@@ -41,116 +41,147 @@ Classes (``PLACEMENTS``):
 The policy's ``placement="low-precision"`` (pure 16-bit training, what
 ``model.half()`` does) overrides the table: every op except views rounds its
 output, and the FP32 ops too.
+
+The tables are keyed by ``torch.ops.aten`` operator packets (every overload of
+an operator is placed alike), so a misspelt operator fails at import; an
+in-place variant (``add_``, ``exp_``) is placed as its out-of-place operator,
+and any other operator is ``"promote"``.  ``placement_of`` reads the tables
+once per overload into an ``OpPlacement``.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+
+aten = torch.ops.aten
 
 MATMUL, FP32, VIEW, MOVE, PROMOTE = "matmul", "fp32", "view", "move", "promote"
 PLACEMENTS = (MATMUL, FP32, VIEW, MOVE, PROMOTE)
 """The op classes, in the order of the module docstring."""
 
+
+def _newer(name: str):
+    """An operator that older releases of the supported torch range (from 2.4) may lack: None there."""
+    return getattr(aten, name, None)
+
+
 _MATMUL_OPS = (
     # CUDA ops that can autocast to float16 (as ATen operators), with their backwards
-    "mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "addr", "mv", "dot", "vdot",
-    "convolution", "convolution_backward", "_convolution", "cudnn_convolution", "mkldnn_convolution",
-    "_prelu_kernel", "_prelu_kernel_backward",
+    aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.addmv, aten.addr, aten.mv, aten.dot, aten.vdot,
+    aten.convolution, aten.convolution_backward, aten._convolution, aten.cudnn_convolution,
+    aten.mkldnn_convolution, aten._prelu_kernel, aten._prelu_kernel_backward,
     # scaled_dot_product_attention, as each backend's kernel
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
-    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
-    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward",
-    "_scaled_dot_product_fused_attention_overrideable",
-    "_scaled_dot_product_fused_attention_overrideable_backward",
+    aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_flash_attention_backward,
+    aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_efficient_attention_backward,
+    aten._scaled_dot_product_cudnn_attention, _newer("_scaled_dot_product_cudnn_attention_backward"),
+    _newer("_scaled_dot_product_fused_attention_overrideable"),
+    _newer("_scaled_dot_product_fused_attention_overrideable_backward"),
 )
 
 _FP32_OPS = (
     # CUDA ops that can autocast to float32 (as ATen operators)
-    "pow", "acos", "asin", "cosh", "sinh", "tan", "erfinv", "exp", "expm1", "log", "log10", "log1p", "log2",
-    "reciprocal", "rsqrt", "sum", "prod", "cumsum", "cumprod", "_softmax", "_log_softmax", "softplus",
-    "native_layer_norm", "native_group_norm", "norm", "linalg_vector_norm", "renorm", "dist", "_cdist_forward",
-    "_pdist_forward", "nll_loss_forward", "nll_loss2d_forward", "binary_cross_entropy_with_logits", "mse_loss",
-    "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "soft_margin_loss", "multi_margin_loss",
-    "multilabel_margin_loss_forward", "hinge_embedding_loss", "margin_ranking_loss", "cosine_embedding_loss",
-    "poisson_nll_loss", "triplet_margin_loss",
+    aten.pow, aten.acos, aten.asin, aten.cosh, aten.sinh, aten.tan, aten.erfinv, aten.exp, aten.expm1, aten.log,
+    aten.log10, aten.log1p, aten.log2, aten.reciprocal, aten.rsqrt, aten.sum, aten.prod, aten.cumsum,
+    aten.cumprod, aten._softmax, aten._log_softmax, aten.softplus, aten.native_layer_norm, aten.native_group_norm,
+    aten.norm, aten.linalg_vector_norm, aten.renorm, aten.dist, aten._cdist_forward, aten._pdist_forward,
+    aten.nll_loss_forward, aten.nll_loss2d_forward, aten.binary_cross_entropy_with_logits, aten.mse_loss,
+    aten.l1_loss, aten.smooth_l1_loss, aten.huber_loss, aten.kl_div, aten.soft_margin_loss,
+    aten.multi_margin_loss, aten.multilabel_margin_loss_forward, aten.hinge_embedding_loss,
+    aten.margin_ranking_loss, aten.cosine_embedding_loss, aten.poisson_nll_loss, aten.triplet_margin_loss,
 )
 
 _VIEW_OPS = (
     # tensors that share their input's memory or describe it: nothing computed
-    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "squeeze", "unsqueeze",
-    "select", "slice", "narrow", "split", "split_with_sizes", "unbind", "chunk", "diagonal", "as_strided",
-    "alias", "detach", "unfold", "view_as_real", "view_as_complex", "_reshape_alias", "lift_fresh",
-    "lift_fresh_copy", "_to_copy", "clone", "contiguous", "empty_like", "zeros_like", "ones_like",
-    "full_like", "empty", "zeros", "ones", "full", "arange", "scalar_tensor", "empty_strided", "new_empty",
-    "new_zeros", "new_ones", "new_full", "new_empty_strided", "_local_scalar_dense",
-    "is_same_size", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "set_", "resize_",
-    "_has_compatible_shallow_copy_type", "equal",
+    aten.view, aten._unsafe_view, aten.reshape, aten.t, aten.transpose, aten.permute, aten.expand, aten.squeeze,
+    aten.unsqueeze, aten.select, aten.slice, aten.narrow, aten.split, aten.split_with_sizes, aten.unbind,
+    aten.chunk, aten.diagonal, aten.as_strided, aten.alias, aten.detach, aten.unfold, aten.view_as_real,
+    aten.view_as_complex, aten._reshape_alias, aten.lift_fresh, aten.lift_fresh_copy, aten._to_copy, aten.clone,
+    aten.contiguous, aten.empty_like, aten.zeros_like, aten.ones_like, aten.full_like, aten.empty, aten.zeros,
+    aten.ones, aten.full, aten.arange, aten.scalar_tensor, aten.empty_strided, aten.new_empty, aten.new_zeros,
+    aten.new_ones, aten.new_full, aten.new_empty_strided, aten._local_scalar_dense, aten.is_same_size,
+    aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset, aten.set_, aten.resize_,
+    aten._has_compatible_shallow_copy_type, aten.equal,
 )
 """Views and metadata, plus copies and constant tensors: they move or create values without arithmetic,
 so rounding them would change nothing the next op does not round anyway."""
 
 _MOVE_OPS = (
-    "cat", "stack", "index_select", "gather", "index", "_unsafe_index", "slice_backward", "select_backward",
-    "slice_scatter", "select_scatter", "diagonal_backward", "constant_pad_nd", "flip", "roll", "repeat",
+    aten.cat, aten.stack, aten.index_select, aten.gather, aten.index, aten._unsafe_index, aten.slice_backward,
+    aten.select_backward, aten.slice_scatter, aten.select_scatter, aten.diagonal_backward, aten.constant_pad_nd,
+    aten.flip, aten.roll, aten.repeat,
 )
 
-PLACEMENT: dict[str, str] = {
-    **{name: MATMUL for name in _MATMUL_OPS},
-    **{name: MOVE for name in _MOVE_OPS},
-    **{name: FP32 for name in _FP32_OPS},
-    **{name: VIEW for name in _VIEW_OPS},
-}
-"""ATen operator name (without overload) -> placement; operators not named here are ``"promote"``."""
 
-FIRST_OUTPUT_ONLY = frozenset({
-    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_fused_attention_overrideable",
-})
+def op_table(*groups: tuple) -> dict:
+    """{operator: value} from (value, operators) groups; an operator named twice is refused (ValueError)."""
+    table = {}
+    for value, ops in groups:
+        for op in ops:
+            if op is None:  # absent from this torch
+                continue
+            if op in table:
+                raise ValueError(f"{op} is placed twice: as {table[op]} and as {value}")
+            table[op] = value
+    return table
+
+
+PLACEMENT = op_table((MATMUL, _MATMUL_OPS), (MOVE, _MOVE_OPS), (FP32, _FP32_OPS), (VIEW, _VIEW_OPS))
+"""ATen operator (an ``OpOverloadPacket``: all its overloads) -> placement; operators not named are
+``"promote"``."""
+
+FIRST_OUTPUT_ONLY = frozenset(op for op in (
+    aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+    _newer("_scaled_dot_product_fused_attention_overrideable"),
+) if op is not None)
 """Matrix-product ops whose other outputs (log-sum-exp, random seeds) stay FP32 on the hardware."""
 
-FP32_INPUTS = {
-    "_scaled_dot_product_flash_attention_for_cpu_backward": (5,),
-    "_scaled_dot_product_flash_attention_backward": (5,),
-    "_scaled_dot_product_cudnn_attention_backward": (5,),
-    "_scaled_dot_product_efficient_attention_backward": (6,),
-    "_scaled_dot_product_fused_attention_overrideable_backward": (6,),
-}
+FP32_INPUTS = op_table(
+    ((5,), (aten._scaled_dot_product_flash_attention_for_cpu_backward,
+            aten._scaled_dot_product_flash_attention_backward, _newer("_scaled_dot_product_cudnn_attention_backward"))),
+    ((6,), (aten._scaled_dot_product_efficient_attention_backward,
+            _newer("_scaled_dot_product_fused_attention_overrideable_backward"))),
+)
 """Positions of the attention backwards' log-sum-exp input: FP32 on the hardware, never rounded."""
 
-SCALED_OPERANDS: dict[str, dict[int, int]] = {
-    "mm": {0: -1, 1: -2}, "addmm": {1: -1, 2: -2}, "bmm": {0: -1, 1: -2}, "baddbmm": {1: -1, 2: -2},
-    "convolution": {0: 1, 1: 1}, "convolution_backward": {0: 1, 1: 1, 2: 1},
-}
-"""Under an FP8 / MX scaling recipe, the products whose operands are quantized: ATen operator name ->
+SCALED_OPERANDS: dict = op_table(
+    ({0: -1, 1: -2}, (aten.mm, aten.bmm)), ({1: -1, 2: -2}, (aten.addmm, aten.baddbmm)),
+    ({0: 1, 1: 1}, (aten.convolution,)), ({0: 1, 1: 1, 2: 1}, (aten.convolution_backward,)),
+)
+"""Under an FP8 / MX scaling recipe, the products whose operands are quantized: ATen operator ->
 {argument position: the axis along which its rows or blocks run}.  For matrix products that is the
 reduction axis (a's last, b's second to last); for convolutions the channel axis (the reduction runs over
 channels and the kernel window; blocks run along the channels).  Attention is not listed: torchao's and
 Transformer Engine's FP8 recipes leave it in high precision by default."""
 
-_CACHE: dict = {}
+
+class OpPlacement(NamedTuple):
+    """What the tables say of one ATen overload."""
+
+    placement: str
+    """One of ``PLACEMENTS``."""
+    first_output_only: bool
+    """Only the first output is rounded (``FIRST_OUTPUT_ONLY``)."""
+    mutates: bool
+    """The op writes into one of its arguments (an in-place or ``out=`` variant)."""
+    fp32_inputs: tuple
+    """Argument positions never rounded (``FP32_INPUTS``)."""
+    scaled_operands: dict | None
+    """``SCALED_OPERANDS`` of the op, None where a scaling recipe quantizes nothing."""
 
 
-def placement_of(func) -> tuple[str, bool, bool, tuple]:
-    """(placement, first output only, mutates an argument, FP32 input positions) of an ATen ``OpOverload``,
-    cached per overload."""
-    found = _CACHE.get(func)
-    if found is None:
-        name = func._schema.name.split("::")[-1]
-        # an in-place variant ("add_", "exp_") is placed as its out-of-place op
-        placement = PLACEMENT.get(name) or PLACEMENT.get(name.rstrip("_"), PROMOTE)
-        found = (placement, name in FIRST_OUTPUT_ONLY, func._schema.is_mutable, FP32_INPUTS.get(name, ()))
-        _CACHE[func] = found
-    return found
-
-
-_SCALED_CACHE: dict = {}
-
-
-def scaled_operands_of(func) -> dict[int, int] | None:
-    """``SCALED_OPERANDS`` of an ATen ``OpOverload`` (None: not a product a scaling recipe quantizes), cached
-    per overload, as ``placement_of``."""
-    try:
-        return _SCALED_CACHE[func]
-    except KeyError:
-        found = _SCALED_CACHE[func] = SCALED_OPERANDS.get(func._schema.name.split("::")[-1])
-        return found
+@functools.lru_cache(maxsize=None)
+def placement_of(func) -> OpPlacement:
+    """The ``OpPlacement`` of an ATen ``OpOverload``.  An in-place variant is placed as its out-of-place
+    operator; the other fields name operators exactly (a recipe quantizes ``addmm``'s operands, not
+    ``addmm_``'s)."""
+    op = func.overloadpacket
+    placed = op
+    if op not in PLACEMENT and op.__name__.endswith("_"):
+        placed = getattr(aten, op.__name__.rstrip("_"), op)
+    return OpPlacement(PLACEMENT.get(placed, PROMOTE), op in FIRST_OUTPUT_ONLY, func._schema.is_mutable,
+                       FP32_INPUTS.get(op, ()), SCALED_OPERANDS.get(op))

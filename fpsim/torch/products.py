@@ -1,0 +1,83 @@
+"""The products ``emulate`` computes itself instead of ATen's kernel: exact accumulation, flash attention."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from ..numerics.formats import FP32, Format
+from ..ops.reductions import matmul as fpsim_matmul
+from .rounding import round_into
+
+aten = torch.ops.aten
+EXACT_OPS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
+"""The products ``accumulate="exact"`` computes through ``fpsim.matmul`` (what Linear and matmul lower to)."""
+CPU_FLASH_ATTENTION = aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+def exact_product(func, args, kwargs, accumulate: Format):
+    """mm / addmm / bmm / baddbmm through ``fpsim.matmul`` accumulating in ``accumulate``, sequential order; in
+    addmm / baddbmm the bias is added in FP32 (beta * bias + alpha * product).  Any other product runs as
+    ATen's kernel where ``accumulate`` is FP32 and raises ValueError otherwise."""
+    op = func.overloadpacket
+    if op not in EXACT_OPS:
+        if accumulate != FP32:
+            names = ", ".join(exact.__name__ for exact in EXACT_OPS)
+            raise ValueError(f"accumulate='exact' covers {names} (Linear, matmul); "
+                             f"{op.__name__} has no exact path: use a policy accumulating in FP32")
+        return func(*args, **kwargs)
+    bias, (a, b) = (None, args) if op in (aten.mm, aten.bmm) else (args[0], args[1:3])
+    a, b = a.detach().numpy(), b.detach().numpy()
+    if a.ndim == 2:
+        product = fpsim_matmul(a, b, accumulate=accumulate)
+    else:
+        product = np.stack([fpsim_matmul(x, y, accumulate=accumulate) for x, y in zip(a, b)])
+    out = torch.from_numpy(np.ascontiguousarray(product, dtype=a.dtype))
+    if bias is not None:
+        out = kwargs.get("beta", 1) * bias + kwargs.get("alpha", 1) * out
+    return out
+
+
+def is_plain_attention(func, args, kwargs) -> bool:
+    """Whether ``func(*args, **kwargs)`` is ATen's CPU flash attention without dropout or an explicit mask:
+    the case ``flash_attention`` computes."""
+    return (func is CPU_FLASH_ATTENTION and not (len(args) > 3 and args[3])
+            and kwargs.get("attn_mask") is None)
+
+
+def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
+    """(output, logsumexp) of ATen's CPU flash attention, its probabilities rounded to ``fmt`` before P @ V.
+
+    FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T, and the row max m and the
+    row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
+    product, accumulates P V in FP32 and divides by l at the end; this is that for one key block (the
+    CPU kernel's hold 512 keys; longer sequences rescale block by block).  The log-sum-exp m + log l,
+    which the backward kernel reads, is returned in the kernel's layout (B, nh, T) over (B, T, nh) memory.
+    """
+    scale = scale or 1.0 / math.sqrt(query.shape[-1])
+    scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # (B, nh, T, S)
+    if is_causal:
+        scores.add_(_causal_mask(*scores.shape[-2:]))
+    top = scores.amax(dim=-1, keepdim=True)
+    probabilities = torch.exp_(scores.sub_(top))
+    total = probabilities.sum(dim=-1, keepdim=True)
+    round_into(probabilities.numpy(), probabilities.numpy(), fmt)
+    out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
+    B, heads, T = out.shape[:3]
+    logsumexp = torch.empty(B, T, heads, dtype=out.dtype).permute(0, 2, 1)
+    logsumexp.copy_((top + total.log()).squeeze(-1))
+    return out, logsumexp
+
+
+def flash_attention_of(args, kwargs, fmt: Format):
+    """``flash_attention`` called with the arguments ATen's CPU flash attention received."""
+    return flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt)
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_mask(rows: int, columns: int) -> torch.Tensor:
+    """0 on and below the diagonal, -inf above: added to the scores (one pass, cheaper than masked_fill)."""
+    return torch.full((rows, columns), -math.inf).triu(1)
