@@ -97,7 +97,8 @@ class TrainConfig:
     histogram_steps: tuple | None = None
     """Steps of the histograms (default with ``histograms``: the first, 10%, 50% and the last)."""
     loss_scale: float | str | None = None
-    """If given, replaces the policy's ``loss_scale``: a positive constant or "dynamic"."""
+    """If given, wins over the policy's ``loss_scale`` (``effective_policy``): a positive constant or "dynamic",
+    read by the one rule of both, ``fpsim.sim.loss_scaling.loss_scale_of``; None keeps the policy's."""
     scaler: dict | None = None
     """Settings of the dynamic loss scaler (``fpsim.sim.loss_scaling.SCALER_OPTIONS``)."""
     momentum: float = 0.9
