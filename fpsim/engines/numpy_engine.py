@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numerics._kernels import one_thread
+from ..numerics.threads import one_thread
 from ..numerics.formats import FP32
 from ..numerics.rounding import round as round_to
 from ..sim.config import MAX_PARAMETERS, TrainConfig

@@ -97,7 +97,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import _quantize_kernels as kernels
-from ..numerics._kernels import threads_for
+from ..numerics.threads import threads_for
 from ..numerics.exact import DETERMINISTIC_MODES, check_mode, floor_log2, round_exact
 from ..numerics.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP32, FP64, Format, get_format
 from ..numerics.rounding import PARALLEL_MIN_ELEMENTS, _as_float_array, kernel_params

@@ -104,7 +104,7 @@ narrower format would have to hold (their histograms, say).
 
 Rounding: in place, on the float32 output's memory (a CPU tensor and its
 ``numpy()`` view share it), by fpsim's own nearest-even kernel
-(``fpsim.numerics._kernels.round_nearest_array``, what ``fpsim.round`` runs for
+(``fpsim.numerics.kernels.round_nearest_array``, what ``fpsim.round`` runs for
 these formats); strided tensors and other modes go through ``fpsim.round``.
 Numba's kernels run on torch's thread count inside the context (with numba's
 OpenMP layer the two share OpenMP's setting: any other count would change
@@ -137,7 +137,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..numerics import _kernels
+from ..numerics import kernels
 from ..numerics.formats import FP32, Format
 from ..numerics.rounding import kernel_params
 from ..numerics.rounding import round as round_to
@@ -534,7 +534,7 @@ def round_into(values: np.ndarray, out: np.ndarray, fmt: Format) -> None:
             values.flags.c_contiguous and out.flags.c_contiguous):
         out[...] = round_to(values, fmt)
         return
-    _kernels.round_nearest_array(values.reshape(-1), out.reshape(-1).view(np.uint32), nearest)
+    kernels.round_nearest_array(values.reshape(-1), out.reshape(-1).view(np.uint32), nearest)
 
 
 @functools.lru_cache(maxsize=None)

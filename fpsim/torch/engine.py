@@ -21,8 +21,11 @@ they reach the stored weights).
 (SGD and momentum: ``lr / grad_scale``; Adam, AdamW: ``eps * grad_scale``), as
 in the numpy engine.  Everything random comes from ``seed`` through a numpy
 ``SeedSequence`` (initial weights via a ``torch.Generator``, batches, stochastic
-rounding); the run uses one torch thread and deterministic algorithms (both
-restored afterwards), so the same configuration gives a bit-identical result.
+rounding); the run takes ``fpsim.numerics.threads.one_thread``, on which every
+operation these models use (the embedding's backward, a scatter-add, included) runs in
+a fixed order, so the same configuration gives a bit-identical result (the tests compare
+two runs bit for bit; ``torch.use_deterministic_algorithms`` is not needed: it would only
+fill new tensors with NaN and import torch's compiler stack, seconds, on first use).
 
 Every ``shadow_every`` steps the weight gradients are compared with an FP64
 shadow of the same step: a float64 twin of the model with the stored weights
@@ -46,13 +49,12 @@ forward formats, unrecorded.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..numerics._kernels import one_thread
+from ..numerics.threads import one_thread
 from ..numerics.formats import FP32
 from ..numerics.rounding import round as round_to
 from ..sim.config import MAX_BATCH_VALUES
@@ -83,7 +85,7 @@ def train_model(config, *, progress: bool = False) -> tuple[TrainResult, "torch.
     policy = config.effective_policy
     _check_policy(policy)
     init_seed, batch_seed, rounding_seed = np.random.SeedSequence(config.seed).spawn(3)
-    with _reproducible():
+    with one_thread():
         model, data = _build(config, torch.Generator().manual_seed(seed_of(init_seed)))
         run = _Run(config, policy, model, data, np.random.default_rng(batch_seed),
                    np.random.default_rng(rounding_seed))
@@ -118,30 +120,6 @@ def _build(config, generator):
 def seed_of(sequence: np.random.SeedSequence) -> int:
     """A ``torch.Generator`` seed (64 bits) from a numpy ``SeedSequence``."""
     return int(sequence.generate_state(1, np.uint64)[0])
-
-
-@contextmanager
-def _reproducible():
-    """One torch thread and numba on one thread; the previous settings restored.
-
-    On one CPU thread every operation these models use (including the
-    embedding's backward, a scatter-add) runs in a fixed order, so
-    ``torch.use_deterministic_algorithms`` is not needed: it would only fill new
-    tensors with NaN and import torch's compiler stack (seconds) on first use.
-    Two runs are compared bit for bit in the tests.
-
-    numba's thread pool is started first (``one_thread`` asks numba for its thread
-    count, which starts it): with its OpenMP layer, starting it sets OpenMP's thread
-    count, which torch's operations use, so started later it would give the first run
-    in a process more torch threads than the runs after it, and other bits.
-    """
-    with one_thread():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
 
 
 def _check_policy(policy) -> None:
