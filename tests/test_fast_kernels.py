@@ -105,11 +105,11 @@ def test_nan_results_are_the_positive_quiet_nan_whatever_the_sign():
 def rows_over_several_tasks(dtype) -> np.ndarray:
     """3 rows of 2.1 tasks of 32-value blocks, the last block short: magnitudes over 60 binades, zeros, a NaN, inf."""
     rng = np.random.default_rng(8)
-    n = 2 * _quantizekernels.BLOCKS_PER_TASK * 32 + 29 * 32 + 7
+    n = 2 * _quantize_kernels.BLOCKS_PER_TASK * 32 + 29 * 32 + 7
     x = np.exp2(rng.uniform(-30, 30, (3, n // 32 + 1)).repeat(32, axis=1)[:, :n] + rng.uniform(-12, 2, (3, n)))
     x *= rng.choice([-1.0, 1.0], x.shape)
     x[rng.random(x.shape) < 0.03] = 0.0
-    x[0, 32 * _quantizekernels.BLOCKS_PER_TASK + 3] = np.nan  # the first block of the second task
+    x[0, 32 * _quantize_kernels.BLOCKS_PER_TASK + 3] = np.nan  # the first block of the second task
     x[2, -1] = np.inf  # the short last block
     return x.astype(dtype)
 
