@@ -30,6 +30,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from ..numerics.formats import FP32
+from . import vocabulary
 from .checks import integer, number_in, positive_fp32_number, positive_number
 from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler, loss_scale_of
@@ -51,9 +52,6 @@ MAX_PARAMETERS = 1 << 26
 
 MAX_BATCH_VALUES = 1 << 20
 """Most input values (examples x features, or windows x characters) one batch may hold: activations scale with it."""
-
-OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
-"""Optimizer names each engine takes."""
 
 MLP_HIDDEN = (128, 128, 128)
 """The MLP's hidden layer widths when ``hidden`` is not given."""
@@ -79,7 +77,8 @@ class TrainConfig:
     """Widths of the MLP's hidden layers (ReLU); None: ``MLP_HIDDEN``, so the default model is 64-128-128-128-10
     on digits.  The MLP's only: a torch model refuses it (its sizes are ``model_options``)."""
     optimizer: str = "sgd"
-    """Optimizer name (``OPTIMIZERS``); ``momentum``, ``betas``, ``eps`` are its settings."""
+    """Optimizer name: one of the model's (``BuiltinModel.optimizers``; a factory's torch engine takes every one of
+    ``fpsim.sim.vocabulary.OPTIMIZERS``); ``momentum``, ``betas``, ``eps`` are its settings."""
     lr: float = 0.05
     """Learning rate: a positive number within FP32's range (the engines apply it in FP32)."""
     steps: int = 1500
@@ -122,7 +121,7 @@ class TrainConfig:
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.model, self.hidden))
-        optimizers = OPTIMIZERS[self.engine]
+        optimizers = vocabulary.MODELS[self.model].optimizers if isinstance(self.model, str) else vocabulary.OPTIMIZERS
         if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(optimizers)}")
         put("optimizer", self.optimizer.strip().lower())

@@ -65,11 +65,9 @@ from ..sim.loop import run_steps
 from ..sim.result import TrainResult, result_of_run
 from ..sim.scaling import ScaledCasts
 from ..sim.step import RoundedUpdates, TrainingStep, by_module
+from ..sim.vocabulary import OPTIMIZERS
 from .emulate import ROOT, emulate
 from .models import get_model
-
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-"""``torch.optim`` optimizers the engine wraps, by name (AdamW with torch's default weight decay 0.01)."""
 
 EVAL_BATCH = 128
 """Validation windows (or test examples) per forward pass of the evaluation."""
@@ -134,7 +132,8 @@ def _check_policy(policy) -> None:
 
 
 def make_optimizer(name: str, params, *, lr: float, grad_scale: float, momentum: float, betas, eps: float):
-    """The ``torch.optim`` optimizer called ``name`` over ``params``, made invariant to ``grad_scale``."""
+    """The ``torch.optim`` optimizer called ``name`` (one of ``fpsim.sim.vocabulary.OPTIMIZERS``) over ``params``,
+    made invariant to ``grad_scale`` (AdamW with torch's default weight decay 0.01)."""
     name = str(name).lower()
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr / grad_scale)
