@@ -62,6 +62,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..numerics.checks import is_integer
 from ..numerics.kernels import MODE_CODES
 from ..numerics.threads import threads_for
 from . import _reduction_kernels as kernels
@@ -465,7 +466,7 @@ def sum(x, fmt=FP32, *, axis=None, mode: str = "nearest", order: str = "sequenti
         rows = array.reshape(1, -1)
         shape = ()
     else:
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        if not is_integer(axis):
             raise ValueError(f"axis must be None or one integer axis, got {axis!r}")
         moved = np.moveaxis(array, axis, -1)
         shape = moved.shape[:-1]

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from dataclasses import dataclass, field
 
 from ..numerics.formats import FP32
 from . import vocabulary
-from .checks import integer, number_in, positive_fp32_number, positive_number
+from ..numerics.checks import integer, is_integer, number_in, positive_fp32_number, positive_number
 from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler, loss_scale_of
 from .policy import Policy
@@ -223,7 +222,7 @@ def _hidden(model, hidden) -> tuple | None:
         return None
     if hidden is None:
         return MLP_HIDDEN
-    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+    if is_integer(hidden):
         hidden = (hidden,)
     if not isinstance(hidden, (list, tuple)) or not hidden:
         raise ValueError(f"hidden must list at least one hidden layer width, e.g. (128, 128, 128); got {hidden!r}")

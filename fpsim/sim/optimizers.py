@@ -20,7 +20,7 @@ import numpy as np
 
 from ..numerics.formats import Format
 from ..numerics.rounding import round as round_to
-from .checks import is_finite_number
+from ..numerics.checks import is_finite_number
 
 
 class SGD:
