@@ -12,8 +12,8 @@ the run's stand-in for small gradients (``fpsim.TrainConfig.grad_scale``), a ste
 3. **unscale**: each gradient divided by S in float64 and rounded once to FP32 (to FP64
    when the policy's gradient format is wider than FP32);
 4. **check**: with loss scaling, a step whose gradients hold inf or NaN is skipped
-   (weights and optimizer state unchanged) and the scaler backs off, else it may grow
-   (``LossScaler.update``);
+   (weights and optimizer state unchanged) and a dynamic scaler backs off, else it may
+   grow (``LossScaler.update``);
 5. **update**: the optimizer turns the gradients into updates and each is rounded into
    the stored weights' format (``WeightStore.update``; ``RoundedUpdates``: nearest,
    stochastic or Kahan-compensated);
@@ -75,13 +75,14 @@ class TrainingStep:
     def __call__(self, step: int) -> tuple[float, bool]:
         scale = self.scaler.scale if self.scaler is not None else 1.0
         batch = self.engine.next_batch()
-        loss, grads, saved = self.engine.forward_backward(batch, self.weights.working(), scale * self.grad_scale)
-        grads = [unscaled(grad, scale, self.grad_format) for grad in grads]
+        weights = self.weights.working()                                                          # 1. cast
+        loss, grads, saved = self.engine.forward_backward(batch, weights, scale * self.grad_scale)  # 2.
+        grads = [unscaled(grad, scale, self.grad_format) for grad in grads]                       # 3. unscale
         found_inf = self.scaler is not None and not all(np.isfinite(g).all() for g in grads if g is not None)
-        if self.shadow_every and step % self.shadow_every == 0:
+        if self.shadow_every and step % self.shadow_every == 0:                                   # 6. record
             self.engine.observe_shadow(batch, grads, saved)
-        if not found_inf:
-            self.weights.update(grads)
+        if not found_inf:                                                                         # 4. check
+            self.weights.update(grads)                                                            # 5. update
         if self.scaler is not None:
             self.scaler.update(found_inf, step)
         if self.casts is not None:
