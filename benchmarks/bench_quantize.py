@@ -2,7 +2,7 @@
 
 Input: ``--size`` float32 values of mixed magnitudes (log-uniform over 2^-30..2^20, random
 signs), in rows of 4096 (blocks of 32 along the rows).  Each timing is the best of
-``--rounds`` rounds of ``--repeats`` runs on one thread (``one_thread``), the cases taking
+``--rounds`` rounds of ``--repeats`` runs on one thread (``numba_threads(1)``), the cases taking
 turns round by round so that all see the same load on a shared machine.  Printed: the rate
 in G values/s and the time as a multiple of the plain FP8 casts timed in the same run,
 ``fpsim.round(x, "e4m3")`` and ml_dtypes' float32 -> float8_e4m3fn -> float32 round trip.
@@ -23,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 import fpsim
-from fpsim.numerics._kernels import one_thread
+from fpsim.numerics.threads import numba_threads
 from timing import best_time
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         "quantize nvfp4_te 16x16": lambda: fpsim.quantize(x, "nvfp4_te", block_size=(16, 16)),
     }
     seconds = dict.fromkeys(cases, float("inf"))
-    with one_thread():
+    with numba_threads(1):
         for _ in range(args.rounds):
             for name, function in cases.items():
                 seconds[name] = min(seconds[name], best_time(function, args.repeats))

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 import fpsim
-from fpsim.numerics._kernels import one_thread
+from fpsim.numerics.threads import numba_threads
 from timing import best_time
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     fpsim_rates = {}
     for name, (function, native) in cases.items():
         seconds = best_time(function, args.repeats)
-        with one_thread():
+        with numba_threads(1):
             single = best_time(function, args.repeats)
         fpsim_rates[name] = args.size / single
         print(f"{name:32} {args.size / seconds / 1e6:8.1f} {seconds / native:8.2f}x   "

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 import fpsim
-from fpsim.numerics._kernels import one_thread
+from fpsim.numerics.threads import numba_threads
 from fpsim.ops import reductions
 from timing import best_time
 
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    reductions.PARALLEL_MIN_WORK = 0  # every product on the pool; one_thread() below overrides it
+    reductions.PARALLEL_MIN_WORK = 0  # every product on the pool; numba_threads(1) below overrides it
     print(f"numba threads: {numba.get_num_threads()}")
     for name, (m, k, n), kwargs in CASES:
         A = rng.standard_normal((m, k)).astype(np.float32)
@@ -49,7 +49,7 @@ def main() -> None:
         def single(after_numpy: bool):
             if after_numpy:
                 A @ B
-            with one_thread():
+            with numba_threads(1):
                 fpsim.matmul(A, B, **kwargs)
 
         print(name)

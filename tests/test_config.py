@@ -49,6 +49,51 @@ def test_loss_scale_override_names_the_policy():
     assert config.to_dict()["policy"]["loss_scale"] is None  # the policy as given
 
 
+def test_the_configs_loss_scale_wins_over_the_policys_and_both_read_it_by_one_rule():
+    from fpsim.sim.policy import Policy
+
+    policy = Policy(name="mine", loss_scale=" Dynamic ")
+    assert policy.loss_scale == "dynamic" == TrainConfig(policy="fp32", loss_scale="DYNAMIC").loss_scale
+    assert TrainConfig(policy=policy, loss_scale=np.int64(256)).effective_policy.loss_scale == 256.0
+    assert TrainConfig(policy=policy).effective_policy.loss_scale == "dynamic"  # None keeps the policy's
+    for bad in ("auto", 0, float("inf"), True):
+        with pytest.raises(ValueError, match="loss_scale must be a positive"):
+            Policy(loss_scale=bad)
+        with pytest.raises(ValueError, match="loss_scale must be a positive"):
+            TrainConfig(policy="fp32", loss_scale=bad)
+
+
+def test_each_model_takes_its_engines_optimizers():
+    from fpsim.sim.optimizers import make_optimizer
+    from fpsim.sim.vocabulary import MODELS, OPTIMIZERS
+
+    assert set(MODELS["mlp"].optimizers) < set(OPTIMIZERS)
+    for name in MODELS["mlp"].optimizers:
+        assert TrainConfig(policy="fp32", optimizer=name.upper()).optimizer == name
+        make_optimizer(name, 0.1, state_format=fpsim.FP32)
+    for name in set(OPTIMIZERS) - set(MODELS["mlp"].optimizers):
+        with pytest.raises(ValueError, match="unknown optimizer .*: use one of sgd, momentum, adam$"):
+            TrainConfig(policy="fp32", optimizer=name)
+        with pytest.raises(ValueError, match="use one of sgd, momentum, adam$"):
+            make_optimizer(name, 0.1, state_format=fpsim.FP32)
+        assert TrainConfig(policy="fp32", model="cnn", optimizer=name).optimizer == name
+
+
+def test_numpy_integers_are_integers_in_every_layer():
+    from fpsim.numerics.checks import is_integer
+    from fpsim.sim.loss_scaling import LossScaler
+    from fpsim.sim.scaling import Scaling
+
+    assert is_integer(np.int64(3)) and is_integer(np.uint8(3)) and is_integer(3)
+    assert not any(is_integer(v) for v in (True, 3.0, np.float64(3), "3", None))
+    assert fpsim.Format("mine", np.int64(5), np.int32(2)).exponent_bits == 5
+    assert LossScaler(growth_interval=np.int64(7)).growth_interval == 7
+    assert Scaling.delayed(history_len=np.int64(4)).history_len == 4
+    assert TrainConfig(policy="fp32", hidden=np.int64(8), seed=np.uint32(1)).hidden == (8,)
+    np.testing.assert_array_equal(fpsim.quantize(np.ones(64), "mxfp4", block_size=np.int64(32), axis=np.int64(0)),
+                                  fpsim.quantize(np.ones(64), "mxfp4", block_size=32, axis=0))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"policy": "fp32", "lr": 0}, "lr must be a positive finite number"),
     ({"policy": "fp32", "lr": float("nan")}, "lr must be a positive finite number"),

@@ -21,9 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(ROOT / "fpsim").rglob("*.py"), *(ROOT / "analyses").glob("*.py")])
 NAME = re.compile(r"(?<![\w./-])fpsim(?:\.[A-Za-z_]\w*)+")
 TORCH = importlib.util.find_spec("torch") is not None
-KERNELS = ("fpsim.numerics._kernels", "fpsim.numerics.kernels")
-"""One module under two spellings while it is being renamed: either resolves to whichever exists."""
-
 POLICY_EXAMPLE = re.compile(r"""(?:fpsim\.train\(|Policy\.preset\(|["']?\b(?:policy|preset)["']?\s*[=:]\s*)"""
                             r"""(\[[^\]]*\]|["'][\w.-]+["'])""")
 """A policy named in an example: ``fpsim.train("x"``, ``Policy.preset("x")``, ``policy="x"``, ``"policy": "x"``,
@@ -55,13 +52,6 @@ def documentation() -> dict[str, list[str]]:
 
 def resolves(name: str) -> bool:
     """Whether ``name`` imports: its longest importable prefix, then attributes (or dataclass fields)."""
-    for spelling in KERNELS:
-        if name == spelling or name.startswith(spelling + "."):
-            return any(_resolves(other + name[len(spelling):]) for other in KERNELS)
-    return _resolves(name)
-
-
-def _resolves(name: str) -> bool:
     parts = name.split(".")
     for split in range(len(parts), 0, -1):
         try:

@@ -13,7 +13,7 @@ import pytest
 from numba import njit
 
 import fpsim
-from fpsim.numerics import _kernels
+from fpsim.numerics import kernels
 from fpsim.numerics.exact import round_exact
 from fpsim.numerics.formats import Format
 from fpsim.numerics.rounding import kernel_params
@@ -29,7 +29,7 @@ FLOAT32_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m2", "e2m3", "e2m1
 def _int64_steps(values, bits_out, nearest):
     """``_round_nearest_int64`` of every float32 in ``values``: the int64 steps the float32 kernel replaces."""
     for i in range(values.shape[0]):
-        bits_out[i] = _kernels._round_nearest_int64(values[i], nearest)
+        bits_out[i] = kernels._round_nearest_int64(values[i], nearest)
 
 
 def adversarial_float32(fmt: Format) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_float32_kernel_gives_the_int64_steps_bits(spec, saturate):
     values = np.concatenate([float32_patterns(300_000, 2), adversarial_float32(fmt)])
     nearest = kernel_params(fmt, np.float32).nearest_args(saturate)
     fast, steps = np.empty(values.size, np.uint32), np.empty(values.size, np.uint32)
-    _kernels.round_nearest_array(values, fast, nearest)
+    kernels.round_nearest_array(values, fast, nearest)
     _int64_steps(values, steps, nearest)
     np.testing.assert_array_equal(fast, steps)
 
@@ -84,7 +84,7 @@ def test_float32_kernel_matches_the_exact_reference(spec):
     values = np.concatenate([adversarial_float32(fmt), float32_patterns(2_000, 3)])
     for saturate in (False, True):
         bits = np.empty(values.size, np.uint32)
-        _kernels.round_nearest_array(values, bits, kernel_params(fmt, np.float32).nearest_args(saturate))
+        kernels.round_nearest_array(values, bits, kernel_params(fmt, np.float32).nearest_args(saturate))
         ours = bits.view(np.float32)
         for value, got in zip(values, ours):
             want = round_exact(float(value), fmt, "nearest", saturate=saturate)
@@ -98,7 +98,7 @@ def test_nan_results_are_the_positive_quiet_nan_whatever_the_sign():
     for fmt, extra in (("e4m3", [-500.0]), ("e8m0", [-1.0, 0.0])):
         x = np.concatenate([values, np.array(extra, np.float32)])
         bits = np.empty(x.size, np.uint32)
-        _kernels.round_nearest_array(x, bits, kernel_params(fpsim.get_format(fmt), np.float32).nearest_args())
+        kernels.round_nearest_array(x, bits, kernel_params(fpsim.get_format(fmt), np.float32).nearest_args())
         assert (bits == 0x7FC00000).all(), (fmt, [hex(b) for b in bits])
 
 

@@ -262,17 +262,17 @@ def test_scaler_counts_may_be_numpy_integers():
 
 @pytest.fixture
 def ctrl_c_at_step_3(monkeypatch):
-    """The MLP engine's training step raises KeyboardInterrupt at step 3, as Ctrl-C would."""
-    from fpsim.engines import numpy_engine
+    """The training step raises KeyboardInterrupt at step 3, as Ctrl-C would."""
+    from fpsim.sim.step import TrainingStep
 
-    train_step = numpy_engine._Run.train_step
+    take_step = TrainingStep.__call__
 
-    def interrupted(self, step, index, shadow=False):
+    def interrupted(self, step):
         if step == 3:
             raise KeyboardInterrupt
-        return train_step(self, step, index, shadow)
+        return take_step(self, step)
 
-    monkeypatch.setattr(numpy_engine._Run, "train_step", interrupted)
+    monkeypatch.setattr(TrainingStep, "__call__", interrupted)
 
 
 def test_ctrl_c_keeps_the_steps_taken_as_an_interrupted_result(ctrl_c_at_step_3, tmp_path, capsys):

@@ -7,7 +7,8 @@ import pytest
 
 import fpsim
 from fpsim.sim.loss_scaling import LossScaler
-from fpsim.sim.optimizers import OPTIMIZERS, apply_kahan_update, apply_update, make_optimizer
+from fpsim.sim.optimizers import apply_kahan_update, apply_update, make_optimizer
+from fpsim.sim.vocabulary import MODELS
 from fpsim.sim.policy import Policy
 
 # --- policies -----------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_scaler_options_need_dynamic_scaling():
 def test_optimizers_are_invariant_to_grad_scale_in_exact_arithmetic():
     rng = np.random.default_rng(1)
     grads = [rng.normal(size=5) for _ in range(3)]
-    for name in OPTIMIZERS:
+    for name in MODELS["mlp"].optimizers:
         plain = make_optimizer(name, 0.1, state_format=fpsim.FP64)
         scaled = make_optimizer(name, 0.1, grad_scale=2.0 ** -20, state_format=fpsim.FP64)
         for g in grads:

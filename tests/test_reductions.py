@@ -8,7 +8,7 @@ import pytest
 
 import fpsim
 from fpsim.numerics.exact import DETERMINISTIC_MODES, round_exact
-from fpsim.numerics._kernels import splitmix63
+from fpsim.numerics.kernels import splitmix63
 from fpsim.numerics.rounding import random_key
 
 
@@ -138,7 +138,7 @@ def test_stochastic_matmul_is_unbiased_and_reproducible():
 def test_stochastic_exact_path_follows_the_order_with_one_number_per_rounding(order, roundings):
     # Float64 operands that are not float32 values go through the library's exact path, which must
     # follow the stated order with one number per rounding.  (The numba kernels use the same numbers,
-    # but fpsim.numerics._kernels.round_pattern maps a number to up/down differently from round_exact in the
+    # but fpsim.numerics.kernels.round_pattern maps a number to up/down differently from round_exact in the
     # normal range, so only their statistics are compared, above.)
     A, B = random_operands(np.random.default_rng(1), "bf16", 3, 9, 2, 6)
     A = A * (1 + 2.0 ** -40)

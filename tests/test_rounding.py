@@ -262,7 +262,7 @@ def test_stochastic_rounding_is_reproducible_and_exact_on_representable_values()
 
 
 def test_stochastic_rounding_equals_the_exact_reference_given_the_same_random_numbers():
-    from fpsim.numerics import _kernels
+    from fpsim.numerics import kernels
     from fpsim.numerics.rounding import random_key
     rng = np.random.default_rng(11)
     for fmt in ("bf16", "fp16", "e4m3", "e6m9", "e11m50"):
@@ -271,7 +271,7 @@ def test_stochastic_rounding_equals_the_exact_reference_given_the_same_random_nu
         ours = fpsim.round(x, fmt, "stochastic", rng=np.random.default_rng(5))
         key = random_key(np.random.default_rng(5))
         for i, value in enumerate(x):
-            uniform = Fraction(int(_kernels.splitmix63(key, i)), 1 << 63)
+            uniform = Fraction(int(kernels.splitmix63(key, i)), 1 << 63)
             want = round_exact(float(value), fmt, "stochastic", uniform=uniform)
             assert (math.isnan(ours[i]) and math.isnan(want)) or _bits(ours[i]) == _bits(want), (fmt, value)
 
@@ -321,14 +321,14 @@ NEAREST_PATH_FORMATS = ["fp16", "bf16", "tf32", "e4m3", "e5m2", "e3m0fn", "e7m0f
 
 def general_kernel_nearest(values: np.ndarray, fmt: Format, saturate: bool) -> np.ndarray:
     """The mode-generic kernel (``round_bits_array``, itself held against the exact reference) in mode nearest."""
-    from fpsim.numerics import _kernels
+    from fpsim.numerics import kernels
     from fpsim.numerics.rounding import kernel_params
     k = kernel_params(fmt, values.dtype)
     int_dtype = np.uint32 if values.dtype == np.float32 else np.int64
     out = np.empty_like(values)
-    _kernels.round_bits_array(values.view(int_dtype), out.view(int_dtype), 0, k.total_bits, k.mant_in, k.bias_in,
+    kernels.round_bits_array(values.view(int_dtype), out.view(int_dtype), 0, k.total_bits, k.mant_in, k.bias_in,
                               k.p, k.emin, k.quantum, k.max_bits, k.normal_bits, k.nan_bits, k.fn_nan,
-                              saturate or k.saturates, fmt.subnormals, k.unsigned, _kernels.NEAREST)
+                              saturate or k.saturates, fmt.subnormals, k.unsigned, kernels.NEAREST)
     return out
 
 

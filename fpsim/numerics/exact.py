@@ -1,7 +1,7 @@
 """The readable, exact rounding algorithm: Python integers and ``fractions.Fraction``.
 
 This module is the specification of rounding in fpsim.  The fast kernel in
-``fpsim.numerics._kernels`` must agree with it bit for bit; the tests hold one against the other.
+``fpsim.numerics.kernels`` must agree with it bit for bit; the tests hold one against the other.
 
 For a real x != 0 and a format with precision p and minimum exponent emin:
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import ml_dtypes
 import numpy as np
 
+from .checks import is_integer
+
 SPECIALS = ("ieee", "fn", "finite", "fnu")
 """How the all-ones exponent is used.
 
@@ -56,7 +58,7 @@ class Format:
     def __post_init__(self):
         for field_name in ("exponent_bits", "mantissa_bits"):
             value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            if not is_integer(value):
                 raise ValueError(f"{field_name} must be an integer, got {value!r}")
             object.__setattr__(self, field_name, int(value))  # numpy integers become Python ints
         if not 2 <= self.exponent_bits <= 11:

@@ -9,7 +9,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import _kernels
+from . import kernels
+from .threads import threads_for
 from .exact import check_mode, round_exact
 from .formats import Format, get_format, widen_ml_dtypes
 
@@ -61,7 +62,7 @@ class KernelParams:
         return self.mant_in + 1 - self.p
 
     def nearest_args(self, saturate: bool = False) -> tuple:
-        """The ``nearest`` tuple of ``fpsim.numerics._kernels.round_nearest_branchless``
+        """The ``nearest`` tuple of ``fpsim.numerics.kernels.round_nearest_branchless``
         (needs ``dropped_bits >= 1``)."""
         inf_bits = ((1 << (self.total_bits - 1 - self.mant_in)) - 1) << self.mant_in
         overflow_bits = self.max_bits if saturate or self.saturates else (self.nan_bits if self.fn_nan else inf_bits)
@@ -71,7 +72,7 @@ class KernelParams:
 
 
 def float64_params(fmt, saturate: bool = False) -> tuple:
-    """The ``params`` tuple that ``fpsim.numerics._kernels.round_float64`` takes, for rounding float64 scalars
+    """The ``params`` tuple that ``fpsim.numerics.kernels.round_float64`` takes, for rounding float64 scalars
     to ``fmt``."""
     fmt = get_format(fmt)
     k = kernel_params(fmt, np.float64)
@@ -102,7 +103,7 @@ def as_generator(rng) -> np.random.Generator | None:
 
 
 def random_key(rng) -> int:
-    """One stream key in [0, 2^63) drawn from ``rng`` (a numpy Generator or an int seed); see ``_kernels.splitmix63``."""
+    """One stream key in [0, 2^63) drawn from ``rng`` (a numpy Generator or an int seed); see ``fpsim.numerics.kernels.splitmix63``."""
     if rng is None:
         raise ValueError("stochastic rounding needs rng: a numpy Generator or an integer seed")
     return int(as_generator(rng).integers(0, np.iinfo(np.int64).max, endpoint=True))
@@ -115,7 +116,7 @@ def stochastic_uniform(key: int, index: int) -> Fraction:
     ``fpsim.numerics.exact.round_exact(..., uniform=u)`` takes, so that the slow exact
     paths round stochastically exactly as the kernels do.
     """
-    return Fraction(int(_kernels.splitmix63(key, index)), 1 << 63)
+    return Fraction(int(kernels.splitmix63(key, index)), 1 << 63)
 
 
 def _as_float_array(x) -> tuple[np.ndarray, np.ndarray | None]:
@@ -197,15 +198,15 @@ def round(x, fmt, mode: str = "nearest", *, saturate: bool = False, rng=None):
     int_dtype = np.uint32 if array.dtype == np.float32 else np.int64
     out = np.empty(flat.shape, dtype=array.dtype)
     key = random_key(rng) if mode == "stochastic" else 0
-    with _kernels.threads_for(flat.size, PARALLEL_MIN_ELEMENTS):
+    with threads_for(flat.size, PARALLEL_MIN_ELEMENTS):
         if mode == "nearest" and params.dropped_bits >= 1:
-            _kernels.round_nearest_array(flat, out.view(int_dtype), params.nearest_args(saturate))
+            kernels.round_nearest_array(flat, out.view(int_dtype), params.nearest_args(saturate))
         else:
-            _kernels.round_bits_array(
+            kernels.round_bits_array(
                 flat.view(int_dtype), out.view(int_dtype), key, params.total_bits, params.mant_in,
                 params.bias_in, params.p, params.emin, params.quantum, params.max_bits, params.normal_bits,
                 params.nan_bits, params.fn_nan, saturate or params.saturates, fmt.subnormals, params.unsigned,
-                _kernels.MODE_CODES[mode])
+                kernels.MODE_CODES[mode])
     if exact_inputs is not None:
         _round_exact_inputs(out, exact_inputs.reshape(-1), fmt, mode, saturate, key)
     out = out.reshape(array.shape)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from ..numerics._kernels import float_bits, round_nearest_branchless
+from ..numerics.kernels import float_bits, round_nearest_branchless
 
 FLOOR, CEIL, EVEN, RCEIL, FLOOR_SCALE = range(5)
 SCALE_ROUNDING_CODES = {"floor": FLOOR, "ceil": CEIL, "even": EVEN, "rceil": RCEIL, "floor-scale": FLOOR_SCALE}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..numerics._kernels import DOWN, STOCHASTIC, round_float64, round_nearest_branchless, splitmix63
+from ..numerics.kernels import DOWN, STOCHASTIC, round_float64, round_nearest_branchless, splitmix63
 
 
 @njit(cache=True, inline="always")

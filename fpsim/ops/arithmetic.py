@@ -39,7 +39,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..numerics import _kernels
+from ..numerics.kernels import MODE_CODES
 from . import _reduction_kernels as kernels
 from ..numerics.exact import check_mode, floor_log2, round_exact, round_sum_exact
 from ..numerics.formats import FP64, Format, get_format, widen_ml_dtypes
@@ -70,7 +70,7 @@ def _finish(values: np.ndarray, shape, dtype, scalar: bool):
 
 
 def _key(mode: str, rng) -> int:
-    """The stream key of a stochastic result rounding (see ``fpsim.numerics._kernels.splitmix63``), else 0."""
+    """The stream key of a stochastic result rounding (see ``fpsim.numerics.kernels.splitmix63``), else 0."""
     return random_key(rng) if mode == "stochastic" else 0
 
 
@@ -109,7 +109,7 @@ def _add_rounded(x, y, fmt, mode, rng):
     key = _key(mode, rng)
     if _float64_sums_fit(fmt):
         return kernels.add_arrays(np.ascontiguousarray(x), np.ascontiguousarray(y), float64_params(fmt),
-                                  _kernels.MODE_CODES[mode], key)
+                                  MODE_CODES[mode], key)
     return _exact_elementwise(_exact_add, (x, y), fmt, mode, key)
 
 
@@ -166,7 +166,7 @@ def fma(a, b, c, fmt, mode: str = "nearest", *, rng=None):
     key = _key(mode, rng)
     flat = [np.ascontiguousarray(v.ravel()) for v in (x, y, z)]
     if _products_exact_in(fmt, fmt, FP64) and _float64_sums_fit(fmt):
-        values = kernels.fma_arrays(*flat, float64_params(fmt), _kernels.MODE_CODES[mode], key)
+        values = kernels.fma_arrays(*flat, float64_params(fmt), MODE_CODES[mode], key)
     else:
         values = _exact_elementwise(_exact_fma, flat, fmt, mode, key)
     return _finish(values, x.shape, dtype, scalar)

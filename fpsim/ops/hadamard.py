@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..numerics.checks import is_integer
 from ..numerics.exact import round_exact
 from ..numerics.formats import FP32
 from ..numerics.rounding import _as_float_array
@@ -46,7 +47,7 @@ _UNIT_ROUNDOFF = 2.0**-53
 @lru_cache(maxsize=None)
 def sylvester(n: int) -> np.ndarray:
     """Sylvester's Hadamard matrix H_n (int64 entries +-1), n a power of two."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n & (n - 1):
+    if not is_integer(n) or n < 1 or n & (n - 1):
         raise ValueError(f"the Hadamard size n must be a power of two (16 or 32 in the recipes), got {n!r}")
     matrix = np.ones((1, 1), dtype=np.int64)
     while matrix.shape[0] < n:
@@ -65,7 +66,7 @@ def sign_vector(n: int, signs=None) -> np.ndarray:
         if n != len(TE_WGRAD_SIGNS):
             raise ValueError(f"signs='te' is Transformer Engine's 16-value vector: use n=16 (got n={n})")
         return np.array(TE_WGRAD_SIGNS, dtype=np.int64)
-    if isinstance(signs, (int, np.integer)) and not isinstance(signs, bool):
+    if is_integer(signs):
         return np.random.default_rng(int(signs)).choice(np.array([-1, 1], dtype=np.int64), n)
     vector = np.asarray(signs)
     if vector.shape != (n,) or vector.dtype.kind not in "iuf" or not np.all((vector == 1) | (vector == -1)):
@@ -90,8 +91,7 @@ def hadamard(x, n: int = 16, signs=None, *, axis: int = -1, inverse: bool = Fals
     array, exact_inputs = _as_float_array(x)
     if exact_inputs is not None:
         raise ValueError("hadamard reads float64 values: pass integers below 2^53 and no long doubles")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -max(array.ndim, 1) <= axis < max(
-            array.ndim, 1):
+    if not is_integer(axis) or not -max(array.ndim, 1) <= axis < max(array.ndim, 1):
         raise ValueError(f"axis must be an integer within the array's {array.ndim} dimension(s), got {axis!r}")
     if array.ndim == 0 or array.shape[axis] % n:
         length = array.shape[axis] if array.ndim else 0

@@ -97,7 +97,8 @@ from fractions import Fraction
 import numpy as np
 
 from . import _quantize_kernels as kernels
-from ..numerics._kernels import threads_for
+from ..numerics.threads import threads_for
+from ..numerics.checks import is_finite_number, is_integer
 from ..numerics.exact import DETERMINISTIC_MODES, check_mode, floor_log2, round_exact
 from ..numerics.formats import E2M1, E2M3, E3M2, E4M3, E5M2, FP32, FP64, Format, get_format
 from ..numerics.rounding import PARALLEL_MIN_ELEMENTS, _as_float_array, kernel_params
@@ -193,7 +194,7 @@ def _resolve(fmt, scaling, block_size, scale_format, scale_rounding) -> _Spec:
 def _checked_block_size(block_size, scaling: str) -> int | tuple[int, int]:
     """A positive integer, or a pair of them (2-D tiles, block scaling only); ValueError otherwise."""
     def positive(n) -> bool:
-        return not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= 1
+        return is_integer(n) and n >= 1
 
     if isinstance(block_size, (tuple, list)):
         if len(block_size) != 2 or not all(map(positive, block_size)):
@@ -227,7 +228,7 @@ def _rows(array: np.ndarray, spec: _Spec, axis: int) -> tuple[np.ndarray, int, i
     each, r * c values, row-major within the tile; the edge tiles are padded with zeros (at most
     r - 1 rows and c - 1 columns; a zero changes no amax and quantizes to zero).
     """
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+    if not is_integer(axis):
         raise ValueError(f"axis must be an integer, got {axis!r}")
     if isinstance(spec.block_size, tuple):
         return _tile_rows(array, spec.block_size, axis)
@@ -347,8 +348,7 @@ def _given_scale(scale, spec: _Spec) -> float | None:
         return None
     if spec.scaling != "tensor" or spec.scale_format != "fp32":
         raise ValueError("a given scale= is a per-tensor FP32 scale: use scaling='tensor' and scale_format='fp32'")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
-            or not (math.isfinite(scale) and scale > 0) or float(np.float32(scale)) != float(scale):
+    if not (is_finite_number(scale) and scale > 0) or float(np.float32(scale)) != float(scale):
         raise ValueError(f"scale must be a positive finite FP32 number, got {scale!r}")
     return float(scale)
 

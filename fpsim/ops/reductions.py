@@ -35,7 +35,7 @@ Semantics, for one output value c = sum_k a_k * b_k:
 
 Every rounding is from the exact value (see ``fpsim.ops._reduction_kernels``), in
 ``mode``; stochastic rounding draws one random number per rounding from ``rng``
-(a Generator or int seed; one key per call, then ``fpsim.numerics._kernels.splitmix63``
+(a Generator or int seed; one key per call, then ``fpsim.numerics.kernels.splitmix63``
 numbers indexed by output and step), so the same seed gives the same bits.
 
 Kernels (``fpsim.ops._reduction_kernels``), the first that applies:
@@ -62,8 +62,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..numerics import _kernels
-from ..numerics._kernels import threads_for
+from ..numerics.checks import is_integer
+from ..numerics.kernels import MODE_CODES
+from ..numerics.threads import threads_for
 from . import _reduction_kernels as kernels
 from . import _tensor_core_kernels as tc_kernels
 from . import tensor_cores
@@ -308,7 +309,7 @@ def _add_rounded(values: np.ndarray, c: np.ndarray, fmt: Format, mode: str, rng)
     flat_values, flat_c = values.ravel(), np.ascontiguousarray(c, dtype=np.float64).ravel()
     if fmt.precision <= 51 and fmt.exponent_bits <= 10:
         key = random_key(rng) if mode == "stochastic" else 0
-        summed = kernels.add_arrays(flat_values, flat_c, float64_params(fmt), _kernels.MODE_CODES[mode], key)
+        summed = kernels.add_arrays(flat_values, flat_c, float64_params(fmt), MODE_CODES[mode], key)
     elif _native_layout(fmt) == FP64 and mode == "nearest":
         summed = flat_values + flat_c  # IEEE float64 addition is the exact sum rounded to nearest
     else:
@@ -343,7 +344,7 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
     run = block if kind == "blocked" else max(a.shape[-1], 1)
     constants = (model.products_per_step, model.fraction_bits, step.emin, model.c_in_alignment,
                  model.rounding == "toward_zero", step.precision, nearest_constants(step),
-                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), _kernels.MODE_CODES["nearest"], run, kind == "blocked",
+                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), MODE_CODES["nearest"], run, kind == "blocked",
                  float64_params(FP32), not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
 
     def product(a2, b2, c2):
@@ -364,7 +365,7 @@ def _alignment_exponents(values: np.ndarray, fmt: Format) -> np.ndarray:
 
 
 def nearest_constants(fmt: Format) -> tuple:
-    """The ``nearest`` tuple of ``_kernels.round_nearest_branchless`` for float64 values and ``fmt`` (p <= 51)."""
+    """The ``nearest`` tuple of ``fpsim.numerics.kernels.round_nearest_branchless`` for float64 values and ``fmt`` (p <= 51)."""
     return kernel_params(fmt, np.float64).nearest_args()
 
 
@@ -381,7 +382,7 @@ def _accumulate(a, b, fmt_a, fmt_b, accumulate, mode, kind, block, rng):
     key = random_key(rng) if mode == "stochastic" else 0
     if _fits_float64_kernel(fmt_a, fmt_b, accumulate):
         params = float64_params(accumulate)
-        code = _kernels.MODE_CODES[mode]
+        code = MODE_CODES[mode]
         if kind == "blocked" and mode == "nearest":
             return kernels.matmul_blocked_nearest(np.ascontiguousarray(a), np.ascontiguousarray(b),
                                                   nearest_constants(accumulate), block)
@@ -465,7 +466,7 @@ def sum(x, fmt=FP32, *, axis=None, mode: str = "nearest", order: str = "sequenti
         rows = array.reshape(1, -1)
         shape = ()
     else:
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        if not is_integer(axis):
             raise ValueError(f"axis must be None or one integer axis, got {axis!r}")
         moved = np.moveaxis(array, axis, -1)
         shape = moved.shape[:-1]

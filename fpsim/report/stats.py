@@ -22,6 +22,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from ..numerics.checks import is_finite_number
+
 GRID_TOLERANCE = 1e-6
 """How far (in units of the resolution) a difference may lie from the grid before it is refused."""
 
@@ -75,8 +77,7 @@ def _on_grid(d: np.ndarray, resolution: float | None) -> np.ndarray:
     """``d`` in whole steps of ``resolution``: round(d / resolution); ``d`` itself when resolution is None."""
     if resolution is None:
         return d
-    if isinstance(resolution, bool) or not (isinstance(resolution, (int, float)) and math.isfinite(resolution)
-                                            and resolution > 0):
+    if not (is_finite_number(resolution) and resolution > 0):
         raise ValueError(f"resolution must be a positive finite number, got {resolution!r}")
     scaled = d / resolution
     steps = np.rint(scaled)

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from dataclasses import dataclass, field
 
 from ..numerics.formats import FP32
-from .checks import integer, number_in, positive_fp32_number, positive_number
+from . import vocabulary
+from ..numerics.checks import integer, is_integer, number_in, positive_fp32_number, positive_number
 from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler, loss_scale_of
 from .policy import Policy
@@ -44,9 +44,6 @@ MAX_PARAMETERS = 1 << 26
 
 MAX_BATCH_VALUES = 1 << 20
 """Most input values (examples x features, or windows x characters) one batch may hold: activations scale with it."""
-
-OPTIMIZERS = {"numpy": ("sgd", "momentum", "adam"), "torch": ("sgd", "momentum", "adam", "adamw")}
-"""Optimizer names each engine takes."""
 
 MLP_HIDDEN = (128, 128, 128)
 """The MLP's hidden layer widths when ``hidden`` is not given."""
@@ -73,7 +70,8 @@ class TrainConfig:
     """Widths of the MLP's hidden layers (ReLU); None: ``MLP_HIDDEN``, so the default model is 64-128-128-128-10
     on digits.  The MLP's only: a torch model refuses it (its sizes are ``model_options``)."""
     optimizer: str = "sgd"
-    """Optimizer name (``OPTIMIZERS``); ``momentum``, ``betas``, ``eps`` are its settings."""
+    """Optimizer name: one of the model's (``BuiltinModel.optimizers``; a factory's torch engine takes every one of
+    ``fpsim.sim.vocabulary.OPTIMIZERS``); ``momentum``, ``betas``, ``eps`` are its settings."""
     lr: float = 0.05
     """Learning rate: a positive number within FP32's range (the engines apply it in FP32)."""
     steps: int = 1500
@@ -91,7 +89,8 @@ class TrainConfig:
     histogram_steps: tuple | None = None
     """Steps of the histograms (default with ``histograms``: the first, 10%, 50% and the last)."""
     loss_scale: float | str | None = None
-    """If given, replaces the policy's ``loss_scale``: a positive constant or "dynamic"."""
+    """If given, wins over the policy's ``loss_scale`` (``effective_policy``): a positive constant or "dynamic",
+    read by the one rule of both, ``fpsim.sim.loss_scaling.loss_scale_of``; None keeps the policy's."""
     scaler: dict | None = None
     """Settings of the dynamic loss scaler (``fpsim.sim.loss_scaling.SCALER_OPTIONS``)."""
     momentum: float = 0.9
@@ -115,7 +114,7 @@ class TrainConfig:
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.model, self.hidden))
-        optimizers = OPTIMIZERS[self.engine]
+        optimizers = vocabulary.MODELS[self.model].optimizers if isinstance(self.model, str) else vocabulary.OPTIMIZERS
         if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(optimizers)}")
         put("optimizer", self.optimizer.strip().lower())
@@ -214,7 +213,7 @@ def _hidden(model, hidden) -> tuple | None:
         return None
     if hidden is None:
         return MLP_HIDDEN
-    if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+    if is_integer(hidden):
         hidden = (hidden,)
     if not isinstance(hidden, (list, tuple)) or not hidden:
         raise ValueError(f"hidden must list at least one hidden layer width, e.g. (128, 128, 128); got {hidden!r}")

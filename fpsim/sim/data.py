@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..numerics.checks import is_finite_number, is_integer
+
 DATA_SETS = ("digits", "mnist", "teacher", "mnist1d", "pydoc")
 """Names ``load_data`` understands."""
 
@@ -209,9 +211,9 @@ def teacher_student(inputs=32, hidden=64, outputs=4, train=4096, test=1024, nois
     """
     for key, value in (("inputs", inputs), ("hidden", hidden), ("outputs", outputs), ("train", train),
                        ("test", test)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"teacher {key} must be a positive integer, got {value!r}")
-    if not (isinstance(noise, (int, float)) and np.isfinite(noise) and noise >= 0):
+    if not (is_finite_number(noise) and noise >= 0):
         raise ValueError(f"teacher noise must be a finite number >= 0, got {noise!r}")
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0.0, 1.0 / np.sqrt(inputs), size=(inputs, hidden))
@@ -330,7 +332,7 @@ def pydoc_text() -> str:
 def load_pydoc(validation: float = PYDOC_VALIDATION) -> TextDataset:
     """The pydoc text (see ``pydoc_text``), its last ``validation`` share held out (at least one character
     on each side)."""
-    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation < 1:
+    if not (is_finite_number(validation) and 0 < validation < 1):
         raise ValueError(f"pydoc validation share must be a number in (0, 1), got {validation!r}")
     text = pydoc_text()
     vocabulary = "".join(sorted(set(text)))

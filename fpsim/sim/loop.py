@@ -1,15 +1,15 @@
-"""The training loop both engines run: steps, the recorder's step records, the divergence rule, a progress bar."""
+"""The training loop both engines run: steps (``fpsim.sim.step``), the recorder's step records, the divergence rule,
+a progress bar."""
 
 from __future__ import annotations
 
 import sys
-from typing import Callable
 
 from .result import has_diverged
+from .step import TrainingStep
 
 
-def run_steps(steps: int, take_step: Callable[[int], tuple[float, bool]], weights_finite: Callable[[], bool],
-              recorder, scaler, *, desc: str, progress: bool) -> tuple[int, int | None]:
+def run_steps(steps: int, take_step: TrainingStep, recorder, *, desc: str, progress: bool) -> tuple[int, int | None]:
     """Run ``take_step(step) -> (loss, skipped)`` for ``steps`` steps; return (steps run, diverged step or None).
 
     Each step is recorded between ``recorder.start_step`` and ``recorder.end_step``
@@ -20,6 +20,7 @@ def run_steps(steps: int, take_step: Callable[[int], tuple[float, bool]], weight
     """
     from tqdm import tqdm
 
+    scaler = take_step.scaler
     steps_run, diverged_step, bar = 0, None, None
     try:
         bar = tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, leave=False)
@@ -29,7 +30,7 @@ def run_steps(steps: int, take_step: Callable[[int], tuple[float, bool]], weight
             loss, skipped = take_step(step)
             recorder.end_step(loss=loss, loss_scale=scale, skipped=skipped)
             steps_run = step + 1
-            if has_diverged(loss, weights_finite(), scaler, scale):
+            if has_diverged(loss, take_step.weights.finite(), scaler, scale):
                 diverged_step = step
                 break
             if progress and step % 50 == 0:

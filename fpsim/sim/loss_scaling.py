@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .checks import integer, is_finite_number, positive_number
+from ..numerics.checks import integer, is_finite_number, positive_number
 
 SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale", "max_scale",
                   "hysteresis")

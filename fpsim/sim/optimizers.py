@@ -20,10 +20,7 @@ import numpy as np
 
 from ..numerics.formats import Format
 from ..numerics.rounding import round as round_to
-from .checks import is_finite_number
-
-OPTIMIZERS = ("sgd", "momentum", "adam")
-"""Optimizer names ``make_optimizer`` understands."""
+from ..numerics.checks import is_finite_number
 
 
 class SGD:
@@ -98,14 +95,15 @@ class Adam:
 
 
 def make_optimizer(name: str, lr: float, *, grad_scale: float = 1.0, state_format: Format, **options):
-    """The optimizer called ``name`` (one of ``OPTIMIZERS``) with its ``options``.
+    """The optimizer called ``name`` (one of the MLP's, ``fpsim.sim.vocabulary.MODELS["mlp"].optimizers``) with its
+    ``options``.
 
     Options: ``momentum`` (for "momentum", default 0.9); ``betas`` and ``eps``
     (for "adam", defaults (0.9, 0.999) and 1e-8).
     """
-    classes = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+    classes = {"sgd": SGD, "momentum": Momentum, "adam": Adam}  # MODELS["mlp"].optimizers
     if not isinstance(name, str) or name.lower() not in classes:
-        raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {name!r}: use one of {', '.join(classes)}")
     if not (is_finite_number(lr) and lr > 0):
         raise ValueError(f"learning rate must be a positive finite number, got {lr!r}")
     if not (is_finite_number(grad_scale) and grad_scale > 0):

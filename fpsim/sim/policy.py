@@ -1,19 +1,17 @@
 """Precision policies: which format every tensor of a training step lives in.
 
 A ``Policy`` is the whole numerical recipe of mixed-precision training as data.
-A training step (either engine's) reads it like this:
+The training step (``fpsim.sim.step``, where the recipe is stated) reads its fields:
 
-1. cast the master weights to ``params`` (with no ``master``, the weights are
-   stored in ``params`` and used as they are);
-2. forward and backward with matrix products accumulated in ``accumulate`` and
-   their results rounded to ``activations`` (forward) or ``gradients``
-   (activation and weight gradients); softmax and cross-entropy in ``loss``
-   (FP32, as autocast does); the loss multiplied by the loss scale;
-3. gradients to FP32, divided by the loss scale, checked for inf/NaN (a step
-   with inf/NaN is skipped when the policy scales the loss);
-4. the optimizer turns them into an update, its state kept in ``optimizer_state``;
-5. the update is applied to the master weights (or to the params themselves),
-   rounded to their format with ``update_rounding``, optionally Kahan-compensated.
+1. cast: the master weights (``master``) to ``params`` (with no ``master``, the
+   weights are stored in ``params`` and used as they are);
+2. forward and backward: matrix products accumulated in ``accumulate``, their
+   results rounded to ``activations`` (forward) or ``gradients`` (activation and
+   weight gradients); softmax and cross-entropy in ``loss`` (FP32, as autocast
+   does); the loss multiplied by ``loss_scale``;
+3.-4. unscale and check: only with a ``loss_scale`` is a step with inf/NaN skipped;
+5. update: the optimizer's state in ``optimizer_state``, the update rounded into the
+   weights' format with ``update_rounding``, optionally Kahan-compensated (``kahan``).
 
 Every preset accumulates matrix products in FP32, as tensor cores do with FP16
 and BF16 inputs; a policy with ``accumulate="fp16"`` is one field away.
@@ -78,7 +76,9 @@ class Policy:
     loss: Format = FP32
     """Format of the softmax / cross-entropy (or squared error) and of its gradient."""
     loss_scale: float | str | None = None
-    """None (no scaling, no inf/NaN check), a constant scale (> 0), or ``"dynamic"`` (GradScaler; any case)."""
+    """None (no scaling, no inf/NaN check), a constant scale (> 0), or ``"dynamic"`` (GradScaler), as
+    ``fpsim.sim.loss_scaling.loss_scale_of`` reads it (the one rule, ``TrainConfig``'s too).  A run's
+    ``TrainConfig.loss_scale``, when given, wins over this one (``TrainConfig.effective_policy``)."""
     update_rounding: str = "nearest"
     """Rounding of the updated weights into their format: one of ``UPDATE_ROUNDINGS``."""
     kahan: bool = False

@@ -48,11 +48,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..numerics.checks import is_finite_number, is_integer
 from ..numerics.formats import FP32, get_format
 from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
 from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, preset_named, quantize
-from .checks import is_finite_number
 from .vocabulary import OPERAND_KINDS, Kind
 
 SCALING_KINDS = ("none", "tensor", "delayed", "row", "block")
@@ -86,7 +86,7 @@ class Scaling:
         if self.kind not in SCALING_KINDS:
             raise ValueError(f"unknown scaling kind {self.kind!r}: use one of {', '.join(SCALING_KINDS)}")
         history_len = self.history_len
-        if isinstance(history_len, bool) or not isinstance(history_len, (int, np.integer)) or history_len < 1:
+        if not is_integer(history_len) or history_len < 1:
             raise ValueError(f"history_len must be a positive integer, got {history_len!r}")
         if history_len > MAX_HISTORY_LEN:
             raise ValueError(f"history_len must be at most {MAX_HISTORY_LEN}: a history of {history_len} FP32 "

@@ -6,42 +6,26 @@ classification data set (cross-entropy on the logits (B, K)) or a text
 (next-character cross-entropy on the logits (B, T, V); the model says its
 context length as ``model.config.block_size``).
 
-One step is the mixed-precision recipe as nanoGPT's ``train.py`` writes it with
-``torch.autocast`` and ``GradScaler``, the emulation standing in for autocast:
-
-1. the weights as the products use them: with FP32 master weights (the model's
-   own parameters) the emulation casts them to ``policy.params`` at use, as
-   autocast does; with weights stored in a narrower format (a "pure" policy,
-   ``master=None`` and 16-bit ``params``) the model holds the stored values;
-2. forward and backward inside ``fpsim.torch.emulate(policy, model=, recorder=)``,
-   the backward pass seeded with the loss scale ``S * grad_scale`` (the gradient
-   of ``S * loss``, as ``GradScaler.scale(loss).backward()`` starts it); products
-   accumulate in float32 BLAS when ``policy.accumulate`` is FP32, else through
-   ``fpsim.matmul`` (the emulation's ``accumulate="exact"``);
-3. gradients divided by S (in float64, rounded once to FP32) and checked for
-   inf/NaN: with loss scaling a step holding any is skipped and the scaler backs off;
-4. a ``torch.optim`` optimizer (sgd, momentum, adam, adamw) turns them into updates;
-5. the updates reach the weights:
-   * FP32 weights: the optimizer steps the FP32 parameters itself, in its own
-     FP32 arithmetic (as real AMP training does).  The recorder sees the
-     change it made (``update = before - after``), so no update counts as
-     lost there: the FP32 weights of the numpy engine lose almost none;
-   * weights in a narrower format: the optimizer steps a float64 copy of the
-     stored weights, so that ``update = before - after`` is its update to about
-     2^-53 relative; the update is then rounded into the stored format by
-     ``fpsim.sim.optimizers.apply_update`` (nearest or stochastic) or
-     ``apply_kahan_update`` (Kahan), exactly as in the numpy engine, and the
-     recorder counts the lost ones.
-   When ``policy.optimizer_state`` is narrower than the optimizer's tensors,
-   every floating state tensor of a parameter's shape (momentum buffer, Adam's
-   ``exp_avg`` and ``exp_avg_sq``) is rounded to it to nearest after each step.
+A step is the recipe of ``fpsim.sim.step`` (cast, forward, scale, backward, unscale,
+check, update, record), the emulation standing in for ``torch.autocast`` as in nanoGPT's
+``train.py`` with ``GradScaler``: the forward and backward passes run inside
+``fpsim.torch.emulate(policy, model=, recorder=)``, which casts the FP32 master weights
+(the model's own parameters) to ``policy.params`` at use; with weights stored in a
+narrower format (a "pure" policy) the model holds the stored values.  Products
+accumulate in float32 BLAS when ``policy.accumulate`` is FP32, else through
+``fpsim.matmul`` (the emulation's ``accumulate="exact"``).  A ``torch.optim`` optimizer
+(sgd, momentum, adam, adamw) turns the gradients into updates (``_Weights`` says how
+they reach the stored weights).
 
 ``grad_scale`` multiplies the loss while the optimizer is made invariant to it
 (SGD and momentum: ``lr / grad_scale``; Adam, AdamW: ``eps * grad_scale``), as
 in the numpy engine.  Everything random comes from ``seed`` through a numpy
 ``SeedSequence`` (initial weights via a ``torch.Generator``, batches, stochastic
-rounding); the run uses one torch thread and deterministic algorithms (both
-restored afterwards), so the same configuration gives a bit-identical result.
+rounding); the run takes ``fpsim.numerics.threads.one_thread``, on which every
+operation these models use (the embedding's backward, a scatter-add, included) runs in
+a fixed order, so the same configuration gives a bit-identical result (the tests compare
+two runs bit for bit; ``torch.use_deterministic_algorithms`` is not needed: it would only
+fill new tensors with NaN and import torch's compiler stack, seconds, on first use).
 
 Every ``shadow_every`` steps the weight gradients are compared with an FP64
 shadow of the same step: a float64 twin of the model with the stored weights
@@ -65,28 +49,25 @@ forward formats, unrecorded.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..numerics._kernels import one_thread
+from ..numerics.threads import one_thread
 from ..numerics.formats import FP32
 from ..numerics.rounding import round as round_to
 from ..sim.config import MAX_BATCH_VALUES
 from ..sim.data import load_data
 from ..sim.loss_scaling import LossScaler
-from ..sim.optimizers import apply_kahan_update, apply_update
 from ..sim.recorder import Recorder, json_float
 from ..sim.loop import run_steps
 from ..sim.result import TrainResult, result_of_run
 from ..sim.scaling import ScaledCasts
+from ..sim.step import RoundedUpdates, TrainingStep, by_module
+from ..sim.vocabulary import OPTIMIZERS
 from .emulate import ROOT, emulate
 from .models import get_model
-
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-"""``torch.optim`` optimizers the engine wraps, by name (AdamW with torch's default weight decay 0.01)."""
 
 EVAL_BATCH = 128
 """Validation windows (or test examples) per forward pass of the evaluation."""
@@ -102,7 +83,7 @@ def train_model(config, *, progress: bool = False) -> tuple[TrainResult, "torch.
     policy = config.effective_policy
     _check_policy(policy)
     init_seed, batch_seed, rounding_seed = np.random.SeedSequence(config.seed).spawn(3)
-    with _reproducible():
+    with one_thread():
         model, data = _build(config, torch.Generator().manual_seed(seed_of(init_seed)))
         run = _Run(config, policy, model, data, np.random.default_rng(batch_seed),
                    np.random.default_rng(rounding_seed))
@@ -139,30 +120,6 @@ def seed_of(sequence: np.random.SeedSequence) -> int:
     return int(sequence.generate_state(1, np.uint64)[0])
 
 
-@contextmanager
-def _reproducible():
-    """One torch thread and numba on one thread; the previous settings restored.
-
-    On one CPU thread every operation these models use (including the
-    embedding's backward, a scatter-add) runs in a fixed order, so
-    ``torch.use_deterministic_algorithms`` is not needed: it would only fill new
-    tensors with NaN and import torch's compiler stack (seconds) on first use.
-    Two runs are compared bit for bit in the tests.
-
-    numba's thread pool is started first (``one_thread`` asks numba for its thread
-    count, which starts it): with its OpenMP layer, starting it sets OpenMP's thread
-    count, which torch's operations use, so started later it would give the first run
-    in a process more torch threads than the runs after it, and other bits.
-    """
-    with one_thread():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-
 def _check_policy(policy) -> None:
     for field in ("params", "activations", "gradients", "optimizer_state", "loss"):
         fmt = getattr(policy, field)
@@ -175,7 +132,8 @@ def _check_policy(policy) -> None:
 
 
 def make_optimizer(name: str, params, *, lr: float, grad_scale: float, momentum: float, betas, eps: float):
-    """The ``torch.optim`` optimizer called ``name`` over ``params``, made invariant to ``grad_scale``."""
+    """The ``torch.optim`` optimizer called ``name`` (one of ``fpsim.sim.vocabulary.OPTIMIZERS``) over ``params``,
+    made invariant to ``grad_scale`` (AdamW with torch's default weight decay 0.01)."""
     name = str(name).lower()
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr / grad_scale)
@@ -201,16 +159,22 @@ def _round_in_place(tensor, fmt) -> None:
 
 
 class _Weights:
-    """The weights of record and the optimizer that updates them (step 5 of the recipe).
+    """The weights of record and the optimizer that updates them (``fpsim.sim.step.WeightStore``).
 
     ``params``: (module path, parameter) pairs of the model, each parameter once
-    (a tied weight under its first name).  With FP32 weights the optimizer owns
-    the model's parameters; otherwise it owns float64 copies of the stored
-    values, and each update is rounded into ``policy.weights``.
+    (a tied weight under its first name).  With FP32 weights the optimizer steps the
+    model's parameters in its own FP32 arithmetic (as real AMP training does), and the
+    recorder sees the change it made (``update = before - after``, so none counts as lost).
+    Otherwise it steps float64 copies of the stored values, so that ``before - after``
+    is its update to about 2^-53 relative, and each update is rounded into
+    ``policy.weights`` (``fpsim.sim.step.RoundedUpdates``), as in the numpy engine.
+    When ``policy.optimizer_state`` is narrower than the optimizer's tensors, every
+    floating state tensor of a parameter's shape (momentum buffer, Adam's ``exp_avg``
+    and ``exp_avg_sq``) is rounded to it to nearest after each step.
     """
 
     def __init__(self, policy, params, make, recorder, rounding_rng):
-        self.policy, self.params, self.recorder, self.rounding_rng = policy, params, recorder, rounding_rng
+        self.policy, self.params, self.recorder = policy, params, recorder
         self.fmt = policy.weights
         self.native = self.fmt == FP32
         with torch.no_grad():
@@ -222,15 +186,21 @@ class _Weights:
             self.stored = [param.detach().double().requires_grad_() for _, param in params]
         self.optimizer = make(self.stored)
         self.state_format = policy.optimizer_state
-        self.compensation = ([np.zeros(tuple(p.shape), dtype=np.float32) for _, p in params]
-                             if policy.kahan else None)
+        self.rounded = RoundedUpdates(policy, [tuple(p.shape) for _, p in params], np.float32, rounding_rng,
+                                      recorder)
 
-    def step(self, grads) -> None:
+    def working(self):
+        """Step 1: nothing to do here: the model holds the stored weights and the emulation casts them to
+        ``policy.params`` at use, as autocast does."""
+        return None
+
+    def update(self, grads) -> None:
         """Apply one optimizer step for the (unscaled, FP32) gradients ``grads`` (None: no gradient, as torch
         has it for a parameter the loss does not reach; the optimizer leaves it alone)."""
         before = [s.detach().clone() for s in self.stored]
         for stored, grad in zip(self.stored, grads):
-            stored.grad = grad if self.native or grad is None else grad.double()
+            stored.grad = None if grad is None else torch.from_numpy(grad) if self.native \
+                else torch.from_numpy(grad).double()
         self.optimizer.step()
         if self.state_format != FP32 or not self.native:
             round_optimizer_state(self.optimizer, self.state_format)
@@ -241,20 +211,12 @@ class _Weights:
                 if self.native:
                     self.recorder.updated(module, old, stored.detach().numpy(), update, self.fmt)
                     continue
-                new = self._apply(i, module, old, update)
-                stored.copy_(torch.from_numpy(new))
-                param.copy_(torch.from_numpy(new))
+                new = torch.from_numpy(self.rounded.apply(i, module, old, update))
+                stored.copy_(new)
+                param.copy_(new)
 
-    def _apply(self, i, module, old, update) -> np.ndarray:
-        if self.compensation is None:
-            new = apply_update(old, update, self.fmt, rounding=self.policy.update_rounding, rng=self.rounding_rng)
-            self.recorder.updated(module, old, new, update, self.fmt)
-            return new
-        owed = self.compensation[i]
-        new, self.compensation[i] = apply_kahan_update(old, owed, update, self.fmt)
-        self.recorder.updated(module, old + owed.astype(np.float64), new + self.compensation[i].astype(np.float64),
-                              update, self.fmt)
-        return new
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(param).all()) for _, param in self.params)
 
 
 class _Run:
@@ -296,35 +258,22 @@ class _Run:
             self.y_train = torch.from_numpy(data.y_train)
             self.batch_indices = data.batches(batch_rng, config.batch_size)
 
-    # --- one step ----------------------------------------------------------------------------
-    def train_step(self, step: int) -> tuple[float, bool]:
-        """One step of the recipe (see the module docstring); returns (loss, skipped)."""
-        x, y = self.next_batch()
-        scale = self.scaler.scale if self.scaler is not None else 1.0
+    # --- the engine's part of a step (fpsim.sim.step.Engine) ----------------------------------------
+    def forward_backward(self, batch, weights, seed):
+        """Step 2 of the recipe inside ``emulate``, the backward pass started at ``seed``; the gradients as numpy
+        views of the parameters' ``.grad`` (None where none flowed)."""
+        x, y = batch
         for _, param in self.params:
             param.grad = None
-        # (1) + (2): forward and backward under the policy, the backward pass started at S * grad_scale
         with emulate(self.policy, model=self.model, recorder=self.recorder, accumulate=self.accumulate,
                      casts=self.casts):
             loss = self.loss(self.model(x), y)
-            loss.backward(torch.tensor(scale * self.config.grad_scale, dtype=loss.dtype))
-        if self.casts is not None:
-            self.casts.end_step()
-        # (3) gradients to FP32, unscaled, checked
-        grads = [_unscaled(param.grad, scale) for _, param in self.params]
-        found_inf = self.scaler is not None and not all(bool(torch.isfinite(g).all()) for g in grads
-                                                        if g is not None)
-        if self.config.shadow_every and step % self.config.shadow_every == 0:
-            self.observe_shadow(x, y, grads)
-        # (4) + (5) the optimizer's updates into the weights (not on a skipped step)
-        if not found_inf:
-            self.weights.step(grads)
-        if self.scaler is not None:
-            self.scaler.update(found_inf, step)
-        return float(loss.detach()), found_inf
+            loss.backward(torch.tensor(seed, dtype=loss.dtype))
+        return float(loss.detach()), [None if p.grad is None else p.grad.numpy() for _, p in self.params], None
 
-    def observe_shadow(self, x, y, grads) -> None:
+    def observe_shadow(self, batch, grads, saved) -> None:
         """Hand the recorder this step's weight gradients and those of its FP64 twin, per module."""
+        x, y = batch
         if self.shadow_model is None:
             self.shadow_model = copy.deepcopy(self.model).double()
         shadow_params = [param for _, param in _named_parameters(self.shadow_model)]
@@ -334,10 +283,12 @@ class _Run:
                 twin.grad = None
         loss = self.loss(self.shadow_model(x.double() if x.is_floating_point() else x), y)
         loss.backward(torch.tensor(self.config.grad_scale, dtype=torch.float64))
-        exact = [torch.zeros_like(twin) if twin.grad is None else twin.grad for twin in shadow_params]
-        grads = [torch.zeros_like(param) if grad is None else grad for (_, param), grad in zip(self.params, grads)]
-        policy_grads, shadow_grads = _by_module(self.params, grads), _by_module(self.params, exact)
-        self.recorder.observe_shadow(policy_grads, shadow_grads, shadow_grads)
+        exact = [np.zeros(tuple(twin.shape)) if twin.grad is None else twin.grad.numpy() for twin in shadow_params]
+        grads = [np.zeros(tuple(param.shape), dtype=np.float32) if grad is None else grad
+                 for (_, param), grad in zip(self.params, grads)]
+        modules = [module for module, _ in self.params]
+        shadow_grads = by_module(modules, exact)
+        self.recorder.observe_shadow(by_module(modules, grads), shadow_grads, shadow_grads)
 
     def loss(self, logits, targets):
         """Mean cross-entropy in nats: per token for a language model (B, T, V), per example otherwise."""
@@ -352,10 +303,10 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------------
     def train(self, progress: bool) -> TrainResult:
-        steps_run, diverged_step = run_steps(
-            self.config.steps, self.train_step,
-            lambda: all(bool(torch.isfinite(param).all()) for _, param in self.params),
-            self.recorder, self.scaler, desc=self.policy.name, progress=progress)
+        step = TrainingStep(self, self.weights, self.policy, self.scaler, self.casts,
+                            grad_scale=self.config.grad_scale, shadow_every=self.config.shadow_every)
+        steps_run, diverged_step = run_steps(self.config.steps, step, self.recorder, desc=self.policy.name,
+                                             progress=progress)
         return self._result(steps_run, diverged_step)
 
     def evaluate(self) -> tuple[float | None, float | None]:
@@ -395,18 +346,3 @@ def _named_parameters(model) -> list[tuple[str, "torch.nn.Parameter"]]:
     """(module path, parameter) for every parameter, once, in ``named_parameters`` order (a tied weight under
     its first owner; the root module is ``ROOT``, as the emulation names them)."""
     return [(name.rpartition(".")[0] or ROOT, param) for name, param in model.named_parameters()]
-
-
-def _by_module(params, tensors) -> list[list[np.ndarray]]:
-    """``tensors`` (one per parameter) as numpy arrays grouped by module, modules in order of appearance."""
-    groups: dict[str, list] = {}
-    for (module, _), tensor in zip(params, tensors):
-        groups.setdefault(module, []).append(tensor.detach().numpy())
-    return list(groups.values())
-
-
-def _unscaled(grad, scale: float):
-    """The FP32 gradient divided by the loss scale (in float64, rounded once); None where none flowed."""
-    if grad is None or scale == 1.0:
-        return grad
-    return (grad.double() / scale).float()

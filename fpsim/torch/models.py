@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..numerics.checks import integer, is_finite_number
 from ..sim.config import MAX_PARAMETERS
 from ..sim.vocabulary import MODELS, BuiltinModel, model_named
 
@@ -72,15 +73,14 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            _check_positive_int(f"GPTConfig.{name}", getattr(self, name))
+            object.__setattr__(self, name, integer(f"GPTConfig.{name}", getattr(self, name), 1))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         _check_size("GPTConfig", (self.vocab_size + self.block_size + 12 * self.n_layer * self.n_embd) * self.n_embd)
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if (isinstance(self.stream_scale, bool) or not isinstance(self.stream_scale, (int, float))
-                or not 0 < self.stream_scale < math.inf):
+        if not (is_finite_number(self.stream_scale) and self.stream_scale > 0):
             raise ValueError(f"GPTConfig.stream_scale must be a positive finite number, got {self.stream_scale!r}")
         if self.norm not in NORMS:
             raise ValueError(f"GPTConfig.norm must be one of {', '.join(map(repr, NORMS))}, got {self.norm!r}")
@@ -209,7 +209,7 @@ class CNNConfig:
 
     def __post_init__(self):
         for name in ("length", "classes", "channels", "n_conv", "kernel_size"):
-            _check_positive_int(f"CNNConfig.{name}", getattr(self, name))
+            object.__setattr__(self, name, integer(f"CNNConfig.{name}", getattr(self, name), 1))
         if self.kernel_size % 2 == 0:
             raise ValueError(f"CNNConfig.kernel_size must be odd, got {self.kernel_size}")
         _check_size("CNNConfig", self.n_conv * self.channels ** 2 * self.kernel_size
@@ -367,6 +367,3 @@ def _check_size(name: str, parameters: int) -> None:
                          "choose fewer or narrower layers")
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from ..numerics import _kernels
+from ..numerics import kernels
 from ..numerics.formats import FP32, Format
 from ..numerics.rounding import kernel_params
 from ..numerics.rounding import round as round_to
@@ -27,7 +27,7 @@ def round_into(values: np.ndarray, out: np.ndarray, fmt: Format) -> None:
             values.flags.c_contiguous and out.flags.c_contiguous):
         out[...] = round_to(values, fmt)
         return
-    _kernels.round_nearest_array(values.reshape(-1), out.reshape(-1).view(np.uint32), nearest)
+    kernels.round_nearest_array(values.reshape(-1), out.reshape(-1).view(np.uint32), nearest)
 
 
 @functools.lru_cache(maxsize=None)

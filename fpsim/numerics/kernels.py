@@ -23,8 +23,6 @@ hardware addition whose rounding is exactly the one wanted (see there).
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-
 import numba
 import numpy as np
 from numba import njit, prange
@@ -33,28 +31,6 @@ from numba.extending import overload
 NEAREST, NEAREST_AWAY, TOWARD_ZERO, UP, DOWN, STOCHASTIC = range(6)
 MODE_CODES = {"nearest": NEAREST, "nearest_away": NEAREST_AWAY, "toward_zero": TOWARD_ZERO,
               "up": UP, "down": DOWN, "stochastic": STOCHASTIC}
-
-
-@contextmanager
-def one_thread():
-    """Run the enclosed numba calls on one thread, then restore the thread count.
-
-    On a 2-core machine numba's thread pool costs more than it gains on small
-    arrays, and contends with OpenBLAS's spinning threads right after a numpy
-    matmul (see ``fpsim.ops.reductions.PARALLEL_MIN_WORK``; ``benchmarks/bench_threads.py`` measures it).
-    Results never depend on it: every kernel computes each output on its own.
-    """
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
-def threads_for(work: int, parallel_min_work: int):
-    """``one_thread()`` when ``work`` is below ``parallel_min_work``, else all of numba's threads."""
-    return one_thread() if work < parallel_min_work else nullcontext()
 
 
 @njit(cache=True, inline="always")
