@@ -20,9 +20,9 @@ optimizer and schedule; ``EmulatedSteps`` supplies what ``torch.autocast`` and
    inf/NaN is skipped (every gradient set to None, so the optimizer leaves every
    parameter and its state alone).  After it: with weights stored in a 16-bit format
    (a "pure" policy) each parameter's update ``u = before - after`` (the optimizer's
-   own FP32 step) is rounded into ``policy.weights`` by ``apply_update`` (nearest or
-   stochastic, from ``seed``) or ``apply_kahan_update`` (Kahan), and the optimizer's
-   state rounded to ``policy.optimizer_state``; then the loss scale is updated
+   own FP32 step) is rounded into ``policy.weights`` as the engines round it
+   (``fpsim.sim.step.RoundedUpdates``: nearest, stochastic from ``seed``, or
+   Kahan-compensated), and the optimizer's state rounded to ``policy.optimizer_state``; then the loss scale is updated
    (``fpsim.sim.loss_scaling.LossScaler``: GradScaler's rule, the policy's dynamic
    or constant scale, ``scaler`` its options), an FP8 recipe's delayed scales step,
    and the recorder closes the step.
@@ -48,9 +48,9 @@ import torch
 from ..numerics.formats import FP32
 from ..numerics.rounding import round as round_to
 from ..sim.loss_scaling import LossScaler
-from ..sim.optimizers import apply_kahan_update, apply_update
 from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
+from ..sim.step import RoundedUpdates
 from ..torch.emulate import OUTSIDE, ROOT, emulate
 from ..torch.engine import round_optimizer_state
 
@@ -76,7 +76,8 @@ class EmulatedSteps:
         self._paths = {}  # id(parameter) -> its module path
         self._finite = {}  # id(parameter) -> whether its unscaled gradient is finite (unscaled this step)
         self._before = {}  # id(parameter) -> its stored values before the optimizer's step
-        self._compensation = {}  # id(parameter) -> Kahan compensation (float32, in the weights' format)
+        self._index = {}  # id(parameter) -> its position in the connected model's parameters
+        self.rounded = None  # the updates' rounding into policy.weights (RoundedUpdates), set by connect
         self._skipped = False
         self._attached = weakref.WeakSet()  # the optimizers hooked (an id could be reused by a later one)
         self._context = None  # the open emulate context (an ExitStack), or None
@@ -89,7 +90,11 @@ class EmulatedSteps:
         """The model whose module paths name the records and whose parameters are the weights; its weights
         rounded in place to ``policy.weights`` (how they are stored from the first step on)."""
         self.model = model
-        self._paths = {id(param): name.rpartition(".")[0] or ROOT for name, param in model.named_parameters()}
+        named = list(model.named_parameters())
+        self._paths = {id(param): name.rpartition(".")[0] or ROOT for name, param in named}
+        self._index = {id(param): i for i, (_, param) in enumerate(named)}
+        self.rounded = RoundedUpdates(self.policy, [tuple(param.shape) for _, param in named], np.float32, self.rng,
+                                      self.recorder)
         if self.policy.weights != FP32:
             with torch.no_grad():
                 for param in model.parameters():
@@ -209,23 +214,17 @@ class EmulatedSteps:
 
     def _store(self, param, before: np.ndarray) -> None:
         """The optimizer's update of ``param`` (from ``before``) stored in ``policy.weights`` and recorded."""
-        fmt, stepped = self.policy.weights, param.detach().numpy()
+        stepped = param.detach().numpy()
         update = before.astype(np.float64) - stepped
         path = self._paths.get(id(param), OUTSIDE)
-        if fmt == FP32:
-            after, old, new = stepped, before, stepped
-        elif self.policy.kahan:
-            owed = self._compensation.get(id(param), np.zeros_like(before))
-            after, self._compensation[id(param)] = apply_kahan_update(before, owed, update, fmt)
-            old = before + owed.astype(np.float64)
-            new = after + self._compensation[id(param)].astype(np.float64)
-        else:
-            after = apply_update(before, update, fmt, rounding=self.policy.update_rounding, rng=self.rng)
-            old, new = before, after
-        if after is not stepped:
-            param.copy_(torch.from_numpy(after))
-        if self.recorder is not None:
-            self.recorder.updated(path, old, new, update, fmt)
+        if self.policy.weights == FP32:
+            if self.recorder is not None:
+                self.recorder.updated(path, before, stepped, update, FP32)
+            return
+        if id(param) not in self._index:
+            raise ValueError("the optimizer steps a parameter of no connected model: give the optimizer the "
+                             "parameters of the model the precision plugin converted")
+        param.copy_(torch.from_numpy(self.rounded.apply(self._index[id(param)], path, before, update)))
 
 
 def _parameters(optimizer):

@@ -104,7 +104,8 @@ class RoundedUpdates:
 
     ``policy.kahan``: ``apply_kahan_update`` with one compensation array per weight (``shapes``), which the
     recorder sees added to the weights, so an update deferred into it is not lost; else ``apply_update``
-    with ``policy.update_rounding`` (stochastic rounding draws from ``rng``).  Results are of ``dtype``.
+    with ``policy.update_rounding`` (stochastic rounding draws from ``rng``).  Results are of ``dtype``; with
+    ``recorder`` None nothing is counted.
     """
 
     def __init__(self, policy, shapes, dtype, rng, recorder):
@@ -117,12 +118,14 @@ class RoundedUpdates:
         if self.compensation is None:
             new = np.asarray(apply_update(old, update, self.fmt, rounding=self.rounding, rng=self.rng),
                              dtype=self.dtype)
-            self.recorder.updated(module, old, new, update, self.fmt)
+            if self.recorder is not None:
+                self.recorder.updated(module, old, new, update, self.fmt)
             return new
         owed = self.compensation[index]
         new, compensation = (np.asarray(v, dtype=self.dtype) for v in apply_kahan_update(old, owed, update, self.fmt))
-        self.recorder.updated(module, old + owed.astype(np.float64), new + compensation.astype(np.float64),
-                              update, self.fmt)
+        if self.recorder is not None:
+            self.recorder.updated(module, old + owed.astype(np.float64), new + compensation.astype(np.float64),
+                                  update, self.fmt)
         self.compensation[index] = compensation
         return new
 
