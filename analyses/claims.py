@@ -8,10 +8,12 @@ from matplotlib.ticker import MaxNLocator
 import fpsim
 from fpsim.report import memory, roofline, sources
 from fpsim.sim.data import load_data
-from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, accuracy, grid_config, grid_steps,
+from fpsim.report.claims import CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE
+from fpsim.report.experiments import (accuracy, grid_config, grid_steps,
                                       pow2_label, range_and_precision, run_trainings)
 from fpsim.report.plots import memory_figure, roofline_figure, seed_scatter
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 
 ORDER = 90

@@ -6,11 +6,13 @@ transformer with Adam, FP32 master weights against pure 16-bit weights and stoch
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, CNN_TRAINING, FORCED_STREAM_SCALE,
+from fpsim.report.claims import CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE
+from fpsim.report.experiments import (CNN_TRAINING, FORCED_STREAM_SCALE,
                                       GPT_TRAINING, accuracy, bits_per_character, cnn_config, cnn_steps,
                                       forced_configs, forward_overflows, gpt_config, gpt_steps, model_seeds,
                                       pow2_label, run_trainings)
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 
 ORDER = 95

@@ -7,10 +7,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fpsim.report import sources
-from fpsim.report.experiments import (CLAIM_DELAYED, CLAIM_MX_FLOOR, CNN_TRAINING, GPT_TRAINING, accuracy,
+from fpsim.report.claims import CLAIM_DELAYED, CLAIM_MX_FLOOR
+from fpsim.report.experiments import (CNN_TRAINING, GPT_TRAINING, accuracy,
                                       bits_per_character, cnn_config, cnn_steps, gpt_config, gpt_steps, model_seeds,
                                       run_trainings)
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.stats import mean_ci, paired_comparison
 from fpsim.sim.policy import SCALED_POLICIES
 from fpsim.sim.recorder import Recorder

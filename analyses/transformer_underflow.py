@@ -13,7 +13,8 @@ from fpsim.report.experiments import (GPT_TRAINING, bits_per_character, gpt_batc
                                       histogram_of, histogram_steps, kind_colour, model_seeds, modules_by_kind,
                                       run_trainings, share_after_scaling, share_below)
 from fpsim.report.plots import Zones, legend_entries, seed_scatter, shade_zones
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.sources import MICIKEVICIUS
 from fpsim.report.stats import mean_ci, paired_comparison
 

@@ -177,17 +177,6 @@ def range_and_precision(ctx) -> dict:
             "range": range_rows, "precision": precision_rows}
 
 
-# --- the claims judged on every model --------------------------------------------------------------
-# The analyses that judge a claim on several models give their verdicts the same claim text, so that the
-# summary puts them in one row group (fpsim.report.runner.summary_table).
-
-CLAIM_RECIPE = "(a) the recipe (FP16 compute, FP32 master weights, loss scaling) trains as well as FP32"
-CLAIM_ACCURACY = "(e) FP16 mixed precision raises test accuracy (regularisation)"
-CLAIM_RANGE = "(f) BF16's range is more robust than FP16's"
-CLAIM_DELAYED = "(g) FP8 per-tensor delayed scaling is not needed: current scaling trains as well (torchao, 2025)"
-CLAIM_MX_FLOOR = "(h) the MX spec's floor-rounded scales make gradients diverge; rounding them up matches BF16"
-
-
 # --- the real models: char-gpt and the cnn (torch engine) ------------------------------------------
 # Every analysis of these models builds its runs here, so that the report's shared sweep store runs each
 # configuration once (transformer_underflow's policy comparison is claims_models' seed runs).
