@@ -27,7 +27,7 @@ ZONE_COLOURS = {"flush": "#bdbdbd", "subnormal": "#fdae6b", "normal": "#6baed6",
 """One colour per zone, used by every figure that shows zones."""
 
 FIGURE_STYLE = {"axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10, "legend.fontsize": 8}
-"""The report's matplotlib rcParams, applied around every analysis by ``fpsim.report.run_one``."""
+"""The report's matplotlib rcParams, applied around every analysis by ``fpsim.report.runner.run_one``."""
 
 
 @dataclass(frozen=True)
@@ -197,3 +197,55 @@ def legend_entries(axes) -> tuple[list, list]:
                 handles.append(handle)
                 labels.append(label)
     return handles, labels
+
+
+def paired_differences(ax, tests: list[dict], scale: float, band: float, reference: str, *, capsize: float,
+                       colours: list[str] | None = None) -> None:
+    """On ``ax``: each paired comparison of ``tests`` (at x = 0, 1, ...) as its mean difference with its 95%
+    interval, times ``scale``; the "as well as ``reference``" band +-``band`` (already scaled) shaded, and 0."""
+    for i, t in enumerate(tests):
+        colour = {} if colours is None else {"color": colours[i]}
+        ax.errorbar(i, scale * t["mean_difference"], yerr=[[scale * (t["mean_difference"] - t["low"])],
+                                                           [scale * (t["high"] - t["mean_difference"])]],
+                    fmt="o", capsize=capsize, **colour)
+    ax.axhspan(-band, band, color="0.85", alpha=0.6, label=f"+-{band:.3g}: as well as {reference}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(tests)))
+
+
+def bars_by_module(ax, modules: list[str], series: list[tuple[str, list[float], str]]) -> None:
+    """On ``ax``: one group of bars per module, one bar per (label, values, colour) of ``series`` (two)."""
+    x = np.arange(len(modules))
+    for offset, (label, values, colour) in enumerate(series):
+        ax.bar(x + 0.4 * offset - 0.2, values, 0.4, color=colour, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(modules, rotation=30, ha="right", fontsize=8)
+
+
+def scaling_lag_figure(jump: list[dict], edges, history: list[dict], current_saturated: int):
+    """Left: the shares of a scripted tensor saturated and flushed by current and delayed scaling, step by
+    step (``jump``: ``experiments.scripted_amax_jump``; ``edges``: the steps where the amplitude changes);
+    right: the operand values delayed scaling saturated in each step of a run (``history``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
+    for name, style in (("fp8-current", "-"), ("fp8-delayed", "--")):
+        rows = [r for r in jump if r["policy"] == name]
+        axes[0].plot([r["step"] for r in rows], [100 * r["saturated"] for r in rows], style, color="tab:red",
+                     label=f"{name}: saturated at 448")
+        axes[0].plot([r["step"] for r in rows], [100 * r["flushed"] for r in rows], style, color="tab:blue",
+                     label=f"{name}: flushed to 0")
+    for edge in edges:
+        axes[0].axvline(edge, color="0.6", lw=0.8)
+    axes[0].set_xlabel("step (amplitude 1, then x64 at step 20, then x1/64 at step 40)")
+    axes[0].set_ylabel("share of the tensor's values (%)")
+    axes[0].set_title("A scripted jump in magnitude: 4096 normal values cast to E4M3")
+    axes[0].legend(fontsize=8)
+    for kind, colour in (("activations", "tab:orange"), ("gradients", "tab:green"), ("params", "tab:purple")):
+        axes[1].plot([h["step"] for h in history], [h.get("saturated", {}).get(kind, 0) for h in history],
+                     color=colour, label=f"fp8-delayed: {kind}")
+    axes[1].set_yscale("symlog", linthresh=1)
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("operand values saturated in the step")
+    axes[1].set_title(f"char-gpt, seed 0: delayed scaling saturates (current scaling: {current_saturated} values)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
