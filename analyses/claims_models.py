@@ -6,14 +6,13 @@ transformer with Adam, FP32 master weights against pure 16-bit weights and stoch
 import matplotlib.pyplot as plt
 
 from fpsim.report.claims import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, band, better, difference_text,
-                                 final_score, unit, within)
+                                 final_score, score_table, unit, within)
 from fpsim.report.experiments import (CNN_TRAINING, FORCED_STREAM_SCALE, GPT_TRAINING, bits_per_character,
                                       cnn_config, cnn_steps, forced_configs, forward_overflows, gpt_config, gpt_steps,
                                       model_seeds, pow2_label, run_trainings)
 from fpsim.report.plots import paired_differences
 from fpsim.report.runner import analysis_main
 from fpsim.report.section import new_section
-from fpsim.report.stats import mean_ci, paired_comparison
 
 ORDER = 95
 NEEDS = ("torch",)
@@ -54,20 +53,10 @@ def run(ctx):
 
     rows, tests = [], {}
     for model, by_policy in scores.items():
-        for p, values in by_policy.items():
-            failed = sum(v is None for v in values)
-            if failed:  # a diverged run has no score: the policy is reported, not compared
-                rows.append({"model": model, "policy": p, "seeds": len(values),
-                             "diverged": f"{failed} of {len(values)} seeds (no finite validation loss)"})
-                continue
-            ci = mean_ci(values)
-            row = {"model": model, "policy": p, "seeds": len(values), "mean": ci["mean"], "95% CI low": ci["low"],
-                   "95% CI high": ci["high"]}
-            if p != "fp32" and None not in by_policy["fp32"]:
-                t = tests[(model, p)] = paired_comparison(values, by_policy["fp32"])
-                row.update({"minus fp32": t["mean_difference"], "diff CI low": t["low"], "diff CI high": t["high"],
-                            "paired t p": t["t_test_p"], "Wilcoxon p": t["wilcoxon_p"]})
-            rows.append(row)
+        model_rows, model_tests = score_table(model, by_policy, "fp32", no_score="no finite validation loss",
+                                              wilcoxon=True)
+        rows += model_rows
+        tests.update(model_tests)
     section.table(rows, caption="Per model and policy: the mean score over seeds (conv net: test accuracy, "
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against FP32.")

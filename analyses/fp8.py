@@ -7,15 +7,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fpsim.report import sources
-from fpsim.report.claims import (CLAIM_DELAYED, CLAIM_MX_FLOOR, band, better, difference_text, score, tolerance_text,
-                                 unit, within)
+from fpsim.report.claims import (CLAIM_DELAYED, CLAIM_MX_FLOOR, band, better, difference_text, score, score_table,
+                                 tolerance_text, unit, within)
 from fpsim.report.experiments import (CNN_TRAINING, GPT_TRAINING, ScaleRounding, accuracy, bits_per_character,
                                       cast_values, cnn_config, cnn_steps, gpt_config, gpt_steps, model_seeds,
                                       operand_shares, run_trainings, saturated_values, scripted_amax_jump)
-from fpsim.report.plots import bars_by_module, paired_differences, scaling_lag_figure
+from fpsim.report.plots import bars_by_module_figure, paired_differences, scaling_lag_figure
 from fpsim.report.runner import analysis_main
 from fpsim.report.section import new_section
-from fpsim.report.stats import mean_ci, paired_comparison
+from fpsim.report.stats import paired_comparison
 
 ORDER = 97
 NEEDS = ("torch",)
@@ -59,7 +59,8 @@ def run(ctx):
         f"fpsim.train with seeds 0..{claimed_seeds[-1]} for bf16-mixed and the policies the claims are judged on "
         f"({', '.join(CLAIMED)}), 0..{seeds[-1]} for the others (a seed fixes the initial weights and the "
         f"batches: policies are compared seed by seed, each against bf16-mixed on its own seeds). Conv net: the "
-        f"cnn on MNIST-1D, Adam lr {CNN_TRAINING['lr']:g}, batch {cnn['batch_size']}, {cnn_steps(ctx)} steps, test accuracy. "
+        f"cnn on MNIST-1D, Adam lr {CNN_TRAINING['lr']:g}, batch {cnn['batch_size']}, {cnn_steps(ctx)} steps, test "
+        "accuracy. "
         f"Transformer: char-gpt ({gpt['model_options']['n_layer']} blocks, width {gpt['model_options']['n_embd']}) "
         f"on the pydoc text, Adam lr {GPT_TRAINING['lr']:g}, batch {gpt['batch_size']}, "
         f"{gpt_steps(ctx)} steps, validation bits per character. Every FP8 / MX policy quantizes the operands of "
@@ -92,21 +93,17 @@ def run(ctx):
 # --- FP8 without scaling --------------------------------------------------------------------------------
 
 def without_scaling(section, unscaled_runs, runs):
-    rows = []
-    fig, axes = plt.subplots(1, len(unscaled_runs), figsize=(14, 4.4))
-    for ax, (model, result) in zip(axes, unscaled_runs.items()):
+    rows, panels = [], []
+    for model, result in unscaled_runs.items():
         plain, current = operand_shares(result), operand_shares(runs[model]["fp8-current"][0])
         modules = list(plain)
         for name, shares in (("fp8-unscaled", plain), ("fp8-current", current)):
             rows += [{"model": model, "policy": name, "module": m, **shares[m]} for m in modules]
-        bars_by_module(ax, modules, [(name, [100 * shares[m]["gradients flushed"] for m in modules], colour)
-                                     for name, shares, colour in (("no scaling (fp8-unscaled)", plain, "tab:red"),
-                                                                  ("current scaling (fp8-current)", current,
-                                                                   "tab:blue"))])
-        ax.set_ylabel("incoming gradients flushed to zero (%)")
-        ax.set_title(f"{model}: E5M2 gradient operands, seed 0, whole run")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        panels.append((f"{model}: E5M2 gradient operands, seed 0, whole run", modules,
+                       [(name, [100 * shares[m]["gradients flushed"] for m in modules], colour)
+                        for name, shares, colour in (("no scaling (fp8-unscaled)", plain, "tab:red"),
+                                                     ("current scaling (fp8-current)", current, "tab:blue"))]))
+    fig = bars_by_module_figure(panels, "incoming gradients flushed to zero (%)")
     section.figure(fig, "unscaled.png", "FP8 without scaling: the share of each product's incoming-gradient "
                                         "operand (E5M2) flushed to zero, with no scale and with per-tensor current "
                                         "scaling, on the conv net and char-gpt (seed 0, every step).", key=True)
@@ -174,23 +171,13 @@ def delayed_against_current(section, runs):
 def against_bf16(section, runs) -> dict:
     rows, tests = [], {}
     for model, by_policy in runs.items():
-        scores = {name: [score(model, r) for r in results] for name, results in by_policy.items()}
-        base = scores[BASELINE]
-        for name, values in scores.items():
-            statuses = [r["status"] for r in by_policy[name]]
-            row = {"model": model, "policy": name, "seeds": len(values),
-                   "statuses": ", ".join(sorted(set(statuses)))}
-            if None in values:
-                row["diverged"] = f"{values.count(None)} of {len(values)} seeds (no finite loss)"
-                rows.append(row)
-                continue
-            ci = mean_ci(values)
-            row.update({"mean": ci["mean"], "95% CI low": ci["low"], "95% CI high": ci["high"]})
-            if name != BASELINE and None not in base:
-                t = tests[(model, name)] = paired_comparison(values, base[:len(values)])
-                row.update({"minus bf16-mixed": t["mean_difference"], "diff CI low": t["low"],
-                            "diff CI high": t["high"], "paired t p": t["t_test_p"]})
-            rows.append(row)
+        statuses = {name: {"statuses": ", ".join(sorted({r["status"] for r in results}))}
+                    for name, results in by_policy.items()}
+        model_rows, model_tests = score_table(model, {name: [score(model, r) for r in results]
+                                                      for name, results in by_policy.items()},
+                                              BASELINE, no_score="no finite loss", columns=statuses)
+        rows += model_rows
+        tests.update(model_tests)
     section.table(rows, caption="Per model and policy: the mean score over seeds (conv net: test accuracy, "
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against bf16-mixed.")
@@ -219,6 +206,10 @@ def tolerance(model, runs) -> float:
     return band(model, [score(model, r) for r in runs[model][BASELINE]])
 
 
+def band_text(model, runs) -> str:
+    return tolerance_text(model, tolerance(model, runs))
+
+
 # --- the verdicts -----------------------------------------------------------------------------------------
 
 def delayed_verdicts(section, runs):
@@ -239,7 +230,7 @@ def delayed_verdicts(section, runs):
         section.verdict(
             CLAIM_DELAYED, "holds" if inside and not delayed_better else "not supported by the evidence",
             f"{model}: fp8-delayed minus fp8-current over {len(current)} seeds {describe(model, t)}; the interval "
-            + ("lies" if inside else "does not lie") + f" within the tolerance ({tolerance_text(model, tolerance(model, runs))})"
+            + ("lies" if inside else "does not lie") + f" within the tolerance ({band_text(model, runs)})"
             + (" (delayed scaling trains better)" if delayed_better else
                " (it contains 0: too few seeds to show the two equal)" if not inside and t["low"] <= 0 <= t["high"]
                else "")
@@ -284,7 +275,7 @@ def floor_verdicts(section, runs, tests):
                             + f"; {share}; no run diverged; rounded up minus BF16 "
                             + (describe(model, up_test) if up_test is not None else "not compared")
                             + (", within" if matches else ", not within")
-                            + f" the tolerance ({tolerance_text(model, tolerance(model, runs))})")
+                            + f" the tolerance ({band_text(model, runs)})")
             if preset == "mxfp8" and up_better:
                 verdict = "holds under conditions"
                 condition = ("as a loss, not a divergence, in these runs" if matches else

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ..sim.vocabulary import BY_LABEL, MODELS as BUILTIN_MODELS
 from .experiments import accuracy, bits_per_character
+from .stats import mean_ci, paired_comparison
 
 VERDICTS = ("holds", "holds under conditions", "not supported by the evidence")
 """The verdicts a claim can get."""
@@ -87,3 +88,31 @@ def difference_text(model: str, test: dict | None, *, wilcoxon: bool = False, lo
     tests = (f"; paired t p = {test['t_test_p']:.2g}, Wilcoxon p = {test['wilcoxon_p']:.2g}" if wilcoxon
              else f", paired t p = {test['t_test_p']:.2g}")
     return f"{scale * test['mean_difference']:+.3f} {name}{note} ({interval}{tests})"
+
+
+def score_table(model: str, scores: dict[str, list], reference: str, *, no_score: str, wilcoxon: bool = False,
+                columns: dict[str, dict] | None = None) -> tuple[list[dict], dict]:
+    """Each policy of ``scores`` (name -> its runs' scores, seed by seed) against ``reference``'s runs on the
+    same seeds: (rows, paired comparisons by (model, policy)).
+
+    A row holds the mean score with its 95% t interval and, but for the reference, the paired difference
+    (minus the reference) with its interval and p-values (``wilcoxon``: the Wilcoxon test's too).  A policy
+    with a run without a score (None) gets a row saying how many (``no_score``: why, e.g. "no finite loss")
+    and no comparison; so does every policy's comparison when the reference has one.  ``columns``: more
+    columns per policy, after the seed count.
+    """
+    rows, tests = [], {}
+    base = scores[reference]
+    for name, values in scores.items():
+        row = {"model": model, "policy": name, "seeds": len(values), **(columns or {}).get(name, {})}
+        if None in values:
+            rows.append({**row, "diverged": f"{values.count(None)} of {len(values)} seeds ({no_score})"})
+            continue
+        ci = mean_ci(values)
+        row.update({"mean": ci["mean"], "95% CI low": ci["low"], "95% CI high": ci["high"]})
+        if name != reference and None not in base:
+            t = tests[(model, name)] = paired_comparison(values, base[:len(values)])
+            row.update({f"minus {reference}": t["mean_difference"], "diff CI low": t["low"], "diff CI high": t["high"],
+                        "paired t p": t["t_test_p"], **({"Wilcoxon p": t["wilcoxon_p"]} if wilcoxon else {})})
+        rows.append(row)
+    return rows, tests

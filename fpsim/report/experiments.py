@@ -402,3 +402,32 @@ def scripted_amax_jump(edges=(20, 40, 60)) -> list[dict]:
                          "flushed": record["underflow"]["activations"] / values.size,
                          "log2 X": recorder.scaling[0]["log2_scale_min"][-1]})
     return rows
+
+
+# --- what was run, from the configurations ----------------------------------------------------------------
+
+OPTIMIZER_NAMES = {"sgd": "SGD", "momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW"}
+"""How the report writes each optimizer (``fpsim.sim.vocabulary.OPTIMIZERS``)."""
+
+
+def describe_runs(configs: list[dict]) -> str:
+    """What ``configs`` (runs differing only in policy and seed) train, read from their ``TrainConfig``:
+    "fpsim.train on DATA, MODEL, OPTIMIZER lr LR, batch B, N steps, seeds 0..K for each of POLICIES" (an MLP
+    named by its widths, inputs to classes)."""
+    from ..sim.config import TrainConfig
+    from ..sim.data import load_data
+
+    full = [TrainConfig.from_dict(dict(c)) for c in configs]
+    first = full[0]
+    shared = {(c.model, c.data, c.hidden, c.optimizer, c.lr, c.batch_size, c.steps) for c in full}
+    if len(shared) > 1:
+        raise ValueError("describe_runs describes runs that differ only in policy and seed: describe each group")
+    if first.model == "mlp":
+        data = load_data(first.data)
+        model = "MLP " + "-".join(map(str, (data.inputs, *first.hidden, data.outputs)))
+    else:
+        model = first.model
+    seeds = sorted({c.seed for c in full})
+    policies = ", ".join(dict.fromkeys(c.policy.name for c in full))
+    return (f"fpsim.train on {first.data}, {model}, {OPTIMIZER_NAMES[first.optimizer]} lr {first.lr:g}, batch "
+            f"{first.batch_size}, {first.steps} steps, seeds {seeds[0]}..{seeds[-1]} for each of {policies}")
