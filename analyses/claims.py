@@ -74,6 +74,7 @@ def claim_recipe(section, ctx, seeds, trade):
     smallest = min(trade["grad_scales"])
     traced, unscaled = run_trainings(ctx, [grid_config(ctx, "fp16-amp", smallest), grid_config(ctx, "fp16-mixed",
                                                                                                 smallest)])
+    steps = [(title, formats, note) for (title, _, note), formats in zip(RECIPE, recipe_formats(policy))]
     section.text(f"Each step of `fpsim.train` with the fp16-amp preset, and the format of every tensor in it "
                  f"(`{policy.describe()}`):")
     section.table([{"step": step, "tensors and formats": formats.replace("\n", "; "), "what happens": note}
@@ -83,7 +84,6 @@ def claim_recipe(section, ctx, seeds, trade):
                 f"(final scale {pow2_label(traced['final_loss_scale'])}, {traced['skipped_steps']} skipped steps) "
                 f"against {unscaled['activation_grad_underflow_fraction']:.2%} without; "
                 f"updates lost {traced['lost_update_fraction']:.2%}.")
-    steps = [(title, formats, note) for (title, _, note), formats in zip(RECIPE, recipe_formats(policy))]
     title = f"The recipe as fpsim emulates it: policy {policy.name} (loss scale {policy.loss_scale})"
     section.figure(recipe_figure(steps, recorded, title), "recipe.png",
                    "(a) The mixed-precision recipe step by step, each tensor's format, and what the run recorded.")
