@@ -8,7 +8,8 @@ import numpy as np
 import fpsim
 from fpsim.report.experiments import pow2_label, range_and_precision
 from fpsim.report.plots import Zones
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 
 ORDER = 60
 STYLE = {"fp32": ("k", "-"), "fp16-pure": ("#1f77b4", ":"), "fp16-mixed": ("#1f77b4", "--"),

@@ -1,18 +1,16 @@
 """Does each claim of the mixed-precision recipe, as it is usually taught, hold? A verdict per claim:
 the recipe itself, training time, training memory, inference memory and time, FP16's accuracy, BF16's range."""
 
-import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.ticker import MaxNLocator
-
 import fpsim
 from fpsim.report import memory, roofline, sources
-from fpsim.sim.data import load_data
-from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, accuracy, grid_config, grid_steps,
-                                      pow2_label, range_and_precision, run_trainings)
-from fpsim.report.plots import memory_figure, roofline_figure, seed_scatter
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.claims import CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, band, within
+from fpsim.report.experiments import (accuracy, describe_runs, grid_config, pow2_label, range_and_precision,
+                                      run_trainings)
+from fpsim.report.plots import memory_figure, recipe_figure, roofline_figure, seed_comparison_figure
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.stats import mean_ci, paired_comparison
+from fpsim.sim.data import load_data
 
 ORDER = 90
 BARELY_CHANGES = 0.85
@@ -26,8 +24,8 @@ ENCODER = dict(layers=6, d=768, heads=12, ffn=3072, vocab=30522, seq=512)
 SEED_POLICIES = ("fp32", "fp16-amp", "bf16-mixed")
 TEST_EXAMPLES = len(load_data("digits").y_test)
 """Examples in the digits test set: accuracies are whole multiples of 1 / TEST_EXAMPLES."""
-WITHIN = 0.01
-"""Accuracy within this of FP32's counts as "as good as FP32" (one point)."""
+WITHIN = band("MLP", ())
+"""Accuracy within this of FP32's counts as "as good as FP32" (one point: the MLP's band)."""
 RECIPE = [
     ("1. cast master weights", "master {master} -> params {params}", "the master copy is rounded to the compute format"),
     ("2. forward, backward", "activations {activations}\ngradients {gradients}\naccumulate {accumulate}\n"
@@ -54,55 +52,20 @@ def points(share: float) -> str:
 
 def seed_runs(ctx, small_grad_scale: float) -> dict:
     """Final test accuracy on seeds 0..n-1 (the grid configuration): each SEED_POLICIES policy with the
-    gradients as they are, and fp16-amp with every gradient x ``small_grad_scale`` (``"amp_small"``)."""
+    gradients as they are (``"configs"``), and fp16-amp with every gradient x ``small_grad_scale``
+    (``"amp_small"``)."""
     seeds = list(range(ctx.pick(4, 20)))
     configs = [grid_config(ctx, p, 1.0, seed=s) for p in SEED_POLICIES for s in seeds]
-    configs += [grid_config(ctx, "fp16-amp", small_grad_scale, seed=s) for s in seeds]
-    scores = [accuracy(r) for r in run_trainings(ctx, configs)]
+    small = [grid_config(ctx, "fp16-amp", small_grad_scale, seed=s) for s in seeds]
+    scores = [accuracy(r) for r in run_trainings(ctx, configs + small)]
     per_policy = [scores[i:i + len(seeds)] for i in range(0, len(scores), len(seeds))]
     return {"seeds": seeds, "accuracy": dict(zip(SEED_POLICIES, per_policy)), "amp_small": per_policy[-1],
-            "small_grad_scale": small_grad_scale}
+            "small_grad_scale": small_grad_scale, "configs": configs}
 
 
 def compare(a, b) -> dict:
     """``paired_comparison`` of two lists of digits test accuracies, on whole test examples (exact tests)."""
     return paired_comparison(a, b, resolution=1 / TEST_EXAMPLES)
-
-
-def equivalent(test: dict) -> bool:
-    """Whether the 95% CI of the mean paired difference lies within +-WITHIN (a TOST-style equivalence check)."""
-    return -WITHIN <= test["low"] and test["high"] <= WITHIN
-
-
-def recipe_figure(policy, traced, unscaled, grad_scale):
-    """The five steps as boxes: each tensor's format, and what one run recorded."""
-    fig, ax = plt.subplots(figsize=(14, 3.8))
-    ax.set_axis_off()
-    width = 1 / len(RECIPE)
-    for i, ((title, _, note), formats) in enumerate(zip(RECIPE, recipe_formats(policy))):
-        x = i * width
-        ax.add_patch(plt.Rectangle((x + 0.005, 0.12), width - 0.03, 0.8, fill=True, color="#eef3fa", ec="#6baed6",
-                                   transform=ax.transAxes))
-        ax.text(x + 0.015, 0.87, title, fontsize=11, weight="bold", transform=ax.transAxes, va="top")
-        ax.text(x + 0.015, 0.76, formats, fontsize=9, transform=ax.transAxes, va="top", family="monospace")
-        ax.text(x + 0.015, 0.36, _wrap(note, 30), fontsize=8, transform=ax.transAxes, va="top", style="italic")
-        if i < len(RECIPE) - 1:
-            ax.annotate("", xy=(x + width + 0.004, 0.5), xytext=(x + width - 0.025, 0.5), xycoords="axes fraction",
-                        arrowprops=dict(arrowstyle="->", lw=1.5))
-    recorded = (f"Recorded over the run with gradients x {pow2_label(grad_scale)}: activation-gradient values "
-                f"flushed to zero {traced['activation_grad_underflow_fraction']:.2%} with dynamic scaling "
-                f"(final scale {pow2_label(traced['final_loss_scale'])}, {traced['skipped_steps']} skipped steps) "
-                f"against {unscaled['activation_grad_underflow_fraction']:.2%} without; "
-                f"updates lost {traced['lost_update_fraction']:.2%}.")
-    ax.text(0.0, 0.08, _wrap(recorded, 170), fontsize=9, transform=ax.transAxes, va="top")
-    ax.set_title(f"The recipe as fpsim emulates it: policy {policy.name} (loss scale {policy.loss_scale})", fontsize=11)
-    return fig
-
-
-def _wrap(text, width):
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
 
 
 def claim_recipe(section, ctx, seeds, trade):
@@ -111,11 +74,18 @@ def claim_recipe(section, ctx, seeds, trade):
     smallest = min(trade["grad_scales"])
     traced, unscaled = run_trainings(ctx, [grid_config(ctx, "fp16-amp", smallest), grid_config(ctx, "fp16-mixed",
                                                                                                 smallest)])
+    steps = [(title, formats, note) for (title, _, note), formats in zip(RECIPE, recipe_formats(policy))]
     section.text(f"Each step of `fpsim.train` with the fp16-amp preset, and the format of every tensor in it "
                  f"(`{policy.describe()}`):")
-    section.table([{"step": title, "tensors and formats": formats.replace("\n", "; "), "what happens": note}
-                   for (title, _, note), formats in zip(RECIPE, recipe_formats(policy))])
-    section.figure(recipe_figure(policy, traced, unscaled, smallest), "recipe.png",
+    section.table([{"step": step, "tensors and formats": formats.replace("\n", "; "), "what happens": note}
+                   for step, formats, note in steps])
+    recorded = (f"Recorded over the run with gradients x {pow2_label(smallest)}: activation-gradient values "
+                f"flushed to zero {traced['activation_grad_underflow_fraction']:.2%} with dynamic scaling "
+                f"(final scale {pow2_label(traced['final_loss_scale'])}, {traced['skipped_steps']} skipped steps) "
+                f"against {unscaled['activation_grad_underflow_fraction']:.2%} without; "
+                f"updates lost {traced['lost_update_fraction']:.2%}.")
+    title = f"The recipe as fpsim emulates it: policy {policy.name} (loss scale {policy.loss_scale})"
+    section.figure(recipe_figure(steps, recorded, title), "recipe.png",
                    "(a) The mixed-precision recipe step by step, each tensor's format, and what the run recorded.")
     acc = {(r["policy"], r["grad_scale"]): r["test_accuracy"] for r in trade["range"]}
     rows = [{"gradients x": pow2_label(gs), **{p: acc[(p, gs)] for p in ("fp32", "fp16-pure", "fp16-mixed",
@@ -135,7 +105,7 @@ def claim_recipe(section, ctx, seeds, trade):
                  if fp32_same else "reference: FP32 at x 1, although its seed-0 accuracy differs across multipliers")
     small = compare(seeds["amp_small"], seeds["accuracy"]["fp32"])
     failing = [gs for gs, gap in zip(trade["grad_scales"], gaps) if gap > WITHIN]
-    seeds_agree = equivalent(test) and equivalent(small)
+    seeds_agree = within(test, WITHIN) and within(small, WITHIN)
     if seeds_agree and not failing:
         verdict, condition = "holds", ""
     elif seeds_agree and len(failing) < len(gaps):
@@ -165,10 +135,8 @@ def claim_accuracy(section, ctx, seeds):
     section.text('#### (e) "FP16 test accuracy went up (a regularising effect)"')
     acc = seeds["accuracy"]
     n = len(seeds["seeds"])
-    section.what_was_run(
-        f"fpsim.train on digits, MLP 64-128-128-128-10, SGD lr 0.05, batch 64, {grid_steps(ctx)} steps, seeds "
-        f"0..{n - 1} for each of {', '.join(SEED_POLICIES)} (a seed fixes the initial weights and the batch order, "
-        "so the policies are compared paired, seed by seed).")
+    section.what_was_run(f"{describe_runs(seeds['configs'])} (a seed fixes the initial weights and the batch order, "
+                         "so the policies are compared paired, seed by seed).")
     rows, tests = [], {}
     for p in SEED_POLICIES:
         ci = mean_ci(acc[p])
@@ -186,19 +154,7 @@ def claim_accuracy(section, ctx, seeds):
     section.data("accuracy_seeds.json", {"seeds": seeds["seeds"], "accuracy": acc, "summary": rows,
                                           "paired_tests": tests, "small_grad_scale": seeds["small_grad_scale"],
                                           "fp16-amp_accuracy_at_small_grad_scale": seeds["amp_small"]})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    seed_scatter(left, {p: 100 * np.array(acc[p]) for p in SEED_POLICIES}, "test accuracy (%)")
-    for i, p in enumerate(SEED_POLICIES[1:]):
-        d = 100 * (np.array(acc[p]) - np.array(acc["fp32"]))
-        right.plot(seeds["seeds"], d, "o-" if i == 0 else "s--", alpha=0.7,
-                   label=f"{p} - fp32 (p = {tests[p]['t_test_p']:.2g}, paired t)")
-    right.axhline(0, color="k", lw=0.8)
-    right.set_xlabel("seed")
-    right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set_ylabel("accuracy difference (points)")
-    right.set_title("Paired differences against FP32, seed by seed")
-    right.legend()
-    fig.tight_layout()
+    fig = seed_comparison_figure(seeds["seeds"], acc, {p: t["t_test_p"] for p, t in tests.items()})
     section.figure(fig, "accuracy_seeds.png", f"(e) Test accuracy over {n} seeds per policy, and the paired "
                                               "differences against FP32, seed by seed.")
     t = tests["fp16-amp"]
@@ -219,21 +175,15 @@ def claim_time(section, ctx):
     gpu = roofline.A100_80GB
     encoder = roofline.encoder_workload(batch=16, **ENCODER)
     breakdown = [roofline.step_time(encoder, p, gpu) for p in roofline.PRECISIONS]
-    curves, rows = {}, []
     sweeps = {"DistilBERT-sized encoder": (ctx.pick([1, 4, 16, 64], [1, 2, 4, 8, 16, 32, 64, 128]),
                                            lambda b: roofline.encoder_workload(batch=b, **ENCODER)),
               "digits MLP": (ctx.pick([16, 256, 4096], [2 ** k for k in range(2, 17, 2)]),
                              lambda b: roofline.mlp_workload(MLP, b))}
-    for name, (batches, make) in sweeps.items():
-        for gpu_variant in (roofline.A100_80GB, roofline.A100_40GB):
-            for b in batches:
-                s = roofline.speedups(make(b), gpu_variant)
-                rows.append({"workload": name, "gpu": gpu_variant.name, "batch": b,
-                             **{f"{p} step s": t for p, t in s["times"].items()},
-                             "tf32 over fp32": s["fp32_over"]["tf32"], "16-mixed over fp32": s["fp32_over"]["16-mixed"],
-                             "16-mixed over tf32": s["tf32_over"]["16-mixed"]})
+    rows = roofline.speedup_table(sweeps, (roofline.A100_80GB, roofline.A100_40GB))
+    curves = {}
+    for name in sweeps:
+        picked = [r for r in rows if r["workload"] == name and r["gpu"] == gpu.name]
         for precision in ("tf32", "16-mixed"):
-            picked = [r for r in rows if r["workload"] == name and r["gpu"] == gpu.name]
             curves[(name, precision)] = ([r["batch"] for r in picked], [r[f"{precision} over fp32"] for r in picked])
     section.text('#### (b) "Training takes 1/2 to 1/3 of the FP32 time"')
     strict = sources.DISTILBERT_FP32_MIN.value / sources.DISTILBERT_16MIXED_MIN.value
@@ -289,33 +239,22 @@ def claim_training_memory(section, ctx):
     batches = ctx.pick([16, 1024], [4, 16, 64, 256, 1024, 4096, 16384])
     policies = ("fp32", "fp16-autocast", "fp16-mixed", "bf16-pure")
     params = memory.mlp_params(MLP)
-    measured, modelled = [], []
-    for b in batches:
-        for name in policies:
-            row = memory.measure_training_step(MLP, b, name)
-            model = memory.modelled_bytes(memory.MEMORY_POLICIES[name], params, memory.mlp_saved_elements(MLP, b),
-                                          memory.mlp_working_elements(MLP, b))
-            measured.append(row)
-            modelled.append({"batch": b, **model})
+    measured, modelled = memory.mlp_training_memory(MLP, batches, policies)
     peak = {(r["policy"], r["batch"]): r["peak bytes"] for r in measured}
     ratio_curves = {f"measured MLP, {p} / fp32": (batches, [peak[(p, b)] / peak[("fp32", b)] for b in batches])
                     for p in ("fp16-autocast", "fp16-mixed")}
     enc_batches = ctx.pick([1, 4, 16, 64], [1, 2, 4, 8, 16, 32, 64, 128])
     enc_params = roofline.encoder_workload(batch=1, **ENCODER).params
-    encoder_rows = []
-    for b in enc_batches:
-        saved = memory.transformer_saved_elements(ENCODER["layers"], ENCODER["d"], ENCODER["heads"], ENCODER["seq"], b)
-        for name in ("fp32", "fp16-autocast", "fp16-mixed"):
-            encoder_rows.append({"batch": b, **memory.modelled_bytes(memory.MEMORY_POLICIES[name], enc_params, saved)})
+    encoder_rows = memory.encoder_training_memory(ENCODER, enc_params, enc_batches, ("fp32", "fp16-autocast",
+                                                                                     "fp16-mixed"))
     enc_peak = {(r["policy"], r["batch"]): r["peak bytes"] for r in encoder_rows}
-    for p in ("fp16-autocast",):
-        ratio_curves[f"model DistilBERT-sized, {p} / fp32"] = (
-            enc_batches, [enc_peak[(p, b)] / enc_peak[("fp32", b)] for b in enc_batches])
+    ratio_curves["model DistilBERT-sized, fp16-autocast / fp32"] = (
+        enc_batches, [enc_peak[("fp16-autocast", b)] / enc_peak[("fp32", b)] for b in enc_batches])
     cited = sources.DISTILBERT_16MIXED_GB.value / sources.DISTILBERT_FP32_GB.value
     section.data("training_memory_measured.csv", measured)
     section.data("training_memory_model_mlp.csv", modelled)
     section.data("training_memory_model_encoder.csv", encoder_rows)
-    section.figure(memory_figure(measured, [r for r in modelled], ratio_curves, ("DistilBERT 16-mixed / FP32", cited)),
+    section.figure(memory_figure(measured, modelled, ratio_curves, ("DistilBERT 16-mixed / FP32", cited)),
                    "training_memory.png",
                    "(c) Training memory: measured peak of a real numpy Adam step with tensors in float32, float16 "
                    "and bfloat16 containers, against the bytes-per-tensor model (left); the 16-bit / FP32 ratio "

@@ -4,14 +4,15 @@ more robust" hold on real models? The conv net on MNIST-1D (test accuracy) and c
 transformer with Adam, FP32 master weights against pure 16-bit weights and stochastic rounding."""
 
 import matplotlib.pyplot as plt
-import numpy as np
 
-from fpsim.report.experiments import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, CNN_TRAINING, FORCED_STREAM_SCALE,
-                                      GPT_TRAINING, accuracy, bits_per_character, cnn_config, cnn_steps,
-                                      forced_configs, forward_overflows, gpt_config, gpt_steps, model_seeds,
-                                      pow2_label, run_trainings)
-from fpsim.report.runner import analysis_main, new_section
-from fpsim.report.stats import mean_ci, paired_comparison
+from fpsim.report.claims import (CLAIM_ACCURACY, CLAIM_RANGE, CLAIM_RECIPE, band, better, difference_text,
+                                 final_score, score_table, unit, within)
+from fpsim.report.experiments import (CNN_TRAINING, FORCED_STREAM_SCALE, GPT_TRAINING, bits_per_character,
+                                      cnn_config, cnn_steps, forced_configs, forward_overflows, gpt_config, gpt_steps,
+                                      model_seeds, pow2_label, run_trainings)
+from fpsim.report.plots import paired_differences
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 
 ORDER = 95
 NEEDS = ("torch",)
@@ -19,29 +20,13 @@ POLICIES = ("fp32", "fp16-mixed", "fp16-amp", "bf16-mixed")
 WEIGHTS = ("bf16-mixed", "bf16-pure", "bf16-sr", "fp16-pure")
 """The transformer's weights: FP32 master copy (bf16-mixed), 16-bit only with updates rounded to nearest
 (bf16-pure, fp16-pure) or stochastically (bf16-sr)."""
-WITHIN_POINTS = 0.01
-"""The conv net: test accuracy within one point of FP32's counts as "as well as FP32" (as for the MLP)."""
-WITHIN_RELATIVE = 0.01
-"""The transformer: validation loss within 1% of FP32's counts as "as well as FP32"."""
+"""A run is scored where it ended, diverged or not (``fpsim.report.claims.final_score``): a diverged conv net
+still has a test accuracy; a transformer without a finite loss has no score, and its policy is not compared.
+"As well as FP32": the models' bands (``fpsim.report.claims.band``) around FP32's runs."""
 
 
-def score(model, result):
-    """The conv net's test accuracy (higher: better); the transformer's validation bits per character
-    (lower: better)."""
-    return accuracy(result) if model == "conv net" else bits_per_character(result)
-
-
-def better(model, test) -> bool:
-    """Whether ``test`` (a paired comparison a - b) says a is better than b at p < 0.05."""
-    sign = 1 if model == "conv net" else -1
-    return sign * test["mean_difference"] > 0 and test["t_test_p"] < 0.05
-
-
-def describe(test, unit, scale=1.0) -> str:
-    if test is None:
-        return "not compared (a run diverged: no finite validation loss)"
-    return (f"{scale * test['mean_difference']:+.3f} {unit} (95% CI {scale * test['low']:+.3f} to "
-            f"{scale * test['high']:+.3f}; paired t p = {test['t_test_p']:.2g}, Wilcoxon p = {test['wilcoxon_p']:.2g})")
+def describe(model, test) -> str:
+    return difference_text(model, test, wilcoxon=True)
 
 
 def run(ctx):
@@ -62,26 +47,16 @@ def run(ctx):
         "runs are transformer_overflow's.")
     configs = [c for runs in (*gpt.values(), *cnn.values()) for c in runs] + forced
     results = iter(run_trainings(ctx, configs))
-    scores = {"transformer": {p: [bits_per_character(next(results)) for _ in seeds] for p in gpt},
-              "conv net": {p: [accuracy(next(results)) for _ in seeds] for p in cnn}}
+    scores = {model: {p: [final_score(model, next(results)) for _ in seeds] for p in by_policy}
+              for model, by_policy in (("transformer", gpt), ("conv net", cnn))}
     forced_results = [next(results) for _ in forced]
 
     rows, tests = [], {}
     for model, by_policy in scores.items():
-        for p, values in by_policy.items():
-            failed = sum(v is None for v in values)
-            if failed:  # a diverged run has no score: the policy is reported, not compared
-                rows.append({"model": model, "policy": p, "seeds": len(values),
-                             "diverged": f"{failed} of {len(values)} seeds (no finite validation loss)"})
-                continue
-            ci = mean_ci(values)
-            row = {"model": model, "policy": p, "seeds": len(values), "mean": ci["mean"], "95% CI low": ci["low"],
-                   "95% CI high": ci["high"]}
-            if p != "fp32" and None not in by_policy["fp32"]:
-                t = tests[(model, p)] = paired_comparison(values, by_policy["fp32"])
-                row.update({"minus fp32": t["mean_difference"], "diff CI low": t["low"], "diff CI high": t["high"],
-                            "paired t p": t["t_test_p"], "Wilcoxon p": t["wilcoxon_p"]})
-            rows.append(row)
+        model_rows, model_tests = score_table(model, by_policy, "fp32", no_score="no finite validation loss",
+                                              wilcoxon=True)
+        rows += model_rows
+        tests.update(model_tests)
     section.table(rows, caption="Per model and policy: the mean score over seeds (conv net: test accuracy, "
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against FP32.")
@@ -90,16 +65,9 @@ def run(ctx):
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
     for ax, (model, by_policy) in zip(axes, scores.items()):
         names = [p for p in by_policy if (model, p) in tests]
-        scale = 100 if model == "conv net" else 1
-        for i, p in enumerate(names):
-            t = tests[(model, p)]
-            ax.errorbar(i, scale * t["mean_difference"], yerr=[[scale * (t["mean_difference"] - t["low"])],
-                                                               [scale * (t["high"] - t["mean_difference"])]],
-                        fmt="o", capsize=5)
-        tolerance = WITHIN_POINTS * 100 if model == "conv net" else WITHIN_RELATIVE * np.mean(by_policy["fp32"])
-        ax.axhspan(-tolerance, tolerance, color="0.85", alpha=0.6, label=f"+-{tolerance:.3g}: as well as FP32")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(names)))
+        scale = unit(model)[1]
+        paired_differences(ax, [tests[(model, p)] for p in names], scale, scale * tolerance_of(model, by_policy),
+                           "FP32", capsize=5)
         ax.set_xticklabels(names, fontsize=8)
         ax.set_ylabel("test accuracy minus FP32's (points)" if model == "conv net"
                       else "validation loss minus FP32's (bits per character)")
@@ -127,22 +95,18 @@ def _bits(row) -> str:
 
 
 def tolerance_of(model, by_policy) -> float:
-    return WITHIN_POINTS if model == "conv net" else WITHIN_RELATIVE * float(np.mean(by_policy["fp32"]))
-
-
-def units(model):
-    return ("points", 100) if model == "conv net" else ("bits per character", 1)
+    return band(model, by_policy["fp32"])
 
 
 def recipe_verdict(section, model, by_policy, tests, n):
     t = tests.get((model, "fp16-amp"))
     tol = tolerance_of(model, by_policy)
-    unit, scale = units(model)
-    inside = t is not None and -tol <= t["low"] and t["high"] <= tol
+    name, scale = unit(model)
+    inside = within(t, tol)
     section.verdict(
         CLAIM_RECIPE, "holds" if inside else "not supported by the evidence",
-        f"{model}: fp16-amp minus FP32 over {n} seeds {describe(t, unit, scale)}; the CI "
-        + ("lies" if inside else "does not lie") + f" inside +-{scale * tol:.3g} {unit}"
+        f"{model}: fp16-amp minus FP32 over {n} seeds {describe(model, t)}; the CI "
+        + ("lies" if inside else "does not lie") + f" inside +-{scale * tol:.3g} {name}"
         + (" (it contains 0: too few seeds to show the two equal)" if t is not None and not inside
            and t["low"] <= 0 <= t["high"] else "") + ".",
         "this run (claims_models).", model=model)
@@ -152,32 +116,30 @@ def accuracy_verdict(section, model, tests, n):
     """Holds if the recipe (fp16-amp) beats FP32 at p < 0.05; under conditions if only FP16 without loss
     scaling (fp16-mixed) does."""
     amp, mixed = tests.get((model, "fp16-amp")), tests.get((model, "fp16-mixed"))
-    unit, scale = units(model)
-    up_amp = amp is not None and better(model, amp)
-    up_mixed = mixed is not None and better(model, mixed)
+    name, scale = unit(model)
+    up_amp, up_mixed = better(model, amp), better(model, mixed)
     verdict = "holds" if up_amp else "holds under conditions" if up_mixed else "not supported by the evidence"
     section.verdict(
         CLAIM_ACCURACY, verdict,
-        f"{model}: fp16-amp minus FP32 over {n} seeds {describe(amp, unit, scale)}"
+        f"{model}: fp16-amp minus FP32 over {n} seeds {describe(model, amp)}"
         + (" (lower loss is better)" if model == "transformer" else "")
         + (": better at p < 0.05" if up_amp else ": no significant gain")
-        + f"; fp16-mixed (no loss scaling) minus FP32 {describe(mixed, unit, scale)}"
+        + f"; fp16-mixed (no loss scaling) minus FP32 {describe(model, mixed)}"
         + (": better at p < 0.05 (with 5 seeds the exact Wilcoxon p cannot go below 0.0625)." if up_mixed
            else "."),
         "this run (claims_models).", model=model,
-        condition=f"FP16 without loss scaling on the {model} ({scale * mixed['mean_difference']:+.2f} {unit})"
+        condition=f"FP16 without loss scaling on the {model} ({scale * mixed['mean_difference']:+.2f} {name})"
         if up_mixed and not up_amp else "")
 
 
 def range_verdict(section, model, by_policy, tests, forced):
     tol = tolerance_of(model, by_policy)
-    unit, scale = units(model)
     mixed, bf16 = tests.get((model, "fp16-mixed")), tests.get((model, "bf16-mixed"))
     worse_sign = -1 if model == "conv net" else 1
     fp16_hurt = mixed is None or worse_sign * mixed["low"] > tol  # diverged, or the whole CI worse than tolerance
-    bf16_fine = bf16 is not None and -tol <= bf16["low"] and bf16["high"] <= tol
-    evidence = (f"{model}: without loss scaling fp16-mixed minus FP32 {describe(mixed, unit, scale)}, bf16-mixed "
-                f"minus FP32 {describe(bf16, unit, scale)}.")
+    bf16_fine = within(bf16, tol)
+    evidence = (f"{model}: without loss scaling fp16-mixed minus FP32 {describe(model, mixed)}, bf16-mixed "
+                f"minus FP32 {describe(model, bf16)}.")
     conditions = []
     if forced:
         by_name = {r["policy"]: r for r in forced}
@@ -202,9 +164,9 @@ def range_verdict(section, model, by_policy, tests, forced):
                          "overflow (transformer_overflow).")
         pure = tests.get((model, "bf16-pure"))
         sr = tests.get((model, "bf16-sr"))
-        evidence += (f" Precision: without master weights bf16-pure minus FP32 {describe(pure, unit, scale)}, "
-                     f"bf16-sr (stochastic rounding) {describe(sr, unit, scale)}, fp16-pure "
-                     f"{describe(tests.get((model, 'fp16-pure')), unit, scale)}.")
+        evidence += (f" Precision: without master weights bf16-pure minus FP32 {describe(model, pure)}, "
+                     f"bf16-sr (stochastic rounding) {describe(model, sr)}, fp16-pure "
+                     f"{describe(model, tests.get((model, 'fp16-pure')))}.")
         if pure is None or pure["low"] > tol:
             conditions.append("FP32 master weights or stochastic rounding (pure BF16 trains worse)")
     if fp16_hurt and bf16_fine:

@@ -7,7 +7,8 @@ import numpy as np
 
 import fpsim
 from fpsim.report.plots import Zones, number_line_figure
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 
 ORDER = 10
 FORMATS = ("fp32", "tf32", "fp16", "bf16", "e4m3", "e5m2")

@@ -7,19 +7,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fpsim.report import sources
-from fpsim.report.experiments import (CLAIM_DELAYED, CLAIM_MX_FLOOR, CNN_TRAINING, GPT_TRAINING, accuracy,
-                                      bits_per_character, cnn_config, cnn_steps, gpt_config, gpt_steps, model_seeds,
-                                      run_trainings)
-from fpsim.report.runner import analysis_main, new_section
-from fpsim.report.stats import mean_ci, paired_comparison
-from fpsim.sim.policy import SCALED_POLICIES
-from fpsim.sim.recorder import Recorder
-from fpsim.sim.scaling import ScaledCasts, Scaling
+from fpsim.report.claims import (CLAIM_DELAYED, CLAIM_MX_FLOOR, band, better, difference_text, score, score_table,
+                                 tolerance_text, unit, within)
+from fpsim.report.experiments import (CNN_TRAINING, GPT_TRAINING, ScaleRounding, accuracy, bits_per_character,
+                                      cast_values, cnn_config, cnn_steps, gpt_config, gpt_steps, model_seeds,
+                                      operand_shares, run_trainings, saturated_values, scripted_amax_jump)
+from fpsim.report.plots import bars_by_module_figure, paired_differences, scaling_lag_figure
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
+from fpsim.report.stats import paired_comparison
 
 ORDER = 97
 NEEDS = ("torch",)
 BASELINE = "bf16-mixed"
 ROUNDED_UP = "gradient scales rounded up"
+VARIANTS = {v.name: v for v in (ScaleRounding(preset, (("gradients", "rceil"),), ROUNDED_UP)
+                                for preset in ("mxfp8", "mxfp4"))}
+"""The presets with their gradients' E8M0 scales rounded up (``rceil``, ceil(log2(amax / max)), the
+round-to-infinity of arXiv 2506.08027) instead of the spec's floor; the weights and activations keep the floor."""
 CLAIMED = ["fp8-current", "fp8-delayed", "mxfp8", "mxfp8 " + ROUNDED_UP]
 """The policies the two claims are judged on, run on every model."""
 MODELS = {
@@ -29,51 +34,17 @@ MODELS = {
 """Per model, the FP8 / MX policies compared with BF16, each with every seed (``--quick``: CLAIMED only).  The
 MLP runs the same recipes bit-exactly (tests/test_scaled_training.py), but its 800-step runs with exact FP32
 accumulation cost more than this section's budget allows, and its digits accuracy saturates near 97%."""
-WITHIN = {"conv net": 0.01, "transformer": 0.01}
-""""As well as": within 1 point of accuracy (conv net) or 1% of the bits per character (transformer)."""
 JUMP = (20, 40, 60)
 """The scripted amax sequence: steps at amplitude 1, then 64 (a jump), then 1/64 (a drop)."""
 
 
-def policy(name: str):
-    """A preset name, or "mxfpN gradient scales rounded up": the preset with its gradients' E8M0 scales rounded
-    up (``rceil``, ceil(log2(amax / max)), the round-to-infinity of arXiv 2506.08027) instead of the spec's
-    floor; the weights and activations keep the spec's floor."""
-    preset, _, variant = name.partition(" ")
-    if not variant:
-        return preset
-    scaling = dict(SCALED_POLICIES[preset].scaling)
-    scaling["gradients"] = Scaling.block_of(scaling["gradients"].block, "rceil")
-    return {"preset": preset, "name": name, "scaling": {kind: s.to_dict() for kind, s in scaling.items()}}
-
-
 def config(ctx, model, name, seed):
-    if model == "conv net":
-        return cnn_config(ctx, policy(name), seed=seed)
-    return gpt_config(ctx, policy(name), seed=seed)
-
-
-def score(model, result):
-    """Test accuracy (conv net; higher is better), validation bits per character (transformer; lower is
-    better); None for a run without a finite loss."""
-    if result["status"] == "diverged" or result["test_loss"] is None:
-        return None
-    return bits_per_character(result) if model == "transformer" else accuracy(result)
-
-
-def gain(model, test) -> float:
-    """A paired difference (a - b) turned into how much better a is (positive: a better)."""
-    return -test["mean_difference"] if model == "transformer" else test["mean_difference"]
-
-
-def unit(model) -> tuple[str, float]:
-    return ("bits per character", 1.0) if model == "transformer" else ("points", 100.0)
+    policy = VARIANTS[name].policy() if name in VARIANTS else name
+    return (cnn_config if model == "conv net" else gpt_config)(ctx, policy, seed=seed)
 
 
 def describe(model, test) -> str:
-    name, scale = unit(model)
-    return (f"{scale * test['mean_difference']:+.3f} {name}{' (negative: better)' if model == 'transformer' else ''}"
-            f" (95% CI {scale * test['low']:+.3f} to {scale * test['high']:+.3f}, paired t p = {test['t_test_p']:.2g})")
+    return difference_text(model, test, lower_is_better=True)
 
 
 def run(ctx):
@@ -83,12 +54,13 @@ def run(ctx):
                            for s in (claimed_seeds if name in (BASELINE, *CLAIMED) else seeds)]
                     for name in [BASELINE, *ctx.pick(CLAIMED, names)]} for model, names in MODELS.items()}
     unscaled = {"conv net": cnn_config(ctx, "fp8-unscaled"), "transformer": gpt_config(ctx, "fp8-unscaled")}
-    gpt = plan["transformer"][BASELINE][0]
+    gpt, cnn = plan["transformer"][BASELINE][0], plan["conv net"][BASELINE][0]
     section.what_was_run(
         f"fpsim.train with seeds 0..{claimed_seeds[-1]} for bf16-mixed and the policies the claims are judged on "
         f"({', '.join(CLAIMED)}), 0..{seeds[-1]} for the others (a seed fixes the initial weights and the "
         f"batches: policies are compared seed by seed, each against bf16-mixed on its own seeds). Conv net: the "
-        f"cnn on MNIST-1D, Adam lr {CNN_TRAINING['lr']:g}, batch 64, {cnn_steps(ctx)} steps, test accuracy. "
+        f"cnn on MNIST-1D, Adam lr {CNN_TRAINING['lr']:g}, batch {cnn['batch_size']}, {cnn_steps(ctx)} steps, test "
+        "accuracy. "
         f"Transformer: char-gpt ({gpt['model_options']['n_layer']} blocks, width {gpt['model_options']['n_embd']}) "
         f"on the pydoc text, Adam lr {GPT_TRAINING['lr']:g}, batch {gpt['batch_size']}, "
         f"{gpt_steps(ctx)} steps, validation bits per character. Every FP8 / MX policy quantizes the operands of "
@@ -120,45 +92,18 @@ def run(ctx):
 
 # --- FP8 without scaling --------------------------------------------------------------------------------
 
-def _shares(result) -> dict:
-    """Per module: the share of its activation-gradient and activation operands flushed to zero, and of all
-    its operands saturated."""
-    saturated = {}
-    for trace in result["scaling"]:
-        entry = saturated.setdefault(trace["module"], [0, 0])
-        entry[0] += sum(trace["saturated"])
-        entry[1] += sum(trace["values"])
-    out = {}
-    for layer in result["layers"]:
-        if layer["module"] not in saturated:
-            continue
-        grads, acts = layer["activation_grads"], layer["activations"]
-        out[layer["module"]] = {
-            "gradients flushed": grads["underflow"] / grads["nonzero"] if grads["nonzero"] else 0.0,
-            "activations flushed": acts["underflow"] / acts["nonzero"] if acts["nonzero"] else 0.0,
-            "saturated": saturated[layer["module"]][0] / max(saturated[layer["module"]][1], 1)}
-    return out
-
-
 def without_scaling(section, unscaled_runs, runs):
-    rows = []
-    fig, axes = plt.subplots(1, len(unscaled_runs), figsize=(14, 4.4))
-    for ax, (model, result) in zip(axes, unscaled_runs.items()):
-        plain, current = _shares(result), _shares(runs[model]["fp8-current"][0])
+    rows, panels = [], []
+    for model, result in unscaled_runs.items():
+        plain, current = operand_shares(result), operand_shares(runs[model]["fp8-current"][0])
         modules = list(plain)
         for name, shares in (("fp8-unscaled", plain), ("fp8-current", current)):
             rows += [{"model": model, "policy": name, "module": m, **shares[m]} for m in modules]
-        x = np.arange(len(modules))
-        for offset, (name, shares, colour) in enumerate((("no scaling (fp8-unscaled)", plain, "tab:red"),
-                                                         ("current scaling (fp8-current)", current, "tab:blue"))):
-            ax.bar(x + 0.4 * offset - 0.2, [100 * shares[m]["gradients flushed"] for m in modules], 0.4,
-                   color=colour, label=name)
-        ax.set_xticks(x)
-        ax.set_xticklabels(modules, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("incoming gradients flushed to zero (%)")
-        ax.set_title(f"{model}: E5M2 gradient operands, seed 0, whole run")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        panels.append((f"{model}: E5M2 gradient operands, seed 0, whole run", modules,
+                       [(name, [100 * shares[m]["gradients flushed"] for m in modules], colour)
+                        for name, shares, colour in (("no scaling (fp8-unscaled)", plain, "tab:red"),
+                                                     ("current scaling (fp8-current)", current, "tab:blue"))]))
+    fig = bars_by_module_figure(panels, "incoming gradients flushed to zero (%)")
     section.figure(fig, "unscaled.png", "FP8 without scaling: the share of each product's incoming-gradient "
                                         "operand (E5M2) flushed to zero, with no scale and with per-tensor current "
                                         "scaling, on the conv net and char-gpt (seed 0, every step).", key=True)
@@ -168,7 +113,7 @@ def without_scaling(section, unscaled_runs, runs):
     section.data("unscaled.csv", rows)
     texts = []
     for model, result in unscaled_runs.items():
-        worst = max(_shares(result).items(), key=lambda item: item[1]["gradients flushed"])
+        worst = max(operand_shares(result).items(), key=lambda item: item[1]["gradients flushed"])
         current = runs[model]["fp8-current"][0]
         texts.append(
             f"on the {model}, FP8 without scaling flushed {100 * result['activation_grad_underflow_fraction']:.1f}% "
@@ -186,57 +131,11 @@ def without_scaling(section, unscaled_runs, runs):
 
 # --- delayed against current scaling ---------------------------------------------------------------------
 
-def scripted_jump() -> list[dict]:
-    """A tensor of 4096 standard normal values times an amplitude that jumps from 1 to 64 and drops to 1/64
-    (``JUMP``), cast by current and by delayed scaling (E4M3, the fp8 presets' recipes) each step: the shares
-    saturated and flushed, and log2 of the scale's unit X."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for name in ("fp8-current", "fp8-delayed"):
-        recorder = Recorder()
-        casts = ScaledCasts(SCALED_POLICIES[name], recorder)
-        for step in range(JUMP[-1]):
-            amplitude = 1.0 if step < JUMP[0] else 64.0 if step < JUMP[1] else 1 / 64
-            values = (rng.standard_normal(4096) * amplitude).astype(np.float32)
-            recorder.start_step(step)
-            casts.cast(values, "activations", "x")
-            record = recorder.end_step(loss=0.0, loss_scale=1.0, skipped=False)
-            casts.end_step()
-            rows.append({"policy": name, "step": step, "amplitude": amplitude,
-                         "saturated": record["saturated"]["activations"] / values.size,
-                         "flushed": record["underflow"]["activations"] / values.size,
-                         "log2 X": recorder.scaling[0]["log2_scale_min"][-1]})
-    return rows
-
-
 def delayed_against_current(section, runs):
-    jump = scripted_jump()
+    jump = scripted_amax_jump(JUMP)
     section.data("scripted_jump.csv", jump)
-    gpt_delayed = runs["transformer"]["fp8-delayed"][0]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
-    for name, style in (("fp8-current", "-"), ("fp8-delayed", "--")):
-        rows = [r for r in jump if r["policy"] == name]
-        axes[0].plot([r["step"] for r in rows], [100 * r["saturated"] for r in rows], style, color="tab:red",
-                     label=f"{name}: saturated at 448")
-        axes[0].plot([r["step"] for r in rows], [100 * r["flushed"] for r in rows], style, color="tab:blue",
-                     label=f"{name}: flushed to 0")
-    for edge in JUMP[:-1]:
-        axes[0].axvline(edge, color="0.6", lw=0.8)
-    axes[0].set_xlabel("step (amplitude 1, then x64 at step 20, then x1/64 at step 40)")
-    axes[0].set_ylabel("share of the tensor's values (%)")
-    axes[0].set_title("A scripted jump in magnitude: 4096 normal values cast to E4M3")
-    axes[0].legend(fontsize=8)
-    history = gpt_delayed["history"]
-    for kind, colour in (("activations", "tab:orange"), ("gradients", "tab:green"), ("params", "tab:purple")):
-        axes[1].plot([h["step"] for h in history], [h.get("saturated", {}).get(kind, 0) for h in history],
-                     color=colour, label=f"fp8-delayed: {kind}")
-    current_total = sum(sum(h.get("saturated", {}).values()) for h in runs["transformer"]["fp8-current"][0]["history"])
-    axes[1].set_yscale("symlog", linthresh=1)
-    axes[1].set_xlabel("training step")
-    axes[1].set_ylabel("operand values saturated in the step")
-    axes[1].set_title(f"char-gpt, seed 0: delayed scaling saturates (current scaling: {current_total} values)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+    fig = scaling_lag_figure(jump, JUMP[:-1], runs["transformer"]["fp8-delayed"][0]["history"],
+                             saturated_values(runs["transformer"]["fp8-current"][0]))
     section.figure(fig, "delayed_lag.png", "Left: the lag of delayed scaling after a jump in magnitude, on a "
                                            "scripted tensor (Transformer Engine's rule, history 1024, max); right: "
                                            "the values that delayed scaling saturated in each training step of "
@@ -247,8 +146,8 @@ def delayed_against_current(section, runs):
     rows = []
     for model, by_policy in runs.items():
         for name in ("fp8-current", "fp8-delayed"):
-            saturated = [sum(sum(h.get("saturated", {}).values()) for h in r["history"]) for r in by_policy[name]]
-            cast = [sum(sum(t["values"]) for t in r["scaling"]) for r in by_policy[name]]
+            saturated = [saturated_values(r) for r in by_policy[name]]
+            cast = [cast_values(r) for r in by_policy[name]]
             rows.append({"model": model, "policy": name, "seeds": len(by_policy[name]),
                          "saturated values (all seeds)": sum(saturated),
                          "share of the operands": sum(saturated) / max(sum(cast), 1),
@@ -272,23 +171,13 @@ def delayed_against_current(section, runs):
 def against_bf16(section, runs) -> dict:
     rows, tests = [], {}
     for model, by_policy in runs.items():
-        scores = {name: [score(model, r) for r in results] for name, results in by_policy.items()}
-        base = scores[BASELINE]
-        for name, values in scores.items():
-            statuses = [r["status"] for r in by_policy[name]]
-            row = {"model": model, "policy": name, "seeds": len(values),
-                   "statuses": ", ".join(sorted(set(statuses)))}
-            if None in values:
-                row["diverged"] = f"{values.count(None)} of {len(values)} seeds (no finite loss)"
-                rows.append(row)
-                continue
-            ci = mean_ci(values)
-            row.update({"mean": ci["mean"], "95% CI low": ci["low"], "95% CI high": ci["high"]})
-            if name != BASELINE and None not in base:
-                t = tests[(model, name)] = paired_comparison(values, base[:len(values)])
-                row.update({"minus bf16-mixed": t["mean_difference"], "diff CI low": t["low"],
-                            "diff CI high": t["high"], "paired t p": t["t_test_p"]})
-            rows.append(row)
+        statuses = {name: {"statuses": ", ".join(sorted({r["status"] for r in results}))}
+                    for name, results in by_policy.items()}
+        model_rows, model_tests = score_table(model, {name: [score(model, r) for r in results]
+                                                      for name, results in by_policy.items()},
+                                              BASELINE, no_score="no finite loss", columns=statuses)
+        rows += model_rows
+        tests.update(model_tests)
     section.table(rows, caption="Per model and policy: the mean score over seeds (conv net: test accuracy, "
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against bf16-mixed.")
@@ -297,15 +186,8 @@ def against_bf16(section, runs) -> dict:
     for ax, (model, by_policy) in zip(axes, runs.items()):
         name_unit, scale = unit(model)
         names = [n for n in by_policy if (model, n) in tests]
-        for i, name in enumerate(names):
-            t = tests[(model, name)]
-            ax.errorbar(i, scale * t["mean_difference"], yerr=[[scale * (t["mean_difference"] - t["low"])],
-                                                               [scale * (t["high"] - t["mean_difference"])]],
-                        fmt="o", capsize=4, color="tab:red" if "rounded up" in name else "tab:blue")
-        band = scale * tolerance(model, runs)
-        ax.axhspan(-band, band, color="0.85", alpha=0.6, label=f"+-{band:.3g}: as well as BF16")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(names)))
+        paired_differences(ax, [tests[(model, n)] for n in names], scale, scale * tolerance(model, runs), "BF16",
+                           capsize=4, colours=["tab:red" if n in VARIANTS else "tab:blue" for n in names])
         ax.set_xticklabels([n.replace(" " + ROUNDED_UP, "\n(grad. scales up)") for n in names], rotation=40,
                            ha="right", fontsize=7)
         ax.set_ylabel(f"minus bf16-mixed's ({name_unit})")
@@ -320,18 +202,12 @@ def against_bf16(section, runs) -> dict:
 
 
 def tolerance(model, runs) -> float:
-    """The "as well as" band: WITHIN[model] of accuracy, or of BF16's mean bits per character."""
-    base = [score(model, r) for r in runs[model][BASELINE]]
-    return WITHIN[model] * (float(np.mean(base)) if model == "transformer" else 1.0)
+    """The "as well as" band around BF16's runs (``fpsim.report.claims.band``)."""
+    return band(model, [score(model, r) for r in runs[model][BASELINE]])
 
 
-def tolerance_text(model, runs) -> str:
-    name, scale = unit(model)
-    return f"+-{scale * tolerance(model, runs):.3g} {name}"
-
-
-def _within(model, runs, test) -> bool:
-    return -tolerance(model, runs) <= test["low"] and test["high"] <= tolerance(model, runs)
+def band_text(model, runs) -> str:
+    return tolerance_text(model, tolerance(model, runs))
 
 
 # --- the verdicts -----------------------------------------------------------------------------------------
@@ -348,14 +224,13 @@ def delayed_verdicts(section, runs):
                             f"of {len(current)} seeds).", sources.TORCHAO_DELAYED_REMOVED, model=model)
             continue
         t = paired_comparison(delayed, current)
-        inside = _within(model, runs, t)
-        delayed_better = gain(model, t) > 0 and t["t_test_p"] < 0.05
-        saturated = sum(sum(sum(h.get("saturated", {}).values()) for h in r["history"])
-                        for r in by_policy["fp8-delayed"])
+        inside = within(t, tolerance(model, runs))
+        delayed_better = better(model, t)
+        saturated = sum(saturated_values(r) for r in by_policy["fp8-delayed"])
         section.verdict(
             CLAIM_DELAYED, "holds" if inside and not delayed_better else "not supported by the evidence",
             f"{model}: fp8-delayed minus fp8-current over {len(current)} seeds {describe(model, t)}; the interval "
-            + ("lies" if inside else "does not lie") + f" within the tolerance ({tolerance_text(model, runs)})"
+            + ("lies" if inside else "does not lie") + f" within the tolerance ({band_text(model, runs)})"
             + (" (delayed scaling trains better)" if delayed_better else
                " (it contains 0: too few seeds to show the two equal)" if not inside and t["low"] <= 0 <= t["high"]
                else "")
@@ -376,9 +251,8 @@ def floor_verdicts(section, runs, tests):
                 continue
             floor_scores = [score(model, r) for r in by_policy[preset]]
             up_scores = [score(model, r) for r in by_policy[up]]
-            saturated = [sum(h.get("saturated", {}).get("gradients", 0) for h in r["history"])
-                         for r in by_policy[preset]]
-            cast = [sum(sum(t["values"]) for t in r["scaling"] if t["kind"] == "gradients") for r in by_policy[preset]]
+            saturated = [saturated_values(r, "gradients") for r in by_policy[preset]]
+            cast = [cast_values(r, "gradients") for r in by_policy[preset]]
             share = f"{100 * sum(saturated) / max(sum(cast), 1):.3f}% of the gradient operands saturated under floor"
             n = len(floor_scores)
             if None in floor_scores or None in up_scores:
@@ -387,21 +261,21 @@ def floor_verdicts(section, runs, tests):
                 findings.append(diverged)
                 if preset == "mxfp8" and None not in up_scores:
                     up_test = tests.get((model, up))
-                    verdict = "holds" if up_test is not None and _within(model, runs, up_test) else \
+                    verdict = "holds" if within(up_test, tolerance(model, runs)) else \
                         "holds under conditions"
                     condition = "" if verdict == "holds" else "rounding up not shown to match BF16"
                 continue
             t = paired_comparison(up_scores, floor_scores)
             up_test = tests.get((model, up))
-            matches = up_test is not None and _within(model, runs, up_test)
-            up_better = gain(model, t) > 0 and t["t_test_p"] < 0.05
+            matches = within(up_test, tolerance(model, runs))
+            up_better = better(model, t)
             findings.append(f"{preset} over {n} seeds: rounded up minus floor {describe(model, t)}, "
                             + ("rounding up better at p < 0.05" if up_better else
                                "rounding up worse at p < 0.05" if t["t_test_p"] < 0.05 else "no significant difference")
                             + f"; {share}; no run diverged; rounded up minus BF16 "
                             + (describe(model, up_test) if up_test is not None else "not compared")
                             + (", within" if matches else ", not within")
-                            + f" the tolerance ({tolerance_text(model, runs)})")
+                            + f" the tolerance ({band_text(model, runs)})")
             if preset == "mxfp8" and up_better:
                 verdict = "holds under conditions"
                 condition = ("as a loss, not a divergence, in these runs" if matches else

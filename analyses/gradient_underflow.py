@@ -9,7 +9,8 @@ import fpsim
 from fpsim.report.experiments import (histogram_of, histogram_steps, pow2_label, run_trainings, share_after_scaling,
                                share_below)
 from fpsim.report.plots import Zones, shade_zones
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.sources import MICIKEVICIUS
 
 ORDER = 30

@@ -6,7 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fpsim.report.experiments import grid_config, grid_grad_scales, grid_growth_interval, grid_steps, pow2_label, run_trainings
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 
 ORDER = 40
 

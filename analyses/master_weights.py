@@ -9,7 +9,8 @@ from matplotlib.ticker import ScalarFormatter
 import fpsim
 from fpsim.report.experiments import PRECISION_LRS, accuracy, grid_steps, loss_curve, run_trainings
 from fpsim.report.lost_updates import measured_lost_share, theoretical_lost_share
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 
 ORDER = 50
 LR_POLICIES = {"fp32": "k", "fp16-pure": "#1f77b4", "bf16-pure": "#d62728", "bf16-mixed": "#ff9896"}

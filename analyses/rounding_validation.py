@@ -10,7 +10,8 @@ import numpy as np
 
 import fpsim
 from fpsim.numerics.exact import round_exact
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.numerics.validation import double_rounding_study, exhaustive_float32, run_validation
 
 ORDER = 20

@@ -16,7 +16,8 @@ from fpsim.report.experiments import (FORCED_POLICIES, FORCED_STREAM_SCALE, bits
                                       gpt_steps, histogram_steps, kind_colour, max_binade, modules_by_kind,
                                       pow2_label, run_trainings)
 from fpsim.report.plots import legend_entries, shade_zones
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 
 ORDER = 36
 NEEDS = ("torch",)

@@ -12,8 +12,9 @@ import fpsim
 from fpsim.report.experiments import (GPT_TRAINING, bits_per_character, gpt_batch, gpt_config, gpt_steps,
                                       histogram_of, histogram_steps, kind_colour, model_seeds, modules_by_kind,
                                       run_trainings, share_after_scaling, share_below)
-from fpsim.report.plots import Zones, legend_entries, seed_scatter, shade_zones
-from fpsim.report.runner import analysis_main, new_section
+from fpsim.report.plots import Zones, legend_entries, module_histograms_figure, seed_scatter, shade_zones
+from fpsim.report.runner import analysis_main
+from fpsim.report.section import new_section
 from fpsim.report.sources import MICIKEVICIUS
 from fpsim.report.stats import mean_ci, paired_comparison
 
@@ -47,33 +48,10 @@ def describe(ctx) -> str:
 
 
 def histogram_figure(result, stages):
-    groups = modules_by_kind(result)
-    shown = [kind for kind in groups if kind not in ("residual stream", "loss")]
-    fig, axes = plt.subplots(len(KINDS), len(shown), figsize=(3.3 * len(shown), 6.4), sharex=True, sharey=True,
-                             squeeze=False)
-    for row, (kind, label) in enumerate(KINDS.items()):
-        for col, module_kind in enumerate(shown):
-            ax = axes[row, col]
-            shade_zones(ax, fpsim.FP16, label=row == 0 and col == 0)
-            for step in stages:
-                try:
-                    e, c, _ = histogram_of(result, kind, step=step, modules=groups[module_kind])
-                except ValueError:  # this kind has no tensor of this module kind (e.g. no weight in GELU)
-                    continue
-                ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
-            ax.set_title(f"{module_kind}: {label}")
-            if row == len(KINDS) - 1:
-                ax.set_xlabel("log2 |g| (FP32, before any rounding)")
-            if col == 0:
-                ax.set_ylabel("% of non-zero values per binade")
-    axes[0, 0].set_xlim(-44, 6)
     bf16 = Zones.of(fpsim.BF16).flush_below
-    fig.suptitle(f"char-gpt, FP32 training, gradients as they are (no multiplier): FP16 zones shaded; BF16 rounds to "
-                 f"0 only at or below 2^{bf16:.0f}, far off this axis", fontsize=11)
-    handles, labels = legend_entries(axes)
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    return fig
+    return module_histograms_figure(result, KINDS, stages, fpsim.FP16, "char-gpt, FP32 training, gradients as they "
+                                    "are (no multiplier): FP16 zones shaded; BF16 rounds to 0 only at or below "
+                                    f"2^{bf16:.0f}, far off this axis")
 
 
 def shares(result, stages, placement: str) -> list[dict]:

@@ -28,12 +28,14 @@ def configure(parser):
     parser.add_argument("--store", default=None,
                         help="SQLite sweep store to reuse, so an interrupted run resumes its training runs "
                              "(default: a fresh one, removed at the end)")
+    parser.add_argument("--analyses", default=None, metavar="DIR",
+                        help="folder of analysis scripts to run (default: analyses/ of the clone fpsim runs from)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
 
 
 def run(args) -> int:
     result = report.run_report(args.out, quick=args.quick, only=args.only, progress=args.progress,
-                               store=args.store)
+                               store=args.store, analyses_dir=args.analyses)
     print(f"wrote {result.out / 'REPORT.md'} in {result.seconds / 60:.1f} min")
     for outcome in result.failed:
         print(f"failed: {outcome.name}: {outcome.error}")

@@ -10,10 +10,14 @@ from ``min_exponent``, taken before rounding; so the share of values below
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..runs.sweep import sweep
+from ..sim.policy import SCALED_POLICIES
+from ..sim.recorder import Recorder
+from ..sim.scaling import ScaledCasts, Scaling
 
 
 def run_trainings(ctx, configs: list[dict]) -> list[dict]:
@@ -177,17 +181,6 @@ def range_and_precision(ctx) -> dict:
             "range": range_rows, "precision": precision_rows}
 
 
-# --- the claims judged on every model --------------------------------------------------------------
-# The analyses that judge a claim on several models give their verdicts the same claim text, so that the
-# summary puts them in one row group (fpsim.report.runner.summary_table).
-
-CLAIM_RECIPE = "(a) the recipe (FP16 compute, FP32 master weights, loss scaling) trains as well as FP32"
-CLAIM_ACCURACY = "(e) FP16 mixed precision raises test accuracy (regularisation)"
-CLAIM_RANGE = "(f) BF16's range is more robust than FP16's"
-CLAIM_DELAYED = "(g) FP8 per-tensor delayed scaling is not needed: current scaling trains as well (torchao, 2025)"
-CLAIM_MX_FLOOR = "(h) the MX spec's floor-rounded scales make gradients diverge; rounding them up matches BF16"
-
-
 # --- the real models: char-gpt and the cnn (torch engine) ------------------------------------------
 # Every analysis of these models builds its runs here, so that the report's shared sweep store runs each
 # configuration once (transformer_underflow's policy comparison is claims_models' seed runs).
@@ -328,3 +321,113 @@ def first_forward_overflow(result: dict) -> int | None:
 def forward_overflows(result: dict) -> int:
     """Values that were finite before rounding to the activation format and inf/NaN after, over the run."""
     return sum(h["overflow"]["activations"] for h in result["history"])
+
+
+# --- FP8 / MX scaling: variants of the presets, and what the scaled casts recorded ----------------------------
+
+@dataclass(frozen=True)
+class ScaleRounding:
+    """A scaled preset whose block scales of some tensor kinds round another way than the preset's: the
+    policy a run takes is the preset with those kinds' ``Scaling.block_of(block, rounding)``."""
+
+    preset: str
+    """The scaled preset (``fpsim.sim.policy.SCALED_POLICIES``), e.g. "mxfp8"."""
+    rounding: tuple[tuple[str, str], ...]
+    """(tensor kind, E8M0 scale rounding) pairs, e.g. (("gradients", "rceil"),)."""
+    label: str
+    """What the variant does, in words; its name is "PRESET LABEL"."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.preset} {self.label}"
+
+    def policy(self) -> dict:
+        """The policy as ``TrainConfig(policy=...)`` takes it: the preset's name, this name and every scaling."""
+        scaling = dict(SCALED_POLICIES[self.preset].scaling)
+        for kind, rounding in self.rounding:
+            scaling[kind] = Scaling.block_of(scaling[kind].block, rounding)
+        return {"preset": self.preset, "name": self.name, "scaling": {kind: s.to_dict() for kind, s in scaling.items()}}
+
+
+def saturated_values(result: dict, kind: str | None = None) -> int:
+    """Operand values the run's scaled casts saturated at the element format's max, over every step (of the
+    tensor ``kind``, or all)."""
+    return sum(sum(h.get("saturated", {}).values()) if kind is None else h.get("saturated", {}).get(kind, 0)
+               for h in result["history"])
+
+
+def cast_values(result: dict, kind: str | None = None) -> int:
+    """Operand values the run's scaled casts cast, over every step (of the tensor ``kind``, or all)."""
+    return sum(sum(t["values"]) for t in result["scaling"] if kind is None or t["kind"] == kind)
+
+
+def operand_shares(result: dict) -> dict:
+    """Per module with scaled casts: the share of its non-zero activation-gradient and activation operands
+    flushed to zero, and of all its operands saturated."""
+    saturated = {}
+    for trace in result["scaling"]:
+        entry = saturated.setdefault(trace["module"], [0, 0])
+        entry[0] += sum(trace["saturated"])
+        entry[1] += sum(trace["values"])
+    out = {}
+    for layer in result["layers"]:
+        if layer["module"] not in saturated:
+            continue
+        grads, acts = layer["activation_grads"], layer["activations"]
+        out[layer["module"]] = {
+            "gradients flushed": grads["underflow"] / grads["nonzero"] if grads["nonzero"] else 0.0,
+            "activations flushed": acts["underflow"] / acts["nonzero"] if acts["nonzero"] else 0.0,
+            "saturated": saturated[layer["module"]][0] / max(saturated[layer["module"]][1], 1)}
+    return out
+
+
+def scripted_amax_jump(edges=(20, 40, 60)) -> list[dict]:
+    """A tensor of 4096 standard normal values times an amplitude of 1 up to step ``edges[0]``, 64 up to
+    ``edges[1]``, then 1/64 up to ``edges[2]``, cast by current and by delayed scaling (E4M3, the fp8 presets'
+    recipes) each step: the shares saturated and flushed, and log2 of the scale's unit X."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in ("fp8-current", "fp8-delayed"):
+        recorder = Recorder()
+        casts = ScaledCasts(SCALED_POLICIES[name], recorder)
+        for step in range(edges[-1]):
+            amplitude = 1.0 if step < edges[0] else 64.0 if step < edges[1] else 1 / 64
+            values = (rng.standard_normal(4096) * amplitude).astype(np.float32)
+            recorder.start_step(step)
+            casts.cast(values, "activations", "x")
+            record = recorder.end_step(loss=0.0, loss_scale=1.0, skipped=False)
+            casts.end_step()
+            rows.append({"policy": name, "step": step, "amplitude": amplitude,
+                         "saturated": record["saturated"]["activations"] / values.size,
+                         "flushed": record["underflow"]["activations"] / values.size,
+                         "log2 X": recorder.scaling[0]["log2_scale_min"][-1]})
+    return rows
+
+
+# --- what was run, from the configurations ----------------------------------------------------------------
+
+OPTIMIZER_NAMES = {"sgd": "SGD", "momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW"}
+"""How the report writes each optimizer (``fpsim.sim.vocabulary.OPTIMIZERS``)."""
+
+
+def describe_runs(configs: list[dict]) -> str:
+    """What ``configs`` (runs differing only in policy and seed) train, read from their ``TrainConfig``:
+    "fpsim.train on DATA, MODEL, OPTIMIZER lr LR, batch B, N steps, seeds 0..K for each of POLICIES" (an MLP
+    named by its widths, inputs to classes)."""
+    from ..sim.config import TrainConfig
+    from ..sim.data import load_data
+
+    full = [TrainConfig.from_dict(dict(c)) for c in configs]
+    first = full[0]
+    shared = {(c.model, c.data, c.hidden, c.optimizer, c.lr, c.batch_size, c.steps) for c in full}
+    if len(shared) > 1:
+        raise ValueError("describe_runs describes runs that differ only in policy and seed: describe each group")
+    if first.model == "mlp":
+        data = load_data(first.data)
+        model = "MLP " + "-".join(map(str, (data.inputs, *first.hidden, data.outputs)))
+    else:
+        model = first.model
+    seeds = sorted({c.seed for c in full})
+    policies = ", ".join(dict.fromkeys(c.policy.name for c in full))
+    return (f"fpsim.train on {first.data}, {model}, {OPTIMIZER_NAMES[first.optimizer]} lr {first.lr:g}, batch "
+            f"{first.batch_size}, {first.steps} steps, seeds {seeds[0]}..{seeds[-1]} for each of {policies}")

@@ -241,3 +241,26 @@ def measure_inference(widths, batch: int, dtype: str, seed: int = 0) -> dict:
         tracemalloc.stop()
     weight_bytes = sum(p.nbytes for p in model.weights + model.biases)
     return {"dtype": dtype, "batch": batch, "weight bytes": weight_bytes, "held bytes": held, "peak bytes": peak}
+
+
+def mlp_training_memory(widths, batches, policies) -> tuple[list[dict], list[dict]]:
+    """One measured training step (``measure_training_step``) and the model's bytes (``modelled_bytes``) of
+    the MLP ``widths``, per batch size and ``MEMORY_POLICIES`` name: (measured rows, modelled rows)."""
+    params = mlp_params(widths)
+    measured, modelled = [], []
+    for b in batches:
+        for name in policies:
+            measured.append(measure_training_step(widths, b, name))
+            modelled.append({"batch": b, **modelled_bytes(MEMORY_POLICIES[name], params, mlp_saved_elements(widths, b),
+                                                           mlp_working_elements(widths, b))})
+    return measured, modelled
+
+
+def encoder_training_memory(shape: dict, params: float, batches, policies) -> list[dict]:
+    """The modelled bytes of a transformer encoder's training step (``shape``: layers, d, heads, seq; ``params``
+    parameters), per batch size and ``MEMORY_POLICIES`` name."""
+    rows = []
+    for b in batches:
+        saved = transformer_saved_elements(shape["layers"], shape["d"], shape["heads"], shape["seq"], b)
+        rows += [{"batch": b, **modelled_bytes(MEMORY_POLICIES[name], params, saved)} for name in policies]
+    return rows

@@ -197,3 +197,142 @@ def legend_entries(axes) -> tuple[list, list]:
                 handles.append(handle)
                 labels.append(label)
     return handles, labels
+
+
+def paired_differences(ax, tests: list[dict], scale: float, band: float, reference: str, *, capsize: float,
+                       colours: list[str] | None = None) -> None:
+    """On ``ax``: each paired comparison of ``tests`` (at x = 0, 1, ...) as its mean difference with its 95%
+    interval, times ``scale``; the "as well as ``reference``" band +-``band`` (already scaled) shaded, and 0."""
+    for i, t in enumerate(tests):
+        colour = {} if colours is None else {"color": colours[i]}
+        ax.errorbar(i, scale * t["mean_difference"], yerr=[[scale * (t["mean_difference"] - t["low"])],
+                                                           [scale * (t["high"] - t["mean_difference"])]],
+                    fmt="o", capsize=capsize, **colour)
+    ax.axhspan(-band, band, color="0.85", alpha=0.6, label=f"+-{band:.3g}: as well as {reference}")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(tests)))
+
+
+def bars_by_module_figure(panels: list[tuple[str, list[str], list[tuple[str, list[float], str]]]], ylabel: str):
+    """One panel per (title, modules, series) of ``panels``, side by side: a group of bars per module, one bar
+    per (label, values, colour) of its ``series`` (two)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4.4))
+    for ax, (title, modules, series) in zip(axes, panels):
+        x = np.arange(len(modules))
+        for offset, (label, values, colour) in enumerate(series):
+            ax.bar(x + 0.4 * offset - 0.2, values, 0.4, color=colour, label=label)
+        ax.set_xticks(x)
+        ax.set_xticklabels(modules, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def scaling_lag_figure(jump: list[dict], edges, history: list[dict], current_saturated: int):
+    """Left: the shares of a scripted tensor saturated and flushed by current and delayed scaling, step by
+    step (``jump``: ``experiments.scripted_amax_jump``; ``edges``: the steps where the amplitude changes);
+    right: the operand values delayed scaling saturated in each step of a run (``history``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
+    for name, style in (("fp8-current", "-"), ("fp8-delayed", "--")):
+        rows = [r for r in jump if r["policy"] == name]
+        axes[0].plot([r["step"] for r in rows], [100 * r["saturated"] for r in rows], style, color="tab:red",
+                     label=f"{name}: saturated at 448")
+        axes[0].plot([r["step"] for r in rows], [100 * r["flushed"] for r in rows], style, color="tab:blue",
+                     label=f"{name}: flushed to 0")
+    for edge in edges:
+        axes[0].axvline(edge, color="0.6", lw=0.8)
+    axes[0].set_xlabel("step (amplitude 1, then x64 at step 20, then x1/64 at step 40)")
+    axes[0].set_ylabel("share of the tensor's values (%)")
+    axes[0].set_title("A scripted jump in magnitude: 4096 normal values cast to E4M3")
+    axes[0].legend(fontsize=8)
+    for kind, colour in (("activations", "tab:orange"), ("gradients", "tab:green"), ("params", "tab:purple")):
+        axes[1].plot([h["step"] for h in history], [h.get("saturated", {}).get(kind, 0) for h in history],
+                     color=colour, label=f"fp8-delayed: {kind}")
+    axes[1].set_yscale("symlog", linthresh=1)
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel("operand values saturated in the step")
+    axes[1].set_title(f"char-gpt, seed 0: delayed scaling saturates (current scaling: {current_saturated} values)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def recipe_figure(steps: list[tuple[str, str, str]], recorded: str, title: str):
+    """The steps of a recipe as boxes, left to right: each (title, its tensors and their formats, what happens),
+    and below them what a run recorded (``recorded``)."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(14, 3.8))
+    ax.set_axis_off()
+    width = 1 / len(steps)
+    for i, (step, formats, note) in enumerate(steps):
+        x = i * width
+        ax.add_patch(plt.Rectangle((x + 0.005, 0.12), width - 0.03, 0.8, fill=True, color="#eef3fa", ec="#6baed6",
+                                   transform=ax.transAxes))
+        ax.text(x + 0.015, 0.87, step, fontsize=11, weight="bold", transform=ax.transAxes, va="top")
+        ax.text(x + 0.015, 0.76, formats, fontsize=9, transform=ax.transAxes, va="top", family="monospace")
+        ax.text(x + 0.015, 0.36, "\n".join(textwrap.wrap(note, 30)), fontsize=8, transform=ax.transAxes, va="top",
+                style="italic")
+        if i < len(steps) - 1:
+            ax.annotate("", xy=(x + width + 0.004, 0.5), xytext=(x + width - 0.025, 0.5), xycoords="axes fraction",
+                        arrowprops=dict(arrowstyle="->", lw=1.5))
+    ax.text(0.0, 0.08, "\n".join(textwrap.wrap(recorded, 170)), fontsize=9, transform=ax.transAxes, va="top")
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+def seed_comparison_figure(seeds: list[int], accuracy: dict[str, list[float]], p_values: dict[str, float]):
+    """Left: each policy's test accuracy per seed (``seed_scatter``); right: each policy's paired difference
+    against the first (the reference), seed by seed, with its paired t-test's p (``p_values``)."""
+    from matplotlib.ticker import MaxNLocator
+
+    reference, *others = accuracy
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    seed_scatter(left, {p: 100 * np.array(values) for p, values in accuracy.items()}, "test accuracy (%)")
+    for i, p in enumerate(others):
+        d = 100 * (np.array(accuracy[p]) - np.array(accuracy[reference]))
+        right.plot(seeds, d, "o-" if i == 0 else "s--", alpha=0.7,
+                   label=f"{p} - {reference} (p = {p_values[p]:.2g}, paired t)")
+    right.axhline(0, color="k", lw=0.8)
+    right.set_xlabel("seed")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set_ylabel("accuracy difference (points)")
+    right.set_title("Paired differences against FP32, seed by seed")
+    right.legend()
+    fig.tight_layout()
+    return fig
+
+
+def module_histograms_figure(result: dict, kinds: dict[str, str], stages: list[int], fmt, title: str):
+    """The log2 |x| histograms a run recorded (``experiments.histogram_of``), one panel per tensor kind
+    (``kinds``: kind -> label; rows) and module kind (columns; the residual stream and the loss left out), one
+    curve per step of ``stages``, over ``fmt``'s zones."""
+    from .experiments import histogram_of, modules_by_kind
+
+    groups = modules_by_kind(result)
+    shown = [kind for kind in groups if kind not in ("residual stream", "loss")]
+    fig, axes = plt.subplots(len(kinds), len(shown), figsize=(3.3 * len(shown), 6.4), sharex=True, sharey=True,
+                             squeeze=False)
+    for row, (kind, label) in enumerate(kinds.items()):
+        for col, module_kind in enumerate(shown):
+            ax = axes[row, col]
+            shade_zones(ax, fmt, label=row == 0 and col == 0)
+            for step in stages:
+                try:
+                    e, c, _ = histogram_of(result, kind, step=step, modules=groups[module_kind])
+                except ValueError:  # this kind has no tensor of this module kind (e.g. no weight in GELU)
+                    continue
+                ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
+            ax.set_title(f"{module_kind}: {label}")
+            if row == len(kinds) - 1:
+                ax.set_xlabel("log2 |g| (FP32, before any rounding)")
+            if col == 0:
+                ax.set_ylabel("% of non-zero values per binade")
+    axes[0, 0].set_xlim(-44, 6)
+    fig.suptitle(title, fontsize=11)
+    handles, labels = legend_entries(axes)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    return fig

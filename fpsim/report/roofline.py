@@ -229,3 +229,18 @@ def gpu_matmul_timing(n: int = 8192, repeats: int = 20) -> list[dict] | None:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
     return rows
+
+
+def speedup_table(workloads: dict, gpus) -> list[dict]:
+    """Per workload, GPU and batch: each precision's modelled step time and the speed-ups over FP32 and TF32.
+    ``workloads``: name -> (batch sizes, a function of the batch returning the ``Workload``)."""
+    rows = []
+    for name, (batches, make) in workloads.items():
+        for gpu in gpus:
+            for b in batches:
+                s = speedups(make(b), gpu)
+                rows.append({"workload": name, "gpu": gpu.name, "batch": b,
+                             **{f"{p} step s": t for p, t in s["times"].items()},
+                             "tf32 over fp32": s["fp32_over"]["tf32"], "16-mixed over fp32": s["fp32_over"]["16-mixed"],
+                             "16-mixed over tf32": s["tf32_over"]["16-mixed"]})
+    return rows
