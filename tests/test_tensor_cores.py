@@ -197,6 +197,18 @@ def test_kernel_equals_exact_reference(model):
                 assert same_bits(got[i, j], want), (i, j, got[i, j], want)
 
 
+@pytest.mark.parametrize("name, inputs", [("B200:mma.sync", "e4m3"), ("H100:mma.sync", "fp16")])
+def test_a_step_of_large_equal_terms_sums_exactly(name, inputs):
+    # every cut term just below 2^(f + 2): a whole step's sum exceeds int32 (2^32 for k = 32, f = 25)
+    model = tc.accumulator_model(name, inputs, "fp32")
+    fmt = model.input_formats[0]
+    x = (2 - 2.0 ** -fmt.mantissa_bits) * 8  # all significand bits set: x * x just below 4 * 64
+    K = 2 * model.products_per_step
+    got = fpsim.dot(np.full(K, x), np.full(K, x), C=1.0, inputs=fmt, accumulate=name)
+    assert same_bits(got, tc.reference_dot([x] * K, [x] * K, 1.0, model, fmt, fmt))
+    assert got != 1.0
+
+
 def test_tf32_operands_are_truncated_by_the_hardware():
     x = 1 + 2.0 ** -10 + 2.0 ** -11 + 2.0 ** -20  # rounds up to 1 + 2^-9 in TF32, truncates to 1 + 2^-10
     got = fpsim.matmul(np.array([[x]]), np.array([[1.0]]), inputs="tf32", accumulate="A100")

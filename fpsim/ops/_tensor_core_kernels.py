@@ -1,20 +1,24 @@
-"""numba kernel of the tensor-core models of ``fpsim.ops.tensor_cores``, exact in float64.
+"""numba kernel of the tensor-core models of ``fpsim.ops.tensor_cores``: the exact algorithm in floats and integers.
 
-Why float64 is exact here (inputs of at most 11 significand bits: FP16, BF16,
-TF32, FP8; FP32 / FP16 / e8m13 accumulators):
+Why it is exact (inputs of at most 11 significand bits: FP16, BF16, TF32, FP8;
+FP32 / FP16 / e8m13 accumulators).  Each step has E, the largest alignment
+exponent among its terms, and scale = 2^(f - E):
 
-* a product a*b has at most 22 significand bits: exact;
-* scaling by 2^(f - E) is exact (a power of two, far inside float64's range:
-  E lies in [-300, 260]); a term then has magnitude < 2^(f + 2) <= 2^27, and
-  its conversion to int32 (toward zero) is the truncation of the term to a
-  multiple of 2^(E - f); a term scaled below float64's normal range is < 1, so
-  truncates to 0 either way;
-* the cut terms are integers, at most k + 1 <= 33 of them below 2^27 each:
-  their sum is exact (< 2^33 < 2^53), and so is S * 2^(E - f);
-* that value is rounded once to the step's format by ``round_float64``.
+* a product a*b has at most 22 significand bits, exact in float64 and, when
+  ``_products_exact_in`` holds for FP32 (FP8, FP16 operands), in float32;
+* a term |a*b| < 2^(e(a) + e(b) + 2) <= 2^(E + 2), so a*b*scale (a power of
+  two: exact, unless it falls below the float's normal range, where it is < 1)
+  is below 2^(f + 2) <= 2^27, and its conversion to int32 (toward zero) is the
+  term cut to a multiple of 2^(E - f);
+* the cut terms are summed in int32 in runs of ``chunk`` products, few enough
+  that a run's sum stays below 2^31, the runs and c's cut term (< 2^(f + 1))
+  in float64: exact (< 2^33 < 2^53), and so is the sum times 2^(E - f);
+* that value is rounded once to the step's format.
 
-So every step is the exact algorithm, without Python integers.  The loops run
-over the output row j innermost, as the other reduction kernels do.
+The operands come in float32 when that holds (twice the lanes of float64) and
+in float64 otherwise.  Alignment exponents are int16 (the sum of two still
+fits).  The loops run over the output row j innermost, as the other reduction
+kernels do, each output row on its own thread.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from numba import njit, prange
 
 from ._reduction_kernels import add_rounded, round_nearest_float64
 
-NO_TERM = -(1 << 20)
-"""The alignment exponent of a zero operand: below every real one, so a zero product never sets E."""
+NO_TERM = -(1 << 14)
+"""The alignment exponent of a zero (or inf, NaN) operand: below every real one, so it never sets E; the sum of
+two still fits int16."""
+
 
 @njit(cache=True, inline="always")
 def _alignment_exponent(x, emin):
-    """max(floor(log2 |x|), emin) for a finite x != 0 (a normal float64), NO_TERM for x == 0."""
-    if x == 0.0:
+    """max(floor(log2 |x|), emin) for a finite x != 0 (a normal float64 once widened), else ``NO_TERM``."""
+    if x == 0.0 or not np.isfinite(x):
         return NO_TERM
     return max(((np.float64(x).view(np.int64) >> 52) & 0x7FF) - 1023, emin)
 
@@ -66,32 +72,42 @@ def _round_step(value, toward_zero, p, emin, nearest, overflow):
 
 
 @njit(cache=True, parallel=True)
-def tensor_core_matmul(A, B, C, exp_a, exp_b, k, f, c_emin, c_in_alignment, toward_zero, p, step_nearest,
+def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, toward_zero, p, step_nearest,
                        overflow, out_params, nearest, run, blocked, fp32_params, specials):
     """D[i, j] = C[i, j] + sum_k A[i, k] B[k, j] through the model's chain of fused steps.
 
-    ``exp_a`` / ``exp_b``: the operands' alignment exponents as int32
-    (``NO_TERM`` for zeros).  ``k``, ``f``, ``c_in_alignment``: the record's
-    fields; ``toward_zero``, ``p``, ``c_emin`` (the step format's precision
-    and emin), ``step_nearest`` (``round_nearest_branchless`` constants) and
-    ``overflow``: the step format's rounding; ``out_params`` with mode ``nearest``: the IEEE add of c for
-    records that do not align c.  Not ``blocked``: one chain over all K
-    starting at C; ``blocked`` (``order="blocked:run"``): each run of ``run``
-    products is a chain from 0, its result added to the total (starting at C)
-    in FP32 rounded to nearest (``fp32_params``).  ``specials``: whether an
-    operand is inf or NaN (then each step also forms the plain float64 sum,
-    whose inf or NaN is the result).  Cut terms are below 2^27 in magnitude,
-    so their truncation is the conversion to int32 (which vectorises).
+    ``A``, ``B``: the operands (float32 or float64, see the module docstring),
+    of formats with minimum exponents ``emin_a`` / ``emin_b``; ``C`` float64.
+    ``k``, ``f``, ``c_in_alignment``: the record's fields; ``toward_zero``,
+    ``p``, ``c_emin`` (the step format's precision and emin), ``step_nearest``
+    (``round_nearest_branchless`` constants) and ``overflow`` = 2^(emax + 1):
+    the step format's rounding; ``out_params`` with mode ``nearest``: the IEEE
+    add of c for records that do not align c.  Not ``blocked``: one chain over
+    all K starting at C; ``blocked`` (``order="blocked:run"``): each run of
+    ``run`` products is a chain from 0, its result added to the total
+    (starting at C) in FP32 rounded to nearest (``fp32_params``).
+    ``specials``: whether an operand is inf or NaN (then each step also forms
+    the plain float64 sum, whose inf or NaN is the result).
     """
     M, K = A.shape
     N = B.shape[1]
+    chunk = max(1, min(k, (2**31 - 1) // (2**(f + 2) - 1)))  # products whose cut terms sum below 2^31
+    exp_b = np.empty((K, N), dtype=np.int16)
+    for kk in prange(K):
+        for j in range(N):
+            exp_b[kk, j] = _alignment_exponent(B[kk, j], emin_b)
     out = np.empty((M, N))
     for i in prange(M):
+        exp_a = np.empty(K, dtype=np.int16)
+        for kk in range(K):
+            exp_a[kk] = _alignment_exponent(A[i, kk], emin_a)
         acc = np.empty(N)
-        exponent = np.empty(N, dtype=np.int32)
-        plain = np.zeros(N)
+        top = np.empty(N, dtype=np.int16)
         scale = np.empty(N)
-        cut = np.empty(N, dtype=np.int64)
+        term_scale = np.empty(N, dtype=A.dtype)
+        total_cut = np.empty(N)
+        cut = np.empty(N, dtype=np.int32)
+        plain = np.zeros(N)
         total = C[i, :].copy()
         for r0 in range(0, K, run):
             r1 = min(r0 + run, K)
@@ -101,35 +117,41 @@ def tensor_core_matmul(A, B, C, exp_a, exp_b, k, f, c_emin, c_in_alignment, towa
                 acc[:] = C[i, :]
             for s0 in range(r0, r1, k):
                 s1 = min(s0 + k, r1)
-                for j in range(N):
-                    exponent[j] = _alignment_exponent(acc[j], c_emin) if c_in_alignment and np.isfinite(acc[j]) \
-                        else NO_TERM
+                top[:] = NO_TERM
                 for kk in range(s0, s1):
-                    e = exp_a[i, kk]
+                    e = exp_a[kk]
                     for j in range(N):
-                        exponent[j] = max(exponent[j], e + exp_b[kk, j])
+                        top[j] = max(top[j], np.int16(e + exp_b[kk, j]))  # int16 lanes (numba would widen)
+                for j in range(N):
+                    products = top[j] > NO_TERM // 2
+                    c_term = c_in_alignment and acc[j] != 0.0 and np.isfinite(acc[j])
+                    exponent = max(np.int64(top[j]), _alignment_exponent(acc[j], c_emin) if c_term else NO_TERM)
+                    scale[j] = _power_of_two(f - exponent) if products or c_term else 1.0
+                    term_scale[j] = scale[j] if products else 0.0  # no product term: all are 0 whatever the scale
+                    total_cut[j] = np.trunc(acc[j] * scale[j]) if c_term else 0.0
+                for c0 in range(s0, s1, chunk):
+                    cut[:] = 0
+                    for kk in range(c0, min(c0 + chunk, s1)):
+                        a = A[i, kk]
+                        for j in range(N):
+                            cut[j] += np.int32(a * B[kk, j] * term_scale[j])
+                    for j in range(N):
+                        total_cut[j] += cut[j]
                 if specials:
                     for j in range(N):
                         plain[j] = acc[j]
                     for kk in range(s0, s1):
-                        a = A[i, kk]
+                        a = np.float64(A[i, kk])
                         for j in range(N):
-                            plain[j] += a * B[kk, j]
-                for j in range(N):
-                    # no term: any finite scale will do (every term is 0)
-                    scale[j] = _power_of_two(f - (exponent[j] if exponent[j] > NO_TERM // 2 else 0))
-                    cut[j] = np.int32(acc[j] * scale[j]) if c_in_alignment and np.isfinite(acc[j]) else 0
-                for kk in range(s0, s1):
-                    a = A[i, kk]
-                    for j in range(N):
-                        cut[j] += np.int32(a * B[kk, j] * scale[j])
+                            plain[j] += a * np.float64(B[kk, j])
                 for j in range(N):
                     if specials and not np.isfinite(plain[j]):  # an inf or NaN operand: the IEEE sum
                         acc[j] = plain[j]
                     elif np.isfinite(acc[j]):  # (an inf from an overflow stays: inf + finite terms)
                         step = 0.0
-                        if cut[j] != 0:
-                            step = _round_step(cut[j] / scale[j], toward_zero, p, c_emin, step_nearest, overflow)
+                        if total_cut[j] != 0.0:
+                            step = _round_step(total_cut[j] / scale[j], toward_zero, p, c_emin, step_nearest,
+                                               overflow)
                         acc[j] = step if c_in_alignment else add_rounded(acc[j], step, out_params, nearest, 0)
             if blocked:
                 for j in range(N):

@@ -344,12 +344,14 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
     run = block if kind == "blocked" else max(a.shape[-1], 1)
     constants = (model.products_per_step, model.fraction_bits, step.emin, model.c_in_alignment,
                  model.rounding == "toward_zero", step.precision, nearest_constants(step),
-                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), MODE_CODES["nearest"], run, kind == "blocked",
-                 float64_params(FP32), not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
+                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), MODE_CODES["nearest"], run,
+                 kind == "blocked", float64_params(FP32),
+                 not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
+    work = _tensor_core_operand_dtype(fmt_a, fmt_b, model)
 
     def product(a2, b2, c2):
-        return tc_kernels.tensor_core_matmul(a2, b2, c2, _alignment_exponents(a2, fmt_a),
-                                             _alignment_exponents(b2, fmt_b), *constants)
+        return tc_kernels.tensor_core_matmul(a2.astype(work), b2.astype(work), c2, fmt_a.emin, fmt_b.emin,
+                                             *constants)
 
     result = _batched(a, b, product, np.broadcast_to(c, out_shape))
     if output is not None and output != model.output:
@@ -357,11 +359,14 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
     return np.asarray(result).astype(np.float32)
 
 
-def _alignment_exponents(values: np.ndarray, fmt: Format) -> np.ndarray:
-    """max(floor(log2 |x|), fmt.emin) per element as int32, ``NO_TERM`` for zeros (and for inf / NaN: unused)."""
-    finite_nonzero = np.isfinite(values) & (values != 0)
-    exponents = np.frexp(np.where(finite_nonzero, values, 1.0))[1].astype(np.int32) - 1
-    return np.where(finite_nonzero, np.maximum(exponents, fmt.emin), tc_kernels.NO_TERM).astype(np.int32)
+def _tensor_core_operand_dtype(fmt_a: Format, fmt_b: Format, model) -> type:
+    """float32 when the kernel's products and scaled terms are exact in it (FP8, FP16 operands), else float64.
+
+    Exact: every product is a float32 value, and the largest scale 2^(f - E), with E at least
+    emin_a + emin_b when a step has a product, is a float32 value (see ``_tensor_core_kernels``).
+    """
+    exact = _products_exact_in(fmt_a, fmt_b, FP32) and model.fraction_bits - fmt_a.emin - fmt_b.emin <= FP32.emax
+    return np.float32 if exact else np.float64
 
 
 def nearest_constants(fmt: Format) -> tuple:
