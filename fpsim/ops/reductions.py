@@ -370,7 +370,8 @@ def _tensor_core_operand_dtype(fmt_a: Format, fmt_b: Format, model) -> type:
 
 
 def nearest_constants(fmt: Format) -> tuple:
-    """The ``nearest`` tuple of ``fpsim.numerics.kernels.round_nearest_branchless`` for float64 values and ``fmt`` (p <= 51)."""
+    """The ``nearest`` tuple of ``fpsim.numerics.kernels.round_nearest_branchless`` for float64 values and ``fmt``
+    (p <= 51)."""
     return kernel_params(fmt, np.float64).nearest_args()
 
 

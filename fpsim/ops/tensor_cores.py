@@ -184,7 +184,8 @@ def _hopper_blackwell(gpu: str, default: str) -> list[AccumulatorModel]:
             _record(gpu, default, "fp8", FP16, 32, 25, "nearest", default_src, _INHERITED),
         ]
     else:
-        sync32 = f"{_INHERITED}: inferred from B200, whose mma.sync FP8 rows with FP16 output match H100's under every model tried"
+        sync32 = (f"{_INHERITED}: inferred from B200, whose mma.sync FP8 rows with FP16 output match H100's under "
+                  "every model tried")
         e4m3, e5m2 = UNSOLVED_MATCHES[f"{gpu}-e4m3-fp16"], UNSOLVED_MATCHES[f"{gpu}-e5m2-fp16"]
         sync16 = f"unsolved: {e4m3}/400 of {gpu}-e4m3-fp16, {e5m2}/400 of {gpu}-e5m2-fp16 (no model found fits)"
         wgmma_src = f"{DEEPSEEK} (e8m13 accumulator); {MMA_SIM} (wgmma FP8: 13 fraction bits); {KHATTAK} ({gpu}TC.m)"
