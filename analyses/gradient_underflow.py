@@ -8,7 +8,7 @@ import numpy as np
 import fpsim
 from fpsim.report.experiments import (histogram_of, histogram_steps, pow2_label, run_trainings, share_after_scaling,
                                share_below)
-from fpsim.report.plots import Zones, shade_zones
+from fpsim.report.plots import Zones, histogram_grid
 from fpsim.report.runner import analysis_main
 from fpsim.report.section import new_section
 from fpsim.report.sources import MICIKEVICIUS
@@ -26,29 +26,16 @@ SCALES = range(0, 33)
 
 
 def histogram_figure(result, grad_scale, stages):
-    layers = len(result["layers"])
-    fig, axes = plt.subplots(len(KINDS), layers, figsize=(4 * layers, 6.5), sharex=True, sharey=True)
-    for row, (kind, label) in enumerate(KINDS.items()):
-        for layer in range(layers):
-            ax = axes[row, layer]
-            shade_zones(ax, fpsim.FP16, label=row == 0 and layer == 0)
-            for step in stages:
-                e, c, _ = histogram_of(result, kind, layer, step)
-                ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
-            ax.set_title(f"{label}, layer {layer + 1}")
-            if row == len(KINDS) - 1:
-                ax.set_xlabel("log2 |g| (before rounding)")
-            if layer == 0:
-                ax.set_ylabel("% of non-zero values per binade")
     bf16 = Zones.of(fpsim.BF16).flush_below
-    axes[0, 0].set_xlim(-48, 4)
-    fig.suptitle(f"FP32 training, every gradient x {pow2_label(grad_scale)}: FP16 zones shaded "
-                 f"(grey: rounds to 0, orange: subnormal); BF16 rounds to 0 only at or below 2^{bf16:.0f}, "
-                 "far off this axis", fontsize=11)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    return fig
+    layers = range(len(result["layers"]))
+    return histogram_grid(KINDS, layers, stages, fpsim.FP16,
+                          lambda kind, layer, step: histogram_of(result, kind, layer, step)[:2],
+                          column_title=lambda layer, label: f"{label}, layer {layer + 1}",
+                          xlabel="log2 |g| (before rounding)", xlim=(-48, 4),
+                          title=f"FP32 training, every gradient x {pow2_label(grad_scale)}: FP16 zones shaded "
+                                f"(grey: rounds to 0, orange: subnormal); BF16 rounds to 0 only at or below "
+                                f"2^{bf16:.0f}, far off this axis",
+                          size=(4 * len(layers), 6.5), rect=(0, 0.03, 1, 0.95))
 
 
 def run(ctx):

@@ -305,6 +305,35 @@ def seed_comparison_figure(seeds: list[int], accuracy: dict[str, list[float]], p
     return fig
 
 
+def histogram_grid(kinds: dict[str, str], columns: list, stages: list[int], fmt, histogram, *, column_title,
+                   xlabel: str, xlim: tuple, title: str, size: tuple, rect: tuple):
+    """A grid of log2 |x| histograms over ``fmt``'s zones: one row per tensor kind (``kinds``: kind -> label),
+    one column per entry of ``columns``, one curve per step of ``stages``, each the share of the panel's non-zero
+    values per binade.  ``histogram(kind, column, step)`` gives (exponents, counts), or None where the panel has
+    no such tensor; ``column_title(column, label)`` names a panel."""
+    fig, axes = plt.subplots(len(kinds), len(columns), figsize=size, sharex=True, sharey=True, squeeze=False)
+    for row, (kind, label) in enumerate(kinds.items()):
+        for col, column in enumerate(columns):
+            ax = axes[row, col]
+            shade_zones(ax, fmt, label=row == 0 and col == 0)
+            for step in stages:
+                found = histogram(kind, column, step)
+                if found is not None:
+                    e, c = found
+                    ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
+            ax.set_title(column_title(column, label))
+            if row == len(kinds) - 1:
+                ax.set_xlabel(xlabel)
+            if col == 0:
+                ax.set_ylabel("% of non-zero values per binade")
+    axes[0, 0].set_xlim(*xlim)
+    fig.suptitle(title, fontsize=11)
+    handles, labels = legend_entries(axes)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
+    fig.tight_layout(rect=rect)
+    return fig
+
+
 def module_histograms_figure(result: dict, kinds: dict[str, str], stages: list[int], fmt, title: str):
     """The log2 |x| histograms a run recorded (``experiments.histogram_of``), one panel per tensor kind
     (``kinds``: kind -> label; rows) and module kind (columns; the residual stream and the loss left out), one
@@ -313,26 +342,13 @@ def module_histograms_figure(result: dict, kinds: dict[str, str], stages: list[i
 
     groups = modules_by_kind(result)
     shown = [kind for kind in groups if kind not in ("residual stream", "loss")]
-    fig, axes = plt.subplots(len(kinds), len(shown), figsize=(3.3 * len(shown), 6.4), sharex=True, sharey=True,
-                             squeeze=False)
-    for row, (kind, label) in enumerate(kinds.items()):
-        for col, module_kind in enumerate(shown):
-            ax = axes[row, col]
-            shade_zones(ax, fmt, label=row == 0 and col == 0)
-            for step in stages:
-                try:
-                    e, c, _ = histogram_of(result, kind, step=step, modules=groups[module_kind])
-                except ValueError:  # this kind has no tensor of this module kind (e.g. no weight in GELU)
-                    continue
-                ax.step(e + 0.5, 100 * c / max(c.sum(), 1), where="mid", label=f"step {step}")
-            ax.set_title(f"{module_kind}: {label}")
-            if row == len(kinds) - 1:
-                ax.set_xlabel("log2 |g| (FP32, before any rounding)")
-            if col == 0:
-                ax.set_ylabel("% of non-zero values per binade")
-    axes[0, 0].set_xlim(-44, 6)
-    fig.suptitle(title, fontsize=11)
-    handles, labels = legend_entries(axes)
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.03))
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    return fig
+
+    def histogram(kind, module_kind, step):
+        try:
+            return histogram_of(result, kind, step=step, modules=groups[module_kind])[:2]
+        except ValueError:  # this kind has no tensor of this module kind (e.g. no weight in GELU)
+            return None
+
+    return histogram_grid(kinds, shown, stages, fmt, histogram, column_title=lambda kind, label: f"{kind}: {label}",
+                          xlabel="log2 |g| (FP32, before any rounding)", xlim=(-44, 6), title=title,
+                          size=(3.3 * len(shown), 6.4), rect=(0, 0.04, 1, 0.95))
