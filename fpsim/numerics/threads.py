@@ -28,6 +28,29 @@ def numba_threads(count: int):
         numba.set_num_threads(previous)
 
 
+@contextmanager
+def numba_on_torch_threads(torch):
+    """numba's kernels on torch's thread count inside the block, both counts restored after it.
+
+    With numba's OpenMP threading layer a kernel launch sets OpenMP's thread count, which torch's operations
+    then read: on torch's count neither changes the other's.  torch's is restored last, since restoring
+    numba's may set OpenMP's.
+    """
+    numba_count, torch_count = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(min(torch_count, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(numba_count)
+        torch.set_num_threads(torch_count)
+
+
+def single_threaded_worker() -> None:
+    """A pool worker's initializer: its numba kernels run on one thread for the worker's life (the runs of a
+    sweep already fill the cores)."""
+    numba.set_num_threads(1)
+
+
 def threads_for(work: int, parallel_min_work: int):
     """numba's kernels on one thread when ``work`` is below ``parallel_min_work``, else on all its threads:
     the choice a kernel call makes for itself (numba only: nothing else runs inside one)."""

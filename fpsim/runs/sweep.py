@@ -55,6 +55,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..numerics.threads import single_threaded_worker
 from ..sim.config import TrainConfig
 from .store import RunStore, load_sweep
 
@@ -207,7 +208,7 @@ def local_pool(workers: int | None = None) -> ProcessPoolExecutor:
     if workers < 1:
         raise ValueError(f"a pool needs at least one worker, got {workers}")
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_single_threaded)
+                               initializer=single_threaded_worker)
 
 
 def dask_client(address: str, *, timeout: float = 10.0):
@@ -419,7 +420,3 @@ def _as_executor(executor) -> Executor | None:
                     f"got {type(executor).__name__}")
 
 
-def _single_threaded() -> None:
-    """Pool worker initializer: this worker's numba kernels run on one thread."""
-    import numba
-    numba.set_num_threads(1)

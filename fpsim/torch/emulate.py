@@ -49,11 +49,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numba
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from ..numerics.formats import FP32
+from ..numerics.threads import numba_on_torch_threads
 from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from .autocast import AutocastMode
@@ -99,17 +99,12 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
         mode = ScaledMode(policy, model, casts)
     else:
         mode = AutocastMode(policy, model, recorder, accumulate)
-    # With numba's OpenMP threading layer a kernel launch sets OpenMP's thread count, which torch's
-    # operations then use: numba runs on torch's thread count, so that neither changes the other's.
-    threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
-    numba.set_num_threads(min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-    handles = mode.attach()
-    try:
-        with mode:
-            yield mode
-    finally:
-        for handle in handles:
-            handle.remove()
-        mode.release()
-        numba.set_num_threads(threads)
-        torch.set_num_threads(torch_threads)
+    with numba_on_torch_threads(torch):
+        handles = mode.attach()
+        try:
+            with mode:
+                yield mode
+        finally:
+            for handle in handles:
+                handle.remove()
+            mode.release()
