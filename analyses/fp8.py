@@ -3,7 +3,6 @@ scaling's lagging scale saturates where current scaling does not, how MXFP8, MXF
 scaling train against BF16 (several seeds, paired), and whether the MX spec's floor-rounded scales hurt the
 gradients; verdicts on "delayed scaling is not needed" and "floor-rounded MX scales diverge"."""
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from fpsim.report import sources
@@ -12,7 +11,7 @@ from fpsim.report.claims import (CLAIM_DELAYED, CLAIM_MX_FLOOR, band, better, di
 from fpsim.report.experiments import (CNN_TRAINING, GPT_TRAINING, ScaleRounding, accuracy, bits_per_character,
                                       cast_values, cnn_config, cnn_steps, gpt_config, gpt_steps, model_seeds,
                                       operand_shares, run_trainings, saturated_values, scripted_amax_jump)
-from fpsim.report.plots import bars_by_module_figure, paired_differences, scaling_lag_figure
+from fpsim.report.plots import against_reference_figure, bars_by_module_figure, scaling_lag_figure
 from fpsim.report.runner import analysis_main
 from fpsim.report.section import new_section
 from fpsim.report.stats import paired_comparison
@@ -140,9 +139,9 @@ def delayed_against_current(section, runs):
                                            "scripted tensor (Transformer Engine's rule, history 1024, max); right: "
                                            "the values that delayed scaling saturated in each training step of "
                                            "char-gpt (seed 0).", key=True)
-    after_jump = [r for r in jump if r["policy"] == "fp8-delayed" and r["step"] == JUMP[0]][0]
-    after_drop = [r for r in jump if r["policy"] == "fp8-delayed" and r["step"] == JUMP[1] + 5][0]
-    current_drop = [r for r in jump if r["policy"] == "fp8-current" and r["step"] == JUMP[1] + 5][0]
+    at = {(r["policy"], r["step"]): r for r in jump}
+    after_jump, after_drop = at[("fp8-delayed", JUMP[0])], at[("fp8-delayed", JUMP[1] + 5)]
+    current_drop = at[("fp8-current", JUMP[1] + 5)]
     rows = []
     for model, by_policy in runs.items():
         for name in ("fp8-current", "fp8-delayed"):
@@ -182,22 +181,19 @@ def against_bf16(section, runs) -> dict:
                                 "a share; transformer: validation bits per character, lower is better) with its 95% "
                                 "t interval, and the paired difference against bf16-mixed.")
     section.data("scores.csv", rows)
-    fig, axes = plt.subplots(1, len(runs), figsize=(14, 4.8))
-    for ax, (model, by_policy) in zip(axes, runs.items()):
+    panels = []
+    for model, by_policy in runs.items():
         name_unit, scale = unit(model)
         names = [n for n in by_policy if (model, n) in tests]
-        paired_differences(ax, [tests[(model, n)] for n in names], scale, scale * tolerance(model, runs), "BF16",
-                           capsize=4, colours=["tab:red" if n in VARIANTS else "tab:blue" for n in names])
-        ax.set_xticklabels([n.replace(" " + ROUNDED_UP, "\n(grad. scales up)") for n in names], rotation=40,
-                           ha="right", fontsize=7)
-        ax.set_ylabel(f"minus bf16-mixed's ({name_unit})")
-        ax.set_title(f"{model}: paired difference with 95% CI ({len(by_policy[BASELINE])} or fewer seeds)",
-                     fontsize=10)
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    section.figure(fig, "against_bf16.png", "Each FP8 / MX policy against bf16-mixed on the conv net and the "
-                                            "transformer, paired by seed (red: the MX gradient scales rounded up). "
-                                            "Policies whose runs diverged are left out (see the table).", key=True)
+        panels.append((f"{model}: paired difference with 95% CI ({len(by_policy[BASELINE])} or fewer seeds)",
+                       f"minus bf16-mixed's ({name_unit})",
+                       [n.replace(" " + ROUNDED_UP, "\n(grad. scales up)") for n in names],
+                       [tests[(model, n)] for n in names], scale, scale * tolerance(model, runs),
+                       ["tab:red" if n in VARIANTS else "tab:blue" for n in names]))
+    section.figure(against_reference_figure(panels, "BF16"), "against_bf16.png",
+                   "Each FP8 / MX policy against bf16-mixed on the conv net and the transformer, paired by seed (red: "
+                   "the MX gradient scales rounded up). Policies whose runs diverged are left out (see the table).",
+                   key=True)
     return tests
 
 
@@ -251,23 +247,19 @@ def floor_verdicts(section, runs, tests):
                 continue
             floor_scores = [score(model, r) for r in by_policy[preset]]
             up_scores = [score(model, r) for r in by_policy[up]]
-            saturated = [saturated_values(r, "gradients") for r in by_policy[preset]]
-            cast = [cast_values(r, "gradients") for r in by_policy[preset]]
-            share = f"{100 * sum(saturated) / max(sum(cast), 1):.3f}% of the gradient operands saturated under floor"
-            n = len(floor_scores)
+            up_test, n = tests.get((model, up)), len(floor_scores)
+            matches = within(up_test, tolerance(model, runs))
+            saturated, cast = (sum(count(r, "gradients") for r in by_policy[preset])
+                               for count in (saturated_values, cast_values))
+            share = f"{100 * saturated / max(cast, 1):.3f}% of the gradient operands saturated under floor"
             if None in floor_scores or None in up_scores:
-                diverged = (f"{preset}: floor diverged in {floor_scores.count(None)} of {n} seeds, rounding up in "
-                            f"{up_scores.count(None)} ({share})")
-                findings.append(diverged)
+                findings.append(f"{preset}: floor diverged in {floor_scores.count(None)} of {n} seeds, rounding up in "
+                                f"{up_scores.count(None)} ({share})")
                 if preset == "mxfp8" and None not in up_scores:
-                    up_test = tests.get((model, up))
-                    verdict = "holds" if within(up_test, tolerance(model, runs)) else \
-                        "holds under conditions"
-                    condition = "" if verdict == "holds" else "rounding up not shown to match BF16"
+                    verdict = "holds" if matches else "holds under conditions"
+                    condition = "" if matches else "rounding up not shown to match BF16"
                 continue
             t = paired_comparison(up_scores, floor_scores)
-            up_test = tests.get((model, up))
-            matches = within(up_test, tolerance(model, runs))
             up_better = better(model, t)
             findings.append(f"{preset} over {n} seeds: rounded up minus floor {describe(model, t)}, "
                             + ("rounding up better at p < 0.05" if up_better else
@@ -278,8 +270,8 @@ def floor_verdicts(section, runs, tests):
                             + f" the tolerance ({band_text(model, runs)})")
             if preset == "mxfp8" and up_better:
                 verdict = "holds under conditions"
-                condition = ("as a loss, not a divergence, in these runs" if matches else
-                             "as a loss, not a divergence, in these runs; rounding up not shown to match BF16")
+                condition = "as a loss, not a divergence, in these runs" + (
+                    "" if matches else "; rounding up not shown to match BF16")
         section.verdict(CLAIM_MX_FLOOR, verdict, f"{model}: " + "; ".join(findings) + ".", sources.MXFP8_RECIPES,
                         model=model, condition=condition)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..runs.sweep import sweep
+from ..sim.config import MLP_HIDDEN
 from ..sim.policy import SCALED_POLICIES
 from ..sim.recorder import Recorder
 from ..sim.scaling import ScaledCasts, Scaling
@@ -114,6 +115,8 @@ def accuracy(result: dict) -> float:
 GRID_GRAD_SCALES = (1.0, 2.0 ** -8, 2.0 ** -16, 2.0 ** -24)
 """Gradient magnitudes of the grid: every gradient multiplied by these (fpsim.train's grad_scale)."""
 QUICK_GRID_GRAD_SCALES = (1.0, 2.0 ** -16)
+DIGITS_MLP = (64, *MLP_HIDDEN, 10)
+"""The grid's MLP by its widths: digits' 64 inputs, the default hidden layers, 10 classes."""
 
 
 def grid_steps(ctx) -> int:

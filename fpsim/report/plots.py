@@ -213,6 +213,21 @@ def paired_differences(ax, tests: list[dict], scale: float, band: float, referen
     ax.set_xticks(range(len(tests)))
 
 
+def against_reference_figure(panels: list[tuple[str, str, list[str], list[dict], float, float, list[str]]],
+                             reference: str):
+    """One panel per (title, ylabel, labels, tests, scale, band, colours) of ``panels``, side by side: each
+    policy's paired difference against ``reference`` with its 95% interval (``paired_differences``)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4.8))
+    for ax, (title, ylabel, labels, tests, scale, band, colours) in zip(axes, panels):
+        paired_differences(ax, tests, scale, band, reference, capsize=4, colours=colours)
+        ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def bars_by_module_figure(panels: list[tuple[str, list[str], list[tuple[str, list[float], str]]]], ylabel: str):
     """One panel per (title, modules, series) of ``panels``, side by side: a group of bars per module, one bar
     per (label, values, colour) of its ``series`` (two)."""
