@@ -7,6 +7,7 @@ per model, an overall row (``overall_verdict``) followed by one row per model.
 from __future__ import annotations
 
 import io
+import re
 
 from .claims import MODELS, VERDICTS
 from .section import Section, Verdict
@@ -43,7 +44,7 @@ def report_markdown(meta: dict, outcomes: list, sections: dict[str, Section], ca
     if verdicts:
         w(summary_table(verdicts, skipped=[o.name for o in skipped]) + "\n\n")
     else:
-        w("No verdicts: the claims analysis was not run or failed.\n\n")
+        w("No verdicts: the claims analyses were not run or failed.\n\n")
     key_figures = [(s, f) for s in sections.values() for f in s.figures if f.key][:MAX_KEY_FIGURES]
     for section, fig in key_figures:
         w(f"![{fig.caption}]({section.name}/{fig.path})\n\n*{fig.caption}* (from [{section.title}]"
@@ -74,13 +75,14 @@ def report_markdown(meta: dict, outcomes: list, sections: dict[str, Section], ca
 
 def summary_table(verdicts: list[Verdict], skipped=()) -> str:
     """The summary's verdict table: one row per claim judged once; for a claim judged per model, an
-    overall row (``overall_verdict``) followed by one row per model.  ``skipped``: analyses not run, named
-    where a model has no verdict."""
+    overall row (``overall_verdict``) followed by one row per model.  Claims in the order of their labels
+    ("(a) ...", "(b) ..."; unlabelled ones last), whichever sections judged them; ``skipped``: analyses not
+    run, named where a model has no verdict."""
     by_claim: dict[str, list[Verdict]] = {}
     for v in verdicts:
         by_claim.setdefault(v.claim, []).append(v)
     lines = ["| claim | model | verdict | evidence (details below) |", "| --- | --- | --- | --- |"]
-    for claim, group in by_claim.items():
+    for claim, group in sorted(by_claim.items(), key=lambda item: _label(item[0])):
         per_model = sorted((v for v in group if v.model), key=lambda v: MODELS.index(v.model))
         for v in group:
             if not v.model:
@@ -90,6 +92,12 @@ def summary_table(verdicts: list[Verdict], skipped=()) -> str:
             lines.append(f"| {claim} | overall | **{verdict}** | {_one_line(evidence)} |")
             lines += [f"| | {v.model} | **{v.verdict}** | {_one_line(v.evidence)} |" for v in per_model]
     return "\n".join(lines)
+
+
+def _label(claim: str) -> str:
+    """A claim's label, "(a)" of "(a) the recipe ...", for ordering; unlabelled claims sort after every label."""
+    label = re.match(r"\(\w+\)", claim)
+    return label.group(0) if label else "~"
 
 
 def overall_verdict(per_model: list[Verdict], skipped=()) -> tuple[str, str]:
