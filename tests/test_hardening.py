@@ -124,7 +124,7 @@ def test_calc_reads_long_integer_literals():
 # --- fpsim report never removes what it did not write ---------------------------------------------------------
 
 GOOD = '''
-from fpsim.report.runner import new_section
+from fpsim.report.section import new_section
 ORDER = 1
 def run(ctx):
     section = new_section(ctx, globals(), "Good analysis")
@@ -136,14 +136,11 @@ SLOW = "import time\ndef run(ctx):\n    (ctx.out / 'started').write_text('x')\n 
 
 
 @pytest.fixture
-def analyses(tmp_path, monkeypatch):
-    """A folder of analysis scripts used by the report (write NAME.py into it)."""
-    from fpsim.report import runner
-
+def analyses(tmp_path):
+    """A folder of analysis scripts for the report (write NAME.py into it; ``report(...)`` runs them)."""
     folder = tmp_path / "analyses"
     folder.mkdir()
     (folder / "good.py").write_text(GOOD)
-    monkeypatch.setattr(runner, "ANALYSES_DIR", folder)
     return folder
 
 
@@ -159,7 +156,7 @@ def test_report_refuses_the_folder_it_stands_in(out, analyses, tmp_path, monkeyp
     (here / "notes.txt").write_text("notes")
     monkeypatch.chdir(here)
     before = _tree(tmp_path)
-    assert main(["report", "--out", out.format(cwd=here), "--no-progress"]) == 2
+    assert main(["report", "--analyses", str(analyses), "--out", out.format(cwd=here), "--no-progress"]) == 2
     assert _tree(tmp_path) == before
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -171,41 +168,41 @@ def test_report_refuses_a_file_and_a_folder_holding_other_files(analyses, tmp_pa
     mixed.mkdir()
     (mixed / "thesis.tex").write_text("mine")
     before = _tree(tmp_path)
-    assert main(["report", "--out", str(notes), "--no-progress"]) == 2
+    assert main(["report", "--analyses", str(analyses), "--out", str(notes), "--no-progress"]) == 2
     assert "is a file" in capsys.readouterr().err
-    assert main(["report", "--out", str(mixed), "--no-progress"]) == 2
+    assert main(["report", "--analyses", str(analyses), "--out", str(mixed), "--no-progress"]) == 2
     assert "thesis.tex" in capsys.readouterr().err
     assert _tree(tmp_path) == before
 
 
 def test_report_replaces_only_its_own_report(analyses, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["report", "--out", str(out), "--no-progress"]) == 0
-    assert main(["report", "--out", str(out), "--no-progress"]) == 0  # its own report: replaced
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--no-progress"]) == 0  # its own report: replaced
     (out / "good" / "my-notes.txt").write_text("added by hand")
     before = _tree(tmp_path)
-    assert main(["report", "--out", str(out), "--no-progress"]) == 2
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--no-progress"]) == 2
     assert "good/my-notes.txt" in capsys.readouterr().err
     assert _tree(tmp_path) == before
 
 
 def test_a_failing_analysis_under_only_keeps_the_previous_section(analyses, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--no-progress"]) == 0
     (analyses / "good.py").write_text(FAILING)
-    assert main(["report", "--out", str(out), "--only", "good", "--no-progress"]) == 1
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--only", "good", "--no-progress"]) == 1
     assert "previous section is kept" in capsys.readouterr().out
     assert "the number is 42" in (out / "REPORT.md").read_text()
 
 
 def test_a_bad_store_is_refused_before_anything_runs(analyses, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--no-progress"]) == 0
     bad = tmp_path / "bad.sqlite"
     bad.write_text("not a database")
     before = _tree(tmp_path)
     for store in (str(bad), str(tmp_path / "missing" / "x.sqlite"), str(out / "runs.sqlite")):
-        assert main(["report", "--out", str(out), "--only", "good", "--store", store, "--no-progress"]) == 2
+        assert main(["report", "--analyses", str(analyses), "--out", str(out), "--only", "good", "--store", store, "--no-progress"]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert _tree(tmp_path) == before
 
@@ -216,12 +213,11 @@ def test_sigterm_leaves_the_previous_report_and_no_temporary_folder(analyses, tm
     import time
 
     out = tmp_path / "out"
-    assert main(["report", "--out", str(out), "--no-progress"]) == 0
+    assert main(["report", "--analyses", str(analyses), "--out", str(out), "--no-progress"]) == 0
     before = _tree(tmp_path)
     (analyses / "slow.py").write_text(SLOW)
-    script = (f"import sys; from fpsim.report import runner; runner.ANALYSES_DIR = __import__('pathlib').Path("
-              f"{str(analyses)!r}); from fpsim.cli import main; sys.exit(main(['report', '--out', {str(out)!r}, "
-              "'--only', 'slow', '--no-progress']))")
+    script = (f"import sys; from fpsim.cli import main; sys.exit(main(['report', '--analyses', {str(analyses)!r}, "
+              f"'--out', {str(out)!r}, '--only', 'slow', '--no-progress']))")
     process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.partial-*/slow/started")) and time.monotonic() < deadline:
@@ -238,7 +234,7 @@ def test_a_killed_reports_temporary_folder_is_removed_by_the_next(analyses, tmp_
     abandoned.mkdir()
     mine = tmp_path / ".out.partial-notapid"
     mine.mkdir()
-    assert main(["report", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert main(["report", "--analyses", str(analyses), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert not abandoned.exists() and mine.exists()
 
 

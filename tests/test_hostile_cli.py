@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fpsim.cli import main
 from fpsim.numerics.exact import ROUNDING_MODES
-from fpsim.report import runner
 
 SECONDS = 20
 """The most one command may take (hypothesis' own deadline is generous too: the test machine is shared)."""
@@ -207,12 +206,11 @@ def test_report_touches_only_its_output(capsys, monkeypatch, parts):
     with workspace(monkeypatch) as (root, here, patch):
         analyses = root / "analyses"
         analyses.mkdir()
-        (analyses / "tiny.py").write_text("from fpsim.report.runner import new_section\n"
+        (analyses / "tiny.py").write_text("from fpsim.report.section import new_section\n"
                                           "def run(ctx):\n    return new_section(ctx, globals(), 'Tiny')\n")
-        patch.setattr(runner, "ANALYSES_DIR", analyses)
         out = os.path.join(*parts) if parts else ""
         before = snapshot(root)
-        status = run_cli(["report", "--out", out, "--no-progress"], capsys)
+        status = run_cli(["report", "--analyses", str(analyses), "--out", out, "--no-progress"], capsys)
         target = (here / out).resolve() if out.strip() else None
         assert_only_touched(before, snapshot(root), target if status == 0 else None)
 

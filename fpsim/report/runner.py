@@ -27,7 +27,7 @@ from .output import (carry_over, check_output_folder, check_store, keep_previous
                      recorded_outcomes, remove_abandoned, replace_folder, terminate_as_exit, write_manifest)
 from .provenance import provenance
 from .render import report_markdown
-from .section import Context, LazyPool, Section, new_section  # noqa: F401 - new_section: scripts import it here
+from .section import Context, LazyPool, Section
 
 ANALYSES_DIR = Path(__file__).resolve().parents[2] / "analyses"
 """Where the analysis scripts live: ``analyses/`` at the root of the repository."""
