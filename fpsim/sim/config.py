@@ -28,13 +28,12 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
-from ..numerics.formats import FP32
-from . import vocabulary
 from ..numerics.checks import integer, is_integer, number_in, positive_fp32_number, positive_number
+from ..numerics.formats import FP32
 from .data import TEXT_DATA_SETS, parse_data_spec
 from .loss_scaling import SCALER_OPTIONS, LossScaler, loss_scale_of
 from .policy import Policy
-from .vocabulary import MODELS, model_named
+from .vocabulary import MODELS, OPTIMIZERS, model_named
 
 MAX_STEPS = 10**6
 """Most steps a run may take: each step's record (about 0.7 kB) is kept in memory."""
@@ -114,7 +113,7 @@ class TrainConfig:
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.model, self.hidden))
-        optimizers = vocabulary.MODELS[self.model].optimizers if isinstance(self.model, str) else vocabulary.OPTIMIZERS
+        optimizers = MODELS[self.model].optimizers if isinstance(self.model, str) else OPTIMIZERS
         if not isinstance(self.optimizer, str) or self.optimizer.strip().lower() not in optimizers:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {', '.join(optimizers)}")
         put("optimizer", self.optimizer.strip().lower())
