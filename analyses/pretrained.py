@@ -15,7 +15,8 @@ from fpsim.report.runner import analysis_main
 from fpsim.report.section import new_section
 
 ORDER = 93
-NEEDS = ("torch", "transformers", MINILM_PACKAGE)
+NEEDS = ("torch", MINILM_PACKAGE)
+"""The wheel brings transformers (through sentence-transformers)."""
 SENTENCES = (
     # (topic, sentence): ten pairs of near-paraphrases, then twenty sentences on the same topics saying other things
     ("animals", "A cat is sleeping on the warm windowsill."), ("animals", "The kitten naps on the sunny window ledge."),
