@@ -197,6 +197,9 @@ def test_a_generator_that_runs_out_says_so_and_bad_data_is_one_line():
         TrainConfig(policy="fp32", model="cnn", data=(x, y))
     with pytest.raises(ValueError, match="holds out its own test set"):
         TrainConfig(policy="fp32", model=_mlp, data="digits", validation=(x, y))
+    with pytest.raises(ValueError, match="loss_fn is for a model factory or module"):
+        TrainConfig(policy="fp32", model="char-gpt", loss_fn=torch.nn.functional.cross_entropy)
+    assert "loss_fn" not in TrainConfig(policy="fp32").to_dict()  # a built-in model's JSON form is as it was
     with pytest.raises(TypeError, match="loss_fn must be a function"):
         TrainConfig(policy="fp32", model=_mlp, data=(x, y), loss_fn=3)
     with pytest.raises(ValueError, match="set by the data"):

@@ -128,8 +128,9 @@ class TrainConfig:
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise TypeError(f"loss_fn must be a function loss_fn(output, targets) -> scalar tensor, got "
                             f"{type(self.loss_fn).__name__}")
-        if self.loss_fn is not None and self.engine == "numpy":
-            raise ValueError("loss_fn is for a torch model: the MLP (numpy engine) computes its own cross-entropy")
+        if self.loss_fn is not None and isinstance(self.model, str):
+            raise ValueError(f"loss_fn is for a model factory or module (model=...); the built-in model "
+                             f"{self.model!r} trains with its engine's cross-entropy")
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.model, self.hidden))
@@ -173,7 +174,9 @@ class TrainConfig:
                                    else f"{self.policy.name} (loss scale {self.loss_scale})")
 
     def to_dict(self) -> dict:
-        """The canonical JSON form: ``fpsim.train(**config.to_dict())`` reruns the run."""
+        """The canonical JSON form: ``fpsim.train(**config.to_dict())`` reruns the run (see the module docstring
+        for what only Python holds).  ``loss_fn`` and ``validation`` are written for a factory or a module only:
+        a built-in model's form is what it was before they existed (so are the sweeps' keys of its runs)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["policy"] = self.policy.to_dict()
         if not isinstance(self.model, str):
@@ -181,7 +184,9 @@ class TrainConfig:
         for name in ("data", "validation"):
             if _python_data(out[name]):
                 out[name] = _written(name, out[name])
-        if self.loss_fn is not None:
+        if isinstance(self.model, str):  # a built-in model's form (and sweep key) holds no fields of user data
+            del out["loss_fn"], out["validation"]  # (it refuses both)
+        elif self.loss_fn is not None:
             out["loss_fn"] = _written("loss_fn", self.loss_fn)
         for name in ("hidden", "betas", "histogram_steps"):
             if out[name] is not None:
