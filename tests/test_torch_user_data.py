@@ -109,6 +109,20 @@ def test_dropout_draws_from_the_runs_seed_and_is_off_in_the_evaluation():
                                               rel=1e-6)
 
 
+def test_a_tuple_output_trains_on_a_built_in_data_set_by_its_first_element():
+    class Pair(torch.nn.Module):
+        def __init__(self, inputs, classes):
+            super().__init__()
+            self.linear = torch.nn.Linear(inputs, classes)
+
+        def forward(self, x):
+            logits = self.linear(x)
+            return logits, logits.detach() * 0  # (logits, something else), as many models return
+
+    result = fpsim.train("bf16-mixed", model=Pair, data="digits", **RUN)
+    assert result.status == "ok" and 0 <= result.test_accuracy <= 1 and result.test_loss > 0
+
+
 def _batches(n=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return [{"features": torch.randn(4, 6, generator=generator), "labels": torch.randint(0, 3, (4,),

@@ -54,7 +54,7 @@ for ``char-gpt`` ``test_loss`` is the validation loss in nats per character
 (bits per character: divide by ln 2) and ``test_accuracy`` is None; for the
 ``cnn`` both are measured on the test set.  Evaluation runs under the policy's
 forward formats, unrecorded.  For user data, ``test_loss`` and ``test_accuracy``
-are measured on ``validation`` when given (``_Run._evaluate_user``) and are None
+are measured on ``validation`` when given (``_Run.evaluate``) and are None
 without it (the run's config then shows ``validation: None``: nothing was held out).
 """
 
@@ -344,38 +344,30 @@ class _Run:
         return self._result(steps_run, diverged_step)
 
     def evaluate(self) -> tuple[float | None, float | None]:
-        """(accuracy, mean loss in nats) on the validation text or the test set, in the policy's forward
-        formats; accuracy is None for a language model.  For user data: on ``validation`` (``_evaluate_user``),
-        (None, None) without it."""
+        """(accuracy, mean loss) in the policy's forward formats, unrecorded, on the validation text or the test
+        set of a built-in data set (accuracy None for a language model), or on the user's ``validation`` data
+        ((None, None) without it); ``_evaluate`` says how."""
         if self.user_data:
-            return self._evaluate_user()
+            if self.config.validation is None:
+                return None, None
+            return self._evaluate(UserData(self.config.validation, "validation").evaluation(EVAL_BATCH,
+                                                                                             self.data_seed))
         if self.language_model:
             x, y = (torch.from_numpy(a) for a in self.data.validation_windows(self.block_size))
         else:
             x = torch.from_numpy(self.data.x_test.astype(np.float32))
             y = torch.from_numpy(self.data.y_test)
-        total_loss, correct = 0.0, 0
-        casts = self.casts.for_evaluation() if self.casts is not None else None
-        with torch.no_grad(), evaluation_mode(self.model), emulate(self.policy, model=self.model, accumulate=self.accumulate, casts=casts):
-            for start in range(0, len(x), EVAL_BATCH):
-                logits = self.model(x[start:start + EVAL_BATCH])
-                targets = y[start:start + EVAL_BATCH]
-                total_loss += float(cross_entropy(logits, targets, reduction="sum"))
-                correct += int((logits.argmax(-1) == targets).sum())
-        accuracy = None if self.language_model else correct / y.numel()
-        return accuracy, json_float(total_loss / y.numel())
+        accuracy, loss = self._evaluate((x[s:s + EVAL_BATCH], y[s:s + EVAL_BATCH]) for s in range(0, len(x),
+                                                                                                 EVAL_BATCH))
+        return (None if self.language_model else accuracy), loss
 
-    def _evaluate_user(self) -> tuple[float | None, float | None]:
-        """(accuracy, loss) on the user's ``validation`` data, every example once, in the policy's forward
-        formats.  With the engine's cross-entropy: the loss summed over the targets (a target of -100 left out)
-        divided by their number, and the share of targets whose largest logit is the target's; with
-        ``loss_fn`` or the model's own ``.loss``: the batches' losses weighted by their examples, and accuracy
-        None.  (None, None) without ``validation``."""
-        if self.config.validation is None:
-            return None, None
+    def _evaluate(self, batches) -> tuple[float | None, float | None]:
+        """(accuracy, loss) over ``batches``, every example once.  With the engine's cross-entropy: the loss in
+        nats summed over the targets (a target of -100 left out) divided by their number, and the share of
+        those targets whose largest logit is the target's; with ``loss_fn`` or the model's own ``.loss``: the
+        batches' losses weighted by their examples, and accuracy None."""
         total, count, correct, engine_loss = 0.0, 0, 0, True
         casts = self.casts.for_evaluation() if self.casts is not None else None
-        batches = UserData(self.config.validation, "validation").evaluation(EVAL_BATCH, self.data_seed)
         with torch.no_grad(), evaluation_mode(self.model), emulate(self.policy, model=self.model,
                                                                    accumulate=self.accumulate, casts=casts):
             for batch in batches:
