@@ -159,6 +159,17 @@ def test_train_without_data_trains_on_the_builds_inputs_with_its_loss(tmp_path, 
     assert "not 2 positional ones" in err and len(err.splitlines()) == 1
 
 
+def test_train_reports_a_build_that_raises_as_a_factory_and_a_module_without_data(tmp_path, capsys):
+    path = model_file(tmp_path, "def broken(inputs):\n    raise KeyError(inputs)\n\n\n"
+                                "def bare():\n    return _model()\n")
+    err = cli(["train", "--model", f"{path}:broken", "--data", "digits", "--policy", "fp32", "--steps", "1",
+               "--no-progress"], capsys, allowed=(2,))[2].strip().splitlines()
+    assert err[0] == "Traceback (most recent call last):" and "fpsim/" not in "\n".join(err[:-1])
+    assert err[-2] == "KeyError: 64" and err[-1] == f"fpsim: error: --model {path}:broken: broken() raised KeyError: 64"
+    err = cli(["train", "--model", f"{path}:bare", "--policy", "fp32", "--no-progress"], capsys, allowed=(2,))[2]
+    assert "returned only a module, and there is no --data" in err and len(err.splitlines()) == 1
+
+
 def test_help_shows_the_forms_and_an_example(capsys):
     for command in ("inspect", "train"):
         with pytest.raises(SystemExit):
