@@ -61,7 +61,8 @@ def test_a_package_module_is_found_from_the_current_folder_and_the_seed_seeds_th
     monkeypatch.chdir(tmp_path)
     outputs = []
     for seed in (0, 0, 1):
-        outputs.append(cli(["inspect", "--model", "pkg.models:build", "--seed", seed], capsys, (0,))[1].split("\n", 1)[1])
+        out = cli(["inspect", "--model", "pkg.models:build", "--seed", seed], capsys, (0,))[1]
+        outputs.append(out.split("\n", 1)[1])
     assert outputs[0] == outputs[1] != outputs[2]
     assert str(tmp_path) not in sys.path  # the folder was on it only while importing
 

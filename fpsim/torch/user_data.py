@@ -138,7 +138,8 @@ class UserData:
             return DataInfo(classes=classes, inputs=inputs)
         source = self.data.dataset if self.form == "loader" else self.data
         first = None
-        if self.form == "dataset" or (self.form == "loader" and not isinstance(source, torch.utils.data.IterableDataset)):
+        if self.form == "dataset" or (self.form == "loader"
+                                      and not isinstance(source, torch.utils.data.IterableDataset)):
             first = source[0]
         elif self.form == "batches" and isinstance(source, (list, tuple)) and source:
             first = source[0]
@@ -247,8 +248,8 @@ def batch_loss(output, batch, loss_fn=None) -> tuple[torch.Tensor, bool]:
     if loss_fn is not None:
         loss = loss_fn(output, batch if isinstance(batch, Mapping) else batch[1])
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TypeError(f"loss_fn(output, targets) must return a scalar tensor, got "
-                            f"{type(loss).__name__}{' of shape ' + str(tuple(loss.shape)) if torch.is_tensor(loss) else ''}")
+            got = f"a tensor of shape {tuple(loss.shape)}" if torch.is_tensor(loss) else type(loss).__name__
+            raise TypeError(f"loss_fn(output, targets) must return a scalar tensor, got {got}")
         return loss.reshape(()), False
     own = own_loss(output)
     if own is not None:
