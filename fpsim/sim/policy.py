@@ -31,8 +31,11 @@ FP8 casts.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 
 from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, Format, get_format
@@ -91,6 +94,11 @@ class Policy:
     kind -> Scaling (or its kind name, or its dict).  A kind left out is cast unscaled, so it is kept only when
     scaled: ``{}`` and ``{"params": "none"}`` are one recipe, every operand plainly cast.  None: no scaling, the
     16-bit recipe above.  With a recipe only the products' operands are quantized (see the module docstring)."""
+    overrides: tuple = ()
+    """Per-module policies: ((pattern, Policy), ...), given as a dict pattern -> policy (a Policy, a preset name
+    or a dict of fields); see ``resolve_overrides`` for what a pattern selects and which one wins.  An override
+    gives the compute fields (``COMPUTE_FIELDS``) of the modules it selects; the weights' storage, the optimizer,
+    the loss scaling and the update are the run's, this policy's."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -132,6 +140,7 @@ class Policy:
             if self.placement != "autocast" or self.master is None:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
                                  "placement='autocast' and master weights (master='fp32')")
+        object.__setattr__(self, "overrides", _checked_overrides(self.overrides))
 
     @property
     def weights(self) -> Format:
@@ -216,6 +225,9 @@ class Policy:
         for field in (*_FORMAT_FIELDS, "master"):
             if isinstance(fields.get(field), dict):
                 fields[field] = Format(**fields[field])
+        if isinstance(fields.get("overrides"), dict):
+            fields["overrides"] = {pattern: Policy.from_dict(spec) if isinstance(spec, dict) else spec
+                                   for pattern, spec in fields["overrides"].items()}
         if isinstance(fields.get("scaling"), dict) and base.scaling is not None:
             fields["scaling"] = {**dict(base.scaling), **fields["scaling"]}
         policy = dataclasses.replace(base, **fields)
@@ -231,11 +243,44 @@ class Policy:
             out[field.name] = _format_to_json(value) if isinstance(value, Format) else value
         if self.scaling is not None:
             out["scaling"] = {str(kind): scaling.to_dict() for kind, scaling in self.scaling}
+        out["overrides"] = {pattern: policy.name if POLICIES.get(policy.name) == policy else policy.to_dict()
+                            for pattern, policy in self.overrides}
         return out
 
+    def resolve_overrides(self, layers) -> "ModulePolicies":
+        """Each module's policy (``ModulePolicies.policy_of``), for a model whose modules holding parameters
+        are ``layers``: paths in model order, as ``named_modules`` names them (the root is ``ROOT``, "model").
+        A one-line ``ValueError`` for a pattern that selects none of them.
+
+        A pattern is a module path in ``fnmatch`` glob syntax, written without the root (``"lm_head"``,
+        ``"transformer.h.0"``, ``"transformer.h.*"``; ``"model"`` is the root, ``"*"`` every module); it
+        covers the modules whose path matches and every module under them (a path is covered when it or
+        one of its ancestors, the root included, matches).  ``"last K of PATTERN"`` (K a count, or a share
+        such as ``"15%"``, rounded up) covers the last K of the ``layers`` that PATTERN covers, in model
+        order, as Transformer Engine's NVFP4 recipe counts its last Linear layers (``"last 15% of *"``).
+        A module covered by several patterns takes the policy of the last of them in ``overrides``' order,
+        so a later, narrower pattern refines an earlier, broader one."""
+        layers = list(layers)
+        rules = []
+        for pattern, policy in self.overrides:
+            last = _LAST.fullmatch(pattern)
+            covered = [path for path in layers if _covers(last.group(3) if last else pattern, path)]
+            if last:
+                count = int(last.group(1))
+                count = math.ceil(count * len(covered) / 100) if last.group(2) else min(count, len(covered))
+                covered = covered[len(covered) - count:] if count else []
+            if not covered:
+                shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
+                raise ValueError(f"override pattern {pattern!r} selects no layer of the model (its layers: "
+                                 f"{shown or 'none'}); write module paths without the root, e.g. "
+                                 f"{layers[-1] if layers else 'lm_head'!r}")
+            rules.append((frozenset(covered) if last else pattern, policy))
+        return ModulePolicies(self, tuple(rules))
+
     def describe(self) -> str:
-        """One line: the format of each tensor, the loss scaling, the update rule and every scaling recipe with
-        its settings; two policies that train differently never describe alike."""
+        """One line: the format of each tensor, the loss scaling, the update rule, every scaling recipe with
+        its settings and every override (its pattern and its policy's description); two policies that train
+        differently never describe alike."""
         update = "kahan" if self.kahan else self.update_rounding
         formats = {field: _describe_format(getattr(self, field)) for field in _FORMAT_FIELDS}
         return (f"{self.name}: params {formats['params']}, activations {formats['activations']}, gradients "
@@ -245,7 +290,83 @@ class Policy:
                 f"{'none' if self.loss_scale is None else self.loss_scale}, update {update}, placement "
                 + ("products' operands only (FP8 recipe)" if self.scaling is not None else self.placement)
                 + "".join(f", {kind} scaling {_describe_scaling(dict(self.scaling).get(kind, Scaling()))}"
-                          for kind in (OPERAND_KINDS if self.scaling is not None else ())))
+                          for kind in (OPERAND_KINDS if self.scaling is not None else ()))
+                + "".join(f"; override {pattern!r}: {policy.describe()}" for pattern, policy in self.overrides))
+
+
+ROOT = "model"
+"""The root module's path, as ``fpsim.torch.tracking`` and the recorder name it (its children are named
+without it: ``"lm_head"``, ``"transformer.h.0"``)."""
+
+COMPUTE_FIELDS = ("params", "activations", "gradients", "accumulate", "loss", "placement", "scaling")
+"""The fields an override gives the modules it covers; the others (master weights, optimizer state, loss
+scale, update rounding, Kahan) belong to the run: a module's weights are stored and updated as the run's."""
+
+_LAST = re.compile(r"last\s+([0-9]+)(%?)\s+of\s+(\S.*)")
+
+
+def _covers(glob: str, path: str) -> bool:
+    """Whether ``path`` or one of its ancestors (the root included) matches ``glob``."""
+    if fnmatch.fnmatchcase(ROOT, glob):
+        return True
+    parts = path.split(".") if path != ROOT else []
+    return any(fnmatch.fnmatchcase(".".join(parts[:n]), glob) for n in range(len(parts), 0, -1))
+
+
+def _checked_overrides(overrides) -> tuple:
+    """``overrides`` as ((pattern, Policy), ...), each pattern checked and each policy coerced; one-line
+    errors for anything else."""
+    if isinstance(overrides, dict):
+        overrides = tuple(overrides.items())
+    try:
+        pairs = tuple((pattern, spec) for pattern, spec in overrides)
+    except (TypeError, ValueError):
+        raise ValueError(f"overrides must be a dict of module pattern -> policy, e.g. {{'lm_head': 'bf16-mixed'}}; "
+                         f"got {overrides!r}") from None
+    out = []
+    for pattern, spec in pairs:
+        if not isinstance(pattern, str) or not pattern.strip() or pattern != pattern.strip():
+            raise ValueError(f"an override pattern is a module path glob such as 'lm_head' or 'transformer.h.*' "
+                             f"(no surrounding spaces), got {pattern!r}")
+        if pattern.startswith("last ") and not _LAST.fullmatch(pattern):
+            raise ValueError(f"override pattern {pattern!r}: write 'last K of PATTERN' with K a count or a "
+                             f"share, e.g. 'last 2 of transformer.h.*' or 'last 15% of *'")
+        last = _LAST.fullmatch(pattern)
+        if last and (int(last.group(1)) < 1 or (last.group(2) and int(last.group(1)) > 100)):
+            raise ValueError(f"override pattern {pattern!r}: K must be at least 1 (a share at most 100%)")
+        try:
+            policy = Policy.coerce(spec)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"override {pattern!r}: {error}") from None
+        if policy.overrides:
+            raise ValueError(f"override {pattern!r}: policy {policy.name} has overrides of its own; give one "
+                             f"flat mapping of patterns in the run's policy")
+        out.append((pattern, policy))
+    return tuple(out)
+
+
+class ModulePolicies:
+    """The policy each module path computes under (``Policy.resolve_overrides`` makes it): ``policy_of(path)``
+    is the policy of the last override covering ``path``, else the run's policy (``root``)."""
+
+    def __init__(self, root: Policy, rules: tuple):
+        self.root, self._rules, self._cache = root, rules, {}
+
+    @property
+    def policies(self) -> list:
+        """The distinct policies modules may run under, the run's first."""
+        return list(dict.fromkeys((self.root, *(policy for _, policy in self._rules))))
+
+    def policy_of(self, path: str) -> Policy:
+        """The policy of the module at ``path`` (paths outside the model: the run's)."""
+        policy = self._cache.get(path)
+        if policy is None:
+            policy = self.root
+            for rule, candidate in self._rules:
+                if (path in rule) if isinstance(rule, frozenset) else _covers(rule, path):
+                    policy = candidate
+            self._cache[path] = policy
+        return policy
 
 
 def _describe_scaling(scaling: Scaling) -> str:

@@ -233,12 +233,25 @@ class ScaledCasts:
     """
 
     def __init__(self, policy, recorder=None):
+        self.policy = policy
         recipes = dict(policy.scaling or ())
         self.recipes = {kind: recipes.get(kind, Scaling()) for kind in OPERAND_KINDS}
         self.formats = {kind: kind.format_of(policy) for kind in OPERAND_KINDS}
         self.recorder = recorder
         self.learning = True
         self._delayed: dict[tuple[str, str], DelayedScaler] = {}
+        self._overrides = {p: ScaledCasts(p, recorder) for _, p in getattr(policy, "overrides", ())
+                           if p.scaling is not None and p != policy}
+
+    def for_policy(self, policy) -> "ScaledCasts":
+        """The casts of the modules computing under ``policy``: these, or those of one of the run's policy's
+        overrides (each override's delayed scalers live across steps with the run's)."""
+        if policy == self.policy:
+            return self
+        if policy not in self._overrides:
+            raise ValueError(f"policy {policy.name} is neither this run's policy ({self.policy.name}) nor one of "
+                             f"its overrides")
+        return self._overrides[policy]
 
     def cast(self, values: np.ndarray, kind: str, module: str, axis: int = -1) -> np.ndarray:
         """``values`` quantized as an operand of ``kind`` in ``module`` and dequantized (float32 in, float32 out)."""
@@ -268,12 +281,15 @@ class ScaledCasts:
         """The same recipes and delayed scales, read without recording (amaxes or counts)."""
         view = copy.copy(self)
         view.recorder, view.learning = None, False
+        view._overrides = {p: casts.for_evaluation() for p, casts in self._overrides.items()}
         return view
 
     def end_step(self) -> None:
-        """After a training step: each delayed scaler's new scale from its amax history."""
+        """After a training step: each delayed scaler's new scale from its amax history (the overrides' too)."""
         for scaler in self._delayed.values():
             scaler.update()
+        for casts in self._overrides.values():
+            casts.end_step()
 
     def _delayed_scaler(self, kind, module, fmt) -> DelayedScaler:
         scaler = self._delayed.get((kind, module))

@@ -58,6 +58,7 @@ from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from .autocast import AutocastMode
 from .mode import EmulationMode, tensors_of
+from .overrides import RoutingMode
 from .scaled import ScaledMode
 from .tracking import OUTSIDE, ROOT
 
@@ -84,21 +85,25 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
             raise RuntimeError(f"emulate contexts do not nest: one under policy {running.policy.name} is running; "
                                f"leave its with block before starting another")
     policy = Policy.coerce(policy)
-    if policy.scaling is not None and casts is None:
-        casts = ScaledCasts(policy, recorder)
-    if policy.scaling is not None and accumulate != "native":
-        raise ValueError("a scaling recipe's products accumulate in FP32: use accumulate='native'")
     if accumulate not in ACCUMULATE_MODES:
         raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE_MODES)}, got {accumulate!r}")
-    if accumulate == "native" and policy.accumulate != FP32:
-        raise ValueError(f"policy {policy.name} accumulates in {policy.accumulate}: native products accumulate "
-                         f"in FP32, use accumulate='exact'")
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-    if policy.scaling is not None:
-        mode = ScaledMode(policy, model, casts)
-    else:
-        mode = AutocastMode(policy, model, recorder, accumulate)
+    if casts is None and any(p.scaling is not None for p in (policy, *(p for _, p in policy.overrides))):
+        casts = ScaledCasts(policy, recorder)
+
+    def regime(policy, model=None):
+        """The mode of one policy's regime (an override's computes with the run's casts and recorder)."""
+        if policy.scaling is not None and accumulate != "native":
+            raise ValueError("a scaling recipe's products accumulate in FP32: use accumulate='native'")
+        if accumulate == "native" and policy.accumulate != FP32:
+            raise ValueError(f"policy {policy.name} accumulates in {policy.accumulate}: native products "
+                             f"accumulate in FP32, use accumulate='exact'")
+        if policy.scaling is not None:
+            return ScaledMode(policy, model, casts.for_policy(policy))
+        return AutocastMode(policy, model, recorder, accumulate)
+
+    mode = RoutingMode(policy, model, recorder, regime) if policy.overrides else regime(policy, model)
     with numba_on_torch_threads(torch):
         handles = mode.attach()
         try:
