@@ -141,6 +141,10 @@ class Policy:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
                                  "placement='autocast' and master weights (master='fp32')")
         object.__setattr__(self, "overrides", _checked_overrides(self.overrides))
+        if self.scaling is None and any(kind_scaling.kind == "delayed" for _, override in self.overrides
+                                        for _, kind_scaling in override.scaling or ()):
+            raise ValueError("an override with delayed scaling needs a run policy with a scaling recipe (its "
+                             "amax histories are updated with the run's): use current scaling in the override")
 
     @property
     def weights(self) -> Format:
@@ -371,14 +375,19 @@ class ModulePolicies:
 
 def _describe_scaling(scaling: Scaling) -> str:
     """A recipe with the settings it uses: ``current``, ``delayed (history 1024, margin 0, amax max)``,
-    ``mxfp8_e4m3 (scale rounding floor)``, ..."""
+    ``mxfp8_e4m3 (scale rounding floor)``, ``nvfp4_te (block 16x16)``, ..."""
     if scaling.kind == "delayed":
-        return (f"delayed (history {scaling.history_len}, margin {scaling.margin:g}, "
-                f"amax {scaling.amax_compute})")
-    if scaling.kind == "block":
-        uses_rounding = PRESETS[scaling.block].scale_format == "e8m0"  # the other scale formats round to nearest
-        return scaling.block + (f" (scale rounding {scaling.scale_rounding})" if uses_rounding else "")
-    return scaling.kind
+        settings = [f"history {scaling.history_len}", f"margin {scaling.margin:g}", f"amax {scaling.amax_compute}"]
+    elif scaling.kind == "block":
+        size = scaling.block_size
+        settings = [f"block {'x'.join(map(str, size)) if isinstance(size, tuple) else size}"] * (size is not None)
+        if PRESETS[scaling.block].scale_format == "e8m0":  # the other scale formats round to nearest
+            settings.append(f"scale rounding {scaling.scale_rounding}")
+    else:
+        settings = ["power-of-two scales"] * scaling.power_of_two
+    settings += ["stochastic rounding"] * scaling.stochastic + ["Hadamard on weight gradients"] * scaling.hadamard
+    name = scaling.block if scaling.kind == "block" else scaling.kind
+    return name + (f" ({', '.join(settings)})" if settings else "")
 
 
 def _describe_format(fmt: Format) -> str:
@@ -398,12 +407,19 @@ def _compute(name: str, fmt: Format, **fields) -> Policy:
 
 
 def _scaled(name: str, forward: Format, backward: Format, scaling: Scaling,
-            backward_scaling: Scaling | None = None) -> Policy:
-    """FP8 / MX compute (weights and activations in ``forward`` with ``scaling``, gradients in ``backward`` with
-    ``backward_scaling``, by default the same), FP32 master weights and optimizer state."""
+            backward_scaling: Scaling | None = None, weights: Scaling | None = None) -> Policy:
+    """FP8 / MX compute (weights and activations in ``forward`` with ``scaling`` (the weights with ``weights``
+    when given), gradients in ``backward`` with ``backward_scaling``, by default the same), FP32 master weights
+    and optimizer state."""
     return Policy(name=name, params=forward, activations=forward, gradients=backward, accumulate=FP32, loss=FP32,
                   master=FP32, optimizer_state=FP32,
-                  scaling={"params": scaling, "activations": scaling, "gradients": backward_scaling or scaling})
+                  scaling={"params": weights or scaling, "activations": scaling,
+                           "gradients": backward_scaling or scaling})
+
+
+NVFP4_HIGH_PRECISION_LAYERS = "last 15% of *"
+"""The ``nvfp4-te`` preset's override pattern: about the last 15 % of the layers in BF16 (arXiv 2509.25149,
+section 4: the last blocks' Linear layers, about 15 % of them, kept in BF16; rounded up, at least one layer)."""
 
 
 def _block(name: str, forward: str, backward: str) -> Policy:
@@ -425,12 +441,21 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     _scaled("fp8-unscaled", E4M3, E5M2, Scaling("none")),
     _scaled("fp8-current", E4M3, E5M2, Scaling("tensor")),
     _scaled("fp8-delayed", E4M3, E5M2, Scaling.delayed()),
-    _scaled("fp8-rowwise", E4M3, E4M3, Scaling("row")),
+    _scaled("fp8-rowwise", E4M3, E4M3, Scaling("row", power_of_two=True)),
+    _scaled("fp8-rowwise-fp32-scales", E4M3, E4M3, Scaling("row")),
+    _scaled("fp8-blockwise", E4M3, E4M3, Scaling.block_of("mxfp8_e4m3", "floor-scale", block_size=128),
+            weights=Scaling.block_of("mxfp8_e4m3", "floor-scale", block_size=(128, 128))),
     _block("mxfp8", "mxfp8_e4m3", "mxfp8_e4m3"),
+    _scaled("mxfp8-te", E4M3, E4M3, Scaling.block_of("mxfp8_e4m3", "rceil")),
     _block("mxfp6", "mxfp6_e2m3", "mxfp6_e3m2"),
     _block("mxfp4", "mxfp4", "mxfp4"),
     _block("nvfp4", "nvfp4", "nvfp4"),
 )}
+POLICIES["nvfp4-te"] = dataclasses.replace(  # after the others: its override is a preset
+    _scaled("nvfp4-te", E2M1, E2M1, Scaling.block_of("nvfp4_te", hadamard=True),
+            Scaling.block_of("nvfp4_te", stochastic=True, hadamard=True),
+            weights=Scaling.block_of("nvfp4_te", block_size=(16, 16))),
+    overrides={NVFP4_HIGH_PRECISION_LAYERS: POLICIES["bf16-mixed"]})
 """Every preset by name: what ``fpsim.train``, ``TrainConfig``, ``Policy.coerce`` and ``fpsim train`` take.
 
 The 16-bit presets.  ``fp32``: everything FP32.  ``-pure``: weights, activations,
@@ -447,13 +472,35 @@ them).  ``fp8-unscaled``: plain saturating casts, E4M3 forward and E5M2 backward
 no scale.  ``fp8-current``: torchao's TENSORWISE default (E4M3 weights and
 activations, E5M2 gradients, scale = max / amax now).  ``fp8-delayed``: Transformer
 Engine's ``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward),
-history 1024, margin 0, amax "max".  ``fp8-rowwise``: torchao's ROWWISE (E4M3, one
-current scale per row along the reduction axis).  ``mxfp8``: TE's
-``MXFP8BlockScaling`` (E4M3 everywhere, blocks of 32, E8M0 floor scales).
-``mxfp6``: MXFP6 with E2M3 (precision) forward and E3M2 (range) backward, the split
+history 1024, margin 0, amax "max".  ``fp8-rowwise``: torchao 0.18's ROWWISE
+(``Float8LinearConfig.from_recipe_name("rowwise")``: E4M3 weights, activations and
+gradients, one current scale per row along each product's reduction axis, rounded down
+to a power of two, ``round_scales_to_power_of_2=True``).  ``fp8-rowwise-fp32-scales``:
+the same with unrounded FP32 scales (fpsim's ``fp8-rowwise`` before this recipe took the
+name).  ``fp8-blockwise``: DeepSeek-V3's FP8 recipe (arXiv 2412.19437, section 3.3) as
+Transformer Engine's ``Float8BlockScaling`` runs it: E4M3 everywhere, activations and
+gradients scaled per 1 x 128 tile along each product's reduction axis, weights per
+128 x 128 block, each scale TE's power of two (the current FP32 scale 448 / amax rounded
+down, ``force_pow_2_scales``: ``quantize``'s "floor-scale"); the products accumulate in
+FP32 (DeepSeek's promotion every 128 products is the accumulation model's to add), the
+optimizer state FP32 as in TE (DeepSeek keeps AdamW's moments in BF16:
+``optimizer_state="bf16"``).  ``mxfp8``: MXFP8 (E4M3 everywhere, blocks of 32,
+E8M0 scales rounded down, the OCP spec's rule).  ``mxfp8-te``: TE's
+``MXFP8BlockScaling``: the same with the E8M0 scale rounded up when the FP32 quotient
+amax / 448 is not a power of two (TE ``float_to_e8m0``, Blackwell's ``cvt.rp.ue8m0``:
+``quantize``'s "rceil"); its row-wise (1 x 32) and column-wise (32 x 1) copies are
+each quantized from the high-precision tensor, as every operand here is cast along its
+product's reduction axis.  ``mxfp6``: MXFP6 with E2M3 (precision) forward and E3M2 (range) backward, the split
 the FP8 recipes make between E4M3 and E5M2.  ``mxfp4``: MXFP4 (E2M1) everywhere.
 ``nvfp4``: NVFP4 (E2M1, blocks of 16, E4M3 block scales, an FP32 tensor scale)
-everywhere.  Each block preset's name is also ``fpsim.quantize``'s name for its
+everywhere.  ``nvfp4-te``: the NVFP4 pretraining recipe (NVIDIA, arXiv 2509.25149;
+TE's ``NVFP4BlockScaling``): E2M1 elements with TE's two-level encode (``quantize``'s
+``nvfp4_te``), weights in 16 x 16 tiles, activations and gradients in 1 x 16 blocks along
+the reduction axis, gradients stochastically rounded, the 16-point random Hadamard
+transform with TE's fixed signs on both inputs of the weight-gradient products, and the
+layers ``NVFP4_HIGH_PRECISION_LAYERS`` selects in BF16 (``bf16-mixed``, an override).
+Each component is a field to switch off: ``block_size`` (params), ``stochastic``
+(gradients), ``hadamard`` (activations, gradients), ``overrides``.  Each block preset's name is also ``fpsim.quantize``'s name for its
 element format when it has one (``quantize(x, "mxfp8")``).
 """
 
