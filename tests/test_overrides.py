@@ -153,3 +153,32 @@ def test_overrides_without_a_model_are_one_line():
     with pytest.raises(ValueError, match="pass the model"):
         with emulate(Policy(overrides={"lm_head": "bf16-mixed"})):
             torch.ones(2) + 1
+
+
+# --- the numpy MLP: layers "layers.0", "layers.1", ... as the torch engine would name them -------------------------
+MLP = {"model": "mlp", "steps": 2, "batch_size": 32, "hidden": (16,), "progress": False, "shadow_every": 0}
+
+
+@pytest.mark.parametrize("root, override, scaled", [("fp8-current", "bf16-mixed", "layers.0"),
+                                                    ("bf16-mixed", "fp8-current", "layers.1")])
+def test_an_mlp_layer_computes_under_its_override_and_the_others_under_the_run(root, override, scaled):
+    import fpsim
+    other = "layers.1" if scaled == "layers.0" else "layers.0"
+    overridden = other if root.startswith("fp8") else scaled
+    result = fpsim.train({"preset": root, "overrides": {overridden: override}}, **MLP)
+    assert {trace["module"] for trace in result.scaling} == {scaled}  # only the FP8 layer's operands were cast
+    policies = {layer["module"]: layer["policy"] for layer in result.layers}
+    assert policies[overridden] == override and policies[other if overridden == scaled else scaled] == f"{root}*"
+    plain = fpsim.train(root, **MLP)
+    assert result.to_dict()["test_loss"] != plain.to_dict()["test_loss"]
+
+
+def test_an_mlp_override_with_the_runs_own_policy_changes_no_bit():
+    import fpsim
+    same = fpsim.train({"preset": "fp8-current", "overrides": {"layers.1": "fp8-current"}}, **MLP).to_dict()
+    plain = fpsim.train("fp8-current", **MLP).to_dict()
+    for result in (same, plain):
+        result.pop("config"), result.pop("policy", None)
+        for layer in result["layers"]:
+            layer.pop("policy", None)
+    assert same == plain
