@@ -26,6 +26,10 @@ and the gradients entering one as ``gradients``, each scaled by its recipe
 operation (attention included, which both libraries leave in high precision by
 default) stay in FP32.  Scaling ``none`` is that placement without scales: plain
 FP8 casts.
+
+Per-module precision (``overrides``): a policy may give some modules another policy, by module-path
+patterns (``{"lm_head": "bf16-mixed"}``, ``{"last 15% of *": "bf16-mixed"}``); those modules' operations
+compute under it, in both engines (``Policy.resolve_overrides`` is the one place the patterns are read).
 """
 
 from __future__ import annotations
@@ -97,8 +101,9 @@ class Policy:
     overrides: tuple = ()
     """Per-module policies: ((pattern, Policy), ...), given as a dict pattern -> policy (a Policy, a preset name
     or a dict of fields); see ``resolve_overrides`` for what a pattern selects and which one wins.  An override
-    gives the compute fields (``COMPUTE_FIELDS``) of the modules it selects; the weights' storage, the optimizer,
-    the loss scaling and the update are the run's, this policy's."""
+    gives the modules it covers its compute fields (params, activations, gradients, accumulate, loss, placement,
+    scaling: how their operations compute, forward and backward); the weights' storage (master), the optimizer
+    state, the loss scaling and the update are the run's, this policy's."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -229,9 +234,6 @@ class Policy:
         for field in (*_FORMAT_FIELDS, "master"):
             if isinstance(fields.get(field), dict):
                 fields[field] = Format(**fields[field])
-        if isinstance(fields.get("overrides"), dict):
-            fields["overrides"] = {pattern: Policy.from_dict(spec) if isinstance(spec, dict) else spec
-                                   for pattern, spec in fields["overrides"].items()}
         if isinstance(fields.get("scaling"), dict) and base.scaling is not None:
             fields["scaling"] = {**dict(base.scaling), **fields["scaling"]}
         policy = dataclasses.replace(base, **fields)
@@ -301,10 +303,6 @@ class Policy:
 ROOT = "model"
 """The root module's path, as ``fpsim.torch.tracking`` and the recorder name it (its children are named
 without it: ``"lm_head"``, ``"transformer.h.0"``)."""
-
-COMPUTE_FIELDS = ("params", "activations", "gradients", "accumulate", "loss", "placement", "scaling")
-"""The fields an override gives the modules it covers; the others (master weights, optimizer state, loss
-scale, update rounding, Kahan) belong to the run: a module's weights are stored and updated as the run's."""
 
 _LAST = re.compile(r"last\s+([0-9]+)(%?)\s+of\s+(\S.*)")
 

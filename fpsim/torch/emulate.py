@@ -11,7 +11,9 @@ The regimes: without a scaling recipe, ``fpsim.torch.autocast`` (products' input
 the compute formats, autocast's FP32 ops in FP32, everything else by type promotion; with
 ``placement="low-precision"`` every operation except views rounds its inputs, parameters included, and
 its outputs, the model's buffers staying FP32).  With an FP8 / MX recipe (``fpsim.sim.policy``),
-``fpsim.torch.scaled`` (the products' operands cast by the run's ``ScaledCasts``, all else FP32).
+``fpsim.torch.scaled`` (the products' operands cast by the run's ``ScaledCasts``, all else FP32).  With
+per-module ``overrides``, ``fpsim.torch.overrides.RoutingMode`` holds one such mode per distinct policy and
+hands each op, forward and backward, to the mode of its module's policy.
 
 The backward pass: autocast acts in the forward pass only; on the hardware a backward operation runs in
 the precision its tensors have, and autograd casts each incoming gradient to the dtype of the tensor it
