@@ -11,8 +11,9 @@ scaling (DeepSeek-V3 / Transformer Engine weights: E4M3, TE's power-of-two scale
 two-level encode (1 x 16 blocks, TE's order, and 16 x 16 weight tiles) at >= 0.3 G values/s
 (issue 22); the NVFP4 recipe's stochastically rounded gradients and its 16-point Hadamard transform of
 the weight-gradient operands (timed on 1/256 of the input: it is far slower) are printed beside them.  Each
-time is per value, the Hadamard transform's scaled to the whole input.  Each rate counts the input values quantized (the whole call: grouping, amaxes,
-scales, rounding, dequantization and putting the values back), per second.
+time is per value, the Hadamard transform's scaled to the whole input.  Each rate counts the input values
+quantized (the whole call: grouping, amaxes, scales, rounding, dequantization and putting the values back),
+per second.
 
     python benchmarks/bench_quantize.py
 """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fpsim
-from fpsim.ops.hadamard import rht_matrix
+from fpsim.ops.hadamard import hadamard, rht_matrix
 from fpsim.sim.policy import POLICIES, Policy
 from fpsim.sim.scaling import ScaledCasts, Scaling
 
@@ -142,9 +142,10 @@ def test_nvfp4_te_transforms_both_weight_gradient_operands_by_tes_16_point_hadam
     casts = ScaledCasts(policy)  # gradients to nearest here, so that the operands can be checked exactly
     a = casts.cast(dy_t, "gradients", "m", axis=-1, weight_gradient=True)
     b = casts.cast(x, "activations", "m", axis=0, weight_gradient=True)
-    rotation = rht_matrix(16, "te")
-    transformed_a = np.concatenate([dy_t[:, i:i + 16] @ rotation for i in (0, 16)], axis=1)
-    assert np.allclose(a, fpsim.quantize(transformed_a.astype(np.float32), "nvfp4_te"), atol=0, rtol=0.01)
+    assert (a == fpsim.quantize(hadamard(dy_t, 16, "te"), "nvfp4_te")).all()
+    assert (b == fpsim.quantize(hadamard(x, 16, "te", axis=0), "nvfp4_te", axis=0)).all()
+    rotation = rht_matrix(16, "te")  # the transform is x_block R, blocks of 16 along the reduction axis
+    assert np.allclose(hadamard(dy_t, 16, "te")[:, 16:], dy_t[:, 16:] @ rotation, rtol=1e-6, atol=1e-6)
     assert (casts.cast(dy_t, "gradients", "m", axis=-1) == fpsim.quantize(dy_t, "nvfp4_te")).all()  # dgrad: no RHT
     exact = dy_t.astype(np.float64) @ x
     assert np.abs(a.astype(np.float64) @ b - exact).max() < 0.5 * np.abs(exact).max()
@@ -191,7 +192,8 @@ def test_the_nvfp4_te_preset_keeps_its_last_layers_in_bf16():
 def test_each_new_preset_round_trips_through_json_and_describes_its_components(preset):
     policy = POLICIES[preset]
     assert Policy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
-    described = {"fp8-rowwise": "row (power-of-two scales)", "fp8-blockwise": "block 128x128, scale rounding floor-scale",
+    described = {"fp8-rowwise": "row (power-of-two scales)",
+                 "fp8-blockwise": "block 128x128, scale rounding floor-scale",
                  "mxfp8-te": "scale rounding rceil", "nvfp4-te": "stochastic rounding, Hadamard on weight gradients",
                  "fp8-rowwise-fp32-scales": "gradients scaling row"}[preset]
     assert described in policy.describe()

@@ -473,7 +473,9 @@ Engine's ``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward)
 history 1024, margin 0, amax "max".  ``fp8-rowwise``: torchao 0.18's ROWWISE
 (``Float8LinearConfig.from_recipe_name("rowwise")``: E4M3 weights, activations and
 gradients, one current scale per row along each product's reduction axis, rounded down
-to a power of two, ``round_scales_to_power_of_2=True``).  ``fp8-rowwise-fp32-scales``:
+to a power of two, ``round_scales_to_power_of_2=True``; torchao takes that floor of a float32
+log2, which can round a scale just below a power of two up to it, and clamps amax at 1e-12: fpsim
+drops the mantissa exactly, as TE does).  ``fp8-rowwise-fp32-scales``:
 the same with unrounded FP32 scales (fpsim's ``fp8-rowwise`` before this recipe took the
 name).  ``fp8-blockwise``: DeepSeek-V3's FP8 recipe (arXiv 2412.19437, section 3.3) as
 Transformer Engine's ``Float8BlockScaling`` runs it: E4M3 everywhere, activations and
@@ -498,7 +500,8 @@ the reduction axis, gradients stochastically rounded, the 16-point random Hadama
 transform with TE's fixed signs on both inputs of the weight-gradient products, and the
 layers ``NVFP4_HIGH_PRECISION_LAYERS`` selects in BF16 (``bf16-mixed``, an override).
 Each component is a field to switch off: ``block_size`` (params), ``stochastic``
-(gradients), ``hadamard`` (activations, gradients), ``overrides``.  Each block preset's name is also ``fpsim.quantize``'s name for its
+(gradients), ``hadamard`` (activations, gradients), ``overrides``.  Each block preset's name is also
+``fpsim.quantize``'s name for its
 element format when it has one (``quantize(x, "mxfp8")``).
 """
 
