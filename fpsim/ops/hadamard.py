@@ -15,9 +15,10 @@ sqrt(n) is a power of two, so R's entries (+-1/4) are exact and so is R R^T = I 
 format; for n = 32 the entries +-2^-2.5 are irrational and only the rounded result is stated
 (an irrational result has no ties).  Consequently hadamard(hadamard(x), inverse=True) is x
 whenever the forward results are FP32 numbers without rounding (e.g. small integers with n = 16),
-and otherwise within a few FP32 ulps of x.  The sums are taken in float64 with a rigorous error
-bound (n u sum |x_i|, u = 2^-53); the rare results within that bound of an FP32 rounding boundary
-are recomputed from exact rationals.  Non-finite inputs give IEEE float64 results rounded to FP32.
+and otherwise within a few FP32 ulps of x.  The sums are taken in float64, each addition's error
+found exactly (TwoSum): an exact sum (the usual case for float32 inputs, ties included) is rounded once
+from float64 for n a power of four; otherwise a rigorous error bound (n u sum |x_i|, u = 2^-53) decides,
+and the rare results within it of an FP32 rounding boundary are recomputed from exact rationals.  Non-finite inputs give IEEE float64 results rounded to FP32.
 
 Signs: ``None`` (all +1, the plain transform), ``"te"`` (TE's fixed NVFP4 weight-gradient vector
 ``TE_WGRAD_SIGNS``, n = 16), an integer seed (a random vector from ``numpy.random.default_rng``:
@@ -108,18 +109,38 @@ def _rounded_transform(blocks: np.ndarray, kernel: np.ndarray, n: int) -> np.nda
     power_of_four = n.bit_length() % 2 == 1   # n = 4^k: sqrt(n) = 2^k exactly
     half_log = (n.bit_length() - 1) // 2
     with np.errstate(over="ignore", invalid="ignore"):
-        sums = blocks @ kernel.astype(np.float64)
+        sums, exact = _sums_and_exactness(blocks, kernel)
         approx = np.ldexp(sums, -half_log) if power_of_four else np.ldexp(sums, -half_log) * np.sqrt(0.5)
         bound = np.ldexp(n * _UNIT_ROUNDOFF * (np.abs(blocks).sum(axis=1, keepdims=True) + 3 * np.abs(sums)),
                          -half_log)
         out = approx.astype(np.float32)
         unsure = np.isfinite(approx) & ((approx - bound).astype(np.float32) != (approx + bound).astype(np.float32))
+        if power_of_four:   # an exact float64 sum scaled by 2^-k is the exact result: astype rounds it once
+            unsure &= ~exact
     for row, column in np.argwhere(unsure):
         exact_sum = sum(int(k) * Fraction(float(v)) for k, v in zip(kernel[:, column], blocks[row]))
         out[row, column] = _round_scaled_sum(exact_sum, half_log, power_of_four,
                                              float(approx[row, column] - bound[row, column]),
                                              float(approx[row, column] + bound[row, column]))
     return out
+
+
+def _sums_and_exactness(blocks: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S, exact): S = blocks @ kernel summed left to right in float64, and where that sum is exact.
+
+    Each term x_i k_ij (k = +-1) is exact; Knuth's TwoSum gives every addition's rounding error exactly
+    (s + t = fl(s + t) + e), so the sum is exact where every error is zero.  Float32 inputs of nearby
+    magnitudes (the transform's usual case) sum exactly in float64, ties at FP32 midpoints included."""
+    sums = np.zeros((blocks.shape[0], kernel.shape[1]))
+    exact = np.ones(sums.shape, dtype=bool)
+    for i in range(kernel.shape[0]):
+        term = blocks[:, i:i + 1] * kernel[i].astype(np.float64)
+        total = sums + term
+        virtual = total - sums
+        error = (sums - (total - virtual)) + (term - virtual)
+        exact &= error == 0
+        sums = total
+    return sums, exact
 
 
 def _round_scaled_sum(exact_sum: Fraction, half_log: int, power_of_four: bool, low: float, high: float) -> float:
