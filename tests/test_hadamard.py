@@ -71,6 +71,16 @@ def test_the_near_tie_blocks_need_the_exact_path():
     assert list(hadamard(near, 32)[:, 0]) == [np.float32(1 + 2.0**-23), np.float32(1.0)]
 
 
+def test_exact_ties_of_normal_data_round_to_even():
+    """Normal float32 blocks sum exactly in float64 and ~1 in 16 outputs is an FP32 midpoint: ties to even."""
+    x = np.random.default_rng(3).standard_normal((64, 32)).astype(np.float32)
+    exact = reference(x, 16, sign_vector(16, "te"), False)
+    sums = (x.astype(np.float64).reshape(-1, 16) @ rht_matrix(16, "te")).reshape(x.shape)
+    ties = np.abs(sums - exact) == np.abs(np.spacing(exact)) / 2
+    assert ties.sum() > 20   # the case is there
+    assert np.array_equal(hadamard(x, 16, "te"), exact)
+
+
 def test_orthogonal_and_the_inverse_exact_where_it_should_be():
     for n in (2, 16, 32, 64):
         h = sylvester(n)
