@@ -30,7 +30,7 @@ move is rounded to FP32 at least, unrecorded); each operation computes in float6
 rounded.  Integer and boolean tensors pass through; meta tensors are a dry run.  Any other tensor is
 refused with a one-line TypeError (float16, bfloat16, float8 or complex dtypes, sparse layouts, devices
 other than the CPU): the formats' values are held in CPU memory and rounded through its numpy view
-(``fpsim.torch.rounding``, fpsim's nearest-even kernel on torch's thread count).
+(``fpsim.torch.rounding``, fpsim's nearest-even kernel).
 
 One context, its own state: what the mode remembers of tensors belongs to one ``with`` block and is
 dropped when it ends, so a later context under another policy rounds a tensor afresh.  Contexts do not
@@ -53,7 +53,6 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from ..numerics.formats import FP32
-from ..numerics.threads import numba_on_torch_threads
 from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from .autocast import AutocastMode
@@ -99,12 +98,11 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
         mode = ScaledMode(policy, model, casts)
     else:
         mode = AutocastMode(policy, model, recorder, accumulate)
-    with numba_on_torch_threads(torch):
-        handles = mode.attach()
-        try:
-            with mode:
-                yield mode
-        finally:
-            for handle in handles:
-                handle.remove()
-            mode.release()
+    handles = mode.attach()
+    try:
+        with mode:
+            yield mode
+    finally:
+        for handle in handles:
+            handle.remove()
+        mode.release()
