@@ -40,7 +40,10 @@ the scaled recipes and the exact products compute through numpy, and refuse othe
 
 Any module: a TorchScript module (``torch.jit.script`` / ``trace`` / ``load``) runs, its parameters are the
 weights, and its weight gradients keep their module paths; its submodules take no hooks, so every other entry
-is filed under ``"(outside)"``, with one warning (``fpsim.torch.tracking.hookable``).
+is filed under ``"(outside)"``, with one warning (``fpsim.torch.tracking.hookable``).  A traced module gives the
+eager module's numbers bit for bit; a scripted one its forward outputs and weight gradients, but its backward
+is TorchScript's autodiff, whose Linear bias gradients differ from eager's under a 16-bit regime (under
+``fp16-pure`` they are not rounded: open).
 
 Threads: ``emulate`` leaves torch's and numba's thread counts as the caller set them
 (``fpsim.numerics.threads.start_numba_pool``), so ``emulate("fp32")`` runs the very kernels plain torch runs.
