@@ -38,11 +38,11 @@ def sampled_patterns() -> np.ndarray:
     rng = np.random.default_rng(20)
     exponents = np.arange(256, dtype=np.uint32) << 23
     points = []
-    for k in range(1, 24):
-        half = np.uint32(1 << (k - 1))
-        high = rng.integers(0, 1 << (23 - k), 16, dtype=np.uint32) << np.uint32(k) if k < 23 else np.zeros(16, np.uint32)
-        for offset in (0, 1, -1):
-            points.append((high | half) + np.uint32(offset % (1 << 32)) if offset >= 0 else (high | half) - np.uint32(1))
+    for k in range(1, 24):  # bit k - 1 set and the ones below clear: a tie when k bits are dropped
+        high = (rng.integers(0, 1 << (23 - k), 16, dtype=np.uint32) << np.uint32(k)) if k < 23 \
+            else np.zeros(16, np.uint32)
+        tie = high | np.uint32(1 << (k - 1))
+        points += [tie, tie + np.uint32(1), tie - np.uint32(1)]
     mantissas = np.concatenate([np.array([0, 1, 2, 0x400000, 0x7FFFFE, 0x7FFFFF], np.uint32), *points]) & 0x7FFFFF
     structured = (exponents[:, None] | mantissas[None, :]).reshape(-1)
     return np.concatenate([
@@ -79,7 +79,8 @@ def test_native_gives_the_kernels_bits_on_every_float32_pattern(fmt):
         patterns = np.arange(start, start + chunk, dtype=np.uint64).astype(np.uint32)
         expected, got = kernel_bits(patterns, fmt), native_bits(patterns, fmt)
         wrong = np.flatnonzero(got != expected)
-        assert wrong.size == 0, f"{fmt}: {patterns[wrong[0]]:#010x} gives {got[wrong[0]]:#010x}, not {expected[wrong[0]]:#010x}"
+        assert wrong.size == 0, (f"{fmt}: {patterns[wrong[0]]:#010x} gives {got[wrong[0]]:#010x}, "
+                                 f"not {expected[wrong[0]]:#010x}")
 
 
 def test_native_is_integer_only_so_flushing_subnormals_changes_nothing():

@@ -117,7 +117,8 @@ HF_MODELS = """
             emulated = step(models[name], name)
         again = step(models[name], name)
         same = sum(bool(torch.equal(a, b)) for a, b in zip(plain[name], emulated))
-        identical.append(f"{name}:{same}/{len(plain[name])}:{all(torch.equal(a, b) for a, b in zip(plain[name], again))}")
+        unchanged = all(torch.equal(a, b) for a, b in zip(plain[name], again))
+        identical.append(f"{name}:{same}/{len(plain[name])}:{unchanged}")
     print(" ".join(identical))
 """
 
