@@ -7,6 +7,10 @@ spinning threads right after a numpy matmul (``benchmarks/bench_threads.py`` mea
 it; ``fpsim.ops.reductions.PARALLEL_MIN_WORK``).  torch's CPU operations are
 reproducible on one thread (on several, a scatter-add such as an embedding's backward
 may sum in another order), so a training run takes ``one_thread``.
+
+torch's thread count is the caller's: numba's pool is started on import of this module (``start_numba_pool``)
+with torch's count put back, so that nothing fpsim does later (``emulate``, a kernel, asking numba for its
+count) changes torch's or numba's count.
 """
 
 from __future__ import annotations
@@ -28,21 +32,27 @@ def numba_threads(count: int):
         numba.set_num_threads(previous)
 
 
-@contextmanager
-def numba_on_torch_threads(torch):
-    """numba's kernels on torch's thread count inside the block, both counts restored after it.
+def start_numba_pool() -> None:
+    """Start numba's thread pool now, torch's thread count (when torch is loaded) left as it was.
 
-    With numba's OpenMP threading layer a kernel launch sets OpenMP's thread count, which torch's operations
-    then read: on torch's count neither changes the other's.  torch's is restored last, since restoring
-    numba's may set OpenMP's.
+    With numba's OpenMP threading layer, starting the pool (the first parallel kernel, or the first
+    ``numba.get_num_threads`` / ``set_num_threads``) calls ``omp_set_num_threads(NUMBA_NUM_THREADS)`` on the
+    calling thread, and torch's CPU operations run on ``omp_get_max_threads()`` of the thread that calls them
+    (ATen's ``ParallelOpenMP.cpp``, which sets that count only once per thread, on its first use).  A pool
+    started after torch's first use changed torch's count for the rest of the process: after
+    ``torch.set_num_threads(1)`` the first ``emulate`` ran torch on 2 threads and gave other LayerNorm
+    gradients than plain torch (issue 20).  Once started, numba's kernels launch on their own count (``#pragma
+    omp parallel num_threads``) and change no thread's default.  A process that loads torch after this: torch
+    sets its own count on its first use.
     """
-    numba_count, torch_count = numba.get_num_threads(), torch.get_num_threads()
-    numba.set_num_threads(min(torch_count, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(numba_count)
-        torch.set_num_threads(torch_count)
+    torch = sys.modules.get("torch")
+    count = torch.get_num_threads() if torch is not None else None
+    numba.get_num_threads()  # starts the pool
+    if count is not None:
+        torch.set_num_threads(count)
+
+
+start_numba_pool()
 
 
 def single_threaded_worker() -> None:
@@ -62,9 +72,7 @@ def one_thread():
     """A whole run on one thread: numba's kernels, numpy's BLAS (through ``threadpoolctl``, which scikit-learn
     brings) and, when torch is imported, torch's operations; each previous count restored after the block.
 
-    numba's count is set first: asking numba for it starts its pool, and with numba's OpenMP layer starting
-    the pool sets OpenMP's thread count, which torch's operations read; started after torch's was set, it
-    would give the first run in a process other torch threads than the runs after it.
+    numba's pool is already started (``start_numba_pool``), so setting numba's count changes no other.
     """
     with ExitStack() as stack:
         stack.enter_context(numba_threads(1))

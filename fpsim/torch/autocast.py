@@ -36,6 +36,7 @@ class AutocastMode(EmulationMode):
         self.recorder = recorder
         self.gradient_kinds = GradientKinds(recorder) if recorder is not None else None
         self.exact = accumulate == "exact"
+        self.other_devices = not self.exact  # the exact products run through numpy
         self.low_everywhere = policy.placement == "low-precision"
         self.skip_fp32 = recorder is None  # with a recorder FP32 is observed like any format (see emulate)
         self._cast_params = {}  # storage address -> (version, rounded copy)
@@ -124,13 +125,13 @@ class AutocastMode(EmulationMode):
         """Round ``tensor`` (or ``source``, into ``tensor``) to ``fmt`` in place and tag it; observed by the
         recorder when there is one (unless ``kind`` is None: a weight cast to ``policy.params``, which is
         the training engine's to record)."""
-        array = tensor.detach().numpy()
-        values = array if source is None else source.detach().numpy()
-        before = values.copy() if self.recorder is not None else None
-        round_into(values, array, fmt)
+        values = tensor if source is None else source
+        before = values.detach().cpu().numpy().copy() if self.recorder is not None else None
+        round_into(values, tensor, fmt)
         self._tags[tensor] = (fmt, tensor._version)
         if before is None or kind is None:
             return
+        array = tensor.detach().cpu().numpy()  # a view in CPU memory
         if kind == "activations":
             self.recorder.rounded(kind, path, before, array, fmt)
         else:  # weight or activation gradient: known when the parameters' hooks have run

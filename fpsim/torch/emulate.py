@@ -29,10 +29,26 @@ format would have to hold.
 Dtypes, layouts, devices: float32 and float64 tensors are emulated.  A float64 tensor holds what a float32
 one would (a format's values or FP32 values: every float64 output of an operation other than a view or a
 move is rounded to FP32 at least, unrecorded); each operation computes in float64 before its output is
-rounded.  Integer and boolean tensors pass through; meta tensors are a dry run.  Any other tensor is
-refused with a one-line TypeError (float16, bfloat16, float8 or complex dtypes, sparse layouts, devices
-other than the CPU): the formats' values are held in CPU memory and rounded through its numpy view
-(``fpsim.torch.rounding``, fpsim's nearest-even kernel on torch's thread count).
+rounded.  Integer and boolean tensors pass through.  A policy says which format each tensor holds, and a
+float32 tensor is the container that holds them all; so a float16 or bfloat16 model (or float8, complex) is
+refused with a one-line TypeError saying to call ``model.float()``: its tensors could not hold the FP32
+values the policy keeps (autocast's FP32 ops, the products' FP32 accumulation, FP32 master weights), and a
+policy applied to them would describe another computation than the one they run.  Meta tensors are a dry
+run: shapes pass through, nothing is rounded or recorded.  Sparse layouts are refused.  Values are rounded in
+the tensor's own memory (``fpsim.torch.rounding.round_into``): in CPU memory through its numpy view (fpsim's
+nearest-even kernel), on another device by torch's own int32 operations there (``fpsim.torch.native``, the
+kernel's bits; CUDA untested here) under the regime without a scaling recipe and ``accumulate="native"``;
+the scaled recipes and the exact products compute through numpy, and refuse other devices (TypeError).
+
+Any module: a TorchScript module (``torch.jit.script`` / ``trace`` / ``load``) runs, its parameters are the
+weights, and its weight gradients keep their module paths; its submodules take no hooks, so every other entry
+is filed under ``"(outside)"``, with one warning (``fpsim.torch.tracking.hookable``).  A traced module gives the
+eager module's numbers bit for bit; a scripted one its forward outputs and weight gradients, but its backward
+is TorchScript's autodiff, whose Linear bias gradients differ from eager's under a 16-bit regime (under
+``fp16-pure`` they are not rounded: open).
+
+Threads: ``emulate`` leaves torch's and numba's thread counts as the caller set them
+(``fpsim.numerics.threads.start_numba_pool``), so ``emulate("fp32")`` runs the very kernels plain torch runs.
 
 One context, its own state: what the mode remembers of tensors belongs to one ``with`` block and is
 dropped when it ends, so a later context under another policy rounds a tensor afresh.  Contexts do not
@@ -55,7 +71,6 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from ..numerics.formats import FP32
-from ..numerics.threads import numba_on_torch_threads
 from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from .autocast import AutocastMode
@@ -106,12 +121,11 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
         return AutocastMode(policy, model, recorder, accumulate)
 
     mode = RoutingMode(policy, model, recorder, regime) if policy.overrides else regime(policy, model)
-    with numba_on_torch_threads(torch):
-        handles = mode.attach()
-        try:
-            with mode:
-                yield mode
-        finally:
-            for handle in handles:
-                handle.remove()
-            mode.release()
+    handles = mode.attach()
+    try:
+        with mode:
+            yield mode
+    finally:
+        for handle in handles:
+            handle.remove()
+        mode.release()

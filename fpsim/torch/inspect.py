@@ -59,6 +59,7 @@ from ..numerics.rounding import round as round_to
 from ..sim.vocabulary import Kind
 from .emulate import tensors_of
 from .outputs import logits_of
+from .tracking import OUTSIDE, hookable
 
 KINDS = (Kind.ACTIVATIONS, Kind.ACTIVATION_GRADS, Kind.WEIGHT_GRADS)
 """The kinds one FP32 pass measures (no update is taken)."""
@@ -176,6 +177,10 @@ def inspect(model, inputs, *, loss_fn=None, formats=DEFAULT_FORMATS) -> Inspecti
     formats = tuple(get_format(fmt) for fmt in ((formats,) if isinstance(formats, str) else formats))
     if not formats:
         raise ValueError("inspect needs at least one format")
+    given = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, tuple) else (inputs,)
+    if any(tensor.is_meta for tensor in (*model.parameters(), *given) if isinstance(tensor, torch.Tensor)):
+        raise ValueError("inspect measures values, and meta tensors have none: inspect the model on the CPU "
+                         "(emulate runs a meta model as a dry run)")
     values = _capture(model, inputs, loss_fn)
     order = {path: i for i, (path, _) in enumerate(model.named_modules())}
     result = Inspection(formats=formats)
@@ -213,13 +218,16 @@ def _capture(model, inputs, loss_fn) -> dict:
                             grad.detach().float().clone()))
         return hook
 
+    scripted = not hookable(model)  # a TorchScript module: its output under OUTSIDE
     leaves = [(name or "model", module) for name, module in model.named_modules() if not any(module.children())]
-    for path, module in leaves:
+    for path, module in leaves if not scripted else ():
         handles.append(module.register_forward_hook(capture(path)))
     try:
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
             output = model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
+            if scripted:
+                capture(OUTSIDE)(model, inputs, output)
             loss = default_loss(output) if loss_fn is None else loss_fn(output)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError("loss_fn must return a scalar tensor")

@@ -26,6 +26,9 @@ class EmulationMode(TorchDispatchMode):
     method ``(self, func, op: OpPlacement, args, kwargs) -> output`` for each placement in ``PLACEMENTS``."""
 
     handlers: dict = {}
+    other_devices = False
+    """Whether the regime rounds float32 tensors on devices other than the CPU (``round_into``'s torch-native
+    path); else they are refused (``dry_run``)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -61,7 +64,7 @@ class EmulationMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         op = placement_of(func)
-        if op.placement != VIEW and dry_run(func, args, kwargs):
+        if op.placement != VIEW and dry_run(func, args, kwargs, self.other_devices):
             return func(*args, **kwargs)
         return self.handlers[op.placement](self, func, op, args, kwargs)
 
@@ -71,8 +74,7 @@ class EmulationMode(TorchDispatchMode):
         for output in outputs:
             if output.dtype == torch.float64 and roundable(output) and not (
                     mutates and output.untyped_storage().data_ptr() in self.params):
-                array = output.detach().numpy()
-                round_into(array, array, FP32)
+                round_into(output, output, FP32)
 
     def run_fp32(self, func, op: OpPlacement, args, kwargs):
         """The op as ATen runs it, its float64 outputs held to FP32."""
@@ -81,10 +83,11 @@ class EmulationMode(TorchDispatchMode):
         return out
 
 
-def dry_run(func, args, kwargs) -> bool:
+def dry_run(func, args, kwargs, other_devices: bool = False) -> bool:
     """Whether the op runs on meta tensors (shapes only: nothing to round).  Raises TypeError, one line, for a
     tensor emulate cannot hold a format's values in: a floating or complex dtype other than float32 and
-    float64, a layout other than strided (sparse), a device other than the CPU."""
+    float64, a layout other than strided (sparse), a device other than the CPU (unless ``other_devices``:
+    then a float32 tensor on any device, rounded by ``round_into``'s torch-native path)."""
     meta = False
     for arg in (*args, *kwargs.values()):
         for tensor in (arg if isinstance(arg, (list, tuple)) else (arg,)):
@@ -95,8 +98,10 @@ def dry_run(func, args, kwargs) -> bool:
                                 f"(sparse) tensor; pass it as tensor.to_dense()")
             if tensor.is_meta:
                 meta = True
-            elif not tensor.is_cpu:
-                raise TypeError(f"emulate rounds CPU tensors: {func.overloadpacket} got one on "
+            elif not tensor.is_cpu and not (other_devices and (tensor.dtype == torch.float32 or not (
+                    tensor.is_floating_point() or tensor.is_complex()))):
+                held = "float32 tensors there" if other_devices else "CPU tensors"
+                raise TypeError(f"emulate rounds {held}: {func.overloadpacket} got a {tensor.dtype} tensor on "
                                 f"{tensor.device}; move the model and its inputs to the CPU (.cpu())")
             if (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype not in EMULATED_DTYPES:
                 raise TypeError(f"emulate holds the formats' values in float32 or float64 tensors: "
@@ -106,8 +111,8 @@ def dry_run(func, args, kwargs) -> bool:
 
 
 def roundable(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor``'s values can be rounded in place through numpy (dense, in CPU memory)."""
-    return tensor.layout == torch.strided and tensor.is_cpu
+    """Whether ``tensor`` holds values to round in place (dense, not meta: ``round_into`` takes it)."""
+    return tensor.layout == torch.strided and not tensor.is_meta
 
 
 def tensors_of(out) -> tuple:

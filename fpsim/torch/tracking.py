@@ -8,6 +8,7 @@ Both attach hooks to the model and change nothing in its graph.
 from __future__ import annotations
 
 import bisect
+import warnings
 
 import torch
 
@@ -41,8 +42,9 @@ class ModulePaths:
         self._call_starts = []
 
     def attach(self, model) -> list:
-        """Hook every module of ``model`` (None: every path is ``OUTSIDE``); returns the handles to remove."""
-        if model is None:
+        """Hook every module of ``model`` (None, or a TorchScript module: every path is ``OUTSIDE``); returns
+        the handles to remove."""
+        if model is None or not hookable(model):
             return []
         handles = []
         for name, module in model.named_modules():
@@ -78,6 +80,23 @@ class ModulePaths:
             if call[1] is None:
                 call[1] = _next_sequence_nr()
                 break
+
+
+def hookable(model) -> bool:
+    """Whether ``model``'s modules take forward hooks; for a TorchScript module, False and one warning line.
+
+    A scripted module (``torch.jit.script`` / ``trace``, a saved ``torch.jit.load``) runs in TorchScript's
+    interpreter, which calls no Python hook (``register_forward_pre_hook is not supported on
+    ScriptModules``), and torch exposes no module scope of the running op to Python (the interpreter's module
+    hierarchy reaches only its profiler).  Its ``named_modules`` and parameters are there, so weight
+    gradients keep their module paths; the other entries are filed under ``OUTSIDE``.
+    """
+    if not isinstance(model, torch.jit.ScriptModule):
+        return True
+    warnings.warn(f"fpsim: {type(model).__name__} is a TorchScript module, whose submodules take no hooks: its "
+                  f"activations are attributed to {OUTSIDE!r} (pass the eager nn.Module for module paths)",
+                  stacklevel=4)
+    return False
 
 
 class GradientKinds:
