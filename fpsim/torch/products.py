@@ -42,28 +42,44 @@ def exact_product(func, args, kwargs, accumulate: Format):
 
 
 def is_plain_attention(func, args, kwargs) -> bool:
-    """Whether ``func(*args, **kwargs)`` is ATen's CPU flash attention without dropout or an explicit mask:
-    the case ``flash_attention`` computes."""
-    return (func is CPU_FLASH_ATTENTION and not (len(args) > 3 and args[3])
-            and kwargs.get("attn_mask") is None)
+    """Whether ``func(*args, **kwargs)`` is ATen's CPU flash attention without dropout: the case
+    ``flash_attention`` computes (with or without a mask, causal or not, grouped query heads or not).  With
+    ``dropout_p > 0`` the kernel refuses to run (``scaled_dot_product_attention`` then takes ATen's math
+    path, whose parts the mode places); it gets the call and raises its own error."""
+    return func is CPU_FLASH_ATTENTION and not (len(args) > 3 and args[3])
 
 
-def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
+def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn_mask=None):
     """(output, logsumexp) of ATen's CPU flash attention, its probabilities rounded to ``fmt`` before P @ V.
 
-    FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T, and the row max m and the
+    FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T (+ the additive ``attn_mask``,
+    broadcast over batch and heads; -inf above the diagonal when ``is_causal``), and the row max m and the
     row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
     product, accumulates P V in FP32 and divides by l at the end; this is that for one key block (the
-    CPU kernel's hold 512 keys; longer sequences rescale block by block).  The log-sum-exp m + log l,
-    which the backward kernel reads, is returned in the kernel's layout (B, nh, T) over (B, T, nh) memory.
+    CPU kernel's hold 512 keys; longer sequences rescale block by block).  A row masked out entirely
+    (every score -inf) gives zeros and a log-sum-exp of 0, as the kernel's m = 0, l = 1 for such a row.
+    Grouped-query attention (key and value with fewer heads than the query, ``enable_gqa``): query head h
+    reads key/value head h // (heads / key heads), ATen's ``repeat_interleave`` of the key/value heads.
+    The log-sum-exp m + log l, which the backward kernel reads, is returned in the kernel's layout
+    (B, nh, T) over (B, T, nh) memory.
     """
     scale = scale or 1.0 / math.sqrt(query.shape[-1])
+    heads, key_heads = query.shape[-3], key.shape[-3]
+    if key_heads != heads:
+        if key_heads == 0 or heads % key_heads:
+            raise ValueError(f"grouped-query attention needs the query's {heads} heads to be a multiple of the "
+                             f"key's and value's {key_heads}")
+        key, value = (t.repeat_interleave(heads // key_heads, dim=-3) for t in (key, value))
     scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)  # (B, nh, T, S)
     if is_causal:
         scores.add_(_causal_mask(*scores.shape[-2:]))
+    if attn_mask is not None:
+        scores.add_(attn_mask)
     top = scores.amax(dim=-1, keepdim=True)
+    top.masked_fill_(top == -math.inf, 0.0)  # a row masked out entirely: exp(-inf) = 0 everywhere
     probabilities = torch.exp_(scores.sub_(top))
     total = probabilities.sum(dim=-1, keepdim=True)
+    total.masked_fill_(total == 0, 1.0)
     round_into(probabilities.numpy(), probabilities.numpy(), fmt)
     out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
     B, heads, T = out.shape[:3]
@@ -74,7 +90,8 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format):
 
 def flash_attention_of(args, kwargs, fmt: Format):
     """``flash_attention`` called with the arguments ATen's CPU flash attention received."""
-    return flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt)
+    return flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt,
+                           kwargs.get("attn_mask"))
 
 
 @functools.lru_cache(maxsize=8)
