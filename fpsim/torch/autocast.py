@@ -126,7 +126,7 @@ class AutocastMode(EmulationMode):
         if self.exact and op.placement == MATMUL:
             return exact_product(func, args, kwargs, self.policy.accumulate)
         if fmt != FP32 and is_plain_attention(func, args, kwargs):
-            return flash_attention_of(args, kwargs, fmt)
+            return flash_attention_of(args, kwargs, fmt, fast_exp=self.policy.placement == "autocast-cpu")
         return func(*args, **kwargs)
 
     # --- rounding -----------------------------------------------------------

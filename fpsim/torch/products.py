@@ -49,14 +49,15 @@ def is_plain_attention(func, args, kwargs) -> bool:
     return func is CPU_FLASH_ATTENTION and not (len(args) > 3 and args[3])
 
 
-def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn_mask=None):
+def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn_mask=None, fast_exp=False):
     """(output, logsumexp) of ATen's CPU flash attention, its probabilities rounded to ``fmt`` before P @ V.
 
     FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T (+ the additive ``attn_mask``,
     broadcast over batch and heads; -inf above the diagonal when ``is_causal``), and the row max m and the
     row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
     product, accumulates P V in FP32 and divides by l at the end; this is that for one key block (the
-    CPU kernel's hold 512 keys; longer sequences rescale block by block).  A row masked out entirely
+    CPU kernel's hold 512 keys; longer sequences rescale block by block).  ``fast_exp``: exp as ATen's CPU
+    kernel computes it for 16-bit inputs (``cpu_fast_exp``), else FP32's exp.  A row masked out entirely
     (every score -inf) gives zeros and a log-sum-exp of 0, as the kernel's m = 0, l = 1 for such a row.
     Grouped-query attention (key and value with fewer heads than the query, ``enable_gqa``): query head h
     reads key/value head h // (heads / key heads), ATen's ``repeat_interleave`` of the key/value heads.
@@ -77,7 +78,8 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
         scores.add_(attn_mask)
     top = scores.amax(dim=-1, keepdim=True)
     top.masked_fill_(top == -math.inf, 0.0)  # a row masked out entirely: exp(-inf) = 0 everywhere
-    probabilities = torch.exp_(scores.sub_(top))
+    scores.sub_(top)
+    probabilities = torch.from_numpy(cpu_fast_exp(scores.numpy())) if fast_exp else torch.exp_(scores)
     total = probabilities.sum(dim=-1, keepdim=True)
     total.masked_fill_(total == 0, 1.0)
     round_into(probabilities.numpy(), probabilities.numpy(), fmt)
@@ -88,10 +90,46 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
     return out, logsumexp
 
 
-def flash_attention_of(args, kwargs, fmt: Format):
+def flash_attention_of(args, kwargs, fmt: Format, fast_exp: bool):
     """``flash_attention`` called with the arguments ATen's CPU flash attention received."""
     return flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt,
-                           kwargs.get("attn_mask"))
+                           kwargs.get("attn_mask"), fast_exp)
+
+
+_FAST_EXP = np.array([0x3FB8AA3B, 0xC2AEAC50, 0x42B17218], dtype=np.uint32).view(np.float32)
+"""log2(e), ln(FLT_MIN) and ln(FLT_MAX) as the kernel spells them (float32 bit patterns)."""
+_FAST_EXP_POLYNOMIAL = np.array([-0.079204240219773236, -0.22433836478672356, 0.30354260500649682,
+                                 0.00010703434948458272], dtype=np.float32)
+"""The correction c(f) = ((c3 f + c2) f + c1) f + c0 of 2^f ~ 1 + f - c(f), highest degree first."""
+
+
+def cpu_fast_exp(x: np.ndarray) -> np.ndarray:
+    """exp of float32 ``x`` as ATen's CPU flash attention computes it for bfloat16 / float16 inputs
+    (``Vectorized<float>::fexp_u20``, aten/src/ATen/cpu/vec/vec256/vec256_float.h and vec512: "fast
+    exponential intended for cases where outputs will be downcasted to FP16 / BF16 ... Accurate within 1 ULP
+    for BF16"; the fp32 kernel uses a Sleef exp instead).
+
+    Schraudolph's construction with a cubic correction, each step in float32: t = x * log2(e); f = t -
+    floor(t); u = t - c(f) (Horner, fused multiply-adds); the result is the float32 whose bit pattern is
+    trunc(2^23 * u + 2^23 * 127) (a fused multiply-add), 0 below ln(FLT_MIN) and +inf above ln(FLT_MAX).
+    A float32 fused multiply-add is computed here in float64 (the product of two float32 is exact there)
+    and rounded once more to float32.  Measured: bit-identical outputs of ATen's bfloat16 flash attention
+    where FP32's exp gives 96.5 % (tests/test_torch_placement_cpu.py).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    log2e, low, high = _FAST_EXP
+    t = x * log2e
+    with np.errstate(invalid="ignore"):  # -inf: masked out, set to 0 below
+        f = (t - np.floor(t)).astype(np.float64)
+        correction = np.full_like(f, _FAST_EXP_POLYNOMIAL[0])
+        for coefficient in _FAST_EXP_POLYNOMIAL[1:]:
+            correction = (f * correction + coefficient).astype(np.float32).astype(np.float64)  # fma(f, c, ci)
+        u = (t - correction.astype(np.float32)).astype(np.float64)
+        pattern = (u * 2.0 ** 23 + 2.0 ** 23 * 127).astype(np.float32)  # fma(2^23, u, 2^23 * 127)
+        out = np.trunc(np.nan_to_num(pattern, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.int32).view(np.float32)
+    out[x < low] = 0.0
+    out[x > high] = np.inf
+    return out
 
 
 @functools.lru_cache(maxsize=8)
