@@ -55,7 +55,7 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
     FlashAttention (FA2 on CUDA, ATen's CPU kernel) computes S = scale * Q K^T (+ the additive ``attn_mask``,
     broadcast over batch and heads; -inf above the diagonal when ``is_causal``), and the row max m and the
     row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
-    product, accumulates P V in FP32 and divides by l at the end; this is that for one key block (the
+    product, accumulates P V in FP32 and multiplies it by 1 / l at the end; this is that for one key block (the
     CPU kernel's hold 512 keys; longer sequences rescale block by block).  ``fast_exp``: exp as ATen's CPU
     kernel computes it for 16-bit inputs (``cpu_fast_exp``), else FP32's exp.  A row masked out entirely
     (every score -inf) gives zeros and a log-sum-exp of 0, as the kernel's m = 0, l = 1 for such a row.
@@ -83,7 +83,7 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
     total = probabilities.sum(dim=-1, keepdim=True)
     total.masked_fill_(total == 0, 1.0)
     round_into(probabilities.numpy(), probabilities.numpy(), fmt)
-    out = torch.matmul(probabilities, value).div_(total)  # (B, nh, T, hs)
+    out = torch.matmul(probabilities, value).mul_(total.reciprocal())  # (B, nh, T, hs): the kernels' 1 / l
     B, heads, T = out.shape[:3]
     logsumexp = torch.empty(B, T, heads, dtype=out.dtype).permute(0, 2, 1)
     logsumexp.copy_((top + total.log()).squeeze(-1))
