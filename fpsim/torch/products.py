@@ -57,7 +57,8 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
     row sum l of exp(S - m), in FP32, converts P = exp(S - m) to the inputs' format for the second
     product, accumulates P V in FP32 and multiplies it by 1 / l at the end; this is that for one key block (the
     CPU kernel's hold 512 keys; longer sequences rescale block by block).  ``fast_exp``: exp as ATen's CPU
-    kernel computes it for 16-bit inputs (``cpu_fast_exp``), else FP32's exp.  A row masked out entirely
+    kernel computes it for 16-bit inputs on an x86 CPU (``cpu_fast_exp`` on the keys its vector loop
+    covers, FP32's exp on the rest: ``_fast_exp_columns``), else FP32's exp everywhere.  A row masked out entirely
     (every score -inf) gives zeros and a log-sum-exp of 0, as the kernel's m = 0, l = 1 for such a row.
     Grouped-query attention (key and value with fewer heads than the query, ``enable_gqa``): query head h
     reads key/value head h // (heads / key heads), ATen's ``repeat_interleave`` of the key/value heads.
@@ -79,7 +80,10 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
     top = scores.amax(dim=-1, keepdim=True)
     top.masked_fill_(top == -math.inf, 0.0)  # a row masked out entirely: exp(-inf) = 0 everywhere
     scores.sub_(top)
-    probabilities = torch.from_numpy(cpu_fast_exp(scores.numpy())) if fast_exp else torch.exp_(scores)
+    fast = _fast_exp_columns(scores.shape[-1]) if fast_exp else None
+    probabilities = torch.exp(scores)
+    if fast is not None and fast.any():
+        probabilities[..., fast] = torch.from_numpy(cpu_fast_exp(scores[..., fast].numpy()))
     total = probabilities.sum(dim=-1, keepdim=True)
     total.masked_fill_(total == 0, 1.0)
     round_into(probabilities.numpy(), probabilities.numpy(), fmt)
@@ -94,6 +98,26 @@ def flash_attention_of(args, kwargs, fmt: Format, fast_exp: bool):
     """``flash_attention`` called with the arguments ATen's CPU flash attention received."""
     return flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt,
                            kwargs.get("attn_mask"), fast_exp)
+
+
+FAST_EXP_VECTOR_FLOATS = {"AVX2": 8, "AVX512": 16}
+"""Floats per vector of the x86 CPU capabilities whose ``fexp_u20`` ``cpu_fast_exp`` is (torch's
+``torch.backends.cpu.get_cpu_capability()``); on another CPU the emulation keeps FP32's exp."""
+KEY_BLOCK = 512
+"""Keys per block of ATen's CPU flash attention (its kvSplitSize)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _fast_exp_columns(keys: int):
+    """The key positions whose exp ATen's CPU flash kernel computes with its vector loop (``cpu_fast_exp``):
+    in each block of ``KEY_BLOCK`` keys, the largest multiple of the vector width; the rest of a block (the
+    loop's tail) takes the scalar std::exp.  None on a CPU without the fast exp."""
+    width = FAST_EXP_VECTOR_FLOATS.get(torch.backends.cpu.get_cpu_capability())
+    if width is None:
+        return None
+    position = torch.arange(keys)
+    block_length = (keys - position // KEY_BLOCK * KEY_BLOCK).clamp(max=KEY_BLOCK)
+    return position % KEY_BLOCK < block_length // width * width
 
 
 _FAST_EXP = np.array([0x3FB8AA3B, 0xC2AEAC50, 0x42B17218], dtype=np.uint32).view(np.float32)
@@ -113,8 +137,8 @@ def cpu_fast_exp(x: np.ndarray) -> np.ndarray:
     floor(t); u = t - c(f) (Horner, fused multiply-adds); the result is the float32 whose bit pattern is
     trunc(2^23 * u + 2^23 * 127) (a fused multiply-add), 0 below ln(FLT_MIN) and +inf above ln(FLT_MAX).
     A float32 fused multiply-add is computed here in float64 (the product of two float32 is exact there)
-    and rounded once more to float32.  Measured: bit-identical outputs of ATen's bfloat16 flash attention
-    where FP32's exp gives 96.5 % (tests/test_torch_placement_cpu.py).
+    and rounded once more to float32.  Measured (AVX512): with it on ``_fast_exp_columns``, the outputs of
+    ATen's bfloat16 flash attention bit for bit, where FP32's exp gives 94-98 % (tests/test_torch_placement_cpu.py).
     """
     x = np.asarray(x, dtype=np.float32)
     log2e, low, high = _FAST_EXP
