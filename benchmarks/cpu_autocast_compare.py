@@ -215,7 +215,8 @@ def probe() -> int:
             function(torch.float32)
         table = PROMOTE if first.op is None else placement_of(first.op, "autocast-cpu").placement
         disagree += names[seen] != table
-        print(f"{name:22s} {str(dtypes[0])[6:]:>9s} {str(dtypes[1])[6:]:>9s} {seen:>8s}  {str(first.op or '(promoted ops only)'):50s} {table}"
+        reached = str(first.op or "(promoted ops only)")
+        print(f"{name:22s} {str(dtypes[0])[6:]:>9s} {str(dtypes[1])[6:]:>9s} {seen:>8s}  {reached:50s} {table}"
               + ("" if names[seen] == table else "   <- differs"))
     print(f"{disagree} of {len(functions)} functions placed otherwise than the installed torch's CPU autocast")
     return 0
