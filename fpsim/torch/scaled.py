@@ -5,7 +5,9 @@ convolution, forward and backward) by the run's ``fpsim.sim.scaling.ScaledCasts`
 ``params``, forward operands as ``activations``, the incoming gradients of the backward products as
 ``gradients``; a forward operand that the backward pass reads again (the saved input of a linear layer) is
 cast again as an activation, along the axis that product reduces.  Every output and every other operation
-stays FP32; the recipes' scales are keyed by (operand kind, module path).
+stays FP32; the recipes' scales are keyed by (operand kind, module path).  A backward product whose
+operands are a saved activation and a gradient is a weight-gradient product (``ScaledCasts.cast``'s
+``weight_gradient``: where a recipe applies its Hadamard transform).
 """
 
 from __future__ import annotations
@@ -40,27 +42,30 @@ class ScaledMode(EmulationMode):
         node = _current_node()
         path = self.paths.current(node)
         args = list(args)
+        kinds = {index: self._kind(args[index], node is not None) for index in op.scaled_operands}
+        # a backward product of a saved forward operand and a gradient (no weight) is a weight gradient
+        weight_gradient = node is not None and set(kinds.values()) == {"activations", "gradients"}
         for index, axis in op.scaled_operands.items():
-            args[index] = self._operand(args[index], axis, node is not None, path)
+            if kinds[index] is not None:
+                values = args[index].detach().numpy()
+                args[index] = torch.from_numpy(self.casts.cast(values, kinds[index], path, axis=axis % values.ndim,
+                                                               weight_gradient=weight_gradient))
         return self.run_fp32(func, op, args, kwargs)
 
     handlers = {VIEW: _run, MOVE: _run, FP32_OPS: _compute, MATMUL: _compute, PROMOTE: _compute}
 
-    def _operand(self, tensor, axis: int, backward: bool, path: str):
-        """``tensor`` cast as an operand of the product at ``path``: weights as params; in the backward pass, a
-        saved forward operand as an activation and anything else as a gradient."""
+    def _kind(self, tensor, backward: bool):
+        """The operand kind ``tensor`` is cast as in a product (None: left as it is): weights as params; in the
+        backward pass, a saved forward operand as an activation and anything else as a gradient."""
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in EMULATED_DTYPES:
-            return tensor
+            return None
         address = tensor.untyped_storage().data_ptr()
         if address in self.buffers:
-            return tensor
+            return None
         if address in self.params:
-            kind = "params"
-        elif not backward:
-            kind = "activations"
+            return "params"
+        if not backward:
             if torch.is_grad_enabled():  # held, so that no gradient can take its memory before the mode ends
                 self._forward_operands[address] = tensor
-        else:
-            kind = "activations" if address in self._forward_operands else "gradients"
-        values = tensor.detach().numpy()
-        return torch.from_numpy(self.casts.cast(values, kind, path, axis=axis % values.ndim))
+            return "activations"
+        return "activations" if address in self._forward_operands else "gradients"
