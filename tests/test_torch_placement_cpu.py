@@ -117,3 +117,31 @@ def test_autocast_cpu_logits_agree_with_real_cpu_autocast(dtype, preset):
     # measured (2 x 16 tokens; benchmarks/cpu_autocast_compare.py, 2 x 32: the same): autocast-cpu 1.0,
     # autocast-cuda 0.43 (softmax, layer norms and GELU's pow in FP32 there)
     assert shares["autocast-cpu"] >= 0.99 and shares["autocast-cuda"] < 0.8, shares
+
+
+class _Head(nn.Module):
+    """A product and a softmax in one module (its own weight): an override covers both."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x):
+        return torch.softmax(x @ self.weight, dim=-1)
+
+
+def test_an_override_placed_by_the_cpu_table_runs_its_modules_ops_by_that_table():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), _Head())
+    x = torch.randn(8, 16)
+    run = fpsim.Policy.coerce({"preset": "bf16-mixed", "overrides": {"1": {"preset": "bf16-mixed",
+                                                                            "placement": "autocast-cpu"}}})
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            real = model(x)
+        with emulate(run, model=model):
+            out = model(x)
+        with emulate("bf16-mixed", model=model):
+            cuda = model(x)
+    assert torch.equal(bits(out), bits(real))  # module "1"'s softmax in BF16, as on the CPU
+    assert not torch.equal(bits(cuda), bits(real))  # in FP32 under the run's CUDA table
