@@ -97,7 +97,7 @@ def test_every_scaled_preset_trains_the_mlp_and_a_run_is_bit_identical_to_its_re
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"placement": "low-precision"}, "keep placement='autocast'"),
+    ({"placement": "low-precision"}, "keep placement='autocast-cuda'"),
     ({"master": None}, "master weights"),
     ({"gradients": "e4m3"}, "make them agree"),
     ({"scaling": 5}, "scaling must be a dict of tensor kind"),

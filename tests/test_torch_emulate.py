@@ -276,7 +276,7 @@ def test_low_precision_placement_rounds_softmax_and_layer_norm_too():
         representable = [torch.equal(t, t.half().float()) for t in (softmax, ln)]
         assert representable == ([True, True] if placement == "low-precision" else [False, False]), placement
     hook.remove()
-    with pytest.raises(ValueError, match="placement must be one of autocast, low-precision"):
+    with pytest.raises(ValueError, match="placement must be one of autocast-cuda, autocast-cpu, low-precision"):
         fpsim.Policy(placement="everywhere")
 
 

@@ -221,7 +221,7 @@ def _model(model):
 
 def _numpy_engine_can_run(policy: Policy, data) -> None:
     """Refuse what the MLP engine does not simulate, rather than ignore it."""
-    if policy.placement != "autocast":
+    if policy.placement != "autocast-cuda":
         raise ValueError(f"placement={policy.placement!r} is for the torch engine: the MLP rounds every product "
                          "and layer output to the policy's formats and computes its loss in the loss format")
     name = data if isinstance(data, str) else data["name"]

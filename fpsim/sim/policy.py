@@ -51,10 +51,17 @@ from .vocabulary import OPERAND_KINDS
 UPDATE_ROUNDINGS = ("nearest", "stochastic")
 """How an update is rounded into the stored weights: to nearest (ties to even) or stochastically."""
 
-OP_PLACEMENTS = ("autocast", "low-precision")
-"""Which operations compute in the low-precision formats: ``"autocast"`` places them as ``torch.autocast``
-does (matrix products in 16 bits; softmax, norms, exp/log, sums and losses in FP32; other ops in the
-precision of their inputs); ``"low-precision"`` runs every operation in them (pure 16-bit, ``model.half()``)."""
+OP_PLACEMENTS = ("autocast-cuda", "autocast-cpu", "low-precision")
+"""Which operations compute in the low-precision formats: ``"autocast-cuda"`` places them as CUDA's
+``torch.autocast`` does (matrix products in 16 bits; softmax, norms, exp/log, sums and losses in FP32; other
+ops in the precision of their inputs), ``"autocast-cpu"`` as CPU's ``torch.autocast("cpu")`` does (the same
+products; only the losses and a few others in FP32: softmax, norms, exp/log and sums in the precision of
+their inputs), each one table of ``fpsim.torch.placement`` with its source; ``"low-precision"`` runs every
+operation in them (pure 16-bit, ``model.half()``)."""
+
+PLACEMENT_ALIASES = {"autocast": "autocast-cuda"}
+"""Older spellings of ``OP_PLACEMENTS``, read (saved policies, ``{"placement": "autocast"}``) as the name
+they stand for."""
 
 _FORMAT_FIELDS = ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss")
 
@@ -90,8 +97,9 @@ class Policy:
     """Rounding of the updated weights into their format: one of ``UPDATE_ROUNDINGS``."""
     kahan: bool = False
     """Keep a compensation buffer (in the weights' format) that carries what each update's rounding lost."""
-    placement: str = "autocast"
-    """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine)."""
+    placement: str = "autocast-cuda"
+    """Which operations run in the low-precision formats: one of ``OP_PLACEMENTS`` (read by the torch engine;
+    ``PLACEMENT_ALIASES`` are read as the name they stand for)."""
     scaling: tuple | None = None
     """FP8 / MX scaling recipes: ((tensor kind, ``fpsim.sim.scaling.Scaling``), ...) for the products' operands
     (``fpsim.sim.vocabulary.OPERAND_KINDS``: params, activations, gradients), in that order; given as a dict
@@ -118,6 +126,8 @@ class Policy:
                              f"got {self.update_rounding!r}")
         if not isinstance(self.kahan, bool):
             raise ValueError(f"kahan must be True or False, got {self.kahan!r}")
+        if isinstance(self.placement, str):
+            object.__setattr__(self, "placement", PLACEMENT_ALIASES.get(self.placement, self.placement))
         if self.placement not in OP_PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(OP_PLACEMENTS)}, got {self.placement!r}")
         if self.kahan and self.update_rounding == "stochastic":
@@ -142,9 +152,9 @@ class Policy:
                                      f"make them agree")
                 if scaling.kind == "delayed":
                     delayed_scaled_max(scaling.margin, kind.format_of(self))  # refuses a margin it cannot take
-            if self.placement != "autocast" or self.master is None:
+            if self.placement != "autocast-cuda" or self.master is None:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
-                                 "placement='autocast' and master weights (master='fp32')")
+                                 "placement='autocast-cuda' and master weights (master='fp32')")
         object.__setattr__(self, "overrides", _checked_overrides(self.overrides))
         if self.scaling is None and any(kind_scaling.kind == "delayed" for _, override in self.overrides
                                         for _, kind_scaling in override.scaling or ()):

@@ -3,10 +3,12 @@
 ``AutocastMode`` rounds the inputs of matrix products to their compute format (weights to
 ``policy.params``, else ``activations`` forward and ``gradients`` backward), computes the product in FP32
 (or exactly; CPU flash attention rounds its probabilities before P @ V: ``fpsim.torch.products``) and
-rounds its output once; runs autocast's FP32 ops in FP32 in the forward pass; rounds any other op's output
-when all its floating inputs hold a low-precision format (type promotion).  Which tensors hold one is a
-table weakly keyed by the tensor (its format and version counter: an in-place change outside the mode
-voids it); the backward of an op whose forward was rounded rounds its incoming gradients and its outputs
+rounds its output once (every floating tensor argument is an input, keyword ones such as attention's
+``attn_mask`` too, as autocast casts them); runs autocast's FP32 ops in FP32 in the forward pass; rounds any
+other op's output when all its floating inputs hold a low-precision format (type promotion).  Which tensors
+hold one is a table weakly keyed by the tensor (its format and version counter: an in-place change outside
+the mode voids it; an inference tensor has no counter, and an op of the mode writing into a tensor voids
+what the mode held of it); the backward of an op whose forward was rounded rounds its incoming gradients and its outputs
 (its node's sequence number is remembered).  A weight is rounded once per version into a cached copy, and
 a product's rounded input into a copy the backward pass finds again (autograd saves the tensor itself).
 """
@@ -74,7 +76,10 @@ class AutocastMode(EmulationMode):
     def _fp32(self, func, op: OpPlacement, args, kwargs):
         """Autocast's FP32 ops: FP32 in the forward pass (unless every op is low precision), else promoted."""
         if _current_node() is None and not self.low_everywhere:
-            return self.run_fp32(func, op, args, kwargs)
+            out = self.run_fp32(func, op, args, kwargs)
+            if op.mutates:
+                self._forget(tensors_of(out))
+            return out
         return self._compute(func, op, args, kwargs)
 
     def _compute(self, func, op: OpPlacement, args, kwargs):
@@ -89,14 +94,19 @@ class AutocastMode(EmulationMode):
             low = op.placement == MATMUL or self.low_everywhere or node._sequence_nr() in self._low_nodes
         path = self.paths.current(node) if self.recorder is not None else None
         creates_node = node is None and torch.is_grad_enabled() and any(t.requires_grad for t in tensor_args(args))
-        if low:
+        rounds_inputs = low
+        if rounds_inputs:
             args = tuple(arg if i in op.fp32_inputs else _map_tensors(arg, self._round_input, fmt, kind, path)
                          for i, arg in enumerate(args))
+            kwargs = {name: _map_tensors(arg, self._round_input, fmt, kind, path) for name, arg in kwargs.items()}
             out = self._product(func, op, args, kwargs, fmt)
         else:
             out = func(*args, **kwargs)
-            low = self._low_format(args) is not None
         outputs = tensors_of(out)
+        if op.mutates:
+            self._forget(outputs)
+        if not rounds_inputs:
+            low = self._low_format(args if op.promote_from is None else [args[i] for i in op.promote_from]) is not None
         if not low or (fmt == FP32 and self.skip_fp32):
             self.hold_fp32(outputs, op.mutates)
             return out
@@ -117,7 +127,7 @@ class AutocastMode(EmulationMode):
         if self.exact and op.placement == MATMUL:
             return exact_product(func, args, kwargs, self.policy.accumulate)
         if fmt != FP32 and is_plain_attention(func, args, kwargs):
-            return flash_attention_of(args, kwargs, fmt)
+            return flash_attention_of(args, kwargs, fmt, fast_exp=self.policy.placement == "autocast-cpu")
         return func(*args, **kwargs)
 
     # --- rounding -----------------------------------------------------------
@@ -128,7 +138,7 @@ class AutocastMode(EmulationMode):
         values = tensor if source is None else source
         before = values.detach().cpu().numpy().copy() if self.recorder is not None else None
         round_into(values, tensor, fmt)
-        self._tags[tensor] = (fmt, tensor._version)
+        self._tags[tensor] = (fmt, _version(tensor))
         if before is None or kind is None:
             return
         array = tensor.detach().cpu().numpy()  # a view in CPU memory
@@ -141,10 +151,10 @@ class AutocastMode(EmulationMode):
         """``tensor`` (a parameter or a view of one) with the parameter's values rounded to ``policy.params``."""
         parameter = self.params[address]
         cached = self._cast_params.get(address)
-        if cached is None or cached[0] != parameter._version:
+        if cached is None or cached[0] != _version(parameter):
             copy = torch.empty_like(parameter)  # the parameter's strides: its views map onto the copy
             self._round(copy, self.policy.params, None, None, source=parameter)
-            cached = self._cast_params[address] = (parameter._version, copy)
+            cached = self._cast_params[address] = (_version(parameter), copy)
         copy = cached[1]
         return copy.as_strided(tensor.size(), tensor.stride(),
                                tensor.storage_offset() - parameter.storage_offset() + copy.storage_offset())
@@ -170,22 +180,29 @@ class AutocastMode(EmulationMode):
         # Autograd saves the tensor itself, not the copy: the backward pass finds the forward's copy here,
         # and a gradient that feeds several ops is rounded once.
         cached = self._copies.get(tensor)
-        if cached is not None and cached[0] == tensor._version:
+        if cached is not None and cached[0] == _version(tensor):
             return cached[1]
         copy = torch.empty_like(tensor, memory_format=torch.contiguous_format)
         self._round(copy, fmt, kind, path, source=tensor if tensor.is_contiguous() else tensor.contiguous())
-        self._copies[tensor] = (tensor._version, copy)
+        self._copies[tensor] = (_version(tensor), copy)
         return copy
 
     # --- which tensors hold a format's values -------------------------------
     def _format(self, tensor: torch.Tensor) -> Format | None:
         """The low-precision format ``tensor`` is known to hold (tagged at its current version), or None."""
         tag = self._tags.get(tensor)
-        return tag[0] if tag is not None and tag[1] == tensor._version else None
+        return tag[0] if tag is not None and tag[1] == _version(tensor) else None
 
     def _tag_all(self, tensors, fmt: Format) -> None:
         for tensor in tensors:
-            self._tags[tensor] = (fmt, tensor._version)
+            self._tags[tensor] = (fmt, _version(tensor))
+
+    def _forget(self, tensors) -> None:
+        """An op wrote into ``tensors``: what the mode held of them is void (an inference tensor's version
+        never changes, so this is how the mode learns it)."""
+        for tensor in tensors:
+            self._tags.pop(tensor, None)
+            self._copies.pop(tensor, None)
 
     def _low_format(self, args) -> Format | None:
         """Type promotion: the format of the op's floating tensor inputs (0-dim ones only when there are no
@@ -203,6 +220,12 @@ class AutocastMode(EmulationMode):
         self._low_nodes.add(sequence_nr)
         if len(self._low_nodes) > MAX_REMEMBERED:
             self._low_nodes = {nr for nr in self._low_nodes if nr > sequence_nr - MAX_REMEMBERED // 2}
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """``tensor``'s version counter; an inference tensor (made under ``torch.inference_mode()``) has none, and
+    reads -1: changed only by ops inside inference mode, which go through the mode (``_forget``)."""
+    return -1 if tensor.is_inference() else tensor._version
 
 
 def _map_tensors(arg, function, *extra):

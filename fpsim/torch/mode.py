@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..numerics.formats import FP32
 from ..sim.policy import Policy
-from .placement import PLACEMENTS, VIEW, OpPlacement, placement_of
+from .placement import COMPOSITE, PLACEMENTS, VIEW, OpPlacement, placement_of
 from .rounding import round_into
 from .tracking import ROOT, ModulePaths
 
@@ -63,7 +63,10 @@ class EmulationMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        op = placement_of(func)
+        op = placement_of(func, self.policy.placement)
+        if op.composite:  # reached whole (inference mode): ATen's decomposition, its parts placed as with autograd
+            with self:
+                return func._op_dk(COMPOSITE, *args, **kwargs)
         if op.placement != VIEW and dry_run(func, args, kwargs, self.other_devices):
             return func(*args, **kwargs)
         return self.handlers[op.placement](self, func, op, args, kwargs)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .mode import EmulationMode
-from .placement import PLACEMENTS
+from .placement import PLACEMENTS, placement_of
 from .tracking import OUTSIDE, ROOT
 
 _current_node = torch._C._current_autograd_node
@@ -63,6 +63,8 @@ class RoutingMode(EmulationMode):
             mode = self._routed[path] = self.modes[policy]
             if self.recorder is not None and hasattr(self.recorder, "ran_under"):
                 self.recorder.ran_under(path, policy.name)
+        if mode.policy.placement != self.policy.placement:  # the op as that policy's table places it
+            op = placement_of(func, mode.policy.placement)
         return mode.handlers[op.placement](mode, func, op, args, kwargs)
 
     handlers = dict.fromkeys(PLACEMENTS, _route)
