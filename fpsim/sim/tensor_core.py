@@ -110,8 +110,8 @@ def scaled_product(a: Operand, b: Operand, policy, *, forward: bool) -> np.ndarr
                          f"blocks of {a.block} and of {b.block}")
     block = a.block or b.block
     K = a.elements.shape[-1]
-    total = np.zeros(np.broadcast_shapes(a.elements.shape[:-1], b.elements.shape[:-2] + b.elements.shape[-1:]),
-                     dtype=np.float32)
+    (shape_a, shape_b) = a.elements.shape, b.elements.shape
+    total = np.zeros(np.broadcast_shapes(shape_a[:-2], shape_b[:-2]) + (shape_a[-2], shape_b[-1]), dtype=np.float32)
     for r, start in enumerate(range(0, K, block)):
         run = slice(start, start + block)
         partial = product(a.elements[..., run], b.elements[..., run, :], a.fmt, b.fmt, policy, forward=True)
