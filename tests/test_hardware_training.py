@@ -102,6 +102,27 @@ def test_an_mlp_product_is_fpsim_matmul_on_its_rounded_operands():
     assert np.array_equal(got, expected)
 
 
+def test_a_block_scaled_product_promotes_each_block_to_fp32():
+    """MXFP8 on H100: each block of 32 along K multiplied on the tensor core from 0, scaled by its two E8M0
+    factors, the blocks added in FP32 rounded to nearest (the q and X here from fpsim.quantize itself)."""
+    from fpsim.engines.mlp import Compute
+    from fpsim.sim.scaling import ScaledCasts
+    rng = np.random.default_rng(4)
+    x, W = rng.standard_normal((4, 96)).astype(np.float32), rng.standard_normal((96, 3)).astype(np.float32)
+    policy = dataclasses.replace(Policy.preset("mxfp8"), accumulate="H100")
+    got = Compute(policy, casts=ScaledCasts(policy)).matmul(x, W, "activations", "params", 0)
+    (rx, sx), (rw, sw) = (fpsim.quantize(x, "mxfp8", axis=1, return_scales=True),
+                          fpsim.quantize(W, "mxfp8", axis=0, return_scales=True))
+    total = np.zeros((4, 3), dtype=np.float32)
+    for r in range(3):
+        run = slice(32 * r, 32 * (r + 1))
+        qx, qw = rx[:, run] / sx[:, r:r + 1], rw[run] / sw[r:r + 1]  # exact: powers of two
+        partial = fpsim.matmul(qx, qw, inputs="e4m3", accumulate="H100")
+        term = (partial.astype(np.float64) * (sx[:, r:r + 1] * sw[r:r + 1])).astype(np.float32)
+        total = term if r == 0 else (total.astype(np.float64) + term).astype(np.float32)
+    assert np.array_equal(got, total)
+
+
 # --- the torch engine ------------------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")

@@ -81,8 +81,9 @@ class Policy:
     """Format of the partial sums inside every matrix product (IEEE: each product added exactly, the sum rounded
     to it), or the name of a GPU tensor-core model as ``fpsim.matmul`` takes it ("H100", "a100",
     "H100:mma.sync", ...; ``fpsim.hardware``), stored canonically as "GPU:instruction" ("H100:wgmma").  With a
-    GPU model every matrix product (both engines; in the torch engine mm, addmm, bmm, baddbmm and the
-    convolutions, forward and backward) is ``fpsim.matmul(..., accumulate=GPU)`` on its rounded operands, the
+    GPU model every matrix product (both engines; in the torch engine mm, addmm, bmm, baddbmm and the 1-D / 2-D
+    convolutions, forward and backward; attention keeps FP32 accumulation, its tensor-core products not
+    modelled) is ``fpsim.matmul(..., accumulate=GPU)`` on its rounded operands, the
     operands' formats picking the path (FP16, BF16, E4M3 / E5M2; FP32 operands enter the TF32 path,
     truncated, as PyTorch's ``allow_tf32`` and cuDNN's default for convolutions run them); the bias is added
     after, in FP32 (cuBLASLt's bias epilogue).  Every pair of operand formats a product meets (params with

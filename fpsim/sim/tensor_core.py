@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..numerics.formats import HARDWARE_DTYPES, TF32, Format
+from ..numerics.formats import HARDWARE_DTYPES, Format
 from ..numerics.rounding import round as round_to
 from ..ops.reductions import matmul
 from .policy import tensor_core_operands

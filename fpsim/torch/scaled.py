@@ -85,38 +85,37 @@ class ScaledMode(EmulationMode):
 
     def _on_tensor_core(self, func, args, kwargs, op: OpPlacement, forward: bool, path: str):
         """A listed product on the policy's tensor core, its operands cast into elements and factors."""
-        parts = {}
+        parts = {}  # argument position -> its elements and factors
         for index, axis in op.scaled_operands.items():
             kind = self._kind(args[index], not forward)
             if kind is None:
                 raise ValueError(f"{func.overloadpacket.__name__} multiplies a {args[index].dtype} tensor or a "
                                  f"buffer: a tensor core's scaled product takes the model's float32 tensors")
             values = args[index].detach().numpy()
-            parts[id(args[index])] = operand(self.casts, values, kind, path, axis % values.ndim)
+            parts[index] = operand(self.casts, values, kind, path, axis % values.ndim)
+        elements = [torch.from_numpy(parts[index].elements) if index in parts else arg
+                    for index, arg in enumerate(args)]
+        position = {id(elements[index]): index for index in parts}
 
-        def multiply(a, of_a, b, of_b):  # a and b hold the elements of the arguments of_a and of_b
-            a_part, b_part = parts[id(of_a)], parts[id(of_b)]
+        def multiply(a, of_a, b, of_b):  # a and b hold values of the element tensors of_a and of_b
+            a_part, b_part = parts[position[id(of_a)]], parts[position[id(of_b)]]
             result = scaled_product(a_part._replace(elements=a.numpy()), b_part._replace(elements=b.numpy()),
                                     self.policy, forward=forward)
-            return to_torch(result, of_a.dtype)
+            return to_torch(result, args[position[id(of_a)]].dtype)
 
         op_packet = func.overloadpacket
         if op_packet in EXACT_OPS:
-            bias, (a, b) = (None, args) if op_packet in (aten.mm, aten.bmm) else (args[0], args[1:3])
-            out = scaled_product(parts[id(a)], parts[id(b)], self.policy, forward=forward)
-            out = to_torch(out, a.dtype)
-            return out if bias is None else kwargs.get("beta", 1) * bias + kwargs.get("alpha", 1) * out
+            first = 0 if op_packet in (aten.mm, aten.bmm) else 1
+            out = multiply(elements[first], elements[first], elements[first + 1], elements[first + 1])
+            return out if first == 0 else kwargs.get("beta", 1) * args[0] + kwargs.get("alpha", 1) * out
         if any(part.factors.ndim for part in parts.values()):
             raise ValueError("a convolution on a tensor core takes per-tensor scaling (tensor, delayed, none); "
                              "its operands' rows or blocks run along the channels, which the lowered product mixes "
                              "with the kernel window: use a per-tensor recipe or an IEEE accumulate")
-        elements = [torch.from_numpy(parts[id(arg)].elements) if id(arg) in parts else arg for arg in args]
-        originals = {id(element): arg for element, arg in zip(elements, args) if id(arg) in parts}
-        out = convolution(func, elements, lambda a, of_a, b, of_b: multiply(a, originals[id(of_a)], b,
-                                                                            originals[id(of_b)]))
+        out = convolution(func, elements, multiply)
         if op_packet is aten.convolution_backward and out[2] is not None:
             # the bias gradient: the cast gradient RN32(q X) summed in FP32, as the FP32-accumulating recipe has it
-            g = parts[id(args[0])]
+            g = parts[0]
             cast = torch.from_numpy((g.elements * np.float64(g.factors)).astype(np.float32))
             out = (*out[:2], cast.sum(dim=[d for d in range(cast.dim()) if d != 1]))
         return out
