@@ -9,8 +9,11 @@ in G values/s and the time as a multiple of the plain FP8 casts timed in the sam
 The targets: MX block scaling at >= 0.5 G values/s on one thread (issue 14); 128 x 128 block
 scaling (DeepSeek-V3 / Transformer Engine weights: E4M3, TE's power-of-two scales) and the NVFP4
 two-level encode (1 x 16 blocks, TE's order, and 16 x 16 weight tiles) at >= 0.3 G values/s
-(issue 22).  Each rate counts the input values quantized (the whole call: grouping, amaxes,
-scales, rounding, dequantization and putting the values back), per second.
+(issue 22); the NVFP4 recipe's stochastically rounded gradients and its 16-point Hadamard transform of
+the weight-gradient operands (timed on 1/256 of the input: it is far slower) are printed beside them.  Each
+time is per value, the Hadamard transform's scaled to the whole input.  Each rate counts the input values
+quantized (the whole call: grouping, amaxes, scales, rounding, dequantization and putting the values back),
+per second.
 
     python benchmarks/bench_quantize.py
 """
@@ -24,6 +27,7 @@ import numpy as np
 
 import fpsim
 from fpsim.numerics.threads import numba_threads
+from fpsim.ops.hadamard import hadamard
 from timing import best_time
 
 
@@ -55,7 +59,11 @@ def main() -> None:
             x, "e4m3", scaling="block", scale_format="e8m0", scale_rounding="floor-scale", block_size=128),
         "quantize nvfp4_te (1x16)": lambda: fpsim.quantize(x, "nvfp4_te"),
         "quantize nvfp4_te 16x16": lambda: fpsim.quantize(x, "nvfp4_te", block_size=(16, 16)),
+        "quantize nvfp4_te (1x16, stochastic)": lambda: fpsim.quantize(x, "nvfp4_te", mode="stochastic", rng=rng),
+        "hadamard 16 te (on 1/256 of x)": lambda: hadamard(x[:max(len(x) // 256, 1)], 16, "te"),
     }
+    values = dict.fromkeys(cases, x.size)
+    values["hadamard 16 te (on 1/256 of x)"] = x[:max(len(x) // 256, 1)].size
     seconds = dict.fromkeys(cases, float("inf"))
     with numba_threads(1):
         for _ in range(args.rounds):
@@ -64,8 +72,9 @@ def main() -> None:
     cast, native = seconds["fpsim.round e4m3 (plain cast)"], seconds["ml_dtypes float8_e4m3fn round trip"]
     print(f"{x.size:,} float32 values, best of {args.rounds} x {args.repeats}, one thread")
     print(f"{'case':40} {'G values/s':>10} {'x fpsim.round':>14} {'x ml_dtypes':>12}   (time / time of the cast)")
-    for name, t in seconds.items():
-        print(f"{name:40} {x.size / t / 1e9:10.3f} {t / cast:13.2f}x {t / native:11.2f}x")
+    for name, t in seconds.items():  # times per value, as multiples of the cast's
+        ratio = t / values[name] * x.size
+        print(f"{name:40} {values[name] / t / 1e9:10.3f} {ratio / cast:13.2f}x {ratio / native:11.2f}x")
     mx = x.size / seconds["quantize mxfp8_e4m3 (floor)"] / 1e9
     print(f"MX block scaling (mxfp8_e4m3): {mx:.3f} G values/s on one thread "
           f"({'meets' if mx >= 0.5 else 'below'} the 0.5 G values/s target on this machine, now)")

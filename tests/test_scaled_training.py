@@ -91,7 +91,8 @@ def test_the_recorder_sees_casts_in_the_scaled_domain_with_saturation_and_scales
 @pytest.mark.parametrize("preset", list(SCALED_POLICIES))
 def test_every_scaled_preset_trains_the_mlp_and_a_run_is_bit_identical_to_its_rerun(preset):
     first = fpsim.train(preset, **MLP_RUN)
-    assert first.status == "ok" and len(first.scaling) == 2 * 3  # 2 layers x (weights, inputs, output gradients)
+    scaled_layers = 1 if preset == "nvfp4-te" else 2  # nvfp4-te keeps its last layer in BF16 (an override)
+    assert first.status == "ok" and len(first.scaling) == scaled_layers * 3  # x (weights, inputs, output gradients)
     assert first.to_dict() == fpsim.train(preset, **MLP_RUN).to_dict()
 
 
@@ -130,8 +131,8 @@ def test_the_torch_emulation_casts_each_linear_operand_by_its_kind_and_axis(monk
     seen = []
     real_cast = ScaledCasts.cast
 
-    def spy(self, values, kind, module, axis=-1):
-        out = real_cast(self, values, kind, module, axis)
+    def spy(self, values, kind, module, axis=-1, **options):
+        out = real_cast(self, values, kind, module, axis, **options)
         seen.append((kind, module, values.shape, axis, values.copy(), out))
         return out
 

@@ -67,8 +67,9 @@ def test_tensor_scaling_is_quantize_per_tensor():
 
 
 def test_policy_presets_round_trip_through_json():
-    assert list(SCALED_POLICIES) == ["fp8-unscaled", "fp8-current", "fp8-delayed", "fp8-rowwise", "mxfp8", "mxfp6",
-                                     "mxfp4", "nvfp4"]
+    assert list(SCALED_POLICIES) == ["fp8-unscaled", "fp8-current", "fp8-delayed", "fp8-rowwise",
+                                     "fp8-rowwise-fp32-scales", "fp8-blockwise", "mxfp8", "mxfp8-te", "mxfp6",
+                                     "mxfp4", "nvfp4", "nvfp4-te"]
     assert SCALED_POLICIES == {name: p for name, p in POLICIES.items() if p.scaling is not None}  # a view
     for policy in SCALED_POLICIES.values():
         assert Policy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy

@@ -1,7 +1,8 @@
 """Will a model train in FP16, BF16 or FP8, and with which loss scale?  Measure it on one FP32 step.
 
 Runs one forward and backward pass of a built-in model in plain FP32 torch on
-one batch of its data, then prints, per module and tensor kind (activations:
+one batch of its data (or of your own model on the inputs its build function
+returns, see --model FILE.py:build below), then prints, per module and tensor kind (activations:
 the module's output; activation_grads: the gradient with respect to it;
 weight_grads: its parameters' gradients):
 
@@ -17,6 +18,26 @@ the least underflow, or says that none can when gradients are already inf or
 NaN (see fpsim.torch.inspect for the exact definitions).
 Needs PyTorch: pip install "fpsim[torch]".
 
+Your own model: --model path/to/file.py:build or --model package.module:build
+names a function build() (called with no arguments, torch's global generator
+seeded from --seed) that returns (module, inputs) or (module, inputs, loss_fn),
+or a dict with the keys model, inputs, loss_fn.  inputs: a tensor, a tuple of
+positional inputs (model(*inputs)) or a dict of keyword inputs (model(**inputs));
+loss_fn(output) -> a scalar tensor, by default the sum of the output's logits
+(a tensor, .logits, ["logits"] or [0]).  For example, in mymodel.py:
+
+  import torch
+
+  def build():
+      model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+      x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+      return model, x, lambda logits: torch.nn.functional.cross_entropy(logits, y)
+
+  fpsim inspect --model mymodel.py:build --formats fp16,bf16
+
+An error in your file (at import or in build()) shows its traceback, then one
+line saying which build failed (exit status 2).
+
 Examples:
   fpsim inspect --model char-gpt
   fpsim inspect --model cnn --formats fp16,e4m3 --plot cnn.png
@@ -25,7 +46,9 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -34,18 +57,23 @@ from ..sim.vocabulary import MODELS
 MEMORY_BUDGET = 4 << 30
 """Most bytes an inspection may take (its estimate: ``fpsim.torch.inspect.kept_values`` times
 ``BYTES_PER_KEPT_VALUE``); a larger --batch-size is refused before its batch is drawn."""
+DEFAULT_BATCH = 32
+"""Examples in the batch of a built-in model when --batch-size is not given."""
 SEEDS = 1 << 64
 """Seeds are integers in [0, 2^64): numpy's generators take no negative seed, torch's none beyond."""
 
 
 def configure(parser):
-    parser.add_argument("--model", required=True, choices=list(MODELS),
+    parser.add_argument("--model", required=True, choices=MODEL_CHOICES, metavar="MODEL",
                         help="; ".join(f"{m.name}: the {m.label} on {m.data}" for m in MODELS.values())
-                             + " (the mlp as a torch module with the numpy engine's weights)")
+                             + " (the mlp as a torch module with the numpy engine's weights); or your own: "
+                               "path/to/file.py:build or package.module:build (see above)")
     parser.add_argument("--formats", default="fp16,bf16,e4m3,e5m2",
                         help="comma-separated formats to measure against (names, aliases or eXmY; "
                              "default fp16,bf16,e4m3,e5m2)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples in the batch (default 32)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="examples in the batch of a built-in model (default 32; your build's inputs are "
+                             "its own batch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the batch (default 0)")
     parser.add_argument("--plot", metavar="PATH", help="also write histograms of log2|x| per kind, with each "
                                                        "format's flush, subnormal and overflow limits, to PATH "
@@ -58,7 +86,11 @@ def run(args) -> int:
         from ..torch.inspect import plot_format
     except ImportError as error:
         raise UsageError(str(error)) from None
-    if args.batch_size < 1:
+    user = user_model_spec(args.model)
+    if user and args.batch_size is not None:
+        raise UsageError(f"--batch-size is for a built-in model; {args.model} gives its own inputs: drop it")
+    batch_size = DEFAULT_BATCH if args.batch_size is None else args.batch_size
+    if batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if not 0 <= args.seed < SEEDS:
         raise UsageError(f"--seed must be an integer in [0, 2^64), got {args.seed}")
@@ -72,9 +104,19 @@ def run(args) -> int:
             plot_format(args.plot)
         except ValueError as error:
             raise UsageError(f"--plot {args.plot}: {error}") from None
-    model, inputs, loss_fn = build(args.model, args.batch_size, args.seed)
-    result = inspect(model, inputs, loss_fn=loss_fn, formats=formats)
-    print(f"{args.model}: one FP32 forward and backward, batch of {args.batch_size}, seed {args.seed}")
+    if user:
+        built = build_user_model(args.model, args.seed)
+        if built.inputs is None:
+            raise UsageError(f"--model {args.model}: build() returned only a module; fpsim inspect needs example "
+                             f"inputs too: return (module, inputs) or (module, inputs, loss_fn)")
+        model, inputs, loss_fn = built.model, built.inputs, built.loss_fn
+        measured = "on its build's inputs"
+    else:
+        model, inputs, loss_fn = build(args.model, batch_size, args.seed)
+        measured = f"batch of {batch_size}"
+    with user_code(args.model if user else None):
+        result = inspect(model, inputs, loss_fn=loss_fn, formats=formats)
+    print(f"{args.model}: one FP32 forward and backward, {measured}, seed {args.seed}")
     print(result.table())
     if args.plot:
         try:
@@ -83,6 +125,53 @@ def run(args) -> int:
             raise UsageError(f"cannot write --plot {args.plot}: {error.strerror or error}") from None
         print(f"figure written to {args.plot}")
     return 0
+
+
+class ModelChoices(list):
+    """The --model choices: the built-in models (``MODELS``, what it lists) and any ``WHERE:FUNCTION`` of the
+    user's (``fpsim.torch.user_model``), which it also contains."""
+
+    def __contains__(self, name) -> bool:
+        return ":" in str(name) or super().__contains__(name)
+
+
+MODEL_CHOICES = ModelChoices(MODELS)
+
+
+def user_model_spec(name: str) -> bool:
+    """Whether ``--model name`` is the user's ``WHERE:FUNCTION`` rather than a built-in model."""
+    return ":" in name
+
+
+@contextlib.contextmanager
+def user_code(spec: str | None = None):
+    """Report an error of the user's code: its traceback, trimmed to the user's frames, on stderr, then the one
+    line of a usage error.  That is a ``fpsim.torch.user_model.UserCodeError`` (import, build), and with
+    ``spec`` (the user's model running) also any exception but the one-line kinds the command reports itself."""
+    from ..torch.user_model import UserCodeError, user_error
+
+    try:
+        yield
+    except UserCodeError as error:
+        print(error.user_traceback, end="", file=sys.stderr)
+        raise UsageError(str(error)) from None
+    except (UsageError, ValueError, TypeError, OSError, RecursionError):
+        raise
+    except Exception as error:
+        if spec is None:
+            raise
+        failed = user_error(spec, "running the model raised", error)
+        print(failed.user_traceback, end="", file=sys.stderr)
+        raise UsageError(str(failed)) from None
+
+
+def build_user_model(spec: str, seed: int, **options):
+    """What ``spec``'s build function returns (``fpsim.torch.user_model.Built``), built with torch's global
+    generator seeded from ``seed``."""
+    from ..torch import user_model
+
+    with user_code():
+        return user_model.build(spec, user_model.load(spec), seed, **options)
 
 
 def build(name: str, batch_size: int, seed: int):

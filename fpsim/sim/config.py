@@ -18,8 +18,12 @@ model, ``model_options`` for the MLP); so is a number the engines would compute 
 but FP32 cannot hold (``lr``, and the optimizer's step size or epsilon it derives).
 
 ``to_dict()`` gives the JSON form (``TrainConfig.from_dict`` inverts it, and
-``fpsim.train(**config.to_dict())`` reruns the run); a model given as a Python
-factory is written by its qualified name and cannot be read back.
+``fpsim.train(**config.to_dict())`` reruns the run), except for what only Python
+holds: a model given as a factory or a module, data given as Python objects (arrays,
+a Dataset, a DataLoader, batches), a ``loss_fn``, a ``validation``.  Each is written
+as a description in angle brackets (``"<factory mymodule.build>"``, ``"<data (x, y):
+x (1000, 64) float32, y (1000,) int64>"``), and ``from_dict`` refuses such a
+description in one line: a run given a Python object cannot be rerun from JSON.
 """
 
 from __future__ import annotations
@@ -58,13 +62,23 @@ class TrainConfig:
     """The precision policy: a ``Policy``, a preset name or a dict of Policy fields (as given, before
     ``loss_scale`` overrides it; ``effective_policy`` is what the run uses)."""
     model: object = "mlp"
-    """A built-in model's name (``fpsim.sim.vocabulary.MODELS``) or a factory returning a ``torch.nn.Module``
-    (torch engine)."""
+    """A built-in model's name (``fpsim.sim.vocabulary.MODELS``), a factory returning a ``torch.nn.Module``, or
+    a ``torch.nn.Module`` (trained as a copy) (torch engine)."""
     model_options: dict = field(default_factory=dict)
     """Settings of the model (its config dataclass's fields, e.g. ``{"n_layer": 2}`` for char-gpt);
     the MLP takes its widths from ``hidden``."""
     data: object = None
-    """Data set (``fpsim.sim.data``): a name, "mnist:PATH", or a dict with a "name"; None: the model's default."""
+    """Data set (``fpsim.sim.data``): a name, "mnist:PATH", or a dict with a "name"; None: the model's default.
+    For a factory or a module (torch engine), also your own data as Python objects: ``(x, y)`` arrays or
+    tensors, a ``torch.utils.data.Dataset`` or ``DataLoader``, or an iterable of batches
+    (``fpsim.torch.user_data`` says how each is batched and seeded)."""
+    loss_fn: object = None
+    """``loss_fn(output, targets) -> scalar tensor`` (torch engine); None: the model's own ``output.loss``, else
+    the cross-entropy of its logits against the targets (``fpsim.torch.user_data``)."""
+    validation: object = None
+    """Held-out data for your own ``data``, in the same forms, on which ``test_loss`` (and, with the engine's
+    cross-entropy, ``test_accuracy``) are measured; None: nothing is held out, both are None.  A built-in data
+    set holds out its own test set and takes none."""
     hidden: tuple | None = None
     """Widths of the MLP's hidden layers (ReLU); None: ``MLP_HIDDEN``, so the default model is 64-128-128-128-10
     on digits.  The MLP's only: a torch model refuses it (its sizes are ``model_options``)."""
@@ -110,6 +124,13 @@ class TrainConfig:
         if self.model == "mlp" and self.model_options:
             raise ValueError("the MLP takes no model_options: give its widths as hidden=(...)")
         put("data", _data(self.model, self.data))
+        put("validation", _validation(self.data, self.validation))
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise TypeError(f"loss_fn must be a function loss_fn(output, targets) -> scalar tensor, got "
+                            f"{type(self.loss_fn).__name__}")
+        if self.loss_fn is not None and isinstance(self.model, str):
+            raise ValueError(f"loss_fn is for a model factory or module (model=...); the built-in model "
+                             f"{self.model!r} trains with its engine's cross-entropy")
         if self.engine == "numpy":
             _numpy_engine_can_run(self.policy, self.data)
         put("hidden", _hidden(self.model, self.hidden))
@@ -153,12 +174,20 @@ class TrainConfig:
                                    else f"{self.policy.name} (loss scale {self.loss_scale})")
 
     def to_dict(self) -> dict:
-        """The canonical JSON form: ``fpsim.train(**config.to_dict())`` reruns the run."""
+        """The canonical JSON form: ``fpsim.train(**config.to_dict())`` reruns the run (see the module docstring
+        for what only Python holds).  ``loss_fn`` and ``validation`` are written for a factory or a module only:
+        a built-in model's form is what it was before they existed (so are the sweeps' keys of its runs)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["policy"] = self.policy.to_dict()
         if not isinstance(self.model, str):
-            out["model"] = f"<factory {getattr(self.model, '__module__', '?')}." \
-                           f"{getattr(self.model, '__qualname__', repr(self.model))}>"
+            out["model"] = _written("factory" if hasattr(self.model, "__qualname__") else "module", self.model)
+        for name in ("data", "validation"):
+            if _python_data(out[name]):
+                out[name] = _written(name, out[name])
+        if isinstance(self.model, str):  # a built-in model's form (and sweep key) holds no fields of user data
+            del out["loss_fn"], out["validation"]  # (it refuses both)
+        elif self.loss_fn is not None:
+            out["loss_fn"] = _written("loss_fn", self.loss_fn)
         for name in ("hidden", "betas", "histogram_steps"):
             if out[name] is not None:
                 out[name] = list(out[name])
@@ -176,6 +205,11 @@ class TrainConfig:
                              f"{', '.join(map(repr, unknown))}; the options are {', '.join(known)}")
         if "policy" not in options:
             raise ValueError("a training configuration needs a 'policy'")
+        for name in ("model", "data", "validation", "loss_fn"):
+            value = options.get(name)
+            if isinstance(value, str) and value.startswith("<") and value.endswith(">"):
+                raise ValueError(f"{name} {value} was a Python object, which JSON cannot hold: a run given one "
+                                 f"cannot be rerun from its JSON form; pass the object itself as {name}=")
         return cls(**options)
 
 
@@ -196,11 +230,50 @@ def _numpy_engine_can_run(policy: Policy, data) -> None:
                          "digits, mnist1d, mnist:PATH or teacher")
 
 
+def _python_data(data) -> bool:
+    """Whether ``data`` is given as Python objects (anything but None, a name or a dict spec)."""
+    return data is not None and not isinstance(data, (str, dict))
+
+
+def _written(kind: str, value) -> str:
+    """The JSON form of a Python object: a description in angle brackets (see the module docstring)."""
+    if kind in ("data", "validation"):
+        shapes = [getattr(a, "shape", None) for a in value] if isinstance(value, (tuple, list)) and \
+            len(value) == 2 else []
+        if shapes and None not in shapes:
+            x, y = value
+            return (f"<{kind} (x, y): x {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}, "
+                    f"y {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')}>")
+        if isinstance(value, (tuple, list)):
+            return f"<{kind}: a {type(value).__name__} of {len(value)} batches>"
+    name = getattr(value, "__qualname__", None)
+    if name is not None:
+        return f"<{kind} {getattr(value, '__module__', '?')}.{name}>"
+    return f"<{kind}: a {type(value).__module__}.{type(value).__qualname__}>"
+
+
 def _data(model, data):
+    if _python_data(data):
+        if isinstance(model, str):
+            raise ValueError(f"data given as Python objects ({type(data).__name__}) is for a model factory or "
+                             f"module (model=...); the built-in model {model!r} takes a data set by name")
+        return data
     if data is None:
         return MODELS[model].data if isinstance(model, str) else None
     name, options = parse_data_spec(data)
     return {"name": name, **options} if options else name
+
+
+def _validation(data, validation):
+    if validation is None:
+        return None
+    if not _python_data(data):
+        raise ValueError("validation= is for your own data (data=(x, y), a Dataset, a DataLoader, batches); a "
+                         "built-in data set holds out its own test set")
+    if not _python_data(validation):
+        raise ValueError(f"validation must be data in the forms of data= ((x, y), a Dataset, a DataLoader, "
+                         f"batches), got {validation!r}")
+    return validation
 
 
 def _hidden(model, hidden) -> tuple | None:

@@ -77,12 +77,17 @@ class Dataset:
 
     def batches(self, rng: np.random.Generator, batch_size: int):
         """Training batch indices, forever: each epoch a fresh permutation from ``rng``, cut into full
-        batches (the remainder is dropped)."""
-        n = len(self.y_train)
-        while True:
-            order = rng.permutation(n)
-            for start in range(0, n - batch_size + 1, batch_size):
-                yield order[start:start + batch_size]
+        batches (the remainder is dropped): ``epoch_batches``."""
+        return epoch_batches(rng, len(self.y_train), batch_size)
+
+
+def epoch_batches(rng: np.random.Generator, n: int, batch_size: int):
+    """Batch indices into ``n`` examples, forever: each epoch a fresh permutation from ``rng``, cut into full
+    batches of ``batch_size`` (the remainder is dropped)."""
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
 
 
 def load_data(spec="digits") -> "Dataset | TextDataset":

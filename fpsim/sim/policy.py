@@ -30,13 +30,20 @@ and the gradients entering one as ``gradients``, each scaled by its recipe
 operation (attention included, which both libraries leave in high precision by
 default) stay in FP32.  Scaling ``none`` is that placement without scales: plain
 FP8 casts.
+
+Per-module precision (``overrides``): a policy may give some modules another policy, by module-path
+patterns (``{"lm_head": "bf16-mixed"}``, ``{"last 15% of *": "bf16-mixed"}``); those modules' operations
+compute under it, in both engines (``Policy.resolve_overrides`` is the one place the patterns are read).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 
 from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, TF32, Format, get_format
@@ -124,6 +131,12 @@ class Policy:
     kind -> Scaling (or its kind name, or its dict).  A kind left out is cast unscaled, so it is kept only when
     scaled: ``{}`` and ``{"params": "none"}`` are one recipe, every operand plainly cast.  None: no scaling, the
     16-bit recipe above.  With a recipe only the products' operands are quantized (see the module docstring)."""
+    overrides: tuple = ()
+    """Per-module policies: ((pattern, Policy), ...), given as a dict pattern -> policy (a Policy, a preset name
+    or a dict of fields); see ``resolve_overrides`` for what a pattern selects and which one wins.  An override
+    gives the modules it covers its compute fields (params, activations, gradients, accumulate, loss, placement,
+    scaling: how their operations compute, forward and backward); the weights' storage (master), the optimizer
+    state, the loss scaling and the update are the run's, this policy's."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -168,6 +181,11 @@ class Policy:
             if self.placement != "autocast" or self.master is None:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
                                  "placement='autocast' and master weights (master='fp32')")
+        object.__setattr__(self, "overrides", _checked_overrides(self.overrides))
+        if self.scaling is None and any(kind_scaling.kind == "delayed" for _, override in self.overrides
+                                        for _, kind_scaling in override.scaling or ()):
+            raise ValueError("an override with delayed scaling needs a run policy with a scaling recipe (its "
+                             "amax histories are updated with the run's): use current scaling in the override")
 
     def _check_tensor_core(self) -> None:
         """``fast_accumulation`` and ``promote_every`` valid (and left at their defaults without a GPU model);
@@ -301,11 +319,44 @@ class Policy:
             out[field.name] = _format_to_json(value) if isinstance(value, Format) else value
         if self.scaling is not None:
             out["scaling"] = {str(kind): scaling.to_dict() for kind, scaling in self.scaling}
+        out["overrides"] = {pattern: policy.name if POLICIES.get(policy.name) == policy else policy.to_dict()
+                            for pattern, policy in self.overrides}
         return out
 
+    def resolve_overrides(self, layers) -> "ModulePolicies":
+        """Each module's policy (``ModulePolicies.policy_of``), for a model whose modules holding parameters
+        are ``layers``: paths in model order, as ``named_modules`` names them (the root is ``ROOT``, "model").
+        A one-line ``ValueError`` for a pattern that selects none of them.
+
+        A pattern is a module path in ``fnmatch`` glob syntax, written without the root (``"lm_head"``,
+        ``"transformer.h.0"``, ``"transformer.h.*"``; ``"model"`` is the root, ``"*"`` every module); it
+        covers the modules whose path matches and every module under them (a path is covered when it or
+        one of its ancestors, the root included, matches).  ``"last K of PATTERN"`` (K a count, or a share
+        such as ``"15%"``, rounded up) covers the last K of the ``layers`` that PATTERN covers, in model
+        order, as Transformer Engine's NVFP4 recipe counts its last Linear layers (``"last 15% of *"``).
+        A module covered by several patterns takes the policy of the last of them in ``overrides``' order,
+        so a later, narrower pattern refines an earlier, broader one."""
+        layers = list(layers)
+        rules = []
+        for pattern, policy in self.overrides:
+            last = _LAST.fullmatch(pattern)
+            covered = [path for path in layers if _covers(last.group(3) if last else pattern, path)]
+            if last:
+                count = int(last.group(1))
+                count = math.ceil(count * len(covered) / 100) if last.group(2) else min(count, len(covered))
+                covered = covered[len(covered) - count:] if count else []
+            if not covered:
+                shown = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
+                raise ValueError(f"override pattern {pattern!r} selects no layer of the model (its layers: "
+                                 f"{shown or 'none'}); write module paths without the root, e.g. "
+                                 f"{layers[-1] if layers else 'lm_head'!r}")
+            rules.append((frozenset(covered) if last else pattern, policy))
+        return ModulePolicies(self, tuple(rules))
+
     def describe(self) -> str:
-        """One line: the format of each tensor, the loss scaling, the update rule and every scaling recipe with
-        its settings; two policies that train differently never describe alike."""
+        """One line: the format of each tensor, the loss scaling, the update rule, every scaling recipe with
+        its settings and every override (its pattern and its policy's description); two policies that train
+        differently never describe alike."""
         update = "kahan" if self.kahan else self.update_rounding
         formats = {field: _describe_format(getattr(self, field)) for field in _FORMAT_FIELDS if field != "accumulate"}
         formats["accumulate"] = self._describe_accumulate()
@@ -316,8 +367,8 @@ class Policy:
                 f"{'none' if self.loss_scale is None else self.loss_scale}, update {update}, placement "
                 + ("products' operands only (FP8 recipe)" if self.scaling is not None else self.placement)
                 + "".join(f", {kind} scaling {_describe_scaling(dict(self.scaling).get(kind, Scaling()))}"
-                          for kind in (OPERAND_KINDS if self.scaling is not None else ())))
-
+                          for kind in (OPERAND_KINDS if self.scaling is not None else ()))
+                + "".join(f"; override {pattern!r}: {policy.describe()}" for pattern, policy in self.overrides))
 
     def _describe_accumulate(self) -> str:
         """The format, or the GPU model with the FP8 products' fast / split accumulation."""
@@ -326,6 +377,77 @@ class Policy:
         split = {"forward": "fast forward, backward split", "all": "fast everywhere",
                  "none": "split everywhere"}[self.fast_accumulation]
         return f"{self.tensor_core} tensor core (FP8 products {split}, promoted to FP32 every {self.promote_every})"
+
+
+ROOT = "model"
+"""The root module's path, as ``fpsim.torch.tracking`` and the recorder name it (its children are named
+without it: ``"lm_head"``, ``"transformer.h.0"``)."""
+
+_LAST = re.compile(r"last\s+([0-9]+)(%?)\s+of\s+(\S.*)")
+
+
+def _covers(glob: str, path: str) -> bool:
+    """Whether ``path`` or one of its ancestors (the root included) matches ``glob``."""
+    if fnmatch.fnmatchcase(ROOT, glob):
+        return True
+    parts = path.split(".") if path != ROOT else []
+    return any(fnmatch.fnmatchcase(".".join(parts[:n]), glob) for n in range(len(parts), 0, -1))
+
+
+def _checked_overrides(overrides) -> tuple:
+    """``overrides`` as ((pattern, Policy), ...), each pattern checked and each policy coerced; one-line
+    errors for anything else."""
+    if isinstance(overrides, dict):
+        overrides = tuple(overrides.items())
+    try:
+        pairs = tuple((pattern, spec) for pattern, spec in overrides)
+    except (TypeError, ValueError):
+        raise ValueError(f"overrides must be a dict of module pattern -> policy, e.g. {{'lm_head': 'bf16-mixed'}}; "
+                         f"got {overrides!r}") from None
+    out = []
+    for pattern, spec in pairs:
+        if not isinstance(pattern, str) or not pattern.strip() or pattern != pattern.strip():
+            raise ValueError(f"an override pattern is a module path glob such as 'lm_head' or 'transformer.h.*' "
+                             f"(no surrounding spaces), got {pattern!r}")
+        if pattern.startswith("last ") and not _LAST.fullmatch(pattern):
+            raise ValueError(f"override pattern {pattern!r}: write 'last K of PATTERN' with K a count or a "
+                             f"share, e.g. 'last 2 of transformer.h.*' or 'last 15% of *'")
+        last = _LAST.fullmatch(pattern)
+        if last and (int(last.group(1)) < 1 or (last.group(2) and int(last.group(1)) > 100)):
+            raise ValueError(f"override pattern {pattern!r}: K must be at least 1 (a share at most 100%)")
+        try:
+            policy = Policy.coerce(spec)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"override {pattern!r}: {error}") from None
+        if policy.overrides:
+            raise ValueError(f"override {pattern!r}: policy {policy.name} has overrides of its own; give one "
+                             f"flat mapping of patterns in the run's policy")
+        out.append((pattern, policy))
+    return tuple(out)
+
+
+class ModulePolicies:
+    """The policy each module path computes under (``Policy.resolve_overrides`` makes it): ``policy_of(path)``
+    is the policy of the last override covering ``path``, else the run's policy (``root``)."""
+
+    def __init__(self, root: Policy, rules: tuple):
+        self.root, self._rules, self._cache = root, rules, {}
+
+    @property
+    def policies(self) -> list:
+        """The distinct policies modules may run under, the run's first."""
+        return list(dict.fromkeys((self.root, *(policy for _, policy in self._rules))))
+
+    def policy_of(self, path: str) -> Policy:
+        """The policy of the module at ``path`` (paths outside the model: the run's)."""
+        policy = self._cache.get(path)
+        if policy is None:
+            policy = self.root
+            for rule, candidate in self._rules:
+                if (path in rule) if isinstance(rule, frozenset) else _covers(rule, path):
+                    policy = candidate
+            self._cache[path] = policy
+        return policy
 
 
 def tensor_core_operands(fmt_a: Format, fmt_b: Format) -> tuple[Format, Format]:
@@ -346,14 +468,19 @@ def _accumulator(value) -> Format | str:
 
 def _describe_scaling(scaling: Scaling) -> str:
     """A recipe with the settings it uses: ``current``, ``delayed (history 1024, margin 0, amax max)``,
-    ``mxfp8_e4m3 (scale rounding floor)``, ..."""
+    ``mxfp8_e4m3 (scale rounding floor)``, ``nvfp4_te (block 16x16)``, ..."""
     if scaling.kind == "delayed":
-        return (f"delayed (history {scaling.history_len}, margin {scaling.margin:g}, "
-                f"amax {scaling.amax_compute})")
-    if scaling.kind == "block":
-        uses_rounding = PRESETS[scaling.block].scale_format == "e8m0"  # the other scale formats round to nearest
-        return scaling.block + (f" (scale rounding {scaling.scale_rounding})" if uses_rounding else "")
-    return scaling.kind
+        settings = [f"history {scaling.history_len}", f"margin {scaling.margin:g}", f"amax {scaling.amax_compute}"]
+    elif scaling.kind == "block":
+        size = scaling.block_size
+        settings = [f"block {'x'.join(map(str, size)) if isinstance(size, tuple) else size}"] * (size is not None)
+        if PRESETS[scaling.block].scale_format == "e8m0":  # the other scale formats round to nearest
+            settings.append(f"scale rounding {scaling.scale_rounding}")
+    else:
+        settings = ["power-of-two scales"] * scaling.power_of_two
+    settings += ["stochastic rounding"] * scaling.stochastic + ["Hadamard on weight gradients"] * scaling.hadamard
+    name = scaling.block if scaling.kind == "block" else scaling.kind
+    return name + (f" ({', '.join(settings)})" if settings else "")
 
 
 def _describe_format(fmt: Format) -> str:
@@ -373,12 +500,19 @@ def _compute(name: str, fmt: Format, **fields) -> Policy:
 
 
 def _scaled(name: str, forward: Format, backward: Format, scaling: Scaling,
-            backward_scaling: Scaling | None = None) -> Policy:
-    """FP8 / MX compute (weights and activations in ``forward`` with ``scaling``, gradients in ``backward`` with
-    ``backward_scaling``, by default the same), FP32 master weights and optimizer state."""
+            backward_scaling: Scaling | None = None, weights: Scaling | None = None) -> Policy:
+    """FP8 / MX compute (weights and activations in ``forward`` with ``scaling`` (the weights with ``weights``
+    when given), gradients in ``backward`` with ``backward_scaling``, by default the same), FP32 master weights
+    and optimizer state."""
     return Policy(name=name, params=forward, activations=forward, gradients=backward, accumulate=FP32, loss=FP32,
                   master=FP32, optimizer_state=FP32,
-                  scaling={"params": scaling, "activations": scaling, "gradients": backward_scaling or scaling})
+                  scaling={"params": weights or scaling, "activations": scaling,
+                           "gradients": backward_scaling or scaling})
+
+
+NVFP4_HIGH_PRECISION_LAYERS = "last 15% of *"
+"""The ``nvfp4-te`` preset's override pattern: about the last 15 % of the layers in BF16 (arXiv 2509.25149,
+section 4: the last blocks' Linear layers, about 15 % of them, kept in BF16; rounded up, at least one layer)."""
 
 
 def _block(name: str, forward: str, backward: str) -> Policy:
@@ -400,12 +534,21 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     _scaled("fp8-unscaled", E4M3, E5M2, Scaling("none")),
     _scaled("fp8-current", E4M3, E5M2, Scaling("tensor")),
     _scaled("fp8-delayed", E4M3, E5M2, Scaling.delayed()),
-    _scaled("fp8-rowwise", E4M3, E4M3, Scaling("row")),
+    _scaled("fp8-rowwise", E4M3, E4M3, Scaling("row", power_of_two=True)),
+    _scaled("fp8-rowwise-fp32-scales", E4M3, E4M3, Scaling("row")),
+    _scaled("fp8-blockwise", E4M3, E4M3, Scaling.block_of("mxfp8_e4m3", "floor-scale", block_size=128),
+            weights=Scaling.block_of("mxfp8_e4m3", "floor-scale", block_size=(128, 128))),
     _block("mxfp8", "mxfp8_e4m3", "mxfp8_e4m3"),
+    _scaled("mxfp8-te", E4M3, E4M3, Scaling.block_of("mxfp8_e4m3", "rceil")),
     _block("mxfp6", "mxfp6_e2m3", "mxfp6_e3m2"),
     _block("mxfp4", "mxfp4", "mxfp4"),
     _block("nvfp4", "nvfp4", "nvfp4"),
 )}
+POLICIES["nvfp4-te"] = dataclasses.replace(  # after the others: its override is a preset
+    _scaled("nvfp4-te", E2M1, E2M1, Scaling.block_of("nvfp4_te", hadamard=True),
+            Scaling.block_of("nvfp4_te", stochastic=True, hadamard=True),
+            weights=Scaling.block_of("nvfp4_te", block_size=(16, 16))),
+    overrides={NVFP4_HIGH_PRECISION_LAYERS: POLICIES["bf16-mixed"]})
 """Every preset by name: what ``fpsim.train``, ``TrainConfig``, ``Policy.coerce`` and ``fpsim train`` take.
 
 The 16-bit presets.  ``fp32``: everything FP32.  ``-pure``: weights, activations,
@@ -422,13 +565,38 @@ them).  ``fp8-unscaled``: plain saturating casts, E4M3 forward and E5M2 backward
 no scale.  ``fp8-current``: torchao's TENSORWISE default (E4M3 weights and
 activations, E5M2 gradients, scale = max / amax now).  ``fp8-delayed``: Transformer
 Engine's ``DelayedScaling`` with its HYBRID format (E4M3 forward, E5M2 backward),
-history 1024, margin 0, amax "max".  ``fp8-rowwise``: torchao's ROWWISE (E4M3, one
-current scale per row along the reduction axis).  ``mxfp8``: TE's
-``MXFP8BlockScaling`` (E4M3 everywhere, blocks of 32, E8M0 floor scales).
-``mxfp6``: MXFP6 with E2M3 (precision) forward and E3M2 (range) backward, the split
+history 1024, margin 0, amax "max".  ``fp8-rowwise``: torchao 0.18's ROWWISE
+(``Float8LinearConfig.from_recipe_name("rowwise")``: E4M3 weights, activations and
+gradients, one current scale per row along each product's reduction axis, rounded down
+to a power of two, ``round_scales_to_power_of_2=True``; torchao takes that floor of a float32
+log2, which can round a scale just below a power of two up to it, and clamps amax at 1e-12: fpsim
+drops the mantissa exactly, as TE does).  ``fp8-rowwise-fp32-scales``:
+the same with unrounded FP32 scales (fpsim's ``fp8-rowwise`` before this recipe took the
+name).  ``fp8-blockwise``: DeepSeek-V3's FP8 recipe (arXiv 2412.19437, section 3.3) as
+Transformer Engine's ``Float8BlockScaling`` runs it: E4M3 everywhere, activations and
+gradients scaled per 1 x 128 tile along each product's reduction axis, weights per
+128 x 128 block, each scale TE's power of two (the current FP32 scale 448 / amax rounded
+down, ``force_pow_2_scales``: ``quantize``'s "floor-scale"); the products accumulate in
+FP32 (DeepSeek's promotion every 128 products is the accumulation model's to add), the
+optimizer state FP32 as in TE (DeepSeek keeps AdamW's moments in BF16:
+``optimizer_state="bf16"``).  ``mxfp8``: MXFP8 (E4M3 everywhere, blocks of 32,
+E8M0 scales rounded down, the OCP spec's rule).  ``mxfp8-te``: TE's
+``MXFP8BlockScaling``: the same with the E8M0 scale rounded up when the FP32 quotient
+amax / 448 is not a power of two (TE ``float_to_e8m0``, Blackwell's ``cvt.rp.ue8m0``:
+``quantize``'s "rceil"); its row-wise (1 x 32) and column-wise (32 x 1) copies are
+each quantized from the high-precision tensor, as every operand here is cast along its
+product's reduction axis.  ``mxfp6``: MXFP6 with E2M3 (precision) forward and E3M2 (range) backward, the split
 the FP8 recipes make between E4M3 and E5M2.  ``mxfp4``: MXFP4 (E2M1) everywhere.
 ``nvfp4``: NVFP4 (E2M1, blocks of 16, E4M3 block scales, an FP32 tensor scale)
-everywhere.  Each block preset's name is also ``fpsim.quantize``'s name for its
+everywhere.  ``nvfp4-te``: the NVFP4 pretraining recipe (NVIDIA, arXiv 2509.25149;
+TE's ``NVFP4BlockScaling``): E2M1 elements with TE's two-level encode (``quantize``'s
+``nvfp4_te``), weights in 16 x 16 tiles, activations and gradients in 1 x 16 blocks along
+the reduction axis, gradients stochastically rounded, the 16-point random Hadamard
+transform with TE's fixed signs on both inputs of the weight-gradient products, and the
+layers ``NVFP4_HIGH_PRECISION_LAYERS`` selects in BF16 (``bf16-mixed``, an override).
+Each component is a field to switch off: ``block_size`` (params), ``stochastic``
+(gradients), ``hadamard`` (activations, gradients), ``overrides``.  Each block preset's name is also
+``fpsim.quantize``'s name for its
 element format when it has one (``quantize(x, "mxfp8")``).
 """
 

@@ -91,6 +91,9 @@ class Recorder:
         self._histogram_now = False
         self._scaled_now: dict = {}
         self._scale_traces: dict = {}
+        self.policies: dict[str, str] = {}
+        """Module path -> the name of the policy its operations ran under, for runs with per-module overrides
+        (``ran_under``; empty when every module ran under the run's policy)."""
         for module in modules:
             self.index(module)
 
@@ -132,6 +135,11 @@ class Recorder:
             counts[STAT_INDEX[stat]] += value
         if self._histogram_now:
             self._histogram(kind, module, before)
+
+    def ran_under(self, module: str, policy: str) -> None:
+        """Note that ``module``'s operations run under the policy named ``policy`` (a per-module override, or
+        the run's policy where none applies)."""
+        self.policies[module] = policy
 
     def scaled(self, kind: str, module: str, values: int, saturated: int, log2_scales) -> None:
         """Observe a scaled cast of ``values`` values of operand ``kind`` in ``module``: ``saturated`` of them
@@ -261,11 +269,14 @@ class Recorder:
         return float(self._update_totals[:, UPDATE_STAT_INDEX["lost_magnitude"]].sum() / magnitude) if magnitude else 0.0
 
     def layer_summaries(self) -> list[dict]:
-        """Per module: its path, its position (``layer``), run totals of every stat of every kind and of the
-        update statistics."""
+        """Per module: its path, its position (``layer``), the policy it ran under (``policy``, in runs with
+        per-module overrides: None for a module no operation ran in), run totals of every stat of every kind
+        and of the update statistics."""
         out = []
         for layer, module in enumerate(self.modules):
             summary = {"layer": layer, "module": module}
+            if self.policies:
+                summary["policy"] = self.policies.get(module)
             for k, kind in enumerate(RECORDED_KINDS):
                 summary[kind] = {stat: int(self._totals[layer, k, s]) for s, stat in enumerate(STATS)}
             for u, stat in enumerate(UPDATE_STATS):

@@ -52,12 +52,16 @@ from ..numerics.checks import is_finite_number, is_integer
 from ..numerics.formats import FP32, get_format
 from ..numerics.rounding import round as round_to
 from ..ops.arithmetic import div, mul
+from ..ops.hadamard import hadamard
 from ..ops.quantize import PRESETS, SCALE_ROUNDINGS, preset_named, quantize
 from .vocabulary import OPERAND_KINDS, Kind
 
 SCALING_KINDS = ("none", "tensor", "delayed", "row", "block")
 """The recipes (see the module docstring); ``tensor``, ``row`` and ``block`` are ``fpsim.quantize``'s scalings."""
 AMAX_COMPUTE = ("max", "most_recent")
+
+HADAMARD_SIZE = 16
+"""Points of the weight-gradient Hadamard transform (NVFP4 training, arXiv 2509.25149; TE's 16 x 16)."""
 
 MAX_HISTORY_LEN = 1 << 20
 """Longest amax history of a ``delayed`` scaling: 2^20 FP32 amaxes, 4 MiB per module and operand (TE's default
@@ -80,7 +84,21 @@ class Scaling:
     """``block``: the ``fpsim.quantize`` preset, by its ``PRESETS`` key ("mxfp8" is kept as "mxfp8_e4m3");
     None for the other kinds."""
     scale_rounding: str = "floor"
-    """``block`` with E8M0 scales: "floor" (OCP MX spec), "ceil", "even" or "rceil" (torchao)."""
+    """``block`` with E8M0 scales: "floor" (OCP MX spec), "ceil", "even", "rceil" (torchao; Transformer Engine's
+    MXFP8) or "floor-scale" (TE's ``Float8BlockScaling``: the FP32 current scale rounded down to a power of two)."""
+    block_size: int | tuple | None = None
+    """``block``: values per scale along the product's reduction axis, or a square pair (n, n): n x n tiles
+    (a weight's 2-D blocks, so that W and W^T quantize alike); None: the preset's block size."""
+    power_of_two: bool = False
+    """``tensor`` and ``row``: the FP32 scale RN32(max / amax) rounded down to a power of two (torchao's
+    ``round_scales_to_power_of_2``, TE's ``force_pow_2_scales``; ``quantize``'s "floor-scale")."""
+    stochastic: bool = False
+    """Round the elements stochastically (``quantize``'s seeded ``mode="stochastic"``; NVFP4 training rounds
+    its gradients so), else to nearest."""
+    hadamard: bool = False
+    """``activations`` and ``gradients``: in the weight-gradient product, transform the operand by the 16 x 16
+    random Hadamard transform with Transformer Engine's fixed signs (``fpsim.ops.hadamard``, ``"te"``) along
+    its reduction axis before quantizing it (both operands are transformed: R R^T = I keeps the product)."""
 
     def __post_init__(self):
         if self.kind not in SCALING_KINDS:
@@ -104,6 +122,14 @@ class Scaling:
             object.__setattr__(self, "block", preset_named(self.block))
         if self.scale_rounding not in SCALE_ROUNDINGS:
             raise ValueError(f"scale_rounding must be one of {', '.join(SCALE_ROUNDINGS)}, got {self.scale_rounding!r}")
+        for flag in ("power_of_two", "stochastic", "hadamard"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.power_of_two and self.kind not in ("tensor", "row"):
+            raise ValueError(f"power_of_two rounds a current FP32 scale: it needs kind 'tensor' or 'row', got "
+                             f"{self.kind!r} (block scales round by scale_rounding)")
+        if self.block_size is not None:
+            object.__setattr__(self, "block_size", _checked_block_size(self.block_size, self.kind))
         object.__setattr__(self, "history_len", int(history_len))
         object.__setattr__(self, "margin", float(self.margin))
 
@@ -113,13 +139,16 @@ class Scaling:
         return cls("delayed", history_len=history_len, margin=margin, amax_compute=amax_compute)
 
     @classmethod
-    def block_of(cls, preset: str, scale_rounding: str = "floor") -> "Scaling":
-        """Block scaling with a ``fpsim.quantize`` preset."""
-        return cls("block", block=preset, scale_rounding=scale_rounding)
+    def block_of(cls, preset: str, scale_rounding: str = "floor", **fields) -> "Scaling":
+        """Block scaling with a ``fpsim.quantize`` preset (and any other fields: ``block_size``, ...)."""
+        return cls("block", block=preset, scale_rounding=scale_rounding, **fields)
 
     def to_dict(self) -> dict:
-        """A JSON-able dict of the fields."""
-        return asdict(self)
+        """A JSON-able dict of the fields (a pair ``block_size`` as a list)."""
+        out = asdict(self)
+        if isinstance(self.block_size, tuple):
+            out["block_size"] = list(self.block_size)
+        return out
 
     @classmethod
     def coerce(cls, spec) -> "Scaling":
@@ -136,6 +165,21 @@ class Scaling:
             return cls(**spec)
         raise TypeError(f"a scaling is a Scaling, a kind ({', '.join(SCALING_KINDS)}) or a dict of fields; "
                         f"got {type(spec).__name__}")
+
+
+def _checked_block_size(block_size, kind: str):
+    """A positive integer or a square pair of them, for a ``block`` scaling; one-line errors otherwise."""
+    if kind != "block":
+        raise ValueError(f"block_size belongs to a 'block' scaling, got kind {kind!r}")
+    if isinstance(block_size, (tuple, list)):
+        if len(block_size) != 2 or not all(is_integer(n) and n >= 1 for n in block_size) or \
+                block_size[0] != block_size[1]:
+            raise ValueError(f"a 2-D block_size is a square pair (n, n) of positive integers (a product's operand "
+                             f"may be W or W^T: both must tile alike), got {block_size!r}")
+        return int(block_size[0]), int(block_size[1])
+    if not is_integer(block_size) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer or a square pair (n, n), got {block_size!r}")
+    return int(block_size)
 
 
 _MARGIN_SEARCH = 1000
@@ -229,44 +273,75 @@ class ScaledCasts:
     against the element format itself), and ``Recorder.scaled`` the values that
     saturated (``count_saturated``) and the range of log2 X.  ``end_step()`` after each
     training step updates the delayed scales; ``learning=False`` (evaluation) uses them
-    without recording amaxes.
+    without recording amaxes.  A ``stochastic`` recipe draws from one generator seeded with
+    ``seed``, in the order of the casts (deterministic: the same run, the same bits); an
+    evaluation view draws from its own, seeded alike.
     """
 
-    def __init__(self, policy, recorder=None):
+    def __init__(self, policy, recorder=None, seed: int = 0):
+        self.policy = policy
         recipes = dict(policy.scaling or ())
         self.recipes = {kind: recipes.get(kind, Scaling()) for kind in OPERAND_KINDS}
         self.formats = {kind: kind.format_of(policy) for kind in OPERAND_KINDS}
         self.recorder = recorder
         self.learning = True
         self._delayed: dict[tuple[str, str], DelayedScaler] = {}
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._overrides = {p: ScaledCasts(p, recorder, seed) for _, p in getattr(policy, "overrides", ())
+                           if p.scaling is not None and p != policy}
 
-    def cast(self, values: np.ndarray, kind: str, module: str, axis: int = -1) -> np.ndarray:
-        """``values`` quantized as an operand of ``kind`` in ``module`` and dequantized (float32 in, float32 out)."""
-        return self.cast_with_scales(values, kind, module, axis)[0]
+    def for_policy(self, policy) -> "ScaledCasts":
+        """The casts of the modules computing under ``policy``: these, or those of one of the run's policy's
+        overrides (each override's delayed scalers live across steps with the run's)."""
+        if policy == self.policy:
+            return self
+        if policy not in self._overrides:
+            raise ValueError(f"policy {policy.name} is neither this run's policy ({self.policy.name}) nor one of "
+                             f"its overrides")
+        return self._overrides[policy]
 
-    def cast_with_scales(self, values: np.ndarray, kind: str, module: str, axis: int = -1):
+    def cast(self, values: np.ndarray, kind: str, module: str, axis: int = -1, *,
+             weight_gradient: bool = False) -> np.ndarray:
+        """``values`` quantized as an operand of ``kind`` in ``module`` and dequantized (float32 in, float32 out).
+        ``weight_gradient``: the operand of a weight-gradient product (where a ``hadamard`` recipe transforms
+        it first: the result is then the transformed operand's quantization, R^T x, which the product's other
+        operand, transformed alike, undoes)."""
+        return self.cast_with_scales(values, kind, module, axis, weight_gradient=weight_gradient)[0]
+
+    def cast_with_scales(self, values: np.ndarray, kind: str, module: str, axis: int = -1, *,
+                         weight_gradient: bool = False):
         """``cast``, with what a tensor core applies after the product (``fpsim.sim.tensor_core``): (dequantized
         values, the FP32 dequantization factors X (RN32(1 / s) for an FP32 scale s; a 0-d array per tensor,
-        ``axis`` holding one per row or per block), the values per block along ``axis`` or None)."""
+        ``axis`` holding one per row or per block), the values per block along ``axis`` (a pair for 2-D tiles)
+        or None)."""
         recipe, fmt = self.recipes[kind], self.formats[kind]
-        block = None  # values per scale along ``axis`` when the scales are per block
+        if recipe.hadamard and weight_gradient:
+            values = self._transformed(values, axis, module)
+        block = None  # values per scale along ``axis`` (or n x n tiles) when the scales are per block
+        rounding = {"mode": "stochastic", "rng": self._rng} if recipe.stochastic else {}
         if recipe.kind == "none":
-            out, unit = round_to(values, fmt, saturate=True), np.float64(1.0)
+            out, unit = round_to(values, fmt, saturate=True, **rounding), np.float64(1.0)
             factors = unit
         elif recipe.kind == "delayed":
             scaler = self._delayed_scaler(kind, module, fmt)
-            out, unit = quantize(values, fmt, scale=float(scaler.scale)), 1.0 / np.float64(scaler.scale)
+            out, unit = quantize(values, fmt, scale=float(scaler.scale), **rounding), 1.0 / np.float64(scaler.scale)
             factors = div(1.0, scaler.scale, FP32)
             if self.learning:
                 scaler.record(np.max(np.abs(values), initial=0.0))
         elif recipe.kind == "block":
             preset = PRESETS[recipe.block]
-            rounding = recipe.scale_rounding if preset.scale_format == "e8m0" else None
-            out, unit = quantize(values, recipe.block, axis=axis, scale_rounding=rounding, return_scales=True)
+            block = preset.block_size if recipe.block_size is None else recipe.block_size
+            out, unit = quantize(values, recipe.block, axis=-1 if isinstance(block, tuple) else axis,
+                                 block_size=block, return_scales=True, **rounding,
+                                 scale_rounding=recipe.scale_rounding if preset.scale_format == "e8m0" else None)
             factors = unit  # powers of two, or NVFP4's FP32 d
-            block = preset.block_size
+        elif recipe.power_of_two:  # x / X with X = 1 / s a power of two
+            out, unit = quantize(values, fmt, scaling=recipe.kind, axis=axis, scale_format="e8m0",
+                                 scale_rounding="floor-scale", return_scales=True, **rounding)
+            factors = unit
         else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
-            out, scales = quantize(values, fmt, scaling=recipe.kind, axis=axis, return_scales=True)
+            out, scales = quantize(values, fmt, scaling=recipe.kind, axis=axis, return_scales=True, **rounding)
             unit = 1.0 / scales
             factors = div(1.0, scales, FP32)
         out = np.asarray(out, dtype=values.dtype)
@@ -274,16 +349,28 @@ class ScaledCasts:
             self._observe(kind, module, values, out, np.asarray(unit, dtype=np.float64), axis, block, fmt)
         return out, np.asarray(factors, dtype=np.float32), block
 
+    @staticmethod
+    def _transformed(values: np.ndarray, axis: int, module: str) -> np.ndarray:
+        """The weight-gradient operand's 16-point random Hadamard transform (TE's signs) along ``axis``."""
+        if values.shape[axis] % HADAMARD_SIZE:
+            raise ValueError(f"the Hadamard transform of {module}'s weight-gradient product needs its reduction "
+                             f"length (the tokens of a batch) a multiple of {HADAMARD_SIZE}, got "
+                             f"{values.shape[axis]}: choose a batch size (times sequence length) that is")
+        return hadamard(values, HADAMARD_SIZE, "te", axis=axis).astype(values.dtype, copy=False)
+
     def for_evaluation(self) -> "ScaledCasts":
         """The same recipes and delayed scales, read without recording (amaxes or counts)."""
         view = copy.copy(self)
-        view.recorder, view.learning = None, False
+        view.recorder, view.learning, view._rng = None, False, np.random.default_rng(self.seed)
+        view._overrides = {p: casts.for_evaluation() for p, casts in self._overrides.items()}
         return view
 
     def end_step(self) -> None:
-        """After a training step: each delayed scaler's new scale from its amax history."""
+        """After a training step: each delayed scaler's new scale from its amax history (the overrides' too)."""
         for scaler in self._delayed.values():
             scaler.update()
+        for casts in self._overrides.values():
+            casts.end_step()
 
     def _delayed_scaler(self, kind, module, fmt) -> DelayedScaler:
         scaler = self._delayed.get((kind, module))
@@ -296,7 +383,11 @@ class ScaledCasts:
         the FP32 scales of current and delayed scaling within an ulp (the counts are what is kept)."""
         finite = unit[np.isfinite(unit) & (unit > 0)]
         log2_range = (math.log2(finite.min()), math.log2(finite.max())) if finite.size else None
-        per_value = (unit if block is None else _per_value(unit, values.shape, axis, block)).astype(np.float32)
+        if isinstance(block, tuple):
+            per_value = _per_value(_per_value(unit, values.shape, -2, block[0]), values.shape, -1, block[1])
+        else:
+            per_value = unit if block is None else _per_value(unit, values.shape, axis, block)
+        per_value = per_value.astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
             before, after = values / per_value, out / per_value
         recorded = Kind(kind).recorded_as

@@ -87,11 +87,17 @@ class Operand(NamedTuple):
     """The element format."""
 
 
-def operand(casts, values, kind: str, module: str, axis: int) -> Operand:
-    """``values`` cast by the run's ``ScaledCasts`` as an operand of ``kind`` whose reduction runs along ``axis``,
-    as its elements and factors (recovered as the module docstring says)."""
+def operand(casts, values, kind: str, module: str, axis: int, *, weight_gradient: bool = False) -> Operand:
+    """``values`` cast by the run's ``ScaledCasts`` as an operand of ``kind`` whose reduction runs along ``axis``
+    (``weight_gradient``: as ``ScaledCasts.cast`` takes it), as its elements and factors (recovered as the module
+    docstring says).  2-D tiles (``Scaling.block_size`` a pair) are refused: their factors vary along both axes."""
     values = np.asarray(values)
-    out, factors, block = casts.cast_with_scales(values.astype(np.float32, copy=False), kind, module, axis=axis)
+    out, factors, block = casts.cast_with_scales(values.astype(np.float32, copy=False), kind, module, axis=axis,
+                                                 weight_gradient=weight_gradient)
+    if isinstance(block, tuple):
+        raise ValueError(f"a tensor core's scaled product takes factors per tensor, row or block along the "
+                         f"reduction; {kind} scaled in {block[0]} x {block[1]} tiles are not modelled: use an "
+                         f"IEEE accumulate (e.g. 'fp32') for this recipe")
     per_value = factors if block is None else np.repeat(factors, block, axis=axis)[
         (slice(None),) * axis + (slice(0, values.shape[axis]),)]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

@@ -11,7 +11,9 @@ The regimes: without a scaling recipe, ``fpsim.torch.autocast`` (products' input
 the compute formats, autocast's FP32 ops in FP32, everything else by type promotion; with
 ``placement="low-precision"`` every operation except views rounds its inputs, parameters included, and
 its outputs, the model's buffers staying FP32).  With an FP8 / MX recipe (``fpsim.sim.policy``),
-``fpsim.torch.scaled`` (the products' operands cast by the run's ``ScaledCasts``, all else FP32).
+``fpsim.torch.scaled`` (the products' operands cast by the run's ``ScaledCasts``, all else FP32).  With
+per-module ``overrides``, ``fpsim.torch.overrides.RoutingMode`` holds one such mode per distinct policy and
+hands each op, forward and backward, to the mode of its module's policy.
 
 The backward pass: autocast acts in the forward pass only; on the hardware a backward operation runs in
 the precision its tensors have, and autograd casts each incoming gradient to the dtype of the tensor it
@@ -60,6 +62,7 @@ from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from .autocast import AutocastMode
 from .mode import EmulationMode, tensors_of
+from .overrides import RoutingMode
 from .scaled import ScaledMode
 from .tracking import OUTSIDE, ROOT
 
@@ -86,22 +89,26 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
             raise RuntimeError(f"emulate contexts do not nest: one under policy {running.policy.name} is running; "
                                f"leave its with block before starting another")
     policy = Policy.coerce(policy)
-    if policy.scaling is not None and casts is None:
-        casts = ScaledCasts(policy, recorder)
-    if policy.scaling is not None and accumulate != ("exact" if policy.tensor_core else "native"):
-        raise ValueError("a scaling recipe's products accumulate in FP32 (accumulate='native') or on a GPU's "
-                         "tensor core (a policy with a GPU accumulate, accumulate='exact')")
     if accumulate not in ACCUMULATE_MODES:
         raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE_MODES)}, got {accumulate!r}")
-    if accumulate == "native" and policy.accumulate != FP32:
-        raise ValueError(f"policy {policy.name} accumulates in {policy.accumulate}: native products accumulate "
-                         f"in FP32, use accumulate='exact'")
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-    if policy.scaling is not None:
-        mode = ScaledMode(policy, model, casts)
-    else:
-        mode = AutocastMode(policy, model, recorder, accumulate)
+    if casts is None and any(p.scaling is not None for p in (policy, *(p for _, p in policy.overrides))):
+        casts = ScaledCasts(policy, recorder)
+
+    def regime(policy, model=None):
+        """The mode of one policy's regime (an override's computes with the run's casts and recorder)."""
+        if policy.scaling is not None and accumulate != ("exact" if policy.tensor_core else "native"):
+            raise ValueError("a scaling recipe's products accumulate in FP32 (accumulate='native') or on a GPU's "
+                             "tensor core (a policy with a GPU accumulate, accumulate='exact')")
+        if accumulate == "native" and policy.accumulate != FP32:
+            raise ValueError(f"policy {policy.name} accumulates in {policy.accumulate}: native products "
+                             f"accumulate in FP32, use accumulate='exact'")
+        if policy.scaling is not None:
+            return ScaledMode(policy, model, casts.for_policy(policy))
+        return AutocastMode(policy, model, recorder, accumulate)
+
+    mode = RoutingMode(policy, model, recorder, regime) if policy.overrides else regime(policy, model)
     with numba_on_torch_threads(torch):
         handles = mode.attach()
         try:

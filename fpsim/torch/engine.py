@@ -1,10 +1,19 @@
 """The torch engine: ``train(config)`` trains a torch model under a precision policy.
 
 The model is a built-in one (``fpsim.torch.models.MODELS``: ``char-gpt``,
-``cnn``) or ``config.model(**config.model_options)`` for a factory, on a
-classification data set (cross-entropy on the logits (B, K)) or a text
+``cnn``), a copy of a given ``torch.nn.Module``, or ``config.model(**config.model_options)``
+for a factory, which is also handed, as keyword arguments, the fields of
+``fpsim.torch.user_data.DataInfo`` it names among its parameters (vocabulary size,
+context length, classes, input features: ``call_factory``).  The data are a
+built-in classification data set (cross-entropy on the logits (B, K)) or a text
 (next-character cross-entropy on the logits (B, T, V); the model says its
-context length as ``model.config.block_size``).
+context length as ``model.config.block_size``), or the user's own
+(``fpsim.torch.user_data``: ``(x, y)`` arrays, a ``Dataset``, a ``DataLoader``, an
+iterable of batches, dicts as Hugging Face collators give), whose batches carry
+their context length.  The loss of a batch is ``loss_fn(output, targets)`` when
+given, else the model's own ``output.loss``, else the cross-entropy of its logits
+(a tensor, ``.logits``, ``["logits"]`` or ``[0]``) against the targets
+(``user_data.batch_loss``).
 
 A step is the recipe of ``fpsim.sim.step`` (cast, forward, scale, backward, unscale,
 check, update, record), the emulation standing in for ``torch.autocast`` as in nanoGPT's
@@ -21,7 +30,8 @@ they reach the stored weights).
 (SGD and momentum: ``lr / grad_scale``; Adam, AdamW: ``eps * grad_scale``), as
 in the numpy engine.  Everything random comes from ``seed`` through a numpy
 ``SeedSequence`` (initial weights via a ``torch.Generator``, batches, stochastic
-rounding); the run takes ``fpsim.numerics.threads.one_thread``, on which every
+rounding, and torch's global generator, which a user's model may draw from (dropout), set for the run
+and restored after it); the run takes ``fpsim.numerics.threads.one_thread``, on which every
 operation these models use (the embedding's backward, a scatter-add, included) runs in
 a fixed order, so the same configuration gives a bit-identical result (the tests compare
 two runs bit for bit; ``torch.use_deterministic_algorithms`` is not needed: it would only
@@ -43,16 +53,18 @@ cannot back off any further.  The result is the numpy engine's ``TrainResult``:
 for ``char-gpt`` ``test_loss`` is the validation loss in nats per character
 (bits per character: divide by ln 2) and ``test_accuracy`` is None; for the
 ``cnn`` both are measured on the test set.  Evaluation runs under the policy's
-forward formats, unrecorded.
+forward formats, unrecorded.  For user data, ``test_loss`` and ``test_accuracy``
+are measured on ``validation`` when given (``_Run.evaluate``) and are None
+without it (the run's config then shows ``validation: None``: nothing was held out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..numerics.threads import one_thread
 from ..numerics.formats import FP32
@@ -68,6 +80,9 @@ from ..sim.step import RoundedUpdates, TrainingStep, by_module
 from ..sim.vocabulary import OPTIMIZERS
 from .emulate import ROOT, emulate
 from .models import get_model
+from .outputs import logits_of
+from .user_data import (UserData, batch_loss, builtin_info, call_factory, cross_entropy, examples, forward,
+                        targets_of, to_double)
 
 EVAL_BATCH = 128
 """Validation windows (or test examples) per forward pass of the evaluation."""
@@ -82,28 +97,44 @@ def train_model(config, *, progress: bool = False) -> tuple[TrainResult, "torch.
     """``train``, also returning the trained model (its parameters: the weights as stored)."""
     policy = config.effective_policy
     _check_policy(policy)
-    init_seed, batch_seed, rounding_seed = np.random.SeedSequence(config.seed).spawn(3)
-    with one_thread():
+    init_seed, batch_seed, rounding_seed, forward_seed = np.random.SeedSequence(config.seed).spawn(4)
+    # torch's global generator, which a model's dropout draws from, runs from the seed and is restored after
+    with one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_of(forward_seed))
         model, data = _build(config, torch.Generator().manual_seed(seed_of(init_seed)))
         run = _Run(config, policy, model, data, np.random.default_rng(batch_seed),
-                   np.random.default_rng(rounding_seed))
+                   np.random.default_rng(rounding_seed), seed_of(batch_seed.spawn(1)[0]))
         return run.train(progress), model
 
 
 def _build(config, generator):
-    """The model (built-in, from ``MODELS``, or from a factory) and its data set."""
-    if callable(config.model):
+    """The model (built-in, from ``MODELS``, a copy of a given module, or from a factory told what the data
+    decide, ``fpsim.torch.user_data.call_factory``) and its data: a built-in data set or a ``UserData``."""
+    if not isinstance(config.model, str):
         if config.data is None:
-            raise ValueError("a model given as a factory needs data= (e.g. 'pydoc' for a character model, "
-                             "'mnist1d' for a classifier)")
-        data = load_data(config.data)
-        if data.task == "regression":
-            raise ValueError(f"the torch engine trains classifiers and language models; {data.name!r} is a "
-                             f"regression (train it with model='mlp')")
+            raise ValueError("a model given as a factory or a module needs data= (e.g. 'pydoc' for a character "
+                             "model, 'mnist1d' for a classifier, or your own (x, y), Dataset, DataLoader or "
+                             "batches)")
+        if isinstance(config.data, (str, dict)):
+            data = load_data(config.data)
+            if data.task == "regression":
+                raise ValueError(f"the torch engine trains classifiers and language models; {data.name!r} is a "
+                                 f"regression (train it with model='mlp')")
+            info = builtin_info(data)
+        else:
+            data = UserData(config.data)
+            info = data.info()
+        if config.validation is not None:
+            UserData(config.validation, "validation")  # its form checked before anything runs
+        if isinstance(config.model, torch.nn.Module):  # trained as a copy: the caller's module is left as it is
+            if config.model_options:
+                raise ValueError("model_options are a factory's arguments; a module given as model= is built "
+                                 "already: drop them")
+            return copy.deepcopy(config.model).float(), data
         # A factory initialises from torch's global generator: seed it from the run, then restore it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(generator.initial_seed())
-            model = config.model(**config.model_options)
+            model = call_factory(config.model, config.model_options, info)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
         return model.float(), data
@@ -222,10 +253,11 @@ class _Weights:
 class _Run:
     """The state of one run: model, data, weights and optimizer, scaler, recorder, random streams."""
 
-    def __init__(self, config, policy, model, data, batch_rng, rounding_rng):
+    def __init__(self, config, policy, model, data, batch_rng, rounding_rng, data_seed):
         self.config, self.policy, self.model, self.data = config, policy, model, data
-        self.language_model = data.task == "language-model"
-        self.batch_rng = batch_rng
+        self.user_data = isinstance(data, UserData)
+        self.language_model = not self.user_data and data.task == "language-model"
+        self.batch_rng, self.data_seed = batch_rng, data_seed
         self.scaler = LossScaler.for_policy(policy.loss_scale, config.scaler)
         self.params = _named_parameters(model)
         histogram_steps = (config.histogram_steps or ()) if config.histograms else ()
@@ -242,7 +274,9 @@ class _Run:
         self.shadow_model = None  # the float64 twin, made at the first shadow step
         # float32 BLAS accumulates in FP32; any other accumulation format needs fpsim.matmul's exact products
         self.accumulate = "native" if policy.accumulate == FP32 else "exact"
-        if self.language_model:
+        if self.user_data:
+            self.batches = data.training(config.batch_size, batch_rng, data_seed)
+        elif self.language_model:
             self.block_size = getattr(getattr(model, "config", None), "block_size", None)
             if not isinstance(self.block_size, int):
                 raise ValueError("a language model must say its context length as model.config.block_size "
@@ -262,18 +296,16 @@ class _Run:
     def forward_backward(self, batch, weights, seed):
         """Step 2 of the recipe inside ``emulate``, the backward pass started at ``seed``; the gradients as numpy
         views of the parameters' ``.grad`` (None where none flowed)."""
-        x, y = batch
         for _, param in self.params:
             param.grad = None
         with emulate(self.policy, model=self.model, recorder=self.recorder, accumulate=self.accumulate,
                      casts=self.casts):
-            loss = self.loss(self.model(x), y)
+            loss = batch_loss(forward(self.model, batch), batch, self.config.loss_fn)[0]
             loss.backward(torch.tensor(seed, dtype=loss.dtype))
         return float(loss.detach()), [None if p.grad is None else p.grad.numpy() for _, p in self.params], None
 
     def observe_shadow(self, batch, grads, saved) -> None:
         """Hand the recorder this step's weight gradients and those of its FP64 twin, per module."""
-        x, y = batch
         if self.shadow_model is None:
             self.shadow_model = copy.deepcopy(self.model).double()
         shadow_params = [param for _, param in _named_parameters(self.shadow_model)]
@@ -281,7 +313,8 @@ class _Run:
             for (_, param), twin in zip(self.params, shadow_params):
                 twin.copy_(param)
                 twin.grad = None
-        loss = self.loss(self.shadow_model(x.double() if x.is_floating_point() else x), y)
+        double = to_double(batch)
+        loss = batch_loss(forward(self.shadow_model, double), double, self.config.loss_fn)[0]
         loss.backward(torch.tensor(self.config.grad_scale, dtype=torch.float64))
         exact = [np.zeros(tuple(twin.shape)) if twin.grad is None else twin.grad.numpy() for twin in shadow_params]
         grads = [np.zeros(tuple(param.shape), dtype=np.float32) if grad is None else grad
@@ -290,11 +323,12 @@ class _Run:
         shadow_grads = by_module(modules, exact)
         self.recorder.observe_shadow(by_module(modules, grads), shadow_grads, shadow_grads)
 
-    def loss(self, logits, targets):
-        """Mean cross-entropy in nats: per token for a language model (B, T, V), per example otherwise."""
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-
     def next_batch(self):
+        """The next training batch: ``(x, y)`` tensors of a built-in data set, or the user's data's next batch
+        (``fpsim.torch.user_data``); the loss of either by ``user_data.batch_loss``'s rule (for a built-in
+        data set without ``loss_fn``: the mean cross-entropy in nats, per token for a language model)."""
+        if self.user_data:
+            return next(self.batches)
         if self.language_model:
             x, y = self.data.batch(self.batch_rng, self.config.batch_size, self.block_size)
             return torch.from_numpy(x), torch.from_numpy(y)
@@ -310,24 +344,46 @@ class _Run:
         return self._result(steps_run, diverged_step)
 
     def evaluate(self) -> tuple[float | None, float | None]:
-        """(accuracy, mean loss in nats) on the validation text or the test set, in the policy's forward
-        formats; accuracy is None for a language model."""
+        """(accuracy, mean loss) in the policy's forward formats, unrecorded, on the validation text or the test
+        set of a built-in data set (accuracy None for a language model), or on the user's ``validation`` data
+        ((None, None) without it); ``_evaluate`` says how."""
+        if self.user_data:
+            if self.config.validation is None:
+                return None, None
+            return self._evaluate(UserData(self.config.validation, "validation").evaluation(EVAL_BATCH,
+                                                                                             self.data_seed))
         if self.language_model:
             x, y = (torch.from_numpy(a) for a in self.data.validation_windows(self.block_size))
         else:
             x = torch.from_numpy(self.data.x_test.astype(np.float32))
             y = torch.from_numpy(self.data.y_test)
-        total_loss, correct = 0.0, 0
+        accuracy, loss = self._evaluate((x[s:s + EVAL_BATCH], y[s:s + EVAL_BATCH]) for s in range(0, len(x),
+                                                                                                 EVAL_BATCH))
+        return (None if self.language_model else accuracy), loss
+
+    def _evaluate(self, batches) -> tuple[float | None, float | None]:
+        """(accuracy, loss) over ``batches``, every example once.  With the engine's cross-entropy: the loss in
+        nats summed over the targets (a target of -100 left out) divided by their number, and the share of
+        those targets whose largest logit is the target's; with ``loss_fn`` or the model's own ``.loss``: the
+        batches' losses weighted by their examples, and accuracy None."""
+        total, count, correct, engine_loss = 0.0, 0, 0, True
         casts = self.casts.for_evaluation() if self.casts is not None else None
-        with torch.no_grad(), emulate(self.policy, model=self.model, accumulate=self.accumulate, casts=casts):
-            for start in range(0, len(x), EVAL_BATCH):
-                logits = self.model(x[start:start + EVAL_BATCH])
-                targets = y[start:start + EVAL_BATCH]
-                total_loss += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                                    reduction="sum"))
-                correct += int((logits.argmax(-1) == targets).sum())
-        accuracy = None if self.language_model else correct / y.numel()
-        return accuracy, json_float(total_loss / y.numel())
+        with torch.no_grad(), evaluation_mode(self.model), emulate(self.policy, model=self.model,
+                                                                   accumulate=self.accumulate, casts=casts):
+            for batch in batches:
+                output = forward(self.model, batch)
+                loss, engine_loss = batch_loss(output, batch, self.config.loss_fn)
+                if not engine_loss:
+                    total, count = total + float(loss) * examples(batch), count + examples(batch)
+                    continue
+                targets = targets_of(batch)
+                kept = targets != -100
+                total += float(cross_entropy(output, targets, reduction="sum"))
+                count += int(kept.sum())
+                correct += int((logits_of(output).argmax(-1) == targets)[kept].sum())
+        if count == 0:
+            raise ValueError("validation holds no example (or only targets of -100)")
+        return (correct / count if engine_loss else None), json_float(total / count)
 
     def _result(self, steps_run, diverged_step) -> TrainResult:
         accuracy, test_loss = self.evaluate()
@@ -340,6 +396,20 @@ class _Run:
         return result_of_run(self.config.to_dict(), self.policy.name, self.recorder, self.scaler,
                              steps_run=steps_run, diverged_step=diverged_step, test_accuracy=accuracy,
                              test_loss=test_loss, layers=layers)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model):
+    """``model.eval()`` (no dropout; batch norm on its running statistics) for the evaluation, each module's
+    own mode restored after: the run trains in the mode the model comes in (a module built fresh is in
+    training mode; call ``.eval()`` on it to train without dropout)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.train(training)
 
 
 def _named_parameters(model) -> list[tuple[str, "torch.nn.Parameter"]]:

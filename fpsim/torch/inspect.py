@@ -58,6 +58,7 @@ from ..numerics.formats import FP16, Format, get_format
 from ..numerics.rounding import round as round_to
 from ..sim.vocabulary import Kind
 from .emulate import tensors_of
+from .outputs import logits_of
 
 KINDS = (Kind.ACTIVATIONS, Kind.ACTIVATION_GRADS, Kind.WEIGHT_GRADS)
 """The kinds one FP32 pass measures (no update is taken)."""
@@ -164,7 +165,9 @@ class Inspection:
 def inspect(model, inputs, *, loss_fn=None, formats=DEFAULT_FORMATS) -> Inspection:
     """One FP32 forward and backward of ``model`` on ``inputs``, measured against ``formats`` (see module doc).
 
-    inputs: a tensor or a tuple of tensors, passed as ``model(*inputs)``.  loss_fn:
+    inputs: a tensor or a tuple of positional inputs, passed as ``model(*inputs)``, or a dict of keyword inputs,
+    passed as ``model(**inputs)`` (what a Hugging Face tokenizer or collator gives:
+    ``inspect(model, {"input_ids": ids, "attention_mask": mask})``).  loss_fn:
     ``loss_fn(output) -> scalar tensor``; None: the sum of the output or of its logits
     (``default_loss``).  The model's ``.grad`` fields are left as this backward pass makes them.
     """
@@ -195,7 +198,8 @@ def kept_values(model, inputs, *, loss_fn=None) -> int:
 
 def _capture(model, inputs, loss_fn) -> dict:
     """(module path, kind) -> the FP32 tensors of one forward and backward of ``model`` (see ``inspect``)."""
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not isinstance(inputs, (tuple, Mapping)):
+        inputs = (inputs,)
     values: dict = {}
     handles = []
 
@@ -215,7 +219,7 @@ def _capture(model, inputs, loss_fn) -> dict:
     try:
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            output = model(*inputs)
+            output = model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
             loss = default_loss(output) if loss_fn is None else loss_fn(output)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError("loss_fn must return a scalar tensor")
@@ -243,16 +247,10 @@ def plot_format(path) -> str:
 
 
 def default_loss(output) -> torch.Tensor:
-    """The sum of ``output`` (a tensor) or of its logits: ``output.logits``, ``output["logits"]`` or
-    ``output[0]``; TypeError, one line, when none of them is a tensor."""
-    logits = output
-    if not isinstance(logits, torch.Tensor):
-        logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if logits is None and isinstance(output, (tuple, list)) and output:
-        logits = output[0]
-    if not isinstance(logits, torch.Tensor):
+    """The sum of ``output`` (a tensor) or of its logits (``fpsim.torch.outputs.logits_of``: ``output.logits``,
+    ``output["logits"]`` or ``output[0]``); TypeError, one line, when none of them is a tensor."""
+    logits = logits_of(output)
+    if logits is None:
         raise TypeError(f"inspect's default loss sums the model's logits, and its {type(output).__name__} output "
                         f"has none (no tensor as .logits, ['logits'] or [0]): pass loss_fn=lambda output: ...")
     return logits.sum()

@@ -5,7 +5,9 @@ convolution, forward and backward) by the run's ``fpsim.sim.scaling.ScaledCasts`
 ``params``, forward operands as ``activations``, the incoming gradients of the backward products as
 ``gradients``; a forward operand that the backward pass reads again (the saved input of a linear layer) is
 cast again as an activation, along the axis that product reduces.  Every output and every other operation
-stays FP32; the recipes' scales are keyed by (operand kind, module path).
+stays FP32; the recipes' scales are keyed by (operand kind, module path).  A backward product whose
+operands are a saved activation and a gradient is a weight-gradient product (``ScaledCasts.cast``'s
+``weight_gradient``: where a recipe applies its Hadamard transform).
 
 Under a GPU ``accumulate`` (``Policy.tensor_core``) the listed products run on that tensor core instead of
 FP32 BLAS: each operand cast into its elements and FP32 factors (``fpsim.sim.tensor_core.operand``), the
@@ -19,9 +21,8 @@ reduction (kernel window and channels) mixes; such a recipe is refused with a Va
 
 from __future__ import annotations
 
-import torch
-
 import numpy as np
+import torch
 
 from ..sim.tensor_core import operand, scaled_product
 from .mode import EMULATED_DTYPES, EmulationMode
@@ -55,21 +56,23 @@ class ScaledMode(EmulationMode):
         node = _current_node()
         path = self.paths.current(node)
         args = list(args)
+        kinds = {index: self._kind(args[index], node is not None) for index in op.scaled_operands}
+        # a backward product of a saved forward operand and a gradient (no weight) is a weight gradient
+        weight_gradient = node is not None and set(kinds.values()) == {"activations", "gradients"}
         if self.policy.tensor_core is not None:
-            return self._on_tensor_core(func, args, kwargs, op, node is None, path)
+            return self._on_tensor_core(func, args, kwargs, op, kinds, weight_gradient, path)
         for index, axis in op.scaled_operands.items():
-            kind = self._kind(args[index], node is not None)
-            if kind is not None:
+            if kinds[index] is not None:
                 values = args[index].detach().numpy()
-                args[index] = torch.from_numpy(self.casts.cast(values, kind, path, axis=axis % values.ndim))
+                args[index] = torch.from_numpy(self.casts.cast(values, kinds[index], path, axis=axis % values.ndim,
+                                                               weight_gradient=weight_gradient))
         return self.run_fp32(func, op, args, kwargs)
 
     handlers = {VIEW: _run, MOVE: _run, FP32_OPS: _compute, MATMUL: _compute, PROMOTE: _compute}
 
-    def _kind(self, tensor, backward: bool) -> str | None:
-        """The kind ``tensor`` is cast as, an operand of a listed product: weights as params; in the backward
-        pass, a saved forward operand as an activation and anything else as a gradient.  None: not cast (not an
-        emulated tensor, or one of the model's buffers)."""
+    def _kind(self, tensor, backward: bool):
+        """The operand kind ``tensor`` is cast as in a product (None: left as it is): weights as params; in the
+        backward pass, a saved forward operand as an activation and anything else as a gradient."""
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in EMULATED_DTYPES:
             return None
         address = tensor.untyped_storage().data_ptr()
@@ -83,16 +86,18 @@ class ScaledMode(EmulationMode):
             return "activations"
         return "activations" if address in self._forward_operands else "gradients"
 
-    def _on_tensor_core(self, func, args, kwargs, op: OpPlacement, forward: bool, path: str):
-        """A listed product on the policy's tensor core, its operands cast into elements and factors."""
+    def _on_tensor_core(self, func, args, kwargs, op: OpPlacement, kinds: dict, weight_gradient: bool, path: str):
+        """A listed product on the policy's tensor core, its operands (of ``kinds``, by position) cast into
+        elements and factors."""
+        forward = _current_node() is None
         parts = {}  # argument position -> its elements and factors
         for index, axis in op.scaled_operands.items():
-            kind = self._kind(args[index], not forward)
+            kind = kinds[index]
             if kind is None:
                 raise ValueError(f"{func.overloadpacket.__name__} multiplies a {args[index].dtype} tensor or a "
                                  f"buffer: a tensor core's scaled product takes the model's float32 tensors")
             values = args[index].detach().numpy()
-            parts[index] = operand(self.casts, values, kind, path, axis % values.ndim)
+            parts[index] = operand(self.casts, values, kind, path, axis % values.ndim, weight_gradient=weight_gradient)
         elements = [torch.from_numpy(parts[index].elements) if index in parts else arg
                     for index, arg in enumerate(args)]
         position = {id(elements[index]): index for index in parts}
@@ -119,4 +124,3 @@ class ScaledMode(EmulationMode):
             cast = torch.from_numpy((g.elements * np.float64(g.factors)).astype(np.float32))
             out = (*out[:2], cast.sum(dim=[d for d in range(cast.dim()) if d != 1]))
         return out
-
