@@ -11,6 +11,12 @@ forward, split backward (TE's default), and, one more line, fast everywhere.  Ea
 is the best of ``--repeats`` steps, the cases interleaved round by round; wall and CPU time.
 ``--profile`` prints where the H100 step's time goes (cProfile, top functions by own time).
 
+Measured on the 2 shared cores of the development machine (batch 32, one thread, four runs): 3.2x to 3.8x
+in CPU time (FP32 step 182-195 ms, H100 step 620-690 ms); of the H100 step's time about half is the
+tensor-core kernel (``fpsim.ops._tensor_core_kernels``, 27 products), a sixth the dtype conversions around
+it (ml_dtypes' FP8 dtypes for the backward products, which mix E5M2 and E4M3 operands), and the casts the
+FP32 step makes too.
+
     python benchmarks/bench_hardware_training.py [--batch-size 32] [--repeats 5] [--threads 1] [--profile]
 """
 
