@@ -2,7 +2,8 @@
 
 Each layer's forward and backward sit side by side (as in micrograd).  The
 arithmetic comes from a ``Compute`` object: matrix products through
-``fpsim.matmul`` (partial sums in the policy's ``accumulate`` format) and every
+``fpsim.matmul`` (partial sums in the policy's ``accumulate`` format, or on its GPU's
+tensor-core model: ``Compute._tensor_core``) and every
 rounding of a tensor into its storage format through ``Compute.round``, which
 shows the values before and after to the recorder.  Nothing in the model counts
 or knows about the recorder.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..numerics.formats import FP32, FP64
+from ..sim import tensor_core
 from ..sim.policy import Policy
 from ..sim.scaling import ScaledCasts
 from ..ops.reductions import matmul
@@ -57,8 +59,10 @@ class Compute:
         self._override_casts = None  # a 16-bit run's casts for its scaled overrides
         self.formats = {"activations": policy.activations, "activation_grads": policy.gradients,
                         "weight_grads": policy.gradients}
+        self.accumulator = FP32 if policy.tensor_core is not None else policy.accumulate
+        """The format the products come out in: ``accumulate``, or FP32 from a tensor core."""
         fits = all(f.fits_float32 for f in (policy.params, policy.activations, policy.gradients,
-                                            policy.accumulate, policy.loss))
+                                            self.accumulator, policy.loss))
         self.dtype = np.dtype(np.float32 if fits else np.float64)
         """Container of every compute tensor: float32 when all the formats' values are float32s."""
 
@@ -71,18 +75,32 @@ class Compute:
         them.  Under a scaling recipe each is cast by ``casts``, blocks along the reduction axis
         (a's rows, b's columns).
         """
+        module = module_name(layer)
+        weight_gradient = {a_kind, b_kind} == {"activations", "gradients"}
+        a_format, b_format = getattr(self.policy, a_kind), getattr(self.policy, b_kind)
+        if self.casts is None and self.rounds_operands:
+            a, b = (round_to(a, a_format).astype(self.dtype), round_to(b, b_format).astype(self.dtype))
+        if self.policy.tensor_core is not None:
+            return self._tensor_core(a, b, a_kind, b_kind, module, weight_gradient)
         if self.casts is not None:
-            module = module_name(layer)
-            weight_gradient = {a_kind, b_kind} == {"activations", "gradients"}
             a = self.casts.cast(a, a_kind, module, axis=-1, weight_gradient=weight_gradient)
             b = self.casts.cast(b, b_kind, module, axis=0, weight_gradient=weight_gradient)
             inputs = FP32  # dequantized operands are float32 values
         else:
-            a_format, b_format = getattr(self.policy, a_kind), getattr(self.policy, b_kind)
-            if self.rounds_operands:
-                a, b = (round_to(a, a_format).astype(self.dtype), round_to(b, b_format).astype(self.dtype))
             inputs = a_format if a_format == b_format else None
         return self._product(a, b, inputs)
+
+    def _tensor_core(self, a, b, a_kind: str, b_kind: str, module: str, weight_gradient: bool) -> np.ndarray:
+        """a @ b on the policy's GPU tensor-core model (``fpsim.sim.tensor_core``): the operands in their kinds'
+        formats (FP32 ones as TF32), or, under a scaling recipe, cast into elements and factors; the forward
+        product (activations by params) fast-accumulated or split as ``Policy.splits`` says."""
+        forward = (a_kind, b_kind) == ("activations", "params")
+        if self.casts is None:
+            return tensor_core.product(a, b, getattr(self.policy, a_kind), getattr(self.policy, b_kind),
+                                       self.policy, forward=forward).astype(self.dtype, copy=False)
+        a, b = (tensor_core.operand(self.casts, a, a_kind, module, a.ndim - 1, weight_gradient=weight_gradient),
+                tensor_core.operand(self.casts, b, b_kind, module, 0, weight_gradient=weight_gradient))
+        return tensor_core.scaled_product(a, b, self.policy, forward=forward).astype(self.dtype, copy=False)
 
     def for_layer(self, layer: int, layers: int) -> "Compute":
         """The arithmetic of layer ``layer`` of ``layers``: this one, or, under per-module overrides
@@ -114,23 +132,25 @@ class Compute:
         return compute
 
     def column_sum(self, dz: np.ndarray) -> np.ndarray:
-        """1^T dz (a bias gradient) as a product, with the same accumulation; ``dz`` is never cast (the recipes
-        take the bias gradient from the unquantized gradient)."""
+        """1^T dz (a bias gradient) as a product, with the same accumulation (a sum in FP32 with a tensor core:
+        a CUDA-core reduction); ``dz`` is never cast (the recipes take the bias gradient from the unquantized
+        gradient)."""
         ones = np.ones((1, dz.shape[0]), dtype=self.dtype)
         return self._product(ones, dz, FP32 if self.casts is not None else self.policy.gradients)[0]
 
     def _product(self, a, b, inputs):
-        return matmul(a, b, inputs=inputs, accumulate=self.policy.accumulate).astype(self.dtype, copy=False)
+        return matmul(a, b, inputs=inputs, accumulate=self.accumulator).astype(self.dtype, copy=False)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """a + b (broadcasting) rounded once to the ``accumulate`` format, as a fused bias epilogue does."""
-        return round_to(np.add(a, b, dtype=np.float64), self.policy.accumulate).astype(self.dtype, copy=False)
+        """a + b (broadcasting) rounded once to the products' format (``accumulator``), as a fused bias epilogue
+        does (FP32 on a tensor core)."""
+        return round_to(np.add(a, b, dtype=np.float64), self.accumulator).astype(self.dtype, copy=False)
 
     def round(self, values: np.ndarray, kind: str, layer: int) -> np.ndarray:
         """``values`` rounded to nearest into the format of ``kind``; the recorder sees both.  Under a scaling
         recipe a product's output stays in the accumulation format, unrecorded (its casts are recorded)."""
         if self.casts is not None:
-            return round_to(values, self.policy.accumulate).astype(self.dtype, copy=False)
+            return round_to(values, self.accumulator).astype(self.dtype, copy=False)
         fmt = self.formats[kind]
         rounded = round_to(values, fmt).astype(self.dtype, copy=False)
         if self.recorder is not None:

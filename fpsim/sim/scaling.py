@@ -307,6 +307,14 @@ class ScaledCasts:
         ``weight_gradient``: the operand of a weight-gradient product (where a ``hadamard`` recipe transforms
         it first: the result is then the transformed operand's quantization, R^T x, which the product's other
         operand, transformed alike, undoes)."""
+        return self.cast_with_scales(values, kind, module, axis, weight_gradient=weight_gradient)[0]
+
+    def cast_with_scales(self, values: np.ndarray, kind: str, module: str, axis: int = -1, *,
+                         weight_gradient: bool = False):
+        """``cast``, with what a tensor core applies after the product (``fpsim.sim.tensor_core``): (dequantized
+        values, the FP32 dequantization factors X (RN32(1 / s) for an FP32 scale s; a 0-d array per tensor,
+        ``axis`` holding one per row or per block), the values per block along ``axis`` (a pair for 2-D tiles)
+        or None)."""
         recipe, fmt = self.recipes[kind], self.formats[kind]
         if recipe.hadamard and weight_gradient:
             values = self._transformed(values, axis, module)
@@ -314,9 +322,11 @@ class ScaledCasts:
         rounding = {"mode": "stochastic", "rng": self._rng} if recipe.stochastic else {}
         if recipe.kind == "none":
             out, unit = round_to(values, fmt, saturate=True, **rounding), np.float64(1.0)
+            factors = unit
         elif recipe.kind == "delayed":
             scaler = self._delayed_scaler(kind, module, fmt)
             out, unit = quantize(values, fmt, scale=float(scaler.scale), **rounding), 1.0 / np.float64(scaler.scale)
+            factors = div(1.0, scaler.scale, FP32)
             if self.learning:
                 scaler.record(np.max(np.abs(values), initial=0.0))
         elif recipe.kind == "block":
@@ -325,16 +335,19 @@ class ScaledCasts:
             out, unit = quantize(values, recipe.block, axis=-1 if isinstance(block, tuple) else axis,
                                  block_size=block, return_scales=True, **rounding,
                                  scale_rounding=recipe.scale_rounding if preset.scale_format == "e8m0" else None)
+            factors = unit  # powers of two, or NVFP4's FP32 d
         elif recipe.power_of_two:  # x / X with X = 1 / s a power of two
             out, unit = quantize(values, fmt, scaling=recipe.kind, axis=axis, scale_format="e8m0",
                                  scale_rounding="floor-scale", return_scales=True, **rounding)
+            factors = unit
         else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
             out, scales = quantize(values, fmt, scaling=recipe.kind, axis=axis, return_scales=True, **rounding)
             unit = 1.0 / scales
+            factors = div(1.0, scales, FP32)
         out = np.asarray(out, dtype=values.dtype)
         if self.recorder is not None:
             self._observe(kind, module, values, out, np.asarray(unit, dtype=np.float64), axis, block, fmt)
-        return out
+        return out, np.asarray(factors, dtype=np.float32), block
 
     @staticmethod
     def _transformed(values: np.ndarray, axis: int, module: str) -> np.ndarray:

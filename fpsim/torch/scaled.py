@@ -8,15 +8,29 @@ cast again as an activation, along the axis that product reduces.  Every output 
 stays FP32; the recipes' scales are keyed by (operand kind, module path).  A backward product whose
 operands are a saved activation and a gradient is a weight-gradient product (``ScaledCasts.cast``'s
 ``weight_gradient``: where a recipe applies its Hadamard transform).
+
+Under a GPU ``accumulate`` (``Policy.tensor_core``) the listed products run on that tensor core instead of
+FP32 BLAS: each operand cast into its elements and FP32 factors (``fpsim.sim.tensor_core.operand``), the
+elements multiplied on the tensor core and the factors applied after (``scaled_product``: per tensor or row
+in the epilogue, per block along K as FP32 promotion at each block), forward products fast-accumulated or
+split as ``Policy.fast_accumulation`` says.  Convolutions are lowered to products
+(``fpsim.torch.products.convolution``) and take per-tensor recipes only (tensor, delayed, none): a row or
+block of a convolution's operand runs along its channels at each position, which a lowered product's
+reduction (kernel window and channels) mixes; such a recipe is refused with a ValueError.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..sim.tensor_core import operand, scaled_product
 from .mode import EMULATED_DTYPES, EmulationMode
 from .placement import FP32 as FP32_OPS
 from .placement import MATMUL, MOVE, PROMOTE, VIEW, OpPlacement
+from .products import EXACT_OPS, convolution, to_torch
+
+aten = torch.ops.aten
 
 _current_node = torch._C._current_autograd_node
 
@@ -45,6 +59,8 @@ class ScaledMode(EmulationMode):
         kinds = {index: self._kind(args[index], node is not None) for index in op.scaled_operands}
         # a backward product of a saved forward operand and a gradient (no weight) is a weight gradient
         weight_gradient = node is not None and set(kinds.values()) == {"activations", "gradients"}
+        if self.policy.tensor_core is not None:
+            return self._on_tensor_core(func, args, kwargs, op, kinds, weight_gradient, path)
         for index, axis in op.scaled_operands.items():
             if kinds[index] is not None:
                 values = args[index].detach().numpy()
@@ -69,3 +85,42 @@ class ScaledMode(EmulationMode):
                 self._forward_operands[address] = tensor
             return "activations"
         return "activations" if address in self._forward_operands else "gradients"
+
+    def _on_tensor_core(self, func, args, kwargs, op: OpPlacement, kinds: dict, weight_gradient: bool, path: str):
+        """A listed product on the policy's tensor core, its operands (of ``kinds``, by position) cast into
+        elements and factors."""
+        forward = _current_node() is None
+        parts = {}  # argument position -> its elements and factors
+        for index, axis in op.scaled_operands.items():
+            kind = kinds[index]
+            if kind is None:
+                raise ValueError(f"{func.overloadpacket.__name__} multiplies a {args[index].dtype} tensor or a "
+                                 f"buffer: a tensor core's scaled product takes the model's float32 tensors")
+            values = args[index].detach().numpy()
+            parts[index] = operand(self.casts, values, kind, path, axis % values.ndim, weight_gradient=weight_gradient)
+        elements = [torch.from_numpy(parts[index].elements) if index in parts else arg
+                    for index, arg in enumerate(args)]
+        position = {id(elements[index]): index for index in parts}
+
+        def multiply(a, of_a, b, of_b):  # a and b hold values of the element tensors of_a and of_b
+            a_part, b_part = parts[position[id(of_a)]], parts[position[id(of_b)]]
+            result = scaled_product(a_part._replace(elements=a.numpy()), b_part._replace(elements=b.numpy()),
+                                    self.policy, forward=forward)
+            return to_torch(result, args[position[id(of_a)]].dtype)
+
+        op_packet = func.overloadpacket
+        if op_packet in EXACT_OPS:
+            first = 0 if op_packet in (aten.mm, aten.bmm) else 1
+            out = multiply(elements[first], elements[first], elements[first + 1], elements[first + 1])
+            return out if first == 0 else kwargs.get("beta", 1) * args[0] + kwargs.get("alpha", 1) * out
+        if any(part.factors.ndim for part in parts.values()):
+            raise ValueError("a convolution on a tensor core takes per-tensor scaling (tensor, delayed, none); "
+                             "its operands' rows or blocks run along the channels, which the lowered product mixes "
+                             "with the kernel window: use a per-tensor recipe or an IEEE accumulate")
+        out = convolution(func, elements, multiply)
+        if op_packet is aten.convolution_backward and out[2] is not None:
+            # the bias gradient: the cast gradient RN32(q X) summed in FP32, as the FP32-accumulating recipe has it
+            g = parts[0]
+            cast = torch.from_numpy((g.elements * np.float64(g.factors)).astype(np.float32))
+            out = (*out[:2], cast.sum(dim=[d for d in range(cast.dim()) if d != 1]))
+        return out
