@@ -13,8 +13,12 @@ The training step (``fpsim.sim.step``, where the recipe is stated) reads its fie
 5. update: the optimizer's state in ``optimizer_state``, the update rounded into the
    weights' format with ``update_rounding``, optionally Kahan-compensated (``kahan``).
 
-Every preset accumulates matrix products in FP32, as tensor cores do with FP16
-and BF16 inputs; a policy with ``accumulate="fp16"`` is one field away.
+Every preset accumulates matrix products in FP32 (IEEE, correctly rounded after each
+product); a policy with ``accumulate="fp16"`` is one field away, and one with
+``accumulate="H100"`` (any GPU model of ``fpsim.hardware``) computes every matrix
+product as that GPU's tensor core does (``fpsim.matmul(accumulate=GPU)``: fused steps,
+truncated alignment, FP32 output rounded toward zero), with ``fast_accumulation``
+and ``promote_every`` saying where the FP8 products promote their partial sums to FP32.
 
 A policy with a ``scaling`` recipe (FP8 / MX training, ``SCALED_POLICIES``) reads
 step 2 as the FP8 recipes run it (torchao's ``Float8Linear``, Transformer Engine's
@@ -35,8 +39,10 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, Format, get_format
+from ..numerics.formats import BF16, E2M1, E4M3, E5M2, FORMATS, FP16, FP32, TF32, Format, get_format
 from ..ops.quantize import PRESETS
+from ..ops.reductions import _accumulate_format
+from ..ops.tensor_cores import input_path, parse_gpu
 from .loss_scaling import loss_scale_of
 from .scaling import Scaling, delayed_scaled_max
 from .vocabulary import OPERAND_KINDS
@@ -50,6 +56,10 @@ does (matrix products in 16 bits; softmax, norms, exp/log, sums and losses in FP
 precision of their inputs); ``"low-precision"`` runs every operation in them (pure 16-bit, ``model.half()``)."""
 
 _FORMAT_FIELDS = ("params", "activations", "gradients", "accumulate", "optimizer_state", "loss")
+"""The fields that hold a Format (``accumulate`` may instead name a GPU model: ``Policy.tensor_core``)."""
+
+FAST_ACCUMULATIONS = ("forward", "all", "none")
+"""Which FP8 products keep the tensor core's accumulator over the whole reduction (see ``Policy.fast_accumulation``)."""
 
 MAX_POLICY_FILE_BYTES = 1 << 20
 """Largest JSON policy file read (a policy is a few hundred bytes; this refuses a wrong path, e.g. a data set)."""
@@ -67,8 +77,30 @@ class Policy:
     """Format the layers' outputs are rounded to."""
     gradients: Format = FP32
     """Format the activation gradients and the weight gradients are rounded to."""
-    accumulate: Format = FP32
-    """Format of the partial sums inside every matrix product."""
+    accumulate: Format | str = FP32
+    """Format of the partial sums inside every matrix product (IEEE: each product added exactly, the sum rounded
+    to it), or the name of a GPU tensor-core model as ``fpsim.matmul`` takes it ("H100", "a100",
+    "H100:mma.sync", ...; ``fpsim.hardware``), stored canonically as "GPU:instruction" ("H100:wgmma").  With a
+    GPU model every matrix product (both engines; in the torch engine mm, addmm, bmm, baddbmm and the
+    convolutions, forward and backward) is ``fpsim.matmul(..., accumulate=GPU)`` on its rounded operands, the
+    operands' formats picking the path (FP16, BF16, E4M3 / E5M2; FP32 operands enter the TF32 path,
+    truncated, as PyTorch's ``allow_tf32`` and cuDNN's default for convolutions run them); the bias is added
+    after, in FP32 (cuBLASLt's bias epilogue).  Every pair of operand formats a product meets (params with
+    activations forward, gradients with params and with activations backward) must have a path."""
+    fast_accumulation: str = "forward"
+    """With a GPU ``accumulate``: which FP8 products (both operands E4M3 / E5M2) keep the tensor core's
+    accumulator over their whole reduction ("fast accumulation"); the others split it, promoting the partial
+    sum to FP32 every ``promote_every`` products (``fpsim.matmul(order=f"blocked:{promote_every}")``: the
+    chain within each run, the runs added in FP32 rounded to nearest on the CUDA cores).  ``"forward"``
+    (Transformer Engine's default, ``use_split_accumulator``: False for the forward GEMM, True for the two
+    backward GEMMs, dgrad and wgrad; ``transformer_engine/pytorch/module/linear.py``), ``"all"`` (every
+    product fast, torch ``_scaled_mm(use_fast_accum=True)``), ``"none"`` (every product split, DeepSeek-V3's
+    promotion, arXiv 2412.19437 3.3.2).  16-bit and TF32 products never split: cuBLASLt's
+    ``CUBLASLT_MATMUL_DESC_FAST_ACCUM`` and TE's ``use_split_accumulator`` are FP8-only options, and their
+    tensor-core accumulator keeps FP32's 23 fraction bits and more (25 on Hopper), so nothing promotes them.
+    Block-scaled products (MX, NVFP4) promote at every block anyway (see ``fpsim.torch.scaled``)."""
+    promote_every: int = 128
+    """Products per run of a split FP8 product (DeepSeek-V3's N_C = 128, the K of one wgmma tile); > 0."""
     master: Format | None = None
     """Format of a master copy of the weights that receives the updates; None: update ``params`` in place."""
     optimizer_state: Format = FP32
@@ -96,7 +128,10 @@ class Policy:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"policy name must be a non-empty string, got {self.name!r}")
         for field in _FORMAT_FIELDS:
-            object.__setattr__(self, field, get_format(getattr(self, field)))
+            if field != "accumulate":
+                object.__setattr__(self, field, get_format(getattr(self, field)))
+        object.__setattr__(self, "accumulate", _accumulator(self.accumulate))
+        self._check_tensor_core()
         if self.master is not None:
             object.__setattr__(self, "master", get_format(self.master))
         object.__setattr__(self, "loss_scale", loss_scale_of(self.loss_scale))
@@ -132,6 +167,40 @@ class Policy:
             if self.placement != "autocast" or self.master is None:
                 raise ValueError("a scaling recipe quantizes the products' operands of an FP32 model: keep "
                                  "placement='autocast' and master weights (master='fp32')")
+
+    def _check_tensor_core(self) -> None:
+        """``fast_accumulation`` and ``promote_every`` valid (and left at their defaults without a GPU model);
+        with one, a tensor-core path for every pair of operand formats a product meets."""
+        if self.fast_accumulation not in FAST_ACCUMULATIONS:
+            raise ValueError(f"fast_accumulation must be one of {', '.join(FAST_ACCUMULATIONS)}, "
+                             f"got {self.fast_accumulation!r}")
+        if isinstance(self.promote_every, bool) or not isinstance(self.promote_every, int) or self.promote_every < 1:
+            raise ValueError(f"promote_every must be a positive integer, got {self.promote_every!r}")
+        if self.tensor_core is None:
+            if (self.fast_accumulation, self.promote_every) != ("forward", 128):
+                raise ValueError(f"fast_accumulation and promote_every apply to a GPU accumulate (e.g. 'H100'); "
+                                 f"policy {self.name!r} accumulates in {_describe_format(self.accumulate)}: "
+                                 f"leave them at their defaults")
+            return
+        for first, second in (("params", "activations"), ("gradients", "params"), ("gradients", "activations")):
+            a, b = getattr(self, first), getattr(self, second)
+            if input_path(*tensor_core_operands(a, b)) is None:
+                raise ValueError(f"accumulate={self.accumulate!r} multiplies fp16, bf16, e4m3 or e5m2 operands "
+                                 f"(fp32 as tf32), in pairs of one format or both FP8; policy {self.name!r} "
+                                 f"multiplies {first} ({a.name}) with {second} ({b.name}): choose formats it takes "
+                                 f"or an IEEE accumulate (e.g. 'fp32')")
+
+    @property
+    def tensor_core(self) -> str | None:
+        """The GPU model ("H100:wgmma") when ``accumulate`` names one, else None (an IEEE accumulation format)."""
+        return self.accumulate if isinstance(self.accumulate, str) else None
+
+    def splits(self, forward: bool, fmt_a: Format, fmt_b: Format) -> bool:
+        """Whether a product of ``fmt_a`` by ``fmt_b`` operands (forward or backward) promotes its partial sums
+        to FP32 every ``promote_every`` products (``fast_accumulation``: FP8 products only)."""
+        if self.tensor_core is None or input_path(fmt_a, fmt_b) != "fp8":
+            return False
+        return self.fast_accumulation == "none" or (self.fast_accumulation == "forward" and not forward)
 
     @property
     def weights(self) -> Format:
@@ -237,7 +306,8 @@ class Policy:
         """One line: the format of each tensor, the loss scaling, the update rule and every scaling recipe with
         its settings; two policies that train differently never describe alike."""
         update = "kahan" if self.kahan else self.update_rounding
-        formats = {field: _describe_format(getattr(self, field)) for field in _FORMAT_FIELDS}
+        formats = {field: _describe_format(getattr(self, field)) for field in _FORMAT_FIELDS if field != "accumulate"}
+        formats["accumulate"] = self._describe_accumulate()
         return (f"{self.name}: params {formats['params']}, activations {formats['activations']}, gradients "
                 f"{formats['gradients']}, accumulate {formats['accumulate']}, master "
                 f"{_describe_format(self.master) if self.master else 'none'}, optimizer state "
@@ -246,6 +316,31 @@ class Policy:
                 + ("products' operands only (FP8 recipe)" if self.scaling is not None else self.placement)
                 + "".join(f", {kind} scaling {_describe_scaling(dict(self.scaling).get(kind, Scaling()))}"
                           for kind in (OPERAND_KINDS if self.scaling is not None else ())))
+
+
+    def _describe_accumulate(self) -> str:
+        """The format, or the GPU model with the FP8 products' fast / split accumulation."""
+        if self.tensor_core is None:
+            return _describe_format(self.accumulate)
+        split = {"forward": "fast forward, backward split", "all": "fast everywhere",
+                 "none": "split everywhere"}[self.fast_accumulation]
+        return f"{self.tensor_core} tensor core (FP8 products {split}, promoted to FP32 every {self.promote_every})"
+
+
+def tensor_core_operands(fmt_a: Format, fmt_b: Format) -> tuple[Format, Format]:
+    """The formats a tensor core multiplies for operands of ``fmt_a`` and ``fmt_b``: FP32 as TF32."""
+    return tuple(TF32 if fmt == FP32 else fmt for fmt in (fmt_a, fmt_b))
+
+
+def _accumulator(value) -> Format | str:
+    """``accumulate`` checked: a GPU model's canonical name ("H100:wgmma"), or a Format; a one-line ValueError
+    naming the formats and the GPU models otherwise."""
+    gpu = parse_gpu(value)
+    if gpu is not None:
+        return f"{gpu[0]}:{gpu[1]}"
+    if isinstance(value, dict):
+        return Format(**value)
+    return _accumulate_format(value)
 
 
 def _describe_scaling(scaling: Scaling) -> str:
