@@ -88,3 +88,61 @@ def test_the_section_measures_each_accumulator_against_the_exact_product(hardwar
     assert [r["equal to correctly rounded FP32"] for r in rounded] == [1.0] * 3
     assert max(r["max relative error"] for r in rounded) <= 2.0 ** -24
     assert all(r["max FP32 spacings from it"] > 0 for r in sixteen if r["accumulator"] == "V100" and r["K"] == 1024)
+
+
+# --- (c): claim (i), judged from paired runs ---------------------------------------------------------------
+
+def conv_runs(**shifts):
+    """Conv-net results over 5 seeds: fp8-current's accuracies, and each H100 policy's shifted by ``shifts``
+    (a number, or None for a seed that diverged: no score)."""
+    base = [0.80, 0.82, 0.81, 0.83, 0.79]
+    noise = [0.001, -0.002, 0.0, 0.002, -0.001]
+    runs = {"fp8-current": [{"status": "ok", "test_loss": 1.0, "test_accuracy": a} for a in base]}
+    for name, shift in shifts.items():
+        runs[name] = [{"status": "diverged", "test_loss": None, "test_accuracy": 0.1} if shift is None else
+                      {"status": "ok", "test_loss": 1.0, "test_accuracy": a + shift + e} for a, e in zip(base, noise)]
+    return runs
+
+
+@pytest.mark.parametrize("shifts, verdict", [
+    ({"fp8-h100-fast": -0.05, "fp8-h100-te": 0.0, "fp8-h100-split": 0.0}, "holds under conditions"),
+    ({"fp8-h100-fast": -0.05, "fp8-h100-te": -0.05, "fp8-h100-split": 0.0}, "holds"),
+    ({"fp8-h100-fast": 0.0, "fp8-h100-te": 0.0, "fp8-h100-split": 0.0}, "not supported by the evidence"),
+    ({"fp8-h100-fast": None, "fp8-h100-te": -0.05, "fp8-h100-split": 0.0}, "holds"),
+])
+def test_claim_i_holds_where_fast_accumulation_trains_worse_than_fp32(hardware, tmp_path, shifts, verdict):
+    from fpsim.report.claims import score, score_table
+    from fpsim.report.section import Section
+
+    by_policy = conv_runs(**shifts)
+    _, tests = score_table("conv net", {n: [score("conv net", r) for r in rs] for n, rs in by_policy.items()},
+                           "fp8-current", no_score="no finite loss")
+    section = Section("hardware", "t", tmp_path)
+    hardware.promotion_verdict(section, "conv net", by_policy, tests, 0.01)
+    (judged,) = section.verdicts
+    assert (judged.claim, judged.model, judged.verdict) == (hardware.CLAIM_PROMOTION, "conv net", verdict)
+    assert judged.claim.startswith("(i) ") and "fp8-h100-fast minus fp8-current" in judged.evidence
+    assert bool(judged.condition) == (verdict == "holds under conditions")
+
+
+def test_the_gemm_parts_write_their_figures_and_quote_their_own_rows(hardware, tmp_path, monkeypatch):
+    import csv
+
+    from fpsim.report.section import new_section
+
+    monkeypatch.setattr(hardware, "KS", (64, 128, 4096))
+    monkeypatch.setattr(hardware, "size", lambda ctx: 4)
+    ctx = Context(tmp_path, quick=True, progress=False)
+    section = new_section(ctx, vars(hardware), "t")
+    hardware.fp8_gemm(section, ctx)
+    hardware.sixteen_bit_gemm(section, ctx)
+    assert [f.path for f in section.figures] == ["fp8_gemm.png", "sixteen_bit_gemm.png"]
+    assert all((tmp_path / f.path).stat().st_size > 5000 for f in section.figures)
+    rows = list(csv.DictReader(open(tmp_path / "sixteen_bit_gemm.csv")))
+    median = {(r["inputs"], r["distribution"], r["accumulator"]): float(r["median relative error"])
+              for r in rows if r["K"] == "4096"}
+    bf16 = median[("bf16", "normal", "A100")] / median[("bf16", "normal", "IEEE FP32")]
+    assert f"A100 BF16 {bf16:.1f}x" in section.parts[-1]
+    h100 = [r for r in csv.DictReader(open(tmp_path / "fp8_gemm.csv")) if r["K"] == "4096" and
+            r["accumulator"] == "H100 (wgmma)" and r["distribution"] == "uniform positive"]
+    assert f"{100 * float(h100[0]['median relative error']):.3g}% / " in "\n".join(section.parts)

@@ -11,7 +11,9 @@ relative error of at most 2^-53, 2^29 times below FP32's unit roundoff.  For FP8
 
 ``correctly_rounded_fp32`` rounds the exact product once to FP32 (round to nearest,
 ties to even): the best any FP32 accumulator can return.  ``errors`` summarises a
-computed D against X by the relative error of each output, |d - x| / |x|.
+computed D against X by the relative error of each output, |d - x| / |x|, and ``gemm_errors`` measures
+a set of accumulators (``fpsim.matmul``'s ``accumulate`` and ``order``) that way over a range of K, which
+``error_figure`` draws.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import numpy as np
 
 from ..numerics.formats import E4M3, FP32, Format, get_format
 from ..numerics.rounding import round as round_to
+from ..ops.reductions import matmul
 
 OUTLIER_FACTOR = 100.0
 """The outlier channel's magnitude against the others (LLM activations carry a few input channels up to about
 100 times the rest: Dettmers et al. 2022, LLM.int8(), section 3)."""
 
+CORRECTLY_ROUNDED = "correctly rounded FP32"
+"""The label of the exact product rounded once to FP32 among ``gemm_errors``' accumulators."""
 DISTRIBUTIONS = ("normal", "outlier channel", "uniform positive")
 """The operands' distributions: iid standard normal entries; the same with one input channel of A (a column,
 index K // 2) ``OUTLIER_FACTOR`` times larger; iid uniform on [0, 1) (no cancellation: every product adds to the
@@ -99,3 +104,52 @@ def errors(D, exact) -> dict:
     relative = np.abs(d - x) / np.abs(x)
     return {"median relative error": float(np.median(relative)), "max relative error": float(relative.max()),
             "magnitude bias": float(np.mean((np.abs(d) - np.abs(x)) / np.abs(x))), "outputs": int(x.size)}
+
+
+def gemm_errors(fmt, accumulators: dict, distribution: str, ks, size: int) -> list[dict]:
+    """One row per K of ``ks`` and accumulator (label -> (``accumulate``, ``order``) of ``fpsim.matmul``):
+    ``errors`` of ``matmul(A, B, inputs=fmt, accumulate=, order=)`` (FP32 output) against the exact
+    product, for ``operands(distribution, fmt, size, K, size)``; with ``CORRECTLY_ROUNDED`` as one more
+    accumulator but for FP8 inputs, and for every accumulator the share of outputs equal to the correctly
+    rounded FP32 product and the largest distance from it in FP32 spacings (``np.spacing`` at it)."""
+    rows, n = [], size
+    for K in ks:
+        A, B = operands(distribution, fmt, n, K, n)
+        exact = exact_product(A, B, fmt)
+        rounded = correctly_rounded_fp32(A, B, exact)
+        computed = {label: matmul(A, B, inputs=fmt, accumulate=acc, order=order)
+                    for label, (acc, order) in accumulators.items()}
+        if get_format(fmt) != E4M3:
+            computed[CORRECTLY_ROUNDED] = rounded
+        spacing = np.spacing(rounded.astype(np.float32)).astype(np.float64)
+        for label, D in computed.items():
+            rows.append({"inputs": fmt, "distribution": distribution, "K": K, "accumulator": label,
+                         **errors(D, exact), "equal to correctly rounded FP32": float(np.mean(D == rounded)),
+                         "max FP32 spacings from it": float(np.max(np.abs(D - rounded) / spacing))})
+    return rows
+
+
+def error_figure(colours: dict, panels):
+    """Median (solid) and maximum (dashed) relative error against K, one line pair per accumulator (errors of 0
+    left out), coloured by ``colours`` (label -> colour); ``panels``: (title, ``gemm_errors`` rows, a cited
+    point (K, value, label) or None), side by side."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (title, rows, cited) in zip(axes[0], panels):
+        for label in dict.fromkeys(r["accumulator"] for r in rows):
+            own = [r for r in rows if r["accumulator"] == label]
+            k = [r["K"] for r in own]
+            for field, style in (("median relative error", "o-"), ("max relative error", "--")):
+                values = [r[field] or np.nan for r in own]  # an error of 0 (exact) has no place on a log axis
+                ax.plot(k, values, style, color=colours[label], ms=3, lw=1.5 if style == "o-" else 1,
+                        label=label if style == "o-" else None)
+        if cited:
+            ax.plot(*cited[:2], "k*", ms=12, label=cited[2])
+        ax.set(xscale="log", yscale="log", xlabel="K (products per output)", title=title)
+        ks = sorted({r["K"] for r in rows})
+        ax.set_xticks(ks, [f"2^{k.bit_length() - 1}" for k in ks])
+        ax.minorticks_off()
+    axes[0][0].set_ylabel("relative error |d - x| / |x| (solid: median, dashed: max)")
+    axes[0][-1].legend(loc="lower right")
+    return fig
