@@ -184,6 +184,12 @@ def fp8_training(section, ctx):
                    "backward split; every product split) against the same recipe with IEEE FP32 accumulation, paired "
                    "by seed; the band is the model's \"as well as\". Policies with a diverged run are left out.",
                    key=True)
+    gpt = gpt_config(ctx, FP8_REFERENCE)
+    longest = max(4 * gpt["model_options"]["n_embd"], gpt["batch_size"] * gpt["model_options"]["block_size"])
+    section.text(f"Split accumulation changes only the FP8 products whose reduction is longer than 128 products: in "
+                 f"char-gpt here the longest is {longest} (the weight gradients' batch x context, or the MLP's "
+                 "4 x width)" + (", so fast and split accumulation run the same products on it." if longest <= 128
+                                 else "."))
     for model, by_policy in runs.items():
         promotion_verdict(section, model, by_policy, tests, tolerance(model, runs, FP8_REFERENCE))
 
