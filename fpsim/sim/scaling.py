@@ -242,27 +242,37 @@ class ScaledCasts:
 
     def cast(self, values: np.ndarray, kind: str, module: str, axis: int = -1) -> np.ndarray:
         """``values`` quantized as an operand of ``kind`` in ``module`` and dequantized (float32 in, float32 out)."""
+        return self.cast_with_scales(values, kind, module, axis)[0]
+
+    def cast_with_scales(self, values: np.ndarray, kind: str, module: str, axis: int = -1):
+        """``cast``, with what a tensor core applies after the product (``fpsim.sim.tensor_core``): (dequantized
+        values, the FP32 dequantization factors X (RN32(1 / s) for an FP32 scale s; a 0-d array per tensor,
+        ``axis`` holding one per row or per block), the values per block along ``axis`` or None)."""
         recipe, fmt = self.recipes[kind], self.formats[kind]
         block = None  # values per scale along ``axis`` when the scales are per block
         if recipe.kind == "none":
             out, unit = round_to(values, fmt, saturate=True), np.float64(1.0)
+            factors = unit
         elif recipe.kind == "delayed":
             scaler = self._delayed_scaler(kind, module, fmt)
             out, unit = quantize(values, fmt, scale=float(scaler.scale)), 1.0 / np.float64(scaler.scale)
+            factors = div(1.0, scaler.scale, FP32)
             if self.learning:
                 scaler.record(np.max(np.abs(values), initial=0.0))
         elif recipe.kind == "block":
             preset = PRESETS[recipe.block]
             rounding = recipe.scale_rounding if preset.scale_format == "e8m0" else None
             out, unit = quantize(values, recipe.block, axis=axis, scale_rounding=rounding, return_scales=True)
+            factors = unit  # powers of two, or NVFP4's FP32 d
             block = preset.block_size
         else:  # per-tensor or per-row current scaling: x * s, so X = 1 / s
             out, scales = quantize(values, fmt, scaling=recipe.kind, axis=axis, return_scales=True)
             unit = 1.0 / scales
+            factors = div(1.0, scales, FP32)
         out = np.asarray(out, dtype=values.dtype)
         if self.recorder is not None:
             self._observe(kind, module, values, out, np.asarray(unit, dtype=np.float64), axis, block, fmt)
-        return out
+        return out, np.asarray(factors, dtype=np.float32), block
 
     def for_evaluation(self) -> "ScaledCasts":
         """The same recipes and delayed scales, read without recording (amaxes or counts)."""

@@ -114,7 +114,7 @@ class AutocastMode(EmulationMode):
     def _product(self, func, op: OpPlacement, args, kwargs, fmt: Format):
         """The op on its rounded inputs: ATen's kernel, an exact product, or flash attention rounding P."""
         if self.exact and op.placement == MATMUL:
-            return exact_product(func, args, kwargs, self.policy.accumulate)
+            return exact_product(func, args, kwargs, self.policy, self._format)
         if fmt != FP32 and is_plain_attention(func, args, kwargs):
             return flash_attention_of(args, kwargs, fmt)
         return func(*args, **kwargs)
@@ -145,8 +145,10 @@ class AutocastMode(EmulationMode):
             self._round(copy, self.policy.params, None, None, source=parameter)
             cached = self._cast_params[address] = (parameter._version, copy)
         copy = cached[1]
-        return copy.as_strided(tensor.size(), tensor.stride(),
+        view = copy.as_strided(tensor.size(), tensor.stride(),
                                tensor.storage_offset() - parameter.storage_offset() + copy.storage_offset())
+        self._tags[view] = (self.policy.params, view._version)  # a product on a tensor core reads its format
+        return view
 
     def _round_input(self, tensor, fmt, kind, path):
         """An input of a low-precision op: ``tensor`` rounded (a copy), or itself when already in a format."""

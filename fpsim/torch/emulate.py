@@ -42,7 +42,9 @@ backward pass (about two more copies of the gradients); without one nothing is c
 library's order: what FP16/BF16 tensor cores with an FP32 accumulator approximate).
 ``accumulate="exact"``: mm, addmm, bmm and baddbmm go through ``fpsim.matmul`` with the policy's
 ``accumulate`` format, sequential order (``fpsim.torch.products``); convolutions and attention have no
-exact path and raise under an accumulation format other than FP32.
+exact path and raise under an accumulation format other than FP32.  Under a GPU ``accumulate``
+(``Policy.tensor_core``) ``"exact"`` computes mm, addmm, bmm, baddbmm and the convolutions on that tensor
+core (``fpsim.torch.products.tensor_core``; with a scaling recipe, ``fpsim.torch.scaled``).
 """
 
 from __future__ import annotations
@@ -86,8 +88,9 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
     policy = Policy.coerce(policy)
     if policy.scaling is not None and casts is None:
         casts = ScaledCasts(policy, recorder)
-    if policy.scaling is not None and accumulate != "native":
-        raise ValueError("a scaling recipe's products accumulate in FP32: use accumulate='native'")
+    if policy.scaling is not None and accumulate != ("exact" if policy.tensor_core else "native"):
+        raise ValueError("a scaling recipe's products accumulate in FP32 (accumulate='native') or on a GPU's "
+                         "tensor core (a policy with a GPU accumulate, accumulate='exact')")
     if accumulate not in ACCUMULATE_MODES:
         raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE_MODES)}, got {accumulate!r}")
     if accumulate == "native" and policy.accumulate != FP32:

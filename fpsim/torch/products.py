@@ -1,4 +1,5 @@
-"""The products ``emulate`` computes itself instead of ATen's kernel: exact accumulation, flash attention."""
+"""The products ``emulate`` computes itself instead of ATen's kernel: exact accumulation, a GPU's tensor core,
+flash attention."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import math
 import numpy as np
 import torch
 
+from torch.nn import functional as F
+
 from ..numerics.formats import FP32, Format
 from ..ops.reductions import matmul as fpsim_matmul
+from ..sim.tensor_core import product as tensor_core_product
 from .rounding import round_into
 
 aten = torch.ops.aten
@@ -18,11 +22,24 @@ EXACT_OPS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
 CPU_FLASH_ATTENTION = aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
-def exact_product(func, args, kwargs, accumulate: Format):
-    """mm / addmm / bmm / baddbmm through ``fpsim.matmul`` accumulating in ``accumulate``, sequential order; in
-    addmm / baddbmm the bias is added in FP32 (beta * bias + alpha * product).  Any other product runs as
-    ATen's kernel where ``accumulate`` is FP32 and raises ValueError otherwise."""
+TENSOR_CORE_OPS = (*EXACT_OPS, aten.convolution, aten.convolution_backward)
+"""The products a GPU ``accumulate`` (``Policy.tensor_core``) computes on the tensor-core model."""
+
+
+def exact_product(func, args, kwargs, policy, format_of):
+    """A product of ``EXACT_OPS`` through ``fpsim.matmul`` accumulating in ``policy.accumulate``.
+
+    IEEE ``accumulate``: mm / addmm / bmm / baddbmm in sequential order; any other product runs as ATen's
+    kernel where ``accumulate`` is FP32 and raises ValueError otherwise.  A GPU model (``policy.tensor_core``):
+    ``TENSOR_CORE_OPS`` on the tensor core (``tensor_core``); the attention kernels as the emulation runs them
+    without one (FP32 accumulation: FlashAttention's tensor-core products are not modelled); any other product
+    raises ValueError.  ``format_of(tensor)`` is the format an operand holds (None: FP32).  In addmm / baddbmm
+    the bias is added in FP32 (beta * bias + alpha * product), as cuBLASLt's bias epilogue adds it.
+    """
     op = func.overloadpacket
+    accumulate = policy.accumulate
+    if policy.tensor_core is not None:
+        return tensor_core(func, args, kwargs, policy, format_of)
     if op not in EXACT_OPS:
         if accumulate != FP32:
             names = ", ".join(exact.__name__ for exact in EXACT_OPS)
@@ -35,10 +52,118 @@ def exact_product(func, args, kwargs, accumulate: Format):
         product = fpsim_matmul(a, b, accumulate=accumulate)
     else:
         product = np.stack([fpsim_matmul(x, y, accumulate=accumulate) for x, y in zip(a, b)])
-    out = torch.from_numpy(np.ascontiguousarray(product, dtype=a.dtype))
-    if bias is not None:
-        out = kwargs.get("beta", 1) * bias + kwargs.get("alpha", 1) * out
-    return out
+    return _with_bias(torch.from_numpy(np.ascontiguousarray(product, dtype=a.dtype)), bias, kwargs)
+
+
+def _with_bias(out, bias, kwargs):
+    return out if bias is None else kwargs.get("beta", 1) * bias + kwargs.get("alpha", 1) * out
+
+
+def tensor_core(func, args, kwargs, policy, format_of):
+    """``func`` (one of ``TENSOR_CORE_OPS``, or an attention kernel) with its products on ``policy``'s tensor
+    core (``fpsim.sim.tensor_core.product``), forward or backward as autograd runs it (which decides a split FP8
+    product, ``Policy.splits``).  Convolutions are lowered to products (``convolution``)."""
+    op = func.overloadpacket
+    forward = torch._C._current_autograd_node() is None
+
+    def multiply(a, of_a, b, of_b):  # of_a, of_b: the op's arguments whose values a and b hold
+        return to_torch(tensor_core_product(a.detach().numpy(), b.detach().numpy(), format_of(of_a) or FP32,
+                                            format_of(of_b) or FP32, policy, forward=forward), a.dtype)
+
+    if op in EXACT_OPS:
+        bias, (a, b) = (None, args) if op in (aten.mm, aten.bmm) else (args[0], args[1:3])
+        return _with_bias(multiply(a, a, b, b), bias, kwargs)
+    if op in (aten.convolution, aten.convolution_backward):
+        return convolution(func, args, multiply)
+    if "scaled_dot_product" in op.__name__:
+        query_format = format_of(args[0]) or FP32
+        if query_format != FP32 and is_plain_attention(func, args, kwargs):
+            return flash_attention_of(args, kwargs, query_format)
+        return func(*args, **kwargs)
+    names = ", ".join(known.__name__ for known in TENSOR_CORE_OPS)
+    raise ValueError(f"accumulate={policy.tensor_core!r} computes {names} on the tensor core; {op.__name__} has "
+                     f"no tensor-core path: use a policy accumulating in FP32")
+
+
+def to_torch(values: np.ndarray, dtype) -> torch.Tensor:
+    """A float32 numpy result as a tensor of ``dtype`` (float32, or float64 holding the same values)."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dtype)
+
+
+def convolution(func, args, multiply):
+    """A 1-D or 2-D convolution (not transposed, one group) or its backward as matrix products (im2col).
+
+    ``multiply(a, of_a, b, of_b)`` computes one (M, K) @ (K, N) product of ``a`` and ``b``, which hold values
+    of the op's arguments ``of_a`` and ``of_b``.  With x (B, C, *S), w (O, C, *k) and g (B, O, *S_out), the
+    reductions are those of cuDNN's implicit GEMMs over channels-last (NHWC) tensors, the layout tensor cores
+    convolve in, K ordered with the channel fastest: forward y[b, o, s] = sum over (k, c) of w[o, c, k]
+    x[b, c, s * stride + k * dilation - padding], plus the bias in FP32; weight gradient dw[o, c, k] = sum over
+    (b, s) of g[b, o, s] x[b, c, s * stride + k * dilation - padding]; input gradient dx[b, c, i] = sum over
+    (k, o) of g[b, o, j] w[o, c, k], i = j * stride - padding + k * dilation: the convolution of g, zeros
+    inserted between its values for a stride > 1 (a zero term leaves a tensor core's sum unchanged), with w
+    flipped.  The bias gradient is g summed in FP32 (ATen's sum), a CUDA-core reduction.
+    """
+    backward = func.overloadpacket is aten.convolution_backward
+    if backward:
+        g, x, w, _, stride, padding, dilation, transposed, _, groups, mask = args[:11]
+    else:
+        x, w, bias, stride, padding, dilation, transposed, _, groups = args[:9]
+    if transposed or groups != 1 or w.dim() not in (3, 4):
+        raise ValueError("a GPU accumulate computes 1-D and 2-D convolutions (not transposed, groups=1) on the "
+                         "tensor core; this one has no tensor-core path: use a policy accumulating in FP32")
+    one_d = w.dim() == 3
+    x4, w4 = (x.unsqueeze(2), w.unsqueeze(2)) if one_d else (x, w)  # (B, C, L) as (B, C, 1, L)
+    if one_d:
+        stride, padding, dilation = (1, *stride), (0, *padding), (1, *dilation)
+
+    def unlift(tensor):
+        return tensor.squeeze(2) if one_d else tensor
+
+    if not backward:
+        y = _conv(x4, x, w4, w, stride, padding, dilation, multiply)
+        return unlift(y if bias is None else y + bias.reshape(1, -1, 1, 1))
+    g4 = g.unsqueeze(2) if one_d else g
+    O, kernel = w.shape[0], tuple(w4.shape[2:])
+    grad_input = grad_weight = grad_bias = None
+    if mask[0]:
+        B, _, H_out, W_out = g4.shape
+        spread = g4.new_zeros(B, O, (H_out - 1) * stride[0] + 1, (W_out - 1) * stride[1] + 1)
+        spread[:, :, ::stride[0], ::stride[1]] = g4
+        pads = []
+        for axis in (1, 0):  # F.pad takes the last axis first; a negative pad crops
+            reach = dilation[axis] * (kernel[axis] - 1)
+            before = reach - padding[axis]
+            pads += [before, x4.shape[2 + axis] + reach - before - spread.shape[2 + axis]]
+        flipped = w4.flip(2, 3).transpose(0, 1)  # (C, O, *k)
+        grad_input = unlift(_conv(F.pad(spread, pads), g, flipped, w, (1, 1), (0, 0), dilation, multiply))
+    if mask[1]:
+        columns = _columns(x4, kernel, stride, padding, dilation)  # (B*S_out, k*C)
+        g_rows = g4.reshape(g4.shape[0], O, -1).transpose(0, 1).reshape(O, -1)  # (O, B*S_out)
+        C = x4.shape[1]
+        grad = multiply(g_rows, g, columns, x)  # (O, k*C)
+        grad_weight = unlift(grad.reshape(O, *kernel, C).permute(0, 3, 1, 2).contiguous())
+    if mask[2]:
+        grad_bias = g4.sum(dim=(0, 2, 3))
+    return grad_input, grad_weight, grad_bias
+
+
+def _columns(x, kernel, stride, padding, dilation):
+    """The unfolded input (B*S_out, k*C) of a 2-D convolution, channels fastest along a row (NHWC's order)."""
+    B, C = x.shape[:2]
+    columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C*k, S_out)
+    columns = columns.reshape(B, C, -1, columns.shape[-1]).permute(0, 3, 2, 1)  # (B, S_out, k, C)
+    return columns.reshape(-1, columns.shape[2] * C)
+
+
+def _conv(x, of_x, w, of_w, stride, padding, dilation, multiply):
+    """y (B, O, H_out, W_out) of a 2-D convolution of x (B, C, H, W) with w (O, C, kh, kw), no bias: the
+    (B*S_out, k*C) @ (k*C, O) product of the unfolded input and the weights."""
+    B, O, kernel = x.shape[0], w.shape[0], tuple(w.shape[2:])
+    out_size = [(size + 2 * pad - dil * (k - 1) - 1) // step + 1
+                for size, pad, dil, k, step in zip(x.shape[2:], padding, dilation, kernel, stride)]
+    weights = w.permute(0, 2, 3, 1).reshape(O, -1).t()  # (k*C, O)
+    y = multiply(_columns(x, kernel, stride, padding, dilation), of_x, weights, of_w)  # (B*S_out, O)
+    return y.reshape(B, *out_size, O).permute(0, 3, 1, 2).contiguous()
 
 
 def is_plain_attention(func, args, kwargs) -> bool:
