@@ -355,7 +355,7 @@ EXPECTED_FIGURES = {
     "transformer_overflow": ["headroom.png", "forced.png"],
     "claims_models": ["paired_differences.png"],
     "fp8": ["unscaled.png", "delayed_lag.png", "against_bf16.png"],
-    "hardware": ["fp8_gemm.png", "sixteen_bit_gemm.png"],
+    "hardware": ["fp8_gemm.png", "sixteen_bit_gemm.png", "fp8_training.png"],
 }
 CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)"]
 
