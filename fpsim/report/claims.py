@@ -32,6 +32,8 @@ CLAIM_ACCURACY = "(e) FP16 mixed precision raises test accuracy (regularisation)
 CLAIM_RANGE = "(f) BF16's range is more robust than FP16's"
 CLAIM_DELAYED = "(g) FP8 per-tensor delayed scaling is not needed: current scaling trains as well (torchao, 2025)"
 CLAIM_MX_FLOOR = "(h) the MX spec's floor-rounded scales make gradients diverge; rounding them up matches BF16"
+CLAIM_PROMOTION = ("(i) FP8 training on Hopper needs FP32 promotion of the accumulator (DeepSeek-V3; Transformer "
+                   "Engine's split accumulation)")
 
 SIGNIFICANCE = 0.05
 """A paired difference is significant when its t-test p-value lies below this."""

@@ -72,3 +72,14 @@ MXFP8_RECIPES = ("Mishra, Stosic, Layton 2025, Recipes for Pre-training LLMs wit
 TE_DELAYED_SCALING = ("NVIDIA Transformer Engine, recipe.DelayedScaling (amax_history_len 1024, margin 0, "
                       "amax_compute_algo \"max\"; transformer_engine/common/recipe/delayed_scaling.cu)")
 OCP_MX = "Open Compute Project, OCP Microscaling Formats (MX) Specification v1.0, sections 5 and 6.3"
+
+# --- accumulation in GPU tensor cores (cited beside the hardware measurements) ---------------------------
+DEEPSEEK_V3 = ("DeepSeek-AI 2024, DeepSeek-V3 Technical Report (arXiv 2412.19437), section 3.3.2 \"Increasing "
+               "Accumulation Precision\": H800 tensor cores keep \"around 14 bits\" in FP8 GEMMs; partial results "
+               "are promoted to FP32 registers on CUDA cores every N_C = 128 elements")
+DEEPSEEK_MAX_ERROR = Cited(2, "%", "\"a maximum relative error of nearly 2%\" of an FP8 GEMM with K = 4096 (a "
+                                   "preliminary test; its inputs and error metric are not given)", DEEPSEEK_V3)
+DEEPSEEK_PROMOTION = Cited(128, "elements", "N_C, the interval of promotion to FP32", DEEPSEEK_V3)
+TE_SPLIT_ACCUMULATOR = ("NVIDIA Transformer Engine, recipe.Float8CurrentScaling / DelayedScaling: fp8_gemm_fprop "
+                        "use_split_accumulator=False, fp8_gemm_dgrad and fp8_gemm_wgrad True "
+                        "(transformer_engine/common/recipe/__init__.py)")
