@@ -16,7 +16,8 @@ exponent among its terms, and scale = 2^(f - E):
 * that value is rounded once to the step's format.
 
 The operands come in float32 when that holds (twice the lanes of float64) and
-in float64 otherwise.  Alignment exponents are int16 (the sum of two still
+in float64 otherwise.  Alignment exponents are int8 where every sum of two
+fits (FP16, FP8: ``exponent_type``; twice the lanes) and int16 otherwise (the sum of two still
 fits).  The loops run over the output row j innermost, as the other reduction
 kernels do, each output row on its own thread.
 """
@@ -30,16 +31,24 @@ from numba import njit, prange
 
 from ._reduction_kernels import round_nearest_float64, sum_to_odd_branchless
 
-NO_TERM = -(1 << 14)
-"""The alignment exponent of a zero (or inf, NaN) operand: below every real one, so it never sets E; the sum of
-two still fits int16."""
+def exponent_type(emin_a: int, emax_a: int, emin_b: int, emax_b: int) -> tuple[type, int]:
+    """(integer type, no_term) for the alignment exponents of operands with exponents in [emin, emax].
+
+    ``no_term`` is the exponent of a zero (or inf, NaN) operand: a sum with it lies below every sum of two real
+    exponents (so it never sets E) and below ``no_term // 2``, and two of it still fit the type.  int8 with
+    no_term = -64 when the real sums lie in (-32, 127] and each exponent is below 32; int16 with -2^14 otherwise.
+    """
+    if emin_a + emin_b > -32 and max(emax_a, emax_b) < 32:
+        return np.int8, -64
+    return np.int16, -(1 << 14)
+
 
 
 @njit(cache=True, inline="always")
-def _alignment_exponent(x, emin):
-    """max(floor(log2 |x|), emin) for a finite x != 0 (a normal float64 once widened), else ``NO_TERM``."""
+def _alignment_exponent(x, emin, no_term):
+    """max(floor(log2 |x|), emin) for a finite x != 0 (a normal float64 once widened), else ``no_term``."""
     if x == 0.0 or not np.isfinite(x):
-        return NO_TERM
+        return no_term
     return max(((np.float64(x).view(np.int64) >> 52) & 0x7FF) - 1023, emin)
 
 
@@ -73,12 +82,14 @@ def _round_step(value, toward_zero, p, emin, nearest, overflow):
 
 
 @njit(cache=True, parallel=True)
-def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, toward_zero, p, step_nearest,
+def tensor_core_matmul(A, B, C, exp_b, no_term, emin_a, emin_b, k, f, c_emin, c_in_alignment, toward_zero, p, step_nearest,
                        overflow, out_nearest, run, blocked, fp32_nearest, specials):
     """D[i, j] = C[i, j] + sum_k A[i, k] B[k, j] through the model's chain of fused steps.
 
     ``A``, ``B``: the operands (float32 or float64, see the module docstring),
-    of formats with minimum exponents ``emin_a`` / ``emin_b``; ``C`` float64.
+    of formats with minimum exponents ``emin_a`` / ``emin_b``; ``C`` float64;
+    ``exp_b``: a (K, N) array of the type and ``no_term`` of ``exponent_type``,
+    filled here with B's alignment exponents.
     ``k``, ``f``, ``c_in_alignment``: the record's fields; ``toward_zero``,
     ``p``, ``c_emin`` (the step format's precision and emin), ``step_nearest``
     (``round_nearest_branchless`` constants) and ``overflow`` = 2^(emax + 1):
@@ -96,18 +107,18 @@ def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, to
     """
     M, K = A.shape
     N = B.shape[1]
+    exponent_lane = exp_b.dtype.type
     chunk = max(1, min(k, (2**31 - 1) // (2**(f + 2) - 1)))  # products whose cut terms sum below 2^31
-    exp_b = np.empty((K, N), dtype=np.int16)
     for kk in prange(K):
         for j in range(N):
-            exp_b[kk, j] = _alignment_exponent(B[kk, j], emin_b)
+            exp_b[kk, j] = _alignment_exponent(B[kk, j], emin_b, no_term)
     out = np.empty((M, N))
     for i in prange(M):
-        exp_a = np.empty(K, dtype=np.int16)
+        exp_a = np.empty(K, dtype=exp_b.dtype)
         for kk in range(K):
-            exp_a[kk] = _alignment_exponent(A[i, kk], emin_a)
+            exp_a[kk] = _alignment_exponent(A[i, kk], emin_a, no_term)
         acc = np.empty(N)
-        top = np.empty(N, dtype=np.int16)
+        top = np.empty(N, dtype=exp_b.dtype)
         unscale = np.empty(N)
         term_scale = np.empty(N, dtype=A.dtype)
         total_cut = np.empty(N)
@@ -122,17 +133,17 @@ def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, to
                 acc[:] = C[i, :]
             for s0 in range(r0, r1, k):
                 s1 = min(s0 + k, r1)
-                top[:] = NO_TERM
+                top[:] = no_term
                 for kk in range(s0, s1):
                     e = exp_a[kk]
                     for j in range(N):
-                        top[j] = max(top[j], np.int16(e + exp_b[kk, j]))  # int16 lanes (numba would widen)
+                        top[j] = max(top[j], exponent_lane(e + exp_b[kk, j]))  # narrow lanes (numba would widen)
                 for j in range(N):
                     c = acc[j]
-                    products = top[j] > NO_TERM // 2
+                    products = top[j] > no_term // 2
                     c_term = c_in_alignment and c != 0.0 and np.isfinite(c)
                     c_exponent = max(((np.float64(c).view(np.int64) >> 52) & 0x7FF) - 1023, c_emin)
-                    exponent = max(np.int64(top[j]), c_exponent if c_term else NO_TERM)
+                    exponent = max(np.int64(top[j]), c_exponent if c_term else no_term)
                     exponent = exponent if products or c_term else f  # no term: any scale will do
                     scale = _power_of_two(f - exponent)
                     unscale[j] = _power_of_two(exponent - f)

@@ -348,10 +348,11 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
                  nearest_constants(FP32),
                  not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
     work = _tensor_core_operand_dtype(fmt_a, fmt_b, model)
+    exponent_type, no_term = tc_kernels.exponent_type(fmt_a.emin, fmt_a.emax, fmt_b.emin, fmt_b.emax)
 
     def product(a2, b2, c2):
-        return tc_kernels.tensor_core_matmul(a2.astype(work), b2.astype(work), c2, fmt_a.emin, fmt_b.emin,
-                                             *constants)
+        return tc_kernels.tensor_core_matmul(a2.astype(work), b2.astype(work), c2, np.empty(b2.shape, exponent_type),
+                                             no_term, fmt_a.emin, fmt_b.emin, *constants)
 
     result = _batched(a, b, product, np.broadcast_to(c, out_shape))
     if output is not None and output != model.output:
