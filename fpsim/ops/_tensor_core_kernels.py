@@ -16,7 +16,8 @@ exponent among its terms, and scale = 2^(f - E):
 * that value is rounded once to the step's format.
 
 The operands come in float32 when that holds (twice the lanes of float64) and
-in float64 otherwise.  Alignment exponents are int16 (the sum of two still
+in float64 otherwise.  Alignment exponents are int8 where every sum of two
+fits (FP16, FP8: ``exponent_type``; twice the lanes) and int16 otherwise (the sum of two still
 fits).  The loops run over the output row j innermost, as the other reduction
 kernels do, each output row on its own thread.
 """
@@ -28,18 +29,26 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._reduction_kernels import add_rounded, round_nearest_float64
+from ._reduction_kernels import round_nearest_float64, sum_to_odd_branchless
 
-NO_TERM = -(1 << 14)
-"""The alignment exponent of a zero (or inf, NaN) operand: below every real one, so it never sets E; the sum of
-two still fits int16."""
+def exponent_type(emin_a: int, emax_a: int, emin_b: int, emax_b: int) -> tuple[type, int]:
+    """(integer type, no_term) for the alignment exponents of operands with exponents in [emin, emax].
+
+    ``no_term`` is the exponent of a zero (or inf, NaN) operand: a sum with it lies below every sum of two real
+    exponents (so it never sets E) and below ``no_term // 2``, and two of it still fit the type.  int8 with
+    no_term = -64 when the real sums lie in (-32, 127] and each exponent is below 32; int16 with -2^14 otherwise.
+    """
+    if emin_a + emin_b > -32 and max(emax_a, emax_b) < 32:
+        return np.int8, -64
+    return np.int16, -(1 << 14)
+
 
 
 @njit(cache=True, inline="always")
-def _alignment_exponent(x, emin):
-    """max(floor(log2 |x|), emin) for a finite x != 0 (a normal float64 once widened), else ``NO_TERM``."""
+def _alignment_exponent(x, emin, no_term):
+    """max(floor(log2 |x|), emin) for a finite x != 0 (a normal float64 once widened), else ``no_term``."""
     if x == 0.0 or not np.isfinite(x):
-        return NO_TERM
+        return no_term
     return max(((np.float64(x).view(np.int64) >> 52) & 0x7FF) - 1023, emin)
 
 
@@ -51,59 +60,66 @@ def _power_of_two(e):
 
 @njit(cache=True, inline="always")
 def _truncate(x, p, emin):
-    """x (a normal float64) rounded toward zero to precision p with minimum exponent emin, by masking bits."""
+    """x (a normal float64 or zero) rounded toward zero to precision p with minimum exponent emin, by masking
+    bits, with selects only.
+
+    Below the smallest subnormal (more than 52 bits dropped) the mask keeps the sign bit and bit 62 only; bit 62
+    (the top exponent bit) is 0 for |x| < 2, so the result is a zero of x's sign.
+    """
     bits = np.float64(x).view(np.int64)
     exponent = ((bits >> 52) & 0x7FF) - 1023
-    dropped = 53 - p + max(emin - exponent, 0)
-    if dropped > 52:  # below the smallest subnormal: a zero of x's sign
-        return math.copysign(0.0, x)
+    dropped = min(53 - p + max(emin - exponent, 0), 62)
     return np.int64(bits & ~((np.int64(1) << dropped) - 1)).view(np.float64)
 
 
 @njit(cache=True, inline="always")
 def _round_step(value, toward_zero, p, emin, nearest, overflow):
-    """``value`` rounded to the step's format (toward zero, or to nearest by ``nearest``); +-inf from
-    ``overflow`` = 2^(emax + 1) on, in either rounding."""
-    if abs(value) >= overflow:
-        return math.copysign(math.inf, value)
-    if toward_zero:
-        return _truncate(value, p, emin)
-    return round_nearest_float64(value, nearest)
+    """``value`` rounded to the step's format (toward zero, or to nearest by ``nearest``); +0 for 0; +-inf from
+    ``overflow`` = 2^(emax + 1) on, in either rounding.  Selects only, so that the loop over a row vectorises."""
+    rounded = _truncate(value, p, emin) if toward_zero else round_nearest_float64(value, nearest)
+    rounded = math.copysign(math.inf, value) if abs(value) >= overflow else rounded
+    return 0.0 if value == 0.0 else rounded
 
 
 @njit(cache=True, parallel=True)
-def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, toward_zero, p, step_nearest,
-                       overflow, out_params, nearest, run, blocked, fp32_params, specials):
+def tensor_core_matmul(A, B, C, exp_b, no_term, emin_a, emin_b, k, f, c_emin, c_in_alignment, toward_zero, p, step_nearest,
+                       overflow, out_nearest, run, blocked, fp32_nearest, specials):
     """D[i, j] = C[i, j] + sum_k A[i, k] B[k, j] through the model's chain of fused steps.
 
     ``A``, ``B``: the operands (float32 or float64, see the module docstring),
-    of formats with minimum exponents ``emin_a`` / ``emin_b``; ``C`` float64.
+    of formats with minimum exponents ``emin_a`` / ``emin_b``; ``C`` float64;
+    ``exp_b``: a (K, N) array of the type and ``no_term`` of ``exponent_type``,
+    filled here with B's alignment exponents.
     ``k``, ``f``, ``c_in_alignment``: the record's fields; ``toward_zero``,
     ``p``, ``c_emin`` (the step format's precision and emin), ``step_nearest``
     (``round_nearest_branchless`` constants) and ``overflow`` = 2^(emax + 1):
-    the step format's rounding; ``out_params`` with mode ``nearest``: the IEEE
-    add of c for records that do not align c.  Not ``blocked``: one chain over
-    all K starting at C; ``blocked`` (``order="blocked:run"``): each run of
-    ``run`` products is a chain from 0, its result added to the total
-    (starting at C) in FP32 rounded to nearest (``fp32_params``).
-    ``specials``: whether an operand is inf or NaN (then each step also forms
-    the plain float64 sum, whose inf or NaN is the result).
+    the step format's rounding; ``out_nearest``: the output format's constants,
+    for the IEEE add (to nearest) of c in records that do not align c.  Not
+    ``blocked``: one chain over all K starting at C; ``blocked``
+    (``order="blocked:run"``): each run of ``run`` products is a chain from 0,
+    its result added to the total (starting at C) in FP32 rounded to nearest
+    (``fp32_nearest``).  ``specials``: whether an operand is inf or NaN (then
+    each step also forms the plain float64 sum, whose inf or NaN is the result).
+
+    The loops over a row's N outputs use selects only, so that they vectorise;
+    a sum is rounded to nearest from its value rounded to odd
+    (``sum_to_odd_branchless``, exact for p <= 51).
     """
     M, K = A.shape
     N = B.shape[1]
+    exponent_lane = exp_b.dtype.type
     chunk = max(1, min(k, (2**31 - 1) // (2**(f + 2) - 1)))  # products whose cut terms sum below 2^31
-    exp_b = np.empty((K, N), dtype=np.int16)
     for kk in prange(K):
         for j in range(N):
-            exp_b[kk, j] = _alignment_exponent(B[kk, j], emin_b)
+            exp_b[kk, j] = _alignment_exponent(B[kk, j], emin_b, no_term)
     out = np.empty((M, N))
     for i in prange(M):
-        exp_a = np.empty(K, dtype=np.int16)
+        exp_a = np.empty(K, dtype=exp_b.dtype)
         for kk in range(K):
-            exp_a[kk] = _alignment_exponent(A[i, kk], emin_a)
+            exp_a[kk] = _alignment_exponent(A[i, kk], emin_a, no_term)
         acc = np.empty(N)
-        top = np.empty(N, dtype=np.int16)
-        scale = np.empty(N)
+        top = np.empty(N, dtype=exp_b.dtype)
+        unscale = np.empty(N)
         term_scale = np.empty(N, dtype=A.dtype)
         total_cut = np.empty(N)
         cut = np.empty(N, dtype=np.int32)
@@ -117,18 +133,22 @@ def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, to
                 acc[:] = C[i, :]
             for s0 in range(r0, r1, k):
                 s1 = min(s0 + k, r1)
-                top[:] = NO_TERM
+                top[:] = no_term
                 for kk in range(s0, s1):
                     e = exp_a[kk]
                     for j in range(N):
-                        top[j] = max(top[j], np.int16(e + exp_b[kk, j]))  # int16 lanes (numba would widen)
+                        top[j] = max(top[j], exponent_lane(e + exp_b[kk, j]))  # narrow lanes (numba would widen)
                 for j in range(N):
-                    products = top[j] > NO_TERM // 2
-                    c_term = c_in_alignment and acc[j] != 0.0 and np.isfinite(acc[j])
-                    exponent = max(np.int64(top[j]), _alignment_exponent(acc[j], c_emin) if c_term else NO_TERM)
-                    scale[j] = _power_of_two(f - exponent) if products or c_term else 1.0
-                    term_scale[j] = scale[j] if products else 0.0  # no product term: all are 0 whatever the scale
-                    total_cut[j] = np.trunc(acc[j] * scale[j]) if c_term else 0.0
+                    c = acc[j]
+                    products = top[j] > no_term // 2
+                    c_term = c_in_alignment and c != 0.0 and np.isfinite(c)
+                    c_exponent = max(((np.float64(c).view(np.int64) >> 52) & 0x7FF) - 1023, c_emin)
+                    exponent = max(np.int64(top[j]), c_exponent if c_term else no_term)
+                    exponent = exponent if products or c_term else f  # no term: any scale will do
+                    scale = _power_of_two(f - exponent)
+                    unscale[j] = _power_of_two(exponent - f)
+                    term_scale[j] = scale if products else 0.0  # no product term: all are 0 whatever the scale
+                    total_cut[j] = np.trunc(c * scale) if c_term else 0.0
                 for c0 in range(s0, s1, chunk):
                     cut[:] = 0
                     for kk in range(c0, min(c0 + chunk, s1)):
@@ -145,16 +165,14 @@ def tensor_core_matmul(A, B, C, emin_a, emin_b, k, f, c_emin, c_in_alignment, to
                         for j in range(N):
                             plain[j] += a * np.float64(B[kk, j])
                 for j in range(N):
-                    if specials and not np.isfinite(plain[j]):  # an inf or NaN operand: the IEEE sum
-                        acc[j] = plain[j]
-                    elif np.isfinite(acc[j]):  # (an inf from an overflow stays: inf + finite terms)
-                        step = 0.0
-                        if total_cut[j] != 0.0:
-                            step = _round_step(total_cut[j] / scale[j], toward_zero, p, c_emin, step_nearest,
-                                               overflow)
-                        acc[j] = step if c_in_alignment else add_rounded(acc[j], step, out_params, nearest, 0)
+                    c = acc[j]
+                    step = _round_step(total_cut[j] * unscale[j], toward_zero, p, c_emin, step_nearest, overflow)
+                    if not c_in_alignment:
+                        step = round_nearest_float64(sum_to_odd_branchless(c, step), out_nearest)
+                    step = step if np.isfinite(c) else c  # an inf from an overflow stays: inf + finite terms
+                    acc[j] = plain[j] if specials and not np.isfinite(plain[j]) else step  # inf / NaN operands
             if blocked:
                 for j in range(N):
-                    total[j] = add_rounded(total[j], acc[j], fp32_params, nearest, 0)
+                    total[j] = round_nearest_float64(sum_to_odd_branchless(total[j], acc[j]), fp32_nearest)
         out[i, :] = total if blocked else acc
     return out

@@ -344,14 +344,15 @@ def _tensor_core_product(a, b, c, fmt_a, fmt_b, gpu, output, mode, kind, block, 
     run = block if kind == "blocked" else max(a.shape[-1], 1)
     constants = (model.products_per_step, model.fraction_bits, step.emin, model.c_in_alignment,
                  model.rounding == "toward_zero", step.precision, nearest_constants(step),
-                 math.ldexp(1.0, step.emax + 1), float64_params(model.output), MODE_CODES["nearest"], run,
-                 kind == "blocked", float64_params(FP32),
+                 math.ldexp(1.0, step.emax + 1), nearest_constants(model.output), run, kind == "blocked",
+                 nearest_constants(FP32),
                  not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(c).all()))
     work = _tensor_core_operand_dtype(fmt_a, fmt_b, model)
+    exponent_type, no_term = tc_kernels.exponent_type(fmt_a.emin, fmt_a.emax, fmt_b.emin, fmt_b.emax)
 
     def product(a2, b2, c2):
-        return tc_kernels.tensor_core_matmul(a2.astype(work), b2.astype(work), c2, fmt_a.emin, fmt_b.emin,
-                                             *constants)
+        return tc_kernels.tensor_core_matmul(a2.astype(work), b2.astype(work), c2, np.empty(b2.shape, exponent_type),
+                                             no_term, fmt_a.emin, fmt_b.emin, *constants)
 
     result = _batched(a, b, product, np.broadcast_to(c, out_shape))
     if output is not None and output != model.output:

@@ -124,7 +124,12 @@ UNSOLVED_MATCHES = {"H100-e4m3-fp16": 315, "H100-e5m2-fp16": 339, "H200-e4m3-fp1
 
 Tried and worse: the c-aligned chain of every k in 1..32 with 13, 25 or more fraction bits, interleaved
 halves (even/odd, pairs, fours, eights), FP16 or FP32 (RZ, RN) partial sums, per-term rounding
-(truncation, floor, nearest) with 4..15 fraction bits, and c rounded RZ or kept FP32.
+(truncation, floor, nearest) with 4..15 fraction bits, and c rounded RZ or kept FP32.  Also worse, of
+H100-e4m3 / H100-e5m2 / B200-e4m3 / B200-e5m2: Hopper's e8m13 chain (k = 32, or two halves of 16, c
+aligned) rounded to FP16 at the end, 244-285 rows of the six files; the products and c fused with 25 bits (FP32 RZ) then
+rounded to FP16, 252/281/253/275; c added to the products' FP32 sum in FP32 (RN or RZ) then rounded,
+252/281/253/275; the products' sum rounded toward zero to FP16 before c's add, 228/248/226/257; c ignored,
+0-1 (so the GPU did use c: the measuring program passes it in C[0, 0] of the mma.sync f16 accumulator).
 """
 
 
