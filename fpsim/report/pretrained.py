@@ -36,9 +36,8 @@ def sentence_embeddings(tokenizer, model, sentences):
     """The unit-length sentence embeddings (len(sentences), 384) of all-MiniLM-L6-v2: mean pooling of the last
     hidden states h over the tokens the attention mask m keeps, e = sum_t m_t h_t / sum_t m_t, then e / ||e||.
 
-    Run under ``torch.no_grad()``, not sentence-transformers' ``encode()``: ``encode`` runs under
-    ``torch.inference_mode()``, where composite ops reach a dispatch mode undecomposed (issue 20); here the
-    tokenizer, the forward pass, the pooling and the normalisation are the same steps, each op inside an
+    Run under ``torch.no_grad()``: the steps of sentence-transformers' ``encode()`` (which runs them under
+    ``torch.inference_mode()``, giving the same emulated values: tests/test_pretrained.py), each op inside an
     ``emulate`` block around this call following its policy.
     """
     import torch

@@ -127,7 +127,7 @@ class AutocastMode(EmulationMode):
         if self.exact and op.placement == MATMUL:
             return exact_product(func, args, kwargs, self.policy, self._format)
         if fmt != FP32 and is_plain_attention(func, args, kwargs):
-            return flash_attention_of(args, kwargs, fmt, fast_exp=self.policy.placement == "autocast-cpu")
+            return flash_attention_of(args, kwargs, fmt, self.policy)
         return func(*args, **kwargs)
 
     # --- rounding -----------------------------------------------------------
@@ -158,7 +158,7 @@ class AutocastMode(EmulationMode):
         copy = cached[1]
         view = copy.as_strided(tensor.size(), tensor.stride(),
                                tensor.storage_offset() - parameter.storage_offset() + copy.storage_offset())
-        self._tags[view] = (self.policy.params, view._version)  # a product on a tensor core reads its format
+        self._tags[view] = (self.policy.params, _version(view))  # a product on a tensor core reads its format
         return view
 
     def _round_input(self, tensor, fmt, kind, path):

@@ -78,7 +78,7 @@ def tensor_core(func, args, kwargs, policy, format_of):
     if "scaled_dot_product" in op.__name__:
         query_format = format_of(args[0]) or FP32
         if query_format != FP32 and is_plain_attention(func, args, kwargs):
-            return flash_attention_of(args, kwargs, query_format)
+            return flash_attention_of(args, kwargs, query_format, policy)
         return func(*args, **kwargs)
     names = ", ".join(known.__name__ for known in TENSOR_CORE_OPS)
     raise ValueError(f"accumulate={policy.tensor_core!r} computes {names} on the tensor core; {op.__name__} has "
@@ -219,10 +219,11 @@ def flash_attention(query, key, value, is_causal: bool, scale, fmt: Format, attn
     return out, logsumexp
 
 
-def flash_attention_of(args, kwargs, fmt: Format, fast_exp: bool):
-    """``flash_attention`` called with the arguments ATen's CPU flash attention received."""
+def flash_attention_of(args, kwargs, fmt: Format, policy):
+    """``flash_attention`` called with the arguments ATen's CPU flash attention received, its exp as the
+    policy's placement table says (CPU autocast: ``cpu_fast_exp``)."""
     return flash_attention(*args[:3], args[4] if len(args) > 4 else False, kwargs.get("scale"), fmt,
-                           kwargs.get("attn_mask"), fast_exp)
+                           kwargs.get("attn_mask"), fast_exp=policy.placement == "autocast-cpu")
 
 
 FAST_EXP_VECTOR_FLOATS = {"AVX2": 8, "AVX512": 16}
