@@ -179,12 +179,12 @@ def test_a_stored_run_is_not_reused_by_other_numerics(tmp_path, monkeypatch):
     {"policy": "bf16-mixed", "optimizer": "adam", "betas": (0.8, 0.99), "grad_scale": 2, "hidden": (4,)},
 ])
 def test_a_result_config_reruns_the_same_run(options):
-    first = fpsim.train(**options, steps=2, batch_size=8, progress=False)
+    first = fpsim.train(**options, steps=2, batch_size=16, progress=False)
     again = fpsim.train(**first.config, progress=False)
     assert again.config == first.config
     assert again.policy == first.policy
     assert again.to_dict() == first.to_dict()
-    assert config_key(first.config) == config_key({**options, "steps": 2, "batch_size": 8})
+    assert config_key(first.config) == config_key({**options, "steps": 2, "batch_size": 16})
 
 
 @pytest.mark.parametrize("config, error, message", [
