@@ -21,9 +21,7 @@ def logits_of(output):
     """The logits of ``output`` (see the module docstring), or None when none of the places holds a tensor."""
     if isinstance(output, torch.Tensor):
         return output
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
+    logits = _field(output, "logits")
     if logits is None and isinstance(output, (tuple, list)) and output:
         logits = output[0]
     return logits if isinstance(logits, torch.Tensor) else None
@@ -31,9 +29,13 @@ def logits_of(output):
 
 def own_loss(output):
     """The loss the model computed itself (``output.loss`` or ``output["loss"]``, a tensor), else None."""
-    if isinstance(output, torch.Tensor):
-        return None
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, Mapping):
-        loss = output.get("loss")
+    loss = None if isinstance(output, torch.Tensor) else _field(output, "loss")
     return loss if isinstance(loss, torch.Tensor) else None
+
+
+def _field(output, name: str):
+    """``output.name``, else ``output[name]`` of a mapping, else None."""
+    value = getattr(output, name, None)
+    if value is None and isinstance(output, Mapping):
+        value = output.get(name)
+    return value
