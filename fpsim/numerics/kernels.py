@@ -268,11 +268,31 @@ def _round_nearest_float32(x, nearest):
     return np.uint32(i32(nan_bits) if nan else i32(result | i32(bits & i32(-0x80000000))))
 
 
-@njit(cache=True, parallel=True)
-def round_nearest_array(values, bits_out, nearest):
-    """``round_nearest_branchless`` of every element of ``values`` (float32 or float64) into ``bits_out``."""
-    for i in prange(values.shape[0]):
-        bits_out[i] = round_nearest_branchless(values[i], nearest)
+NEAREST_BLOCK = 4096
+"""Values per block of ``round_nearest_array``: each block is rounded into a scratch array, then copied out."""
+
+
+def _round_nearest_elements(values, bits_out, nearest):
+    """``round_nearest_branchless`` of every element of ``values`` (float32 or float64) into ``bits_out``.
+
+    ``bits_out`` may be ``values``' own memory (rounding in place).  Each block goes through a scratch array
+    so that the rounding loop never writes where it reads: LLVM vectorises a loop behind a run-time overlap
+    check, and an in-place loop fails it and runs scalar, its selects turned into branches that random data
+    mispredicts (measured: 262,144 float32 values to BF16 in place, 10 ms scalar, 0.15 ms vectorised)."""
+    n = values.shape[0]
+    for block in prange((n + NEAREST_BLOCK - 1) // NEAREST_BLOCK):
+        start = block * NEAREST_BLOCK
+        stop = min(start + NEAREST_BLOCK, n)
+        scratch = np.empty_like(bits_out[start:stop])
+        for i in range(stop - start):
+            scratch[i] = round_nearest_branchless(values[start + i], nearest)
+        bits_out[start:stop] = scratch
+
+
+round_nearest_array = njit(cache=True, parallel=True)(_round_nearest_elements)
+round_nearest_array_serial = njit(cache=True)(_round_nearest_elements)
+"""``round_nearest_array`` on the calling thread only (no parallel region: for small arrays, and where the
+caller computes on one thread)."""
 
 
 @njit(cache=True, inline="always")
