@@ -133,8 +133,8 @@ def _sums_and_exactness(blocks: np.ndarray, kernel: np.ndarray) -> tuple[np.ndar
     magnitudes (the transform's usual case) sum exactly in float64, ties at FP32 midpoints included."""
     sums = np.zeros((blocks.shape[0], kernel.shape[1]))
     exact = np.ones(sums.shape, dtype=bool)
-    for i in range(kernel.shape[0]):
-        term = blocks[:, i:i + 1] * kernel[i].astype(np.float64)
+    for i, signs in enumerate(kernel.astype(np.float64)):
+        term = blocks[:, i:i + 1] * signs
         total = sums + term
         virtual = total - sums
         error = (sums - (total - virtual)) + (term - virtual)
