@@ -44,8 +44,10 @@ Any module: a TorchScript module (``torch.jit.script`` / ``trace`` / ``load``) r
 weights, and its weight gradients keep their module paths; its submodules take no hooks, so every other entry
 is filed under ``"(outside)"``, with one warning (``fpsim.torch.tracking.hookable``).  A traced module gives the
 eager module's numbers bit for bit; a scripted one its forward outputs and weight gradients, but its backward
-is TorchScript's autodiff, whose Linear bias gradients differ from eager's under a 16-bit regime (under
-``fp16-pure`` they are not rounded: open).
+runs op by op too: inside the context TorchScript's graph executor does not optimise
+(``torch.jit.optimized_execution(False)``) and the model's compiled plans are flushed on entry and exit, since
+an optimised plan computes its backward as one ``DifferentiableGraph`` node, TorchScript's own autodiff, whose
+ops (a Linear bias's gradient summed before its products are rounded) reach the mode in no node of eager's.
 
 Threads: ``emulate`` leaves torch's and numba's thread counts as the caller set them
 (``fpsim.numerics.threads.start_numba_pool``), so ``emulate("fp32")`` runs the very kernels plain torch runs.
@@ -126,9 +128,29 @@ def emulate(policy, *, model=None, recorder=None, accumulate="native", casts=Non
     mode = RoutingMode(policy, model, recorder, regime) if policy.overrides else regime(policy, model)
     handles = mode.attach()
     try:
-        with mode:
+        with _torchscript_op_by_op(model), mode:
             yield mode
     finally:
         for handle in handles:
             handle.remove()
         mode.release()
+
+
+@contextmanager
+def _torchscript_op_by_op(model):
+    """TorchScript run by its interpreter, op by op with eager's autograd nodes (see the module docstring):
+    the executor's optimisation off, and ``model``'s compiled plans flushed before and after (an optimised
+    plan, once built, would be reused; flushed after, the model compiles afresh outside)."""
+    scripted = [m for m in model.modules() if isinstance(m, torch.jit.ScriptModule)] if model is not None else []
+
+    def flush():
+        for module in scripted:
+            for name in module._c._method_names():
+                module._c._get_method(name)._debug_flush_compilation_cache()
+
+    flush()
+    try:
+        with torch.jit.optimized_execution(False):
+            yield
+    finally:
+        flush()
