@@ -26,7 +26,7 @@ import numpy as np
 
 from ..sim.policy import POLICIES, Policy
 from ..sim.scaling import Scaling
-from .experiments import bits_per_character
+from .experiments import bits_per_character, cast_values, saturated_values
 from .stats import mean_ci, paired_comparison
 
 NVFP4_RECIPE = "nvfp4-te"
@@ -108,8 +108,6 @@ def gradient_error(result: dict) -> float | None:
 def summary_row(model: str, name: str, results: list[dict]) -> dict:
     """One row per model and policy: the validation loss (mean and 95% interval over seeds), the runs that
     diverged, the scaled casts' saturated and flushed values, and the weight gradients' error against FP64."""
-    from .experiments import cast_values, saturated_values
-
     losses = [validation_loss(model, r) for r in results]
     finite = [v for v in losses if v is not None]
     ci = mean_ci(finite) if finite else {"mean": None, "low": None, "high": None}
