@@ -33,12 +33,21 @@ def torch_run(policy, seed):
     return [h["loss"] for h in result.history] + [result.test_loss]
 
 
-def test_torch_runs_round_stochastically_from_their_seed():
-    same, again, other = torch_run("nvfp4-te", 0), torch_run("nvfp4-te", 0), torch_run("nvfp4-te", 1)
+SR_LAST_LAYER = dataclasses.replace(POLICIES["bf16-mixed"], name="bf16-mixed, nvfp4-te (SR gradients) last layer",
+                                    overrides={"4": dataclasses.replace(POLICIES["nvfp4-te"], overrides=())})
+"""A 16-bit run whose last Linear computes under a stochastically rounding scaled override."""
+
+
+@pytest.mark.parametrize("policy", ["nvfp4-te", SR_LAST_LAYER], ids=["scaled run", "scaled override"])
+def test_torch_runs_round_stochastically_from_their_seed(policy):
+    same, again, other = torch_run(policy, 0), torch_run(policy, 0), torch_run(policy, 1)
     assert same == again  # bit-identical
     assert same[0] == other[0]  # the first forward pass casts nothing stochastically: the same init and batch
     assert same[1:] != other[1:]  # the first step's gradients were rounded from other draws
-    assert torch_run(NEAREST, 0) == torch_run(NEAREST, 1)  # without stochastic rounding the seed changes nothing
+
+
+def test_without_stochastic_rounding_the_seed_reaches_nothing_here():
+    assert torch_run(NEAREST, 0) == torch_run(NEAREST, 1)  # so above, the seed reached the stochastic rounding only
 
 
 SR_HEAD = dataclasses.replace(POLICIES["bf16-mixed"], name="bf16-mixed, nvfp4 (SR gradients) last layer",
