@@ -173,7 +173,7 @@ def nvfp4_verdict(section, model, by_name, n_steps):
     verdict = ("not supported by the evidence" if not within else
                "holds" if not unshown else "holds under conditions")
     n = len(by_name[NVFP4_RECIPE])
-    bf16 = [layer["module"] for layer in by_name[NVFP4_RECIPE][0]["layers"] if layer["policy"] == BASELINE]
+    bf16 = [layer["module"] for layer in by_name[NVFP4_RECIPE][0]["layers"] if layer.get("policy") == BASELINE]
     diverged = {name: losses(model, results).count(None) for name, results in by_name.items()}
     weights = sum(layer["parameters"] for layer in by_name[FP8][0]["layers"])
     evidence = (
@@ -199,6 +199,8 @@ def nvfp4_verdict(section, model, by_name, n_steps):
 def _difference(test: dict | None) -> str:
     if test is None:
         return "not compared (a run diverged)"
+    if test["ties"] == test["n"]:
+        return f"0 in each of the {test['n']} seeds (the same losses)"
     return (f"{test['mean_difference']:+.3g} (95% CI {test['low']:+.3g} to {test['high']:+.3g}, "
             f"p = {test['t_test_p']:.2g})")
 

@@ -117,13 +117,13 @@ def runs(**losses):
 BASE = [2.0, 2.1, 1.9]
 
 
-def nvfp4_runs(full_gap, component_gains):
+def nvfp4_runs(full_gap, component_gains, spread=0.1):
     """fp8-current at BASE; plain NVFP4 5% above it; each component lowering plain NVFP4's loss by its gain (0:
-    noise only); nvfp4-te ``full_gap`` (relative) above fp8-current."""
+    noise only); nvfp4-te ``full_gap`` (relative) above fp8-current, with NOISE times ``spread``."""
     none = [b * 1.05 for b in BASE]
     by_name = {"fp8-current": [fake(b) for b in BASE], "bf16-mixed": [fake(b - 0.01) for b in BASE],
                "nvfp4-te, none": [fake(v) for v in none],
-               "nvfp4-te": [fake(b * (1 + full_gap) + e / 10) for b, e in zip(BASE, NOISE)]}
+               "nvfp4-te": [fake(b * (1 + full_gap) + spread * e) for b, e in zip(BASE, NOISE)]}
     for component, gain in component_gains.items():
         by_name[f"nvfp4-te, +{component}"] = [fake(v - gain + e) for v, e in zip(none, NOISE)]
     return by_name
@@ -132,21 +132,23 @@ def nvfp4_runs(full_gap, component_gains):
 GAINS = {"2-D weights": 0.05, "SR gradients": 0.03, "RHT": 0.04, "last layers BF16": 0.08}
 
 
-@pytest.mark.parametrize("full_gap, gains, verdict, unshown", [
-    (0.005, GAINS, "holds", []),
-    (0.005, dict(GAINS, RHT=0.0), "holds under conditions", ["RHT"]),
-    (0.05, GAINS, "not supported by the evidence", []),
+@pytest.mark.parametrize("full_gap, spread, gains, verdict, unshown, said", [
+    (0.005, 0.1, GAINS, "holds", [], ": within"),
+    (0.005, 0.1, dict(GAINS, RHT=0.0), "holds under conditions", ["RHT"], ": within"),
+    (0.012, 5.0, GAINS, "not supported by the evidence", [], ": not shown within"),  # its CI reaches over 1.5%
+    (0.05, 0.1, GAINS, "not supported by the evidence", [], ": beyond"),
 ])
-def test_verdict_j_follows_the_gap_to_fp8_and_the_components(section_module, tmp_path, full_gap, gains, verdict,
-                                                            unshown):
+def test_verdict_j_follows_the_gap_to_fp8_and_the_components(section_module, tmp_path, full_gap, spread, gains,
+                                                            verdict, unshown, said):
     section = Section("recipes", "t", tmp_path)
-    section_module.nvfp4_verdict(section, "conv net", nvfp4_runs(full_gap, gains), 100)
+    by_name = nvfp4_runs(full_gap, gains, spread)
+    section_module.nvfp4_verdict(section, "conv net", by_name, 100)
     (judged,) = section.verdicts
     assert (judged.claim, judged.model, judged.verdict) == (section_module.CLAIM_NVFP4, "conv net", verdict)
     assert judged.claim.startswith("(j) ")
-    gap = recipes.relative_gap([r["test_loss"] for r in nvfp4_runs(full_gap, gains)["nvfp4-te"]], BASE)
+    gap = recipes.relative_gap([r["test_loss"] for r in by_name["nvfp4-te"]], BASE)
     assert f"relative, {100 * gap['mean_difference']:+.2f}% (95% CI {100 * gap['low']:+.2f}%" in judged.evidence
-    assert ("beyond the paper's 1.5%" if full_gap > 0.015 else ": within the paper's 1.5%") in judged.evidence
+    assert f"{said} the paper's 1.5%" in judged.evidence
     helping = [c for c in recipes.NVFP4_COMPONENTS if c not in unshown]
     assert f"lowering the loss: {', '.join(helping)}" in judged.evidence
     assert "is here head" in judged.evidence and "100 steps" in judged.evidence
@@ -154,35 +156,47 @@ def test_verdict_j_follows_the_gap_to_fp8_and_the_components(section_module, tmp
                                                                                            "conditions")
 
 
-def blockwise_runs(gap, tiles_penalty):
-    """bf16-mixed at BASE, fp8-current 0.1% above, fp8-blockwise ``gap`` above; the 128 x 128 variant
-    ``tiles_penalty`` above fp8-blockwise (None: diverged)."""
-    blockwise = [b * (1 + gap) + e / 100 for b, e in zip(BASE, NOISE)]
+def blockwise_runs(gap, tiles_penalty, spread=0.01):
+    """bf16-mixed at BASE, fp8-current 0.1% above, fp8-blockwise ``gap`` above (with NOISE times ``spread``); the
+    128 x 128 variant ``tiles_penalty`` above fp8-blockwise (None: diverged)."""
+    blockwise = [b * (1 + gap) + spread * e for b, e in zip(BASE, NOISE)]
     return {"bf16-mixed": [fake(b) for b in BASE], "fp8-current": [fake(b * 1.001) for b in BASE],
             "fp8-blockwise": [fake(v) for v in blockwise],
             recipes.BLOCKWISE_2D_GRADIENTS: [fake(None if tiles_penalty is None else v + tiles_penalty + e)
                                              for v, e in zip(blockwise, NOISE)]}
 
 
-@pytest.mark.parametrize("gap, penalty, verdict, condition", [
-    (0.0005, 0.05, "holds", ""),
-    (0.0005, 0.0, "holds under conditions", "not shown worse"),
-    (0.0005, None, "holds", ""),
-    (0.03, 0.05, "holds under conditions", "not shown within 0.25%"),
-    (0.03, 0.0, "not supported by the evidence", ""),
+@pytest.mark.parametrize("gap, spread, penalty, verdict, condition, said", [
+    (0.0005, 0.01, 0.05, "holds", "", ": within"),
+    (0.0005, 0.01, 0.0, "holds under conditions", "not shown worse", ": within"),
+    (0.0005, 0.01, None, "holds", "", ": within"),
+    (0.002, 1.0, 0.05, "holds under conditions", "not shown within 0.25%", ": not shown within"),  # CI over 0.25%
+    (0.03, 0.01, 0.05, "holds under conditions", "not shown within 0.25%", ": beyond"),
+    (0.03, 0.01, 0.0, "not supported by the evidence", "", ": beyond"),
 ])
-def test_verdict_k_follows_the_gap_to_bf16_and_the_2d_gradient_blocks(section_module, tmp_path, gap, penalty,
-                                                                      verdict, condition):
+def test_verdict_k_follows_the_gap_to_bf16_and_the_2d_gradient_blocks(section_module, tmp_path, gap, spread, penalty,
+                                                                      verdict, condition, said):
     pytest.importorskip("torch")  # the conv net's widths come from its config
     section = Section("recipes", "t", tmp_path)
-    section_module.blockwise_verdict(section, "conv net", blockwise_runs(gap, penalty), {"model": "cnn"})
+    section_module.blockwise_verdict(section, "conv net", blockwise_runs(gap, penalty, spread), {"model": "cnn"})
     (judged,) = section.verdicts
     assert (judged.claim, judged.model, judged.verdict) == (section_module.CLAIM_BLOCKWISE, "conv net", verdict)
     assert judged.claim.startswith("(k) ") and condition in judged.condition
-    assert ("beyond" if gap > 0.0025 else ": within") + " DeepSeek's 0.25%" in judged.evidence
+    assert f"{said} DeepSeek's 0.25%" in judged.evidence
     assert ("3 of 3 runs diverged" in judged.evidence) == (penalty is None)
     assert "at most 32 values (the conv net's channels)" in judged.evidence
     assert "fp8-blockwise 6" in judged.evidence  # saturated values over its 3 seeds
+
+
+def test_verdict_k_says_so_when_the_2d_blocks_change_no_loss(section_module, tmp_path):
+    pytest.importorskip("torch")
+    by_name = blockwise_runs(0.0005, 0.0)
+    by_name[recipes.BLOCKWISE_2D_GRADIENTS] = [fake(r["test_loss"]) for r in by_name["fp8-blockwise"]]
+    section = Section("recipes", "t", tmp_path)
+    section_module.blockwise_verdict(section, "conv net", by_name, {"model": "cnn"})
+    (judged,) = section.verdicts
+    assert judged.verdict == "holds under conditions"
+    assert "1 x 128 tiles: 0 in each of the 3 seeds (the same losses) (not shown worse)" in judged.evidence
 
 
 # --- the section, in quick mode ---------------------------------------------------------------------------
