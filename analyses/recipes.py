@@ -80,7 +80,9 @@ def run(ctx):
         f"{GRADIENT_TILES[0]} x {GRADIENT_TILES[1]} blocks. Every FP8 / FP4 policy quantizes the operands of the "
         "matrix products and convolutions only, with FP32 master weights and optimizer state. Gradient error: on "
         f"the steps compared with an FP64 twin of the model (every {SHADOW_EVERY}th, from step 0), "
-        "||g - g64|| / ||g64|| of each module's weight gradient, its median over modules and those steps.")
+        "||g - g64|| / ||g64|| of each module's weight gradient, its median over modules and those steps (the twin "
+        "runs the whole step in FP64, so the error holds the forward pass's quantization as well as the "
+        "backward's).")
     configs = [c for by_name in plan.values() for group in by_name.values() for c in group]
     results = iter(run_trainings(ctx, configs))
     runs = {model: {name: [next(results) for _ in group] for name, group in by_name.items()}
@@ -148,6 +150,14 @@ def nvfp4_table(section, runs):
                           "operands saturated, of the incoming gradients flushed to zero, and the weight gradients' "
                           "error against FP64.")
     section.data("nvfp4_components.csv", rows)
+    by = {(r["model"], r["policy"]): r for r in rows}
+    texts = [f"on the {model}, " + ", ".join(
+        f"{name.removeprefix(NVFP4_RECIPE + ', ')} {100 * by[(model, name)]['gradients flushed (mean)']:.3g}% "
+        f"({_error(by[(model, name)])})" for name in NVFP4_NAMES) for model in runs]
+    joined = "; ".join(texts)
+    section.text("**What each component changes in the casts**: the share of the incoming gradients flushed to zero "
+                 "(E2M1's smallest non-zero magnitude is 0.5 times its block's scale) and, in brackets, the weight "
+                 "gradients' error against FP64: " + joined + ".")
     section.figure(loss_figure(panels, NVFP4_BOUND), "nvfp4_components.png",
                    "(j) The final validation loss of each NVFP4 variant (points: seeds; black: mean and 95% t "
                    f"interval) beside bf16-mixed and fp8-current; green: fp8-current's mean and the band up to "
