@@ -5,7 +5,7 @@ with 2-D gradient blocks, and what a run says of its loss and of its gradients.
 ``nvfp4_variant(())`` is plain NVFP4 in Transformer Engine's encode (``nvfp4_te``: E2M1 elements, an E4M3 scale
 per 1 x 16 block along each product's reduction axis, an FP32 tensor scale, rounded to nearest), every layer in
 FP4; each component of ``NVFP4_COMPONENTS`` puts back the fields of ``nvfp4-te`` it names, so that
-``nvfp4_variant(NVFP4_COMPONENTS)`` is ``nvfp4-te`` itself (but for its name).
+``nvfp4_variant(NVFP4_COMPONENTS)`` is ``nvfp4-te`` itself.
 
 **Relative gap.** A variant's runs a_i and a reference's b_i on the same seeds: r_i = a_i / b_i - 1, its mean
 with the 95% t interval and the t-test of mean(r) = 0 (``fpsim.report.stats.paired_comparison`` of a / b against
