@@ -357,8 +357,9 @@ EXPECTED_FIGURES = {
     "fp8": ["unscaled.png", "delayed_lag.png", "against_bf16.png"],
     "pretrained": ["pretrained.png"],
     "hardware": ["fp8_gemm.png", "sixteen_bit_gemm.png", "fp8_training.png"],
+    "recipes": ["nvfp4_components.png", "blockwise.png"],
 }
-CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)"]
+CLAIMS = ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)", "(j)", "(k)"]
 
 
 @pytest.mark.slow
@@ -386,9 +387,9 @@ def test_quick_report_has_every_section_and_figure(tmp_path):
     for claim in CLAIMS:
         assert re.search(rf"^\| {re.escape(claim)} .* \| \*\*(holds|holds under conditions|not supported by the "
                          rf"evidence)\*\* \|", summary, re.M), claim
-    for claim in ("(a)", "(e)", "(f)", "(g)", "(h)", "(i)"):  # an overall verdict, then one per model
+    for claim in ("(a)", "(e)", "(f)", "(g)", "(h)", "(i)", "(j)", "(k)"):  # an overall verdict, then one per model
         assert re.search(rf"^\| {re.escape(claim)} [^|]* \| overall \| \*\*", summary, re.M), claim
-    for model, judged in zip(MODELS, (3, 6, 6)):  # (g), (h), (i): the conv net and the transformer only
+    for model, judged in zip(MODELS, (3, 8, 8)):  # (g) to (k): the conv net and the transformer only
         assert summary.count(f"| | {model} | **") == judged, model
 
 

@@ -3,9 +3,10 @@ master weights work, BF16's range, FP8 and MX scaling, and a verdict on every cl
 
 Runs each script in analyses/ (formats, rounding_validation, gradient_underflow,
 loss_scaling, master_weights, bf16_range, claims and claims_cost on the MLP; transformer_underflow,
-transformer_overflow, claims_models, fp8 and hardware (GPU tensor cores' accumulation) on the
-transformer and the conv net, which need torch; pretrained on all-MiniLM-L6-v2, which needs the
-pretrained extra: without what they need they are skipped and the report says so) and writes
+transformer_overflow, claims_models, fp8, hardware (GPU tensor cores' accumulation) and recipes
+(the NVFP4 recipe's components, DeepSeek's blockwise FP8) on the transformer and the conv net, which
+need torch; pretrained on all-MiniLM-L6-v2, which needs the pretrained extra: without what they
+need they are skipped and the report says so) and writes
 DIR/REPORT.md with its figures (PNG) and data (JSON, CSV), summary page first.
 The report is written into a temporary folder and moved into place at the end,
 so an interrupted run (Ctrl-C, SIGTERM) leaves the previous report intact.  DIR

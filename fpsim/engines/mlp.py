@@ -48,10 +48,12 @@ class Compute:
     accumulation format (``fpsim.sim.policy``).
     """
 
-    def __init__(self, policy: Policy, recorder=None, casts=None, *, rounds_operands: bool = False):
+    def __init__(self, policy: Policy, recorder=None, casts=None, *, rounds_operands: bool = False, seed: int = 0):
         self.policy = policy
         self.recorder = recorder
         self.casts = casts
+        self.seed = seed
+        """The stochastic rounding's seed of the casts a 16-bit run makes for its scaled overrides (the run's)."""
         self.rounds_operands = rounds_operands
         """An override's arithmetic: the operands reach it in the run's formats, so each product first rounds
         them to this policy's (a no-op where they agree)."""
@@ -123,7 +125,7 @@ class Compute:
                 casts = None
                 if policy.scaling is not None:
                     if self.casts is None and self._override_casts is None:  # a 16-bit run's, kept here
-                        self._override_casts = ScaledCasts(self.policy, self.recorder)
+                        self._override_casts = ScaledCasts(self.policy, self.recorder, self.seed)
                     casts = (self.casts or self._override_casts).for_policy(policy)
                 compute = Compute(policy, self.recorder, casts, rounds_operands=True)
             self._layers[layer] = compute

@@ -67,10 +67,14 @@ class _Run:
         self.model = MLP((dataset.inputs, *hidden, dataset.outputs), dataset.task)
         # Under a scaling recipe (FP8 / MX) the products cast their operands through one ScaledCasts,
         # whose delayed scalers the training steps update and the evaluation reads.
-        self.casts = ScaledCasts(policy, recorder) if policy.scaling is not None else None
-        self.compute = Compute(policy, recorder, self.casts)
+        # spawn(4)'s first three children are spawn(3)'s: the fourth, the casts' stochastic rounding, changes no
+        # other stream
+        init_seed, batch_seed, rounding_seed, casts_seed = np.random.SeedSequence(seed).spawn(4)
+        self.casts_seed = int(casts_seed.generate_state(1, np.uint64)[0])
+        self.casts = ScaledCasts(policy, recorder, self.casts_seed) if policy.scaling is not None else None
+        self.compute = Compute(policy, recorder, self.casts, seed=self.casts_seed)
         init_rng, self.batch_rng, rounding_rng = (np.random.default_rng(s)
-                                                  for s in np.random.SeedSequence(seed).spawn(3))
+                                                  for s in (init_seed, batch_seed, rounding_seed))
         self.weights = _Weights(policy, self.model.init_weights(init_rng), optimizer, self.compute.dtype,
                                 rounding_rng, recorder, uses_master=self.casts is None)
         # The data are rounded to the activations format once (inputs are data, not computed values);
@@ -129,7 +133,7 @@ class _Run:
 
     def evaluate(self):
         """Test accuracy (None for a regression) and test loss, in the policy's forward formats."""
-        compute = Compute(self.policy, casts=self.casts and self.casts.for_evaluation())
+        compute = Compute(self.policy, casts=self.casts and self.casts.for_evaluation(), seed=self.casts_seed)
         params = self.weights.working()
         outputs = np.concatenate([self.model.forward(compute, self.x_test[i:i + EVAL_CHUNK], params).output
                                   for i in range(0, len(self.x_test), EVAL_CHUNK)])

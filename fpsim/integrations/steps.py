@@ -67,7 +67,7 @@ class EmulatedSteps:
         self.policy = Policy.coerce(policy)
         self.recorder = recorder
         self.scaler = LossScaler.for_policy(self.policy.loss_scale, scaler)
-        self.casts = ScaledCasts(self.policy, recorder) if self.policy.scaling is not None else None
+        self.casts = ScaledCasts(self.policy, recorder, seed) if self.policy.scaling is not None else None
         self.accumulate = "native" if self.policy.accumulate == FP32 else "exact"
         self.rng = np.random.default_rng(seed)
         self.model = None

@@ -34,6 +34,11 @@ CLAIM_DELAYED = "(g) FP8 per-tensor delayed scaling is not needed: current scali
 CLAIM_MX_FLOOR = "(h) the MX spec's floor-rounded scales make gradients diverge; rounding them up matches BF16"
 CLAIM_PROMOTION = ("(i) FP8 training on Hopper needs FP32 promotion of the accumulator (DeepSeek-V3; Transformer "
                    "Engine's split accumulation)")
+CLAIM_NVFP4 = ("(j) each component of the NVFP4 recipe (2-D weight scaling, stochastically rounded gradients, the "
+               "random Hadamard transform, the last layers in BF16) helps, and the whole recipe trains within 1-1.5% "
+               "of FP8's loss (NVIDIA, arXiv 2509.25149)")
+CLAIM_BLOCKWISE = ("(k) DeepSeek-V3's blockwise FP8 (1x128 tiles, 128x128 weight blocks) trains within 0.25% of BF16's "
+                   "loss, and 128x128 blocks for the activation gradients train worse than 1x128 tiles")
 
 SIGNIFICANCE = 0.05
 """A paired difference is significant when its t-test p-value lies below this."""

@@ -97,13 +97,15 @@ def train_model(config, *, progress: bool = False) -> tuple[TrainResult, "torch.
     """``train``, also returning the trained model (its parameters: the weights as stored)."""
     policy = config.effective_policy
     _check_policy(policy)
-    init_seed, batch_seed, rounding_seed, forward_seed = np.random.SeedSequence(config.seed).spawn(4)
+    # spawn(5)'s first four children are spawn(4)'s: the fifth, the scaled casts' stochastic rounding, changes no
+    # other stream
+    init_seed, batch_seed, rounding_seed, forward_seed, casts_seed = np.random.SeedSequence(config.seed).spawn(5)
     # torch's global generator, which a model's dropout draws from, runs from the seed and is restored after
     with one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_of(forward_seed))
         model, data = _build(config, torch.Generator().manual_seed(seed_of(init_seed)))
         run = _Run(config, policy, model, data, np.random.default_rng(batch_seed),
-                   np.random.default_rng(rounding_seed), seed_of(batch_seed.spawn(1)[0]))
+                   np.random.default_rng(rounding_seed), seed_of(batch_seed.spawn(1)[0]), seed_of(casts_seed))
         return run.train(progress), model
 
 
@@ -253,7 +255,7 @@ class _Weights:
 class _Run:
     """The state of one run: model, data, weights and optimizer, scaler, recorder, random streams."""
 
-    def __init__(self, config, policy, model, data, batch_rng, rounding_rng, data_seed):
+    def __init__(self, config, policy, model, data, batch_rng, rounding_rng, data_seed, casts_seed):
         self.config, self.policy, self.model, self.data = config, policy, model, data
         self.user_data = isinstance(data, UserData)
         self.language_model = not self.user_data and data.task == "language-model"
@@ -269,8 +271,10 @@ class _Run:
                                   momentum=config.momentum, betas=config.betas, eps=config.eps)
 
         self.weights = _Weights(policy, self.params, make, self.recorder, rounding_rng)
-        # FP8 / MX recipes: one ScaledCasts for the run (its delayed scalers' amax histories span the steps)
-        self.casts = ScaledCasts(policy, self.recorder) if policy.scaling is not None else None
+        # FP8 / MX recipes (the run's or an override's): one ScaledCasts for the run (its delayed scalers' amax
+        # histories span the steps; its stochastic rounding draws one stream from the run's seed)
+        scaled = any(p.scaling is not None for p in (policy, *(p for _, p in policy.overrides)))
+        self.casts = ScaledCasts(policy, self.recorder, casts_seed) if scaled else None
         self.shadow_model = None  # the float64 twin, made at the first shadow step
         # float32 BLAS accumulates in FP32; any other accumulation format needs fpsim.matmul's exact products
         self.accumulate = "native" if policy.accumulate == FP32 else "exact"
