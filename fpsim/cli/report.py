@@ -15,7 +15,7 @@ file, a folder holding anything else, or the current folder is refused.  An anal
 is reported with its error, the others still run, and the exit status is 1.
 
 Examples:
-  fpsim report                          the full report into reports/ (under an hour on 2 cores)
+  fpsim report                          the full report into reports/ (about two hours on 2 cores)
   fpsim report --quick --out /tmp/r     a small-budget run (a few minutes)
   fpsim report --only formats claims    these analyses; the others' sections are kept from DIR
 """
