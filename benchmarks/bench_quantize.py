@@ -16,6 +16,11 @@ quantized (the whole call: grouping, amaxes, scales, rounding, dequantization an
 per second.
 
     python benchmarks/bench_quantize.py
+
+Measured (2^22 values, one thread, best of rounds, wall time, a contended 2-core machine; rate and time
+as a multiple of fpsim.round e4m3 in the same run), before -> after the nvfp4_te tile kernel:
+nvfp4_te 1x16 0.33 G/s (2.25x) -> 0.53 (1.12x); nvfp4_te 16x16 0.17 (4.29x) -> 0.61 (0.98x);
+e4m3 128x128 floor-scale 1.03 (0.72x) -> 0.87 (0.68x, unchanged code); mxfp8_e4m3 0.75 (0.99x) -> 0.62 (0.96x).
 """
 
 from __future__ import annotations

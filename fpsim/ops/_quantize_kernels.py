@@ -1,5 +1,6 @@
 """Numba kernels of ``fpsim.quantize``: the E8M0 scale rule, the fused power-of-two block and 2-D tile
-quantizers, and NVFP4 in Transformer Engine's FP32 order (float32 input).
+quantizers, and NVFP4 in Transformer Engine's FP32 order (float32 input; 1-D blocks and 2-D tiles, with the
+tensor's amax from ``largest_magnitude``).
 
 ``mx_exponent`` is the one implementation of the E8M0 scale rules (the Fraction
 reference in ``fpsim.ops.quantize`` is the independent one).  ``quantize_pow2_blocks``
@@ -147,7 +148,8 @@ def pow2(e, like):
 
 BLOCKS_PER_TASK = 256
 """Blocks that ``quantize_pow2_blocks`` handles as one task (32-value blocks: 32 KB of float32,
-which stays in the L1/L2 cache between the task's passes)."""
+which stays in the L1/L2 cache between the task's passes), and tiles of one strip that
+``quantize_nvfp4_te_tiles`` does (16 x 16 tiles: 256 KB, in the L2 cache)."""
 
 
 @njit(cache=True, parallel=True)
@@ -241,33 +243,84 @@ def quantize_pow2_tiles(x, out, scales, tile_rows, tile_cols, rounding, emax, ma
                     flat_out[k] = float_of_bits(round_nearest_branchless(flat_x[k] * inverse, nearest), like) * factor
 
 
+LARGEST_CHUNK = 1 << 16
+"""Values per task of ``largest_magnitude``."""
+
+
 @njit(cache=True, parallel=True)
-def quantize_nvfp4_te_blocks(x, out, scales, block, tensor_amax, multiplier, decode, reciprocal_product,
-                             element_max, scale_nearest, element_nearest, clamp):
-    """NVFP4 in Transformer Engine's FP32 order (``fpsim.ops.quantize``, "e4m3-te") for float32 rows ``x``:
-    per block s = E4M3(min(A * multiplier, 448)), e = min(1 / (s * decode), FP32 max), d = (s * T) *
-    reciprocal_product, out = q(clamp(x * e)) * d, every operation a float32 one (IEEE: the RN32 of the
-    formulas, as the inputs are FP32 numbers).  ``scales`` (rows, blocks; float64) receives d; a finite T only.
+def largest_magnitude(x):
+    """The bit pattern of the largest |v| in the 1-D float32 array ``x`` (0 when empty): an integer max over
+    the magnitude patterns, whose order is that of the magnitudes, with NaN's above inf's, so that a NaN
+    anywhere gives a pattern above inf's.  One pass, in chunks of ``LARGEST_CHUNK`` values (a task each), where
+    ``max(x.max(), -x.min())`` takes two and gives -0 for a tensor of zeros whose largest value is -0."""
+    chunks = -(-x.shape[0] // LARGEST_CHUNK)
+    partial = np.zeros(chunks, dtype=np.uint32)
+    for chunk in prange(chunks):
+        largest = magnitude_bits(np.float32(0))
+        for i in range(np.uint64(chunk * LARGEST_CHUNK), np.uint64(min(chunk * LARGEST_CHUNK + LARGEST_CHUNK,
+                                                                           x.shape[0]))):
+            largest = max(largest, magnitude_bits(x[i]))
+        partial[chunk] = largest
+    largest = np.uint32(0)
+    for chunk in range(chunks):
+        largest = max(largest, partial[chunk])
+    return largest
+
+
+@njit(cache=True, parallel=True)
+def quantize_nvfp4_te_tiles(x, out, scales, tile_rows, tile_cols, tensor_amax, multiplier, decode,
+                            reciprocal_product, element_max, scale_nearest, element_nearest, clamp):
+    """NVFP4 in Transformer Engine's FP32 order (``fpsim.ops.quantize``, "e4m3-te") for float32 ``x`` and
+    ``out`` (batch, rows, cols), C-contiguous: each ``tile_rows`` x ``tile_cols`` tile (edge tiles smaller;
+    1-D blocks are tiles of one row) with A its amax has s = E4M3(min(A * multiplier, 448)),
+    e = min(1 / (s * decode), FP32 max) (FP32 max where s * decode is 0), d = (s * T) * reciprocal_product,
+    and out = q(clamp(x * e)) * d, every operation a float32 one (IEEE: the RN32 of the formulas, as the
+    inputs are FP32 numbers).  ``scales`` (batch, tile rows, tile columns; float64) receives d; a finite T only.
+
+    A task is up to ``BLOCKS_PER_TASK`` tiles of one strip (``tile_rows`` rows of one matrix) in three
+    passes, as in ``quantize_pow2_blocks``: amaxes (row by row over runs of ``tile_cols`` values), the
+    scales (a loop of selects over the task's tiles, which vectorises), the values (row by row again); the
+    input is read in place, without a padded tile copy.  Measured on 2^22 values, one thread (CPU time):
+    1 x 16 blocks 1.7x faster than one task per block (the former kernel, whose scale code ran once per 16
+    values between two 16-value loops), and 16 x 16 tiles 4.5x faster than that kernel on ``_rows``'s
+    padded tile copy.
     """
-    rows, n = x.shape
-    blocks = scales.shape[1]
+    batch, rows, cols = x.shape
+    grid_rows, grid_cols = scales.shape[1], scales.shape[2]
     flat_x, flat_out, flat_scales = x.reshape(-1), out.reshape(-1), scales.reshape(-1)
     like = np.float32(0)
     top = np.float32(3.4028234663852886e38)
-    for task in prange(rows * blocks):
-        row, b = task // blocks, task % blocks
-        start, stop = _block_range(row, b, block, n)
-        amax = magnitude_bits(like)
-        for i in range(start, stop):
-            amax = max(amax, magnitude_bits(flat_x[i]))
-        raw = min(np.float32(float_of_bits(amax, like) * multiplier), np.float32(448.0))
-        s = float_of_bits(round_nearest_branchless(raw, scale_nearest), like)
-        product = np.float32(s * decode)
-        encode = top if product == 0 else min(np.float32(np.float32(1) / product), top)
-        d = np.float32(np.float32(s * tensor_amax) * reciprocal_product)
-        flat_scales[task] = d
-        for i in range(start, stop):
-            scaled = np.float32(flat_x[i] * encode)
-            if clamp:
-                scaled = min(max(scaled, -element_max), element_max)
-            flat_out[i] = np.float32(float_of_bits(round_nearest_branchless(scaled, element_nearest), like) * d)
+    tasks_per_strip = -(-grid_cols // BLOCKS_PER_TASK)
+    for task in prange(batch * grid_rows * tasks_per_strip):
+        strip, first_tile = task // tasks_per_strip, task % tasks_per_strip * BLOCKS_PER_TASK
+        matrix = strip // grid_rows
+        first = strip % grid_rows * tile_rows
+        last = min(first + tile_rows, rows)
+        count = min(BLOCKS_PER_TASK, grid_cols - first_tile)
+        largest = np.zeros(count, dtype=np.uint32)
+        encodes = np.empty(count, dtype=np.float32)
+        decodes = np.empty(count, dtype=np.float32)
+        for i in range(first, last):
+            for t in range(count):
+                start, stop = _block_range(matrix * rows + i, first_tile + t, tile_cols, cols)
+                amax = largest[t]
+                for k in range(start, stop):
+                    amax = max(amax, magnitude_bits(flat_x[k]))
+                largest[t] = amax
+        for t in range(count):
+            raw = min(np.float32(float_of_bits(largest[t], like) * multiplier), np.float32(448.0))
+            s = float_of_bits(round_nearest_branchless(raw, scale_nearest), like)
+            product = np.float32(s * decode)
+            encodes[t] = top if product == 0 else min(np.float32(np.float32(1) / product), top)
+            decodes[t] = np.float32(np.float32(s * tensor_amax) * reciprocal_product)
+            flat_scales[strip * grid_cols + first_tile + t] = decodes[t]
+        for i in range(first, last):
+            for t in range(count):
+                start, stop = _block_range(matrix * rows + i, first_tile + t, tile_cols, cols)
+                encode, d = encodes[t], decodes[t]
+                for k in range(start, stop):
+                    scaled = np.float32(flat_x[k] * encode)
+                    if clamp:
+                        scaled = min(max(scaled, -element_max), element_max)
+                    flat_out[k] = np.float32(float_of_bits(round_nearest_branchless(scaled, element_nearest),
+                                                           like) * d)

@@ -324,16 +324,19 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
     array, exact_inputs = _as_float_array(x)
     if exact_inputs is not None:
         raise ValueError("quantize reads float64 values: pass integers below 2^53 and no long doubles")
-    fused = spec.scale_format == "e8m0" and mode == "nearest" and \
+    pow2 = spec.scale_format == "e8m0" and mode == "nearest" and \
         (spec.scale_rounding != "floor-scale" or array.dtype == np.float32)
-    if fused and isinstance(spec.block_size, tuple):
-        values, scales = _pow2_tiles_fused(array, spec, saturate, axis)
+    nvfp4_te = spec.scale_format == "e4m3-te" and mode == "nearest" and array.dtype == np.float32 and array.size > 0
+    if (pow2 or nvfp4_te) and isinstance(spec.block_size, tuple):
+        values, scales = _tiles_fused(array, spec, saturate, axis)
         return (values, scales) if return_scales else values
     rows, block, groups, layout = _rows(array, spec, axis)
-    if fused:
+    if pow2:
         out, scales = _pow2_fused(rows, block, groups, spec, saturate)
-    elif spec.scale_format == "e4m3-te" and mode == "nearest" and rows.dtype == np.float32 and rows.size:
-        out, scales = _nvfp4_te_fused(rows, block, groups, spec, saturate)
+    elif nvfp4_te:  # 1-D blocks: tiles of one row
+        out, scales = _nvfp4_te_fused(rows.reshape((1,) + rows.shape), (1, block), (rows.shape[0], groups), spec,
+                                      saturate)
+        out, scales = out[0], scales[0]
     else:
         out, scales = _grouped(rows, block, groups, spec, saturate, mode, rng, scale)
     values = _restore(out.astype(array.dtype, copy=False), layout)
@@ -370,14 +373,17 @@ def _pow2_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate
     return out, scales
 
 
-def _pow2_tiles_fused(array: np.ndarray, spec: _Spec, saturate: bool, axis: int):
-    """E8M0 scaling of 2-D tiles in mode nearest: the numba tile kernel on the input in place of ``_rows``'s
-    padded tile copy (same checks; ``_rows`` defines the grouping, the tests hold the two together)."""
+def _tiles_fused(array: np.ndarray, spec: _Spec, saturate: bool, axis: int):
+    """2-D tiles in mode nearest, E8M0 or "e4m3-te" scales: the numba tile kernels on the input in place of
+    ``_rows``'s padded tile copy (same checks; ``_rows`` defines the grouping, the tests hold the two together)."""
     _tile_rows(array[..., :0, :0] if array.ndim >= 2 else array, spec.block_size, axis)  # the checks, no copy
     lead, (n_rows, n_cols) = array.shape[:-2], array.shape[-2:]
-    r, c = min(spec.block_size[0], max(n_rows, 1)), min(spec.block_size[1], max(n_cols, 1))
-    grid = (max(-(-n_rows // r), 1), max(-(-n_cols // c), 1))
+    tile = min(spec.block_size[0], max(n_rows, 1)), min(spec.block_size[1], max(n_cols, 1))
+    grid = (max(-(-n_rows // tile[0]), 1), max(-(-n_cols // tile[1]), 1))
     matrices = np.ascontiguousarray(array).reshape(math.prod(lead), n_rows, n_cols)
+    if spec.scale_format == "e4m3-te":
+        out, scales = _nvfp4_te_fused(matrices, tile, grid, spec, saturate)
+        return out.reshape(array.shape), scales.reshape(lead + grid)
     out = np.empty_like(matrices)
     scales = np.empty((matrices.shape[0],) + grid, dtype=np.float64)
     if matrices.size == 0:
@@ -385,28 +391,33 @@ def _pow2_tiles_fused(array: np.ndarray, spec: _Spec, saturate: bool, axis: int)
     else:
         nearest = kernel_params(spec.element, matrices.dtype).nearest_args(saturate)
         with threads_for(matrices.size, PARALLEL_MIN_ELEMENTS):
-            kernels.quantize_pow2_tiles(matrices, out, scales, r, c, *_mx_arguments(spec), nearest)
+            kernels.quantize_pow2_tiles(matrices, out, scales, *tile, *_mx_arguments(spec), nearest)
     return out.reshape(array.shape), scales.reshape(lead + grid)
 
 
-def _nvfp4_te_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate: bool):
-    """"e4m3-te" for float32 rows in mode nearest: the numba kernel (float32 arithmetic), or ``_nvfp4_te`` when
-    the tensor's amax is not finite."""
+def _nvfp4_te_fused(matrices: np.ndarray, tile: tuple[int, int], grid: tuple[int, int], spec: _Spec,
+                    saturate: bool):
+    """"e4m3-te" for float32 ``matrices`` (batch, rows, cols), not empty, in mode nearest: (values, d of shape
+    (batch,) + ``grid``) from the numba kernel (float32 arithmetic); all NaN when the tensor's amax T is not
+    finite (as ``_nvfp4_te``)."""
     f32, element = np.float32, spec.element
-    tensor_amax = f32(max(rows.max(), -rows.min()))  # (no |rows| copy; a NaN propagates)
-    if not np.isfinite(tensor_amax):
-        return _grouped(rows, block, groups, spec, saturate, "nearest", None)
+    scales = np.empty((matrices.shape[0],) + grid, dtype=np.float64)
+    with threads_for(matrices.size, PARALLEL_MIN_ELEMENTS):
+        largest = kernels.largest_magnitude(matrices.reshape(-1))
+    if largest >= np.uint32(0x7F800000):
+        scales[...] = np.nan
+        return np.full_like(matrices, np.nan), scales
+    tensor_amax = np.uint32(largest).view(f32)
     with np.errstate(divide="ignore", over="ignore"):
         encode = min(f32(E4M3.max * element.max) / tensor_amax, f32(FP32.max))
     encode = f32(1) if encode == 0 else encode
     multiplier = f32(encode * (f32(1) / f32(element.max)))
-    scales = np.empty((rows.shape[0], groups), dtype=np.float64)
-    out = np.empty_like(rows)
-    with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
-        kernels.quantize_nvfp4_te_blocks(rows, out, scales, block, tensor_amax, multiplier, f32(1) / encode,
-                                         f32(1) / f32(E4M3.max * element.max), f32(element.max),
-                                         kernel_params(E4M3, rows.dtype).nearest_args(True),
-                                         kernel_params(element, rows.dtype).nearest_args(saturate), saturate)
+    out = np.empty_like(matrices)
+    with threads_for(matrices.size, PARALLEL_MIN_ELEMENTS):
+        kernels.quantize_nvfp4_te_tiles(matrices, out, scales, *tile, tensor_amax, multiplier, f32(1) / encode,
+                                        f32(1) / f32(E4M3.max * element.max), f32(element.max),
+                                        kernel_params(E4M3, matrices.dtype).nearest_args(True),
+                                        kernel_params(element, matrices.dtype).nearest_args(saturate), saturate)
     return out, scales
 
 
