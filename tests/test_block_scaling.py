@@ -238,3 +238,38 @@ def test_stochastic_rounding_of_tiles_and_nvfp4_te_is_seeded_and_unbiased(kwargs
     assert not same_bits(a, fpsim.quantize(x, mode="stochastic", rng=8, **kwargs))
     inner = a[x == np.float32(1.25)]
     assert set(np.unique(inner)) == {1.0, 1.5} and abs(inner.mean() - 1.25) < 0.01
+
+
+def adversarial_blocks(rng) -> np.ndarray:
+    """Rows of 16 that stress the NVFP4 encode: zeros of both signs (all -0 made T = -0 and every value NaN),
+    one value with 15 zeros, equal values, subnormals, amax at E2M1's 6 and at 448 x 6 (T = 1), the largest and
+    smallest float32 normals, and mixed binades."""
+    tiny, huge = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    rows = [np.full(16, -0.0), np.zeros(16), np.r_[-0.0, np.zeros(15)], np.r_[3.0, np.zeros(15)],
+            np.full(16, -1.25), np.full(16, tiny * 3), np.arange(16) * tiny / 7, np.r_[6.0, np.linspace(-6, 5, 15)],
+            np.r_[2688.0, rng.standard_normal(15)], np.r_[huge, -huge / 3, np.ones(14)],
+            np.r_[tiny, 1e-30, 1e30, rng.standard_normal(13)], rng.standard_normal(16) * 2.0 ** rng.integers(-40, 40, 16)]
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("block_size", [16, (16, 16), (1, 16)])
+@pytest.mark.parametrize("case", ["each row alone", "together", "signed zeros", "edge shape"])
+def test_the_nvfp4_te_kernel_matches_the_exact_reference_on_adversarial_blocks(block_size, case):
+    """The fused nvfp4_te kernel (float32, nearest) against the Fraction reference: every adversarial row as its
+    own tensor (its amax sets T), all of them in one tensor, tensors of zeros only, and a shape whose rows and
+    columns are not multiples of 16 (partial tiles at both edges)."""
+    rng = np.random.default_rng(11)
+    rows = adversarial_blocks(rng)
+    if case == "each row alone":
+        tensors = [np.tile(row, (16, 1)) for row in rows]
+    elif case == "together":
+        tensors = [np.repeat(rows, 2, axis=0)]
+    elif case == "signed zeros":
+        tensors = [np.full((16, 32), -0.0, np.float32), np.zeros((3, 16), np.float32),
+                   np.where(rng.random((16, 16)) < 0.5, -0.0, 0.0).astype(np.float32)]
+    else:
+        tensors = [spread(rng, (19, 37)), np.concatenate([rows[:, :13], rows[:, :13]])]
+    for x in tensors:
+        values, scales = fpsim.quantize(x, "nvfp4_te", block_size=block_size, return_scales=True)
+        expected, expected_scales = quantize_reference(x, "nvfp4_te", block_size=block_size)
+        assert same_bits(values, expected) and same_bits(scales, expected_scales), (case, x[0, :4])
