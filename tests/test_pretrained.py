@@ -3,9 +3,8 @@ probabilities and decisions in FP16 on a fixed synthetic signal, and all-MiniLM-
 keeps its sentence embeddings in FP16, BF16 departing further; plus the stored-bytes rule of the report's
 pretrained section and its skip without the model's wheel."""
 
-import importlib.util
+import importlib
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ SAMPLE_RATE = 16000
 CHUNK = 512
 """silero-vad's window at 16 kHz: 512 samples (32 ms) per call."""
 FP16_EVERY_OP = {"preset": "fp16-pure", "placement": "low-precision", "name": "fp16-every-op"}
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def voiced(seconds: float) -> np.ndarray:
@@ -160,11 +158,9 @@ def test_stored_weight_bytes_per_format():
 
 
 def test_the_pretrained_section_is_skipped_with_how_to_install_without_the_model_wheel(monkeypatch):
-    from fpsim.report.runner import missing_needs
+    from fpsim.report.runner import load_analysis, missing_needs
 
-    spec = importlib.util.spec_from_file_location("pretrained_analysis", ROOT / "analyses" / "pretrained.py")
-    analysis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analysis)
+    analysis = load_analysis("pretrained")
     monkeypatch.setitem(sys.modules, MINILM_PACKAGE, None)  # import raises ImportError
     assert f"needs {MINILM_PACKAGE}, which is not installed (pip install fpsim[pretrained])" in \
         missing_needs(analysis)

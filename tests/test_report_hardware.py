@@ -1,27 +1,20 @@
 """The report's hardware section: the exact reference and error statistics of fpsim.report.accumulation, the test
 operands, and the section's measurements on a small grid (analyses/hardware.py)."""
 
-import importlib.util
 import math
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fpsim
 from fpsim.report import accumulation
+from fpsim.report.runner import load_analysis
 from fpsim.report.section import Context
-
-ANALYSIS = Path(__file__).parents[1] / "analyses" / "hardware.py"
-
 
 @pytest.fixture(scope="module")
 def hardware():
-    spec = importlib.util.spec_from_file_location("hardware_analysis", ANALYSIS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_analysis("hardware")
 
 
 def test_the_exact_product_is_the_sum_of_the_products_rounded_once():

@@ -4,27 +4,20 @@ section itself in quick mode."""
 
 import csv
 import dataclasses
-import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fpsim.report import recipes
+from fpsim.report.runner import load_analysis
 from fpsim.report.section import Context, Section
 from fpsim.sim.policy import POLICIES
 from fpsim.sim.scaling import Scaling
 
-ANALYSIS = Path(__file__).parents[1] / "analyses" / "recipes.py"
-
-
 @pytest.fixture(scope="module")
 def section_module():
-    spec = importlib.util.spec_from_file_location("recipes_analysis", ANALYSIS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_analysis("recipes")
 
 
 # --- the policies --------------------------------------------------------------------------------------
