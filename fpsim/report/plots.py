@@ -173,15 +173,18 @@ def memory_figure(measured: list[dict], modelled: list[dict], ratio_curves: dict
 
 
 def seed_scatter(ax, values_by_policy: dict, ylabel: str) -> None:
-    """One column of points per policy (one point per seed, jittered) with its mean and 95% t interval."""
+    """One column of points per policy (one point per seed, jittered; None, a run without a value, left out)
+    with its mean and 95% t interval (from two values on)."""
     from .stats import mean_ci
 
     rng = np.random.default_rng(0)  # the jitter only; fixed so the figure is reproducible
     for i, values in enumerate(values_by_policy.values()):
+        values = [v for v in values if v is not None]
         ax.plot(i + rng.uniform(-0.12, 0.12, len(values)), values, "o", alpha=0.5)
-        ci = mean_ci(values)
-        ax.errorbar(i + 0.3, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
-                    color="k", capsize=4)
+        if len(values) > 1:
+            ci = mean_ci(values)
+            ax.errorbar(i + 0.3, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
+                        color="k", capsize=4)
     ax.set_xticks(range(len(values_by_policy)))
     ax.set_xticklabels(list(values_by_policy))
     ax.set_ylabel(ylabel)

@@ -27,6 +27,7 @@ import numpy as np
 from ..sim.policy import POLICIES, Policy
 from ..sim.scaling import Scaling
 from .experiments import bits_per_character, cast_values, saturated_values
+from .plots import seed_scatter
 from .stats import mean_ci, paired_comparison
 
 NVFP4_RECIPE = "nvfp4-te"
@@ -124,16 +125,10 @@ def summary_row(model: str, name: str, results: list[dict]) -> dict:
     return row
 
 
-def _points_with_intervals(ax, values_by: dict) -> None:
-    """On ``ax``, at x = 0, 1, ...: each entry's values (points; None left out) and, from two values on, their mean
-    with its 95% t interval (black); the entries' labels below, a line break after the first comma."""
-    for i, values in enumerate(values_by.values()):
-        finite = [v for v in values if v is not None]
-        ax.plot(np.full(len(finite), i - 0.15), finite, "o", color="tab:blue", alpha=0.5, ms=4)
-        if len(finite) > 1:
-            ci = mean_ci(finite)
-            ax.errorbar(i + 0.1, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], fmt="D",
-                        color="k", capsize=4, ms=4)
+def _points_with_intervals(ax, values_by: dict, ylabel: str) -> None:
+    """``fpsim.report.plots.seed_scatter`` of ``values_by`` on ``ax``, the labels below broken after their first
+    comma."""
+    seed_scatter(ax, values_by, ylabel)
     ax.set_xticks(range(len(values_by)), [n.replace(", ", ",\n", 1) for n in values_by], rotation=40, ha="right",
                   fontsize=7)
 
@@ -146,13 +141,13 @@ def loss_figure(panels, bound: float | None = None):
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     for ax, (title, ylabel, losses, reference) in zip(axes[0], panels):
-        _points_with_intervals(ax, losses)
+        _points_with_intervals(ax, losses, ylabel)
         base = float(np.mean([v for v in losses[reference] if v is not None]))
         ax.axhline(base, color="tab:green", lw=1, label=f"{reference}: mean")
         if bound is not None:
             ax.axhspan(base, base * (1 + bound), color="tab:green", alpha=0.15,
                        label=f"up to {100 * bound:g}% above {reference}")
-        ax.set(ylabel=ylabel, title=title)
+        ax.set_title(title)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
@@ -166,9 +161,9 @@ def blockwise_figure(panels):
 
     fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8), squeeze=False)
     for column, (title, ylabel, losses, errors) in enumerate(panels):
-        _points_with_intervals(axes[0][column], losses)
-        axes[0][column].set(ylabel=ylabel, title=title)
-        _points_with_intervals(axes[1][column], errors)
-        axes[1][column].set(ylabel="weight-gradient error vs FP64 (median)", yscale="log")
+        _points_with_intervals(axes[0][column], losses, ylabel)
+        axes[0][column].set_title(title)
+        _points_with_intervals(axes[1][column], errors, "weight-gradient error vs FP64 (median)")
+        axes[1][column].set(title="", yscale="log")
     fig.tight_layout()
     return fig
