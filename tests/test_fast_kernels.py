@@ -77,7 +77,7 @@ def test_float32_kernel_gives_the_int64_steps_bits(spec, saturate):
     np.testing.assert_array_equal(fast, steps)
 
 
-@pytest.mark.parametrize("spec", ["e4m3", "e5m2", "e2m1", "e3m2", "e8m0", "bf16",
+@pytest.mark.parametrize("spec", ["e4m3", "e5m2", "e2m1", "e3m2", "e8m0", "bf16", "tf32", Format("e8m13", 8, 13),
                                   Format("e4m3_ftz", 4, 3, subnormals=False, specials="fn")], ids=str)
 def test_float32_kernel_matches_the_exact_reference(spec):
     fmt = fpsim.get_format(spec)
@@ -90,6 +90,23 @@ def test_float32_kernel_matches_the_exact_reference(spec):
             want = round_exact(float(value), fmt, "nearest", saturate=saturate)
             assert (math.isnan(got) and math.isnan(want)) or \
                 (got == want and math.copysign(1, got) == math.copysign(1, want)), (fmt, saturate, value, got, want)
+
+
+@njit(cache=True)
+def _keeps_float32_range(nearest):
+    return kernels.keeps_float32_range(nearest)
+
+
+@pytest.mark.parametrize("spec, saturate, expected", [("bf16", False, True), ("tf32", False, True),
+                                                      (Format("e8m13", 8, 13), False, True), ("bf16", True, False),
+                                                      ("fp16", False, False), ("e6m9", False, False),
+                                                      (Format("bf16_ftz", 8, 7, subnormals=False), False, False),
+                                                      ("e8m0", False, False)], ids=str)
+def test_the_short_path_is_taken_for_float32s_exponent_range_only(spec, saturate, expected):
+    """The targets ``_round_nearest_float32_range`` serves (the tests above hold its bits): float32's exponent
+    range, subnormals and infinities kept, no saturation."""
+    nearest = kernel_params(fpsim.get_format(spec), np.float32).nearest_args(saturate)
+    assert _keeps_float32_range(nearest) is expected
 
 
 def test_nan_results_are_the_positive_quiet_nan_whatever_the_sign():
