@@ -111,6 +111,7 @@ SETTINGS = [dict(fmt=p, scale_rounding=r) for p in ("mxfp8_e4m3", "mxfp6_e3m2", 
             for r in ("floor", "ceil", "even", "rceil")] + [
     dict(fmt="nvfp4"), dict(fmt="e4m3"), dict(fmt="e5m2"), dict(fmt="e4m3", scaling="row"),
     dict(fmt="e4m3", scaling="block", block_size=16), dict(fmt="e2m1", scaling="row", scale_format="e4m3"),
+    dict(fmt="e4m3", scaling="block", block_size=13), dict(fmt="e2m1", scaling="row"),  # whole groups: the kernel
     dict(fmt="e4m3", scaling="tensor", scale_format="e8m0", scale_rounding="ceil"),
     dict(fmt="e5m2", scaling="row", scale_format="e8m0", scale_rounding="rceil"),
     dict(fmt="mxfp4", block_size=12), dict(fmt="bf16", scaling="block", block_size=8),
@@ -345,3 +346,27 @@ def test_fp32_products_at_exact_midpoints_round_to_even_without_the_fraction_pat
         assert same_bits(got, expected).all()
     assert _fp32_of(np.multiply, np.array([1 + 2.0**-23]), np.array([1.5]))[0] == np.float32(1.5 + 2.0**-22)
     assert _exact_products(fp32, e4m3, fp32 * e4m3).all() and not _exact_products(wide, wide, wide * wide).any()
+
+
+@pytest.mark.parametrize("saturate", [True, False])
+@pytest.mark.parametrize("kwargs", [dict(scaling="tensor"), dict(scaling="row"), dict(scaling="row", axis=0),
+                                    dict(scaling="block", block_size=8), dict(scale=float(np.float32(0.3)))],
+                         ids=lambda k: "-".join(f"{key}={value}" for key, value in k.items()))
+def test_the_fp32_scale_kernels_match_the_exact_reference_with_zeros_and_non_finite_groups(kwargs, saturate):
+    """The float32 path of FP32 current scaling (``largest_magnitude(s)`` and ``quantize_fp32_scaled``, in tasks
+    of ``SCALED_CHUNK`` values across groups) against Fractions: groups of +-0 only, a NaN, +-inf, the top of
+    float32 and float32 subnormals, in a tensor of more than one task; and a tensor of -0s only."""
+    from fpsim.ops._quantize_kernels import SCALED_CHUNK
+
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal((6, SCALED_CHUNK // 4 + 8)) * 2.0 ** rng.integers(-30, 30, (6, 1))).astype(np.float32)
+    x[0] = 0.0
+    x[0, 5] = -0.0
+    x[1, :40] = [1e-40, -3e-41, 1.4e-45, 3e38, -2.5e38] * 8
+    x[2, 7], x[3, 9], x[4, 11] = np.nan, np.inf, -np.inf
+    for fmt in ("e4m3", "e5m2", "e2m1"):
+        for values in (x, x[1:2], x[5:], np.full((2, 3), -0.0, np.float32)):
+            ours, scales = fpsim.quantize(values, fmt, return_scales=True, saturate=saturate, **kwargs)
+            reference, reference_scales = quantize_reference(values, fmt, saturate=saturate, **kwargs)
+            assert same_bits(ours, reference).all(), (fmt, values.shape)
+            assert same_bits(scales, reference_scales).all(), (fmt, values.shape)

@@ -324,3 +324,41 @@ def quantize_nvfp4_te_tiles(x, out, scales, tile_rows, tile_cols, tensor_amax, m
                         scaled = min(max(scaled, -element_max), element_max)
                     flat_out[k] = np.float32(float_of_bits(round_nearest_branchless(scaled, element_nearest),
                                                            like) * d)
+
+
+@njit(cache=True, parallel=True)
+def largest_magnitudes(x, group):
+    """``largest_magnitude`` of each run of ``group`` consecutive values of the 1-D float32 array ``x`` (the
+    last run may be shorter), one task per run: a uint32 pattern per run."""
+    runs = -(-x.shape[0] // group)
+    out = np.zeros(runs, dtype=np.uint32)
+    for run in prange(runs):
+        largest = magnitude_bits(np.float32(0))
+        for i in range(np.uint64(run * group), np.uint64(min(run * group + group, x.shape[0]))):
+            largest = max(largest, magnitude_bits(x[i]))
+        out[run] = largest
+    return out
+
+
+SCALED_CHUNK = 1 << 14
+"""Values per task of ``quantize_fp32_scaled``."""
+
+
+@njit(cache=True, parallel=True)
+def quantize_fp32_scaled(x, out, scales, group, nearest):
+    """out = RN32(q(RN32(x * s)) / s) for the 1-D float32 array ``x``, s = ``scales[i // group]`` (float32, one
+    per run of ``group`` consecutive values) and q the element format's rounding (``nearest``: its
+    ``KernelParams.nearest_args`` for float32): FP32 current scaling with ``fpsim.quantize``'s FP32 order, its
+    product and quotient the float32 IEEE ones.  Tasks of ``SCALED_CHUNK`` values, each looping over the runs
+    it meets, so that one scale (a whole tensor's) still spreads over the threads."""
+    n = x.shape[0]
+    like = np.float32(0)
+    for task in prange(-(-n // SCALED_CHUNK)):
+        start, stop = task * SCALED_CHUNK, min(task * SCALED_CHUNK + SCALED_CHUNK, n)
+        while start < stop:
+            run = start // group
+            end = min(stop, run * group + group)
+            s = scales[run]
+            for i in range(np.uint64(start), np.uint64(end)):
+                out[i] = float_of_bits(round_nearest_branchless(x[i] * s, nearest), like) / s
+            start = end

@@ -331,7 +331,10 @@ def quantize(x, fmt, *, scaling: str | None = None, axis: int = -1, block_size: 
         values, scales = _tiles_fused(array, spec, saturate, axis)
         return (values, scales) if return_scales else values
     rows, block, groups, layout = _rows(array, spec, axis)
-    if pow2:
+    if spec.scale_format == "fp32" and mode == "nearest" and array.dtype == np.float32 and array.size > 0 \
+            and rows.shape[1] % block == 0:
+        out, scales = _fp32_fused(rows, block, spec, saturate, scale)
+    elif pow2:
         out, scales = _pow2_fused(rows, block, groups, spec, saturate)
     elif nvfp4_te:  # 1-D blocks: tiles of one row
         out, scales = _nvfp4_te_fused(rows.reshape((1,) + rows.shape), (1, block), (rows.shape[0], groups), spec,
@@ -371,6 +374,28 @@ def _pow2_fused(rows: np.ndarray, block: int, groups: int, spec: _Spec, saturate
     with threads_for(rows.size, PARALLEL_MIN_ELEMENTS):
         kernels.quantize_pow2_blocks(rows, out, scales, block, *_mx_arguments(spec), nearest)
     return out, scales
+
+
+def _fp32_fused(rows: np.ndarray, block: int, spec: _Spec, saturate: bool, scale: float | None):
+    """FP32 scales in mode nearest for float32 ``rows`` (not empty) of whole groups: the numba kernels, amaxes
+    (magnitude patterns: NaN above inf) then values, with ``_grouped``'s scales in float32 arithmetic (s =
+    RN32(max / A): max and A are FP32 values, so the float32 quotient is the correctly rounded one)."""
+    f32, flat = np.float32, rows.reshape(-1)
+    groups = flat.size // block
+    with threads_for(flat.size, PARALLEL_MIN_ELEMENTS):
+        if scale is not None:
+            scales = np.full(groups, f32(scale))
+        else:
+            largest = np.array([kernels.largest_magnitude(flat)], dtype=np.uint32) if groups == 1 else \
+                kernels.largest_magnitudes(flat, block)
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                scales = np.clip(f32(spec.element.max) / largest.view(f32), f32(FP32.smallest_subnormal),
+                                 f32(FP32.max))
+            scales = np.where(largest == 0, f32(1), np.where(largest < 0x7F800000, scales, f32(np.nan)))
+        out = np.empty_like(flat)
+        kernels.quantize_fp32_scaled(flat, out, scales, block,
+                                     kernel_params(spec.element, np.float32).nearest_args(saturate))
+    return out.reshape(rows.shape), scales.astype(np.float64).reshape(rows.shape[0], groups // rows.shape[0])
 
 
 def _tiles_fused(array: np.ndarray, spec: _Spec, saturate: bool, axis: int):
@@ -619,7 +644,10 @@ def _reference_group(values, spec: _Spec, saturate: bool, mode: str, tensor_amax
         scale = Fraction(2) ** exponent
         return float(scale), [_signed(round_exact(_as_fraction(q(Fraction(v) / scale)) * scale, result_format), v)
                               for v in values]
-    if given_scale is None and not (isinstance(amax, Fraction) and isinstance(tensor_amax, Fraction)):
+    # a group's own inf or NaN makes its scale NaN; the tensor's amax T only enters NVFP4's two levels
+    uses_tensor_amax = spec.scale_format in ("e4m3", "e4m3-te")
+    if given_scale is None and not (isinstance(amax, Fraction) and (isinstance(tensor_amax, Fraction)
+                                                                     or not uses_tensor_amax)):
         return math.nan, [math.nan] * len(values)
     if spec.scale_format == "fp32":
         if given_scale is not None:
