@@ -134,3 +134,19 @@ def test_fp32_is_plain_torch_bit_for_bit_on_hugging_face_models():
         name, counts, again = entry.split(":")
         same, total = counts.split("/")
         assert same == total and again == "True", line
+
+
+def test_a_caller_on_one_torch_thread_gets_no_parallel_region_and_the_same_bits():
+    """``fpsim.numerics.threads.serial``: with torch on one thread every kernel call runs on the calling thread
+    (numba's count read back unchanged after it), with torch on two a large one may not; the bits agree."""
+    out = run_python("""
+        import numpy as np, torch, numba, fpsim
+        from fpsim.numerics.threads import serial
+        x = np.random.default_rng(0).standard_normal(1 << 19).astype(np.float32)
+        torch.set_num_threads(2)
+        parallel = serial(x.size, 1 << 18), fpsim.quantize(x, "e4m3").view(np.uint32)
+        torch.set_num_threads(1)
+        alone = serial(x.size, 1 << 18), fpsim.quantize(x, "e4m3").view(np.uint32)
+        print(parallel[0], alone[0], bool((parallel[1] == alone[1]).all()), numba.get_num_threads())
+    """)
+    assert out == f"False True True {CORES}" if CORES > 1 else out.startswith("False True True")

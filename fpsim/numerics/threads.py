@@ -61,10 +61,21 @@ def single_threaded_worker() -> None:
     numba.set_num_threads(1)
 
 
+def serial(work: int, parallel_min_work: int) -> bool:
+    """Whether a kernel call of ``work`` runs on the calling thread alone: ``work`` below ``parallel_min_work``,
+    or torch loaded and computing on one thread (a caller who set one thread for torch, as ``one_thread`` and
+    the benchmarks do, gets no parallel region from fpsim either: on a loaded machine each region waits for its
+    descheduled threads, measured 4 us against 4-8 ms for 65,536 values' largest magnitude)."""
+    if work < parallel_min_work:
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.get_num_threads() == 1
+
+
 def threads_for(work: int, parallel_min_work: int):
-    """numba's kernels on one thread when ``work`` is below ``parallel_min_work``, else on all its threads:
-    the choice a kernel call makes for itself (numba only: nothing else runs inside one)."""
-    return numba_threads(1) if work < parallel_min_work else nullcontext()
+    """numba's kernels on one thread where ``serial``, else on all its threads: the choice a kernel call makes
+    for itself (numba only: nothing else runs inside one)."""
+    return numba_threads(1) if serial(work, parallel_min_work) else nullcontext()
 
 
 @contextmanager

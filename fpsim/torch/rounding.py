@@ -12,6 +12,7 @@ from ..numerics import kernels
 from ..numerics.formats import FP32, Format
 from ..numerics.rounding import kernel_params
 from ..numerics.rounding import round as round_to
+from ..numerics.threads import serial
 from .native import round_nearest_
 
 
@@ -51,8 +52,8 @@ def round_into(values, out, fmt: Format) -> None:
             values.flags.c_contiguous and out.flags.c_contiguous):
         out[...] = round_to(values, fmt)
         return
-    serial = values.size < PARALLEL_MIN_VALUES or torch.get_num_threads() == 1
-    kernel = kernels.round_nearest_array_serial if serial else kernels.round_nearest_array
+    kernel = kernels.round_nearest_array_serial if serial(values.size, PARALLEL_MIN_VALUES) else \
+        kernels.round_nearest_array
     kernel(values.reshape(-1), out.reshape(-1).view(np.uint32), nearest)
 
 
