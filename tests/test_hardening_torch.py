@@ -15,6 +15,7 @@ from fpsim.numerics.exact import round_exact  # noqa: E402
 from fpsim.sim.policy import Policy  # noqa: E402
 from fpsim.sim.scaling import ScaledCasts  # noqa: E402
 from fpsim.torch import emulate, inspect  # noqa: E402
+from fpsim.torch.placement import placement_of  # noqa: E402
 
 POLICIES = ["bf16-mixed", "fp16-mixed", "fp32"]
 
@@ -260,3 +261,17 @@ def test_a_batch_beyond_the_data_set_is_refused(model, examples, capsys):
 @pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
 def test_a_bad_seed_is_one_line_naming_the_option(seed, capsys):
     assert "--seed" in one_line_exit_2(["--model", "mlp", "--seed", seed], capsys)
+
+
+@pytest.mark.parametrize("activation", [torch.nn.functional.silu, torch.nn.functional.mish])
+def test_fp32_runs_the_kernels_aten_runs_for_ops_that_also_have_a_decomposition(activation):
+    """silu_backward and mish_backward have a CPU kernel and a CompositeImplicitAutograd one; the mode ran the
+    decomposition, an FP32 ulp off the kernel (Llama's SwiGLU: 5 of 22 gradients identical to plain torch)."""
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    upstream = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    (plain,) = torch.autograd.grad(activation(x), x, upstream)
+    with emulate("fp32"):
+        (emulated,) = torch.autograd.grad(activation(x), x, upstream)
+    assert torch.equal(plain, emulated)
+    assert not placement_of(torch.ops.aten.silu_backward.default, "autocast-cuda").composite
+    assert placement_of(torch.ops.aten.linear.default, "autocast-cuda").composite

@@ -171,8 +171,11 @@ COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 
 
 def _is_composite(overload) -> bool:
-    """Whether ATen runs ``overload`` as its ``CompositeImplicitAutograd`` kernel (its decomposition)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(overload.name(), COMPOSITE)
+    """Whether ATen runs ``overload`` as its ``CompositeImplicitAutograd`` kernel (its decomposition): it has
+    one, and no kernel of its own for CPU tensors, which ATen prefers (``silu_backward`` and ``mish_backward``
+    have both: their decomposition, run in the mode's place, differed from the kernel by an FP32 ulp)."""
+    name, has = overload.name(), torch._C._dispatch_has_kernel_for_dispatch_key
+    return has(name, COMPOSITE) and not (has(name, "CPU") or has(name, "CompositeExplicitAutograd"))
 
 
 def op_table(*groups: tuple) -> dict:
