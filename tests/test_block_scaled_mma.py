@@ -2,6 +2,7 @@
 and adversarial operands, hand-worked cases of the truncation at 25 / 35 bits, fpsim.matmul's entry, the errors."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -154,7 +155,8 @@ def test_matmul_quantizes_along_k_then_runs_the_mma(inputs):
             want = reference(qa[index], sa[index], qb, sb, c32, inputs)
         else:  # NVFP4: D = RN32(alpha * acc + C), the tensor scales in the epilogue
             acc = reference(qa[index], sa[index], qb, sb, np.zeros((3, 4)), inputs)
-            want = np.float32(alpha * acc + c32)  # exact in float64: acc (24 bits) times alpha (24 bits)
+            want = np.array([[fpsim.round_exact(Fraction(alpha) * Fraction(x) + Fraction(y), FP32)
+                              for x, y in zip(row, c_row)] for row, c_row in zip(acc, c32)])
         assert all(same_bits(x, y) for x, y in zip(got[index].ravel(), want.ravel()))
     assert got.dtype == np.float32 and np.abs(got - (A @ B + C)).max() < 0.3 * np.abs(A @ B).max()
 

@@ -41,7 +41,9 @@ import numpy as np
 from . import _block_scaled_kernels as kernels
 from .tensor_cores import MMA_SIM, alignment_exponent, cut_sum, round_step
 from ..numerics.formats import E2M1, E4M3, E5M2, E8M0, FP32, Format
-from ..numerics.rounding import kernel_params
+from ._reduction_kernels import add_arrays
+from ..numerics.kernels import MODE_CODES
+from ..numerics.rounding import float64_params, kernel_params
 from ..numerics.rounding import round as round_to
 
 
@@ -288,8 +290,9 @@ def matmul_block_scaled(A, B, inputs: str, *, C=None, mode: str = "nearest", rng
     if block_scaled_model(inputs).scale == E8M0:
         return block_scaled_matmul(qa, sa, qb, sb, inputs, C=C)
     acc = block_scaled_matmul(qa, sa, qb, sb, inputs).astype(np.float64)
-    c = 0.0 if C is None else np.asarray(round_to(np.asarray(C, dtype=np.float64), FP32), dtype=np.float64)
-    from ..numerics.exact import round_sum_exact
-    exact = np.vectorize(lambda x, y: round_sum_exact(Fraction(alpha) * Fraction(x) if math.isfinite(x) else
-                                                      alpha * x, y, FP32, "nearest"), otypes=[np.float64])
-    return exact(acc, np.broadcast_to(c, acc.shape)).astype(np.float32)
+    scaled = (alpha * acc).ravel()  # exact: two FP32 values' product has 48 bits, well inside float64's range
+    c = np.zeros(acc.shape) if C is None else np.asarray(round_to(np.asarray(C, dtype=np.float64), FP32),
+                                                         dtype=np.float64)
+    c = np.ascontiguousarray(np.broadcast_to(c, acc.shape), dtype=np.float64).ravel()
+    summed = add_arrays(scaled, c, float64_params(FP32), MODE_CODES["nearest"], 0)  # the exact sum, rounded once
+    return summed.reshape(acc.shape).astype(np.float32)

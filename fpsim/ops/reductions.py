@@ -30,6 +30,10 @@ Semantics, for one output value c = sum_k a_k * b_k:
   each run of N products and adds the run results to C in FP32 rounded to
   nearest: the CUDA-core promotion of DeepSeek-V3 and of split accumulation.
   ``mode`` rounds the inputs and ``output``; the accumulation is the hardware's.
+* ``inputs`` may name a block-scaled preset with ``accumulate="B200"``: ``"mxfp8"`` (E4M3; also
+  ``"mxfp8_e4m3"``), ``"mxfp8_e5m2"``, ``"mxfp4"``, ``"nvfp4"``: A and B are quantized along K by
+  ``fpsim.quantize`` and multiplied by B200's block-scaled ``tcgen05.mma`` (``fpsim.ops.block_scaled``);
+  the result is FP32.  Any other GPU or format with these inputs is a one-line error naming B200.
 * Operands may carry batch dimensions, broadcast as numpy does:
   ``(..., M, K) @ (..., K, N)`` gives ``(..., M, N)``.
 
