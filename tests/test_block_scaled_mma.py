@@ -1,14 +1,13 @@
 """B200's block-scaled MMA (fpsim.ops.block_scaled): the numba kernels against the Fraction reference on random
 and adversarial operands, hand-worked cases of the truncation at 25 / 35 bits, fpsim.matmul's entry, the errors."""
 
-import math
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 import fpsim
-from fpsim.numerics.formats import E2M1, E4M3, E5M2, E8M0, FP32
+from fpsim.numerics.formats import E4M3, E8M0, FP32
 from fpsim.ops import block_scaled as bs
 
 INPUTS = ("mxfp8", "mxfp8_e5m2", "mxfp4", "nvfp4")

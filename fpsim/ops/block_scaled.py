@@ -42,6 +42,7 @@ from . import _block_scaled_kernels as kernels
 from .tensor_cores import MMA_SIM, alignment_exponent, cut_sum, round_step
 from ..numerics.formats import E2M1, E4M3, E5M2, E8M0, FP32, Format
 from ._reduction_kernels import add_arrays
+from .quantize import nvfp4_tensor_scale, quantize
 from ..numerics.kernels import MODE_CODES
 from ..numerics.rounding import float64_params, kernel_params
 from ..numerics.rounding import round as round_to
@@ -249,8 +250,6 @@ def quantized_operands(A, B, inputs: str, mode: str = "nearest", rng=None):
     tensor's FP32 scale, s the E4M3 block scale), and s = E4M3(d / P), q = E2M1(value / d), each checked to
     give back d = RN32(P s) and value = RN32(q d); ``alpha`` = RN32(P_a P_b) (1 for MX).
     """
-    from .quantize import nvfp4_tensor_scale, quantize
-
     model = block_scaled_model(inputs)
     preset = "mxfp8_e4m3" if model.inputs == "mxfp8" else model.inputs
     parts = []
