@@ -4,22 +4,29 @@
 output)`` states one model (products per fused step, fraction bits kept,
 rounding, handling of c, source, measured rows); ``accumulator_model`` returns
 the record itself, for callers that compute with it.  The models and the exact
-algorithm are in ``fpsim.ops.tensor_cores``.
+algorithm are in ``fpsim.ops.tensor_cores``; B200's block-scaled paths (``inputs="mxfp8"``, ``"mxfp4"``,
+``"nvfp4"``) in ``fpsim.ops.block_scaled``.
 """
 
 from __future__ import annotations
 
+from .ops.block_scaled import BLOCK_SCALED_MODELS, BlockScaledModel
 from .ops.tensor_cores import GPUS, MODELS, AccumulatorModel, accumulator_model
 
-__all__ = ["GPUS", "MODELS", "AccumulatorModel", "accumulator_model", "describe", "rows"]
+__all__ = ["GPUS", "MODELS", "BLOCK_SCALED_MODELS", "AccumulatorModel", "BlockScaledModel", "accumulator_model",
+           "describe", "rows"]
 
 
 def rows() -> list[dict]:
-    """One row per model: GPU, instruction, inputs, output, k, f, step format, rounding, c handling, measured."""
+    """One row per model (``MODELS``, then the block-scaled ``BLOCK_SCALED_MODELS``): GPU, instruction, inputs,
+    output, k, f, step format, rounding, c handling, measured."""
     return [{"gpu": m.gpu, "instruction": m.instruction, "inputs": m.inputs, "output": m.output.name,
              "k": m.products_per_step, "f": m.fraction_bits, "step": m.step_format.name, "rounding": m.rounding,
              "c": "aligned" if m.c_in_alignment else "added after", "measured": _short(m.measured)}
-            for m in MODELS]
+            for m in MODELS] + \
+        [{"gpu": m.gpu, "instruction": m.instruction, "inputs": m.inputs, "output": m.output.name,
+          "k": m.products_per_step, "f": m.fraction_bits, "step": m.output.name, "rounding": "toward_zero",
+          "c": "aligned", "measured": _short(m.measured)} for m in BLOCK_SCALED_MODELS]
 
 
 def describe(name: str, inputs="fp16", output="fp32") -> str:

@@ -259,7 +259,7 @@ def test_gpu_models_list_and_describe():
     assert tc.parse_gpu(" b200:MMA.sync ") == ("B200", "mma.sync") and tc.parse_gpu("fp32") is None
     assert "k): 32" in fpsim.hardware.describe("H100", "e4m3")
     rows = fpsim.hardware.rows()
-    assert len(rows) == len(tc.MODELS) and {"gpu", "k", "f", "rounding"} <= set(rows[0])
+    assert len(rows) == len(tc.MODELS) + len(fpsim.hardware.BLOCK_SCALED_MODELS) and {"gpu", "k", "f", "rounding"} <= set(rows[0])
 
 
 @pytest.mark.parametrize("call, message", [

@@ -487,18 +487,21 @@ def _grouped(rows: np.ndarray, block: int, groups_per_row: int, spec: _Spec, sat
     elif spec.scale_format == "e4m3-te":
         out, scales = _nvfp4_te(groups, amax, fp32_inputs, element, mode, saturate, rng)
     else:
-        tensor_amax = np.max(amax, initial=0.0)
-        tensor_scale = float(_fp32_of(np.divide, tensor_amax, E4M3.max * element.max))
-        if not math.isfinite(tensor_scale):
-            tensor_scale = math.nan
-        elif tensor_scale < FP32.smallest_normal:
-            tensor_scale = 1.0
+        tensor_scale = nvfp4_tensor_scale(np.max(amax, initial=0.0), element)
         ratios = _fp32_of(np.divide, _fp32_of(np.divide, amax, element.max), tensor_scale)
         block_scales = round_to(np.clip(ratios, E4M3.smallest_normal, E4M3.max), E4M3)
         scales = _fp32_of(np.multiply, tensor_scale, block_scales)
         out = _scaled_in_float32(groups, fp32_inputs, scales, np.divide, np.multiply, element, mode, saturate, rng)
     values = np.asarray(out).reshape(rows.shape[0], groups_per_row * block)[:, :n]  # (0 rows: no -1 to infer)
     return values, np.asarray(scales, dtype=np.float64)
+
+
+def nvfp4_tensor_scale(tensor_amax: float, element: Format = E2M1) -> float:
+    """NVFP4's per-tensor FP32 scale P = RN32(T / (448 * max)) of a tensor of amax T (module docstring, "e4m3")."""
+    tensor_scale = float(_fp32_of(np.divide, tensor_amax, E4M3.max * element.max))
+    if not math.isfinite(tensor_scale):
+        return math.nan
+    return 1.0 if tensor_scale < FP32.smallest_normal else tensor_scale
 
 
 def _nvfp4_te(groups, amax, fp32_inputs: bool, element: Format, mode: str, saturate: bool, rng):

@@ -30,6 +30,10 @@ Semantics, for one output value c = sum_k a_k * b_k:
   each run of N products and adds the run results to C in FP32 rounded to
   nearest: the CUDA-core promotion of DeepSeek-V3 and of split accumulation.
   ``mode`` rounds the inputs and ``output``; the accumulation is the hardware's.
+* ``inputs`` may name a block-scaled preset with ``accumulate="B200"``: ``"mxfp8"`` (E4M3; also
+  ``"mxfp8_e4m3"``), ``"mxfp8_e5m2"``, ``"mxfp4"``, ``"nvfp4"``: A and B are quantized along K by
+  ``fpsim.quantize`` and multiplied by B200's block-scaled ``tcgen05.mma`` (``fpsim.ops.block_scaled``);
+  the result is FP32.  Any other GPU or format with these inputs is a one-line error naming B200.
 * Operands may carry batch dimensions, broadcast as numpy does:
   ``(..., M, K) @ (..., K, N)`` gives ``(..., M, N)``.
 
@@ -67,7 +71,7 @@ from ..numerics.kernels import MODE_CODES
 from ..numerics.threads import threads_for
 from . import _reduction_kernels as kernels
 from . import _tensor_core_kernels as tc_kernels
-from . import tensor_cores
+from . import block_scaled, tensor_cores
 from ..numerics.exact import check_mode, round_exact, round_sum_exact
 from ..numerics.formats import FP16, FP32, FP64, HARDWARE_DTYPES, TF32, Format, get_format, widen_ml_dtypes
 from ..numerics.rounding import as_generator, float64_params, kernel_params, random_key, stochastic_uniform
@@ -201,6 +205,8 @@ def matmul(A, B, *, C=None, inputs=None, accumulate=FP32, output=None, mode: str
     values propagate: 0 * inf and inf - inf give NaN.
     """
     mode = check_mode(mode)
+    if isinstance(inputs, str) and inputs.strip().lower() in BLOCK_SCALED_NAMES:
+        return _block_scaled(A, B, C, inputs.strip().lower(), accumulate, output, mode, order, rng)
     gpu = tensor_cores.parse_gpu(accumulate)
     if gpu is None:
         accumulate = _accumulate_format(accumulate)
@@ -238,6 +244,21 @@ def matmul(A, B, *, C=None, inputs=None, accumulate=FP32, output=None, mode: str
         if output is not None:
             products = round_to(products, output, mode, rng=rng)
         return np.asarray(products).astype(result_dtype)
+
+
+BLOCK_SCALED_NAMES = ("mxfp8", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp4", "nvfp4")
+"""``inputs=`` names of the block-scaled tensor-core paths (``fpsim.ops.block_scaled``)."""
+
+
+def _block_scaled(A, B, C, inputs, accumulate, output, mode, order, rng):
+    """C + A @ B with A, B block-quantized along K by the preset ``inputs``, on B200's block-scaled MMA."""
+    gpu = tensor_cores.parse_gpu(accumulate) if isinstance(accumulate, str) else None
+    if gpu != ("B200", "tcgen05"):
+        raise ValueError(f"inputs={inputs!r} runs on B200's block-scaled tcgen05.mma only: use accumulate='B200'")
+    if order != "sequential" or (output is not None and get_format(output) != FP32):
+        raise ValueError(f"inputs={inputs!r} on B200 accumulates in its own order to FP32: leave order and "
+                         f"output unset (or output='fp32')")
+    return block_scaled.matmul_block_scaled(A, B, inputs, C=C, mode=mode, rng=as_generator(rng))
 
 
 def _accumulate_format(accumulate) -> Format:

@@ -292,21 +292,26 @@ def fused_step(a, b, c: float, model: AccumulatorModel, fmt_a: Format, fmt_b: Fo
              for x, y in zip(a, b) if x != 0 and y != 0]
     if model.c_in_alignment and c != 0:
         terms.append((Fraction(c), alignment_exponent(c, model.step_format.emin)))
-    total = 0
-    if terms:
-        lowest = max(exponent for _, exponent in terms) - model.fraction_bits
-        unit = Fraction(2) ** lowest
-        for term, _ in terms:
-            cut = abs(term) // unit  # truncation toward zero: the bits below 2^lowest are dropped
-            total += cut if term > 0 else -cut
-        total *= unit
-    step = _round_step(total, model.step_format, model.rounding)
+    step = round_step(cut_sum(terms, model.fraction_bits), model.step_format, model.rounding)
     if model.c_in_alignment:
         return step
     return round_sum_exact(c, step, model.output, "nearest")
 
 
-def _round_step(value: Fraction, fmt: Format, rounding: str) -> float:
+def cut_sum(terms, fraction_bits: int) -> Fraction:
+    """Steps 2-4 before the rounding: the exact sum of the ``(value, alignment exponent)`` terms, each cut
+    toward zero to a multiple of 2^(E - fraction_bits), E the largest exponent among them (0 for no term)."""
+    if not terms:
+        return Fraction(0)
+    unit = Fraction(2) ** (max(exponent for _, exponent in terms) - fraction_bits)
+    total = 0
+    for term, _ in terms:
+        cut = abs(term) // unit  # truncation toward zero: the bits below the unit are dropped
+        total += cut if term > 0 else -cut
+    return total * unit
+
+
+def round_step(value: Fraction, fmt: Format, rounding: str) -> float:
     """value rounded to ``fmt``; +0 for zero; +-inf when the exponent leaves the format's range (any rounding)."""
     if value == 0:
         return 0.0
