@@ -26,7 +26,8 @@ def rows() -> list[dict]:
             for m in MODELS] + \
         [{"gpu": m.gpu, "instruction": m.instruction, "inputs": m.inputs, "output": m.output.name,
           "k": m.products_per_step, "f": m.fraction_bits, "step": m.output.name, "rounding": "toward_zero",
-          "c": "aligned", "measured": _short(m.measured)} for m in BLOCK_SCALED_MODELS]
+          "c": "aligned" if m.c_in_alignment else "added after", "measured": _short(m.measured)}
+         for m in BLOCK_SCALED_MODELS]
 
 
 def describe(name: str, inputs="fp16", output="fp32") -> str:

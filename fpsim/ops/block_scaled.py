@@ -78,6 +78,13 @@ class BlockScaledModel:
     def name(self) -> str:
         return f"{self.gpu}:{self.instruction}"
 
+    @property
+    def c_in_alignment(self) -> bool:
+        """Whether C is the MMA's accumulator input, aligned and cut with the first step's products (MX), or is
+        added in the epilogue, D = RN32(alpha * acc + C) (NVFP4: its FP32 tensor scales alpha multiply the
+        MMA's result, ``matmul_block_scaled``)."""
+        return self.scale == E8M0
+
     def describe(self) -> str:
         """A few lines stating the model."""
         grouping = ("each product aligned alone, its exponent raised by the two scales' exponents"
@@ -90,7 +97,9 @@ class BlockScaledModel:
             f"  products per fused step (k): {self.products_per_step}",
             f"  {grouping}",
             f"  fraction bits kept below the largest exponent (f): {self.fraction_bits} (truncated, no sticky bit)",
-            "  each step rounds to fp32, toward zero; c aligned and cut with the products",
+            "  each step rounds to fp32, toward zero; " + ("c aligned and cut with the products"
+                                                            if self.c_in_alignment else
+                                                            "c added after: D = RN32(alpha * acc + c)"),
             f"  source: {self.source}",
             f"  measured: {self.measured}"])
 
@@ -286,7 +295,7 @@ def matmul_block_scaled(A, B, inputs: str, *, C=None, mode: str = "nearest", rng
     exact value, as CUTLASS's LinearCombination fma), acc the MMA from 0.
     """
     qa, sa, qb, sb, alpha = quantized_operands(A, B, inputs, mode, rng)
-    if block_scaled_model(inputs).scale == E8M0:
+    if block_scaled_model(inputs).c_in_alignment:
         return block_scaled_matmul(qa, sa, qb, sb, inputs, C=C)
     acc = block_scaled_matmul(qa, sa, qb, sb, inputs).astype(np.float64)
     scaled = (alpha * acc).ravel()  # exact: two FP32 values' product has 48 bits, well inside float64's range
