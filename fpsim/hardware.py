@@ -10,8 +10,12 @@ algorithm are in ``fpsim.ops.tensor_cores``; B200's block-scaled paths (``inputs
 
 from __future__ import annotations
 
-from .ops.block_scaled import BLOCK_SCALED_MODELS, BlockScaledModel
-from .ops.tensor_cores import GPUS, MODELS, AccumulatorModel, accumulator_model
+from .numerics.formats import get_format
+from .ops.block_scaled import BLOCK_SCALED_INPUTS, BLOCK_SCALED_MODELS, BlockScaledModel, block_scaled_model
+from .ops.tensor_cores import GPUS, MODELS, AccumulatorModel, accumulator_model, parse_gpu
+
+BLOCK_SCALED_NAMES = (*BLOCK_SCALED_INPUTS, "mxfp8_e4m3")
+"""The ``inputs`` names of B200's block-scaled paths."""
 
 __all__ = ["GPUS", "MODELS", "BLOCK_SCALED_MODELS", "AccumulatorModel", "BlockScaledModel", "accumulator_model",
            "describe", "rows"]
@@ -31,7 +35,15 @@ def rows() -> list[dict]:
 
 
 def describe(name: str, inputs="fp16", output="fp32") -> str:
-    """The model of GPU ``name`` ("H100", "B200:mma.sync", ...) for ``inputs`` and ``output``, in a few lines."""
+    """The model of GPU ``name`` ("H100", "B200:mma.sync", ...) for ``inputs`` and ``output``, in a few lines;
+    B200 with a block-scaled preset (``inputs="mxfp8"``, ``"mxfp4"``, ``"nvfp4"``...) states its block-scaled
+    MMA."""
+    if isinstance(inputs, str) and inputs.lower() in BLOCK_SCALED_NAMES:
+        model = block_scaled_model(inputs.lower())
+        if parse_gpu(name) is None or parse_gpu(name)[0] != model.gpu or get_format(output) != model.output:
+            raise ValueError(f"inputs {inputs!r} (block-scaled) run on {model.gpu} with {model.output.name} output "
+                             f"only: fpsim hardware {model.gpu} --inputs {inputs}")
+        return model.describe()
     return accumulator_model(name, inputs, output).describe()
 
 

@@ -187,6 +187,19 @@ def test_records_list_in_fpsim_hardware():
     assert all(r["measured"] == "not measured" for r in rows)
     assert "groups of 16" not in bs.block_scaled_model("mxfp8").describe()
     assert "each group of 16 products" in bs.block_scaled_model("nvfp4").describe()
+    assert [r["c"] for r in rows] == ["aligned"] * 3 + ["added after"]
+
+
+def test_fpsim_hardware_describes_a_block_scaled_path_and_refuses_it_elsewhere(capsys):
+    from fpsim.cli import main
+
+    assert main(["hardware", "b200", "--inputs", "NVFP4"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "kind::mxf4nvf4" in out and "c added after" in out and "35" in out
+    assert "c aligned" in fpsim.hardware.describe("B200", "mxfp8_e4m3")
+    for name, output in (("H100", "fp32"), ("B200", "fp16")):
+        with pytest.raises(ValueError, match="run on B200 with fp32 output only"):
+            fpsim.hardware.describe(name, "mxfp4", output)
 
 
 def test_a_subnormal_e4m3_scale_aligns_at_its_emin():
