@@ -11,14 +11,19 @@ timing is the best of ``--repeats`` calls after one warm-up call (which
 compiles).  Targets: <= 10x for FP32 accumulation, <= 50x for FP16 sequential
 accumulation, <= 40x for E4M3 on "H100".
 
-    python benchmarks/bench_matmul.py [--size 256] [--repeats 7]
+``--threads N`` (default 1) limits numpy's BLAS (threadpoolctl) and numba to
+N threads each, so that the ratios compare like with like.
+
+    python benchmarks/bench_matmul.py [--size 256] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 
+import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import fpsim
 from timing import best_time
@@ -28,7 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="M = K = N")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="threads of numpy's BLAS and of numba each")
     args = parser.parse_args()
+    threadpool_limits(args.threads)
+    numba.set_num_threads(args.threads)
+    print(f"threads: numpy BLAS {args.threads}, numba {numba.get_num_threads()}")
     rng = np.random.default_rng(0)
     n = args.size
     A = rng.standard_normal((n, n)).astype(np.float32)

@@ -51,3 +51,19 @@ def test_a_zero_against_the_largest_value_sets_no_exponent(fmt):
     got = fpsim.matmul(a, b, inputs=fmt, accumulate="H100")[0, 0]
     assert same_bits(got, tc.reference_dot(a[0], b[:, 0], 0.0, model, fmt, fmt))
     assert got == np.float32(sum(x * (1.0 + 2.0 ** -fmt.mantissa_bits) for x in small))  # exact: nothing cut
+
+
+@pytest.mark.parametrize("order", ["sequential", "blocked:30"])
+def test_passes_past_a_step_end_change_nothing(order):
+    # K = 37 and runs of 30: steps of 32, 5, 30, 7 products, none a multiple of the kernel's 4-product pass
+    rng = np.random.default_rng(7)
+    A = np.asarray(fpsim.round(rng.standard_normal((5, 37)), E4M3), dtype=np.float64)
+    B = np.asarray(fpsim.round(rng.standard_normal((37, 7)), E4M3), dtype=np.float64)
+    C = rng.standard_normal((5, 7)).astype(np.float32).astype(np.float64)
+    model = tc.accumulator_model("H100", "e4m3", "fp32")
+    got = fpsim.matmul(A, B, C=C, inputs="e4m3", accumulate="H100", order=order)
+    for i in range(5):
+        for j in range(7):
+            want = (tc.reference_dot(A[i], B[:, j], C[i, j], model, E4M3, E4M3) if order == "sequential" else
+                    tc.reference_blocked(A[i], B[:, j], C[i, j], model, E4M3, E4M3, 30))
+            assert same_bits(got[i, j], want), (i, j)

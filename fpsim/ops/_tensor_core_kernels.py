@@ -19,7 +19,11 @@ The operands come in float32 when that holds (twice the lanes of float64) and
 in float64 otherwise.  Alignment exponents are int8 where every sum of two
 fits (FP16, FP8: ``exponent_type``; twice the lanes) and int16 otherwise (the sum of two still
 fits).  The loops run over the output row j innermost, as the other reduction
-kernels do, each output row on its own thread.
+kernels do, each output row on its own thread; each pass over a row takes
+``TILE`` products (rows kk .. kk + 3 of B), so that the row's running maxima
+and cut sums are loaded and stored once per TILE products.  A pass that runs
+past the end of its step (or chunk) takes zero operands there: a zero product
+has no exponent (``no_term``) and cuts to 0, so it changes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._reduction_kernels import round_nearest_float64, sum_to_odd_branchless
+
+TILE = 4  # products per pass of the inner loops over a row: their loads and stores of the row's sums are shared
 
 def exponent_type(emin_a: int, emax_a: int, emin_b: int, emax_b: int) -> tuple[type, int]:
     """(integer type, no_term) for the alignment exponents of operands with exponents in [emin, emax].
@@ -50,6 +56,12 @@ def _alignment_exponent(x, emin, no_term):
     if x == 0.0 or not np.isfinite(x):
         return no_term
     return max(((np.float64(x).view(np.int64) >> 52) & 0x7FF) - 1023, emin)
+
+
+@njit(cache=True, inline="always")
+def _tile_rows(kk, end):
+    """The TILE rows kk, kk + 1, ... of a pass, those from ``end`` on replaced by end - 1 (inside the arrays)."""
+    return kk, min(kk + 1, end - 1), min(kk + 2, end - 1), min(kk + 3, end - 1)
 
 
 @njit(cache=True, inline="always")
@@ -108,6 +120,8 @@ def tensor_core_matmul(A, B, C, exp_b, no_term, emin_a, emin_b, k, f, c_emin, c_
     M, K = A.shape
     N = B.shape[1]
     exponent_lane = exp_b.dtype.type
+    zero = A.dtype.type(0.0)
+    no_lane = exponent_lane(no_term)
     chunk = max(1, min(k, (2**31 - 1) // (2**(f + 2) - 1)))  # products whose cut terms sum below 2^31
     for kk in prange(K):
         for j in range(N):
@@ -134,10 +148,14 @@ def tensor_core_matmul(A, B, C, exp_b, no_term, emin_a, emin_b, k, f, c_emin, c_
             for s0 in range(r0, r1, k):
                 s1 = min(s0 + k, r1)
                 top[:] = no_term
-                for kk in range(s0, s1):
-                    e = exp_a[kk]
-                    for j in range(N):
-                        top[j] = max(top[j], exponent_lane(e + exp_b[kk, j]))  # narrow lanes (numba would widen)
+                for kk in range(s0, s1, TILE):
+                    # past s1: a zero operand's exponent against a row of the step (any will do)
+                    k0, k1, k2, k3 = _tile_rows(kk, s1)
+                    e0, e1, e2, e3 = (exp_a[k0], exp_a[k1] if kk + 1 < s1 else no_lane,
+                                      exp_a[k2] if kk + 2 < s1 else no_lane, exp_a[k3] if kk + 3 < s1 else no_lane)
+                    for j in range(N):  # narrow lanes (numba would widen)
+                        top[j] = max(max(top[j], max(exponent_lane(e0 + exp_b[k0, j]), exponent_lane(e1 + exp_b[k1, j]))),
+                                     max(exponent_lane(e2 + exp_b[k2, j]), exponent_lane(e3 + exp_b[k3, j])))
                 for j in range(N):
                     c = acc[j]
                     products = top[j] > no_term // 2
@@ -150,11 +168,17 @@ def tensor_core_matmul(A, B, C, exp_b, no_term, emin_a, emin_b, k, f, c_emin, c_
                     term_scale[j] = scale if products else 0.0  # no product term: all are 0 whatever the scale
                     total_cut[j] = np.trunc(c * scale) if c_term else 0.0
                 for c0 in range(s0, s1, chunk):
+                    c1 = min(c0 + chunk, s1)
                     cut[:] = 0
-                    for kk in range(c0, min(c0 + chunk, s1)):
-                        a = A[i, kk]
+                    for kk in range(c0, c1, TILE):
+                        # past c1: a zero operand against a row of the run (any will do)
+                        k0, k1, k2, k3 = _tile_rows(kk, c1)
+                        a0, a1, a2, a3 = (A[i, k0], A[i, k1] if kk + 1 < c1 else zero,
+                                          A[i, k2] if kk + 2 < c1 else zero, A[i, k3] if kk + 3 < c1 else zero)
                         for j in range(N):
-                            cut[j] += np.int32(a * B[kk, j] * term_scale[j])
+                            to_cut = term_scale[j]
+                            cut[j] += np.int32(np.int32(a0 * B[k0, j] * to_cut) + np.int32(a1 * B[k1, j] * to_cut)
+                                               + np.int32(a2 * B[k2, j] * to_cut) + np.int32(a3 * B[k3, j] * to_cut))
                     for j in range(N):
                         total_cut[j] += cut[j]
                 if specials:
