@@ -123,6 +123,22 @@ def test_a_block_scaled_product_promotes_each_block_to_fp32():
     assert np.array_equal(got, total)
 
 
+@pytest.mark.parametrize("preset, inputs", [("mxfp8", "mxfp8")])
+def test_an_mx_product_on_b200_is_its_block_scaled_mma(preset, inputs):
+    """On B200 (tcgen05) an MX recipe's product is the block-scaled MMA of its elements and E8M0 scales
+    (``fpsim.ops.block_scaled``), not the per-block FP32 promotion Hopper needs: the same as
+    ``fpsim.matmul(inputs=PRESET, accumulate="B200")``, and not the promoted sum."""
+    from fpsim.engines.mlp import Compute
+    from fpsim.sim.scaling import ScaledCasts
+    rng = np.random.default_rng(5)
+    x, W = rng.standard_normal((4, 192)).astype(np.float32), rng.standard_normal((192, 3)).astype(np.float32)
+    x[:, 7] *= 2.0 ** 12  # an outlier: the in-core alignment cuts what the promoted FP32 sums keep
+    on = {gpu: Compute(p, casts=ScaledCasts(p)).matmul(x, W, "activations", "params", 0)
+          for gpu in ("B200", "B200:mma.sync") for p in [dataclasses.replace(Policy.preset(preset), accumulate=gpu)]}
+    assert np.array_equal(on["B200"], fpsim.matmul(x, W, inputs=inputs, accumulate="B200"))
+    assert not np.array_equal(on["B200"], on["B200:mma.sync"])
+
+
 # --- the torch engine ------------------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")

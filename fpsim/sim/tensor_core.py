@@ -29,11 +29,14 @@ applied after, as the references do:
   addition in FP32 rounded to nearest: DeepSeek-V3's "the partial results ... are
   multiplied by the scaling factors and added to FP32 registers on CUDA cores"
   (arXiv 2412.19437, 3.3.2), the promotion at the block size, which is how Hopper
-  (no block-scaled tensor-core instruction) runs block scaling.  Blackwell's
-  ``tcgen05.mma ... block_scale`` applies E8M0 scales inside the tensor core instead;
-  ``fpsim.ops.tensor_cores`` models no such path, so B200 runs block scaling this way
-  too (a stated approximation).  With two block-scaled operands the blocks must have
-  one size.
+  (no block-scaled tensor-core instruction) runs block scaling.  With two block-scaled
+  operands the blocks must have one size.
+* on B200's default instruction (``accumulate="B200"``), two operands in MX blocks (E8M0
+  factors, one per 32 along K) of one element format, E4M3, E5M2 or E2M1, run on
+  ``tcgen05.mma ... block_scale``, which applies the scales inside the tensor core
+  (``fpsim.ops.block_scaled``: the MMA-Sim model).  Other block-scaled products there
+  (NVFP4's FP32 factors, mixed E4M3 x E5M2 operands, 1 x 128 blocks) take the promotion
+  above.
 
 The elements are recovered from the dequantized values r (``ScaledCasts.cast``: r = RN32(q / s)
 for an FP32 scale s, q X exactly for a power-of-two X) as q = the element format's nearest value
@@ -50,8 +53,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..numerics.formats import HARDWARE_DTYPES, Format
+from ..numerics.formats import E2M1, E4M3, E5M2, E8M0, HARDWARE_DTYPES, Format
 from ..numerics.rounding import round as round_to
+from ..ops.block_scaled import block_scaled_matmul, block_scaled_model
 from ..ops.reductions import matmul
 from .policy import tensor_core_operands
 
@@ -114,6 +118,9 @@ def scaled_product(a: Operand, b: Operand, policy, *, forward: bool) -> np.ndarr
     if a.block is not None and b.block is not None and a.block != b.block:
         raise ValueError(f"a tensor core's block-scaled product needs one block size for both operands; got "
                          f"blocks of {a.block} and of {b.block}")
+    inputs = _block_scaled_inputs(a, b, policy)
+    if inputs is not None:
+        return block_scaled_matmul(a.elements, a.factors, b.elements, b.factors, inputs)
     block = a.block or b.block
     K = a.elements.shape[-1]
     (shape_a, shape_b) = a.elements.shape, b.elements.shape
@@ -125,6 +132,19 @@ def scaled_product(a: Operand, b: Operand, policy, *, forward: bool) -> np.ndarr
                              b.factors if b.block is None else b.factors[..., r:r + 1, :])
         total = term if r == 0 else (total.astype(np.float64) + term).astype(np.float32)  # FP32, to nearest
     return total
+
+
+MX_ELEMENT_INPUTS = {E4M3: "mxfp8", E5M2: "mxfp8_e5m2", E2M1: "mxfp4"}
+"""The block-scaled MMA path (``fpsim.ops.block_scaled``) of each MX element format."""
+
+
+def _block_scaled_inputs(a: Operand, b: Operand, policy) -> str | None:
+    """The ``inputs`` of B200's block-scaled MMA for ``a`` @ ``b`` (the module docstring), or None."""
+    if policy.tensor_core != "B200:tcgen05" or a.fmt != b.fmt or a.fmt not in MX_ELEMENT_INPUTS:
+        return None
+    block = block_scaled_model(MX_ELEMENT_INPUTS[a.fmt]).block_size
+    e8m0 = all(np.array_equal(round_to(x.factors, E8M0), x.factors, equal_nan=True) for x in (a, b))
+    return MX_ELEMENT_INPUTS[a.fmt] if a.block == b.block == block and e8m0 else None
 
 
 def apply_factors(acc: np.ndarray, xa, xb) -> np.ndarray:
