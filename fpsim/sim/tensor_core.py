@@ -53,9 +53,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..numerics.formats import E2M1, E4M3, E5M2, E8M0, HARDWARE_DTYPES, Format
+from ..numerics.formats import E8M0, HARDWARE_DTYPES, Format
 from ..numerics.rounding import round as round_to
-from ..ops.block_scaled import block_scaled_matmul, block_scaled_model
+from ..ops.block_scaled import BLOCK_SCALED_MODELS, block_scaled_matmul, block_scaled_model
 from ..ops.reductions import matmul
 from .policy import tensor_core_operands
 
@@ -134,8 +134,8 @@ def scaled_product(a: Operand, b: Operand, policy, *, forward: bool) -> np.ndarr
     return total
 
 
-MX_ELEMENT_INPUTS = {E4M3: "mxfp8", E5M2: "mxfp8_e5m2", E2M1: "mxfp4"}
-"""The block-scaled MMA path (``fpsim.ops.block_scaled``) of each MX element format."""
+MX_ELEMENT_INPUTS = {model.element: model.inputs for model in BLOCK_SCALED_MODELS if model.scale == E8M0}
+"""The block-scaled MMA path (``fpsim.ops.block_scaled``) of each MX element format (E4M3, E5M2, E2M1)."""
 
 
 def _block_scaled_inputs(a: Operand, b: Operand, policy) -> str | None:
